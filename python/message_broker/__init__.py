@@ -1,0 +1,39 @@
+"""message_broker: a local-first message broker with a Rust core.
+
+>>> from message_broker import MessageBroker, BrokerConfig
+"""
+
+from __future__ import annotations
+
+import atexit
+
+from message_broker import _core
+from message_broker.broker import MessageBroker
+from message_broker.config import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_HOST,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PORT,
+    BrokerConfig,
+)
+
+__version__: str = _core.__version__
+
+# Stop the extension's threads before the interpreter finalizes (see _core.shutdown).
+atexit.register(_core.shutdown)
+
+ERROR_CODES: dict[str, int] = dict(_core.error_codes())
+"""The wire error codes by name, e.g. ``ERROR_CODES["NOT_CONNECTED"] == -32001``."""
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_HEARTBEAT_TIMEOUT",
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_PORT",
+    "ERROR_CODES",
+    "BrokerConfig",
+    "MessageBroker",
+    "__version__",
+]

@@ -1,0 +1,96 @@
+"""``MessageBroker``: the broker server, hosted in this process.
+
+The server runs on the extension's own threads, so it needs no asyncio loop: it can
+be awaited from asyncio, used as a plain context manager, or started from a Qt app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from types import TracebackType
+from typing import Any
+
+from message_broker import _core
+from message_broker.config import BrokerConfig
+
+_logger = logging.getLogger("message_broker")
+
+
+class MessageBroker:
+    """A message broker listening on ``config.host:config.port``.
+
+    >>> async with MessageBroker(BrokerConfig(port=0)) as broker:
+    ...     print(broker.port)
+    """
+
+    def __init__(self, config: BrokerConfig | None = None) -> None:
+        self.config = config if config is not None else BrokerConfig()
+        self._server = _core.Broker(**dataclasses.asdict(self.config))
+
+    @property
+    def port(self) -> int | None:
+        """The port the broker listens on while running (the real one when 0 was asked for)."""
+        return self._server.port
+
+    @property
+    def host(self) -> str:
+        """The address the broker is bound to while running, else the configured host."""
+        return self._server.bound_host or self.config.host
+
+    @property
+    def is_running(self) -> bool:
+        return self._server.is_running
+
+    def start_sync(self) -> int:
+        """Starts listening without asyncio; returns the bound port."""
+        _core.set_log_level(_logger.getEffectiveLevel())
+        return self._server.start()
+
+    def stop_sync(self, reason: str = "broker stopped") -> None:
+        """Stops gracefully, without asyncio: subscribers of ``system.broker.shutdown``
+        hear ``reason``, queued messages are flushed, and every connection is closed
+        before this returns."""
+        self._server.stop(reason)
+
+    async def start(self) -> None:
+        """Starts listening. Raises ``OSError`` when the address is in use."""
+        self.start_sync()
+
+    async def stop(self, reason: str = "broker stopped") -> None:
+        """Stops gracefully (see :meth:`stop_sync`) without blocking the event loop."""
+        await asyncio.to_thread(self._server.stop, reason)
+
+    def status(self) -> dict[str, Any]:
+        """The broker's status: clients, subscriptions, counters, uptime."""
+        return json.loads(self._server.status_json())
+
+    async def __aenter__(self) -> MessageBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __enter__(self) -> MessageBroker:
+        self.start_sync()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop_sync()
+
+    def __repr__(self) -> str:
+        state = f"listening on {self.host}:{self.port}" if self.is_running else "stopped"
+        return f"<MessageBroker {state}>"

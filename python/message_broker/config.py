@@ -1,0 +1,102 @@
+"""Broker configuration: seed 000's ``BrokerConfig`` and its defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - depends on the interpreter
+    import tomli as tomllib
+
+DEFAULT_HOST = "localhost"
+DEFAULT_PORT = 15234
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
+DEFAULT_HEARTBEAT_TIMEOUT = 30.0
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+
+
+@dataclass
+class BrokerConfig:
+    """How a :class:`~message_broker.MessageBroker` listens and what it allows.
+
+    Values are checked when the broker is created; a bad one raises ``ValueError``
+    naming the field.
+    """
+
+    host: str = DEFAULT_HOST
+    """Interface to listen on; ``localhost`` accepts local clients only."""
+    port: int = DEFAULT_PORT
+    """TCP port; ``0`` picks a free one (read it back from ``MessageBroker.port``)."""
+    max_connections: int = 100
+    """Clients served at once; one more is refused with ``TOO_MANY_CONNECTIONS``."""
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    """Seconds between the pings clients are asked to send."""
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT
+    """A client that pings is dropped after this many seconds of silence."""
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    """Largest frame accepted, in bytes."""
+    max_queue_size: int = 10000
+    """Messages queued for one client before new ones are dropped for it (and counted)."""
+    log_messages: bool = False
+    """Log every published message on the ``message_broker.messages`` logger."""
+    handshake_timeout: float = 10.0
+    """Seconds a new connection has to send ``connect``."""
+    frame_timeout: float = 30.0
+    """Seconds a frame may take to arrive once it has started."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            expected = {"str": str, "int": int, "float": (int, float), "bool": bool}[
+                str(field.type)
+            ]
+            # bool is an int in Python; a flag is never a number and vice versa.
+            if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+                raise TypeError(
+                    f"BrokerConfig.{field.name} must be {field.type}, "
+                    f"got {type(value).__name__} {value!r}"
+                )
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"BrokerConfig.port must be between 0 and 65535, got {self.port}")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> BrokerConfig:
+        """Reads a TOML (``.toml``) or JSON (``.json``) file.
+
+        The keys are this class's fields, at the top level or in a ``[broker]`` table.
+        Unknown keys raise ``ValueError``.
+        """
+        path = os.fspath(path)
+        with open(path, "rb") as f:
+            if path.endswith(".json"):
+                data: Any = json.load(f)
+            elif path.endswith(".toml"):
+                data = tomllib.load(f)
+            else:
+                raise ValueError(f"{path}: config files end in .toml or .json")
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a table of settings")
+        if isinstance(data.get("broker"), dict):
+            data = data["broker"]
+        return cls.from_dict(data, source=path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> BrokerConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown setting(s) {', '.join(unknown)}; "
+                f"known settings are {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> BrokerConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)

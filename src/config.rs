@@ -1,0 +1,141 @@
+//! Broker configuration: seed 000's `BrokerConfig` with its defaults, plus the
+//! timeouts that protect the broker from clients that never finish a frame.
+
+use std::time::Duration;
+
+use crate::error::BrokerError;
+
+pub const DEFAULT_HOST: &str = "localhost";
+pub const DEFAULT_PORT: u16 = 15234;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerConfig {
+    /// Interface to listen on. `localhost` listens on the loopback interface only.
+    pub host: String,
+    /// TCP port; 0 picks a free one (read it back from the running broker).
+    pub port: u16,
+    /// Connections served at once; one more gets `TOO_MANY_CONNECTIONS` and is closed.
+    pub max_connections: usize,
+    /// How often clients are asked to ping (sent to them in the `connect` result).
+    pub heartbeat_interval: Duration,
+    /// A client that has pinged at least once is dropped after this much silence.
+    pub heartbeat_timeout: Duration,
+    /// Largest frame body accepted, in bytes.
+    pub max_message_size: usize,
+    /// Messages waiting to be written to one client before new ones are dropped for it.
+    pub max_queue_size: usize,
+    /// Log every published message at INFO level.
+    pub log_messages: bool,
+    /// A new connection must send `connect` within this time.
+    pub handshake_timeout: Duration,
+    /// Once a frame has started to arrive, all of it must arrive within this time.
+    pub frame_timeout: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            host: DEFAULT_HOST.to_owned(),
+            port: DEFAULT_PORT,
+            max_connections: 100,
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(30),
+            max_message_size: 1024 * 1024,
+            max_queue_size: 10_000,
+            log_messages: false,
+            handshake_timeout: Duration::from_secs(10),
+            frame_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Checks every field; the error names the field and what it must be.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let invalid = |msg: String| Err(BrokerError::InvalidConfig(msg));
+        if self.host.trim().is_empty() {
+            return invalid("host must not be empty".into());
+        }
+        if self.max_connections == 0 {
+            return invalid("max_connections must be at least 1".into());
+        }
+        if self.max_message_size < 64 {
+            return invalid(format!(
+                "max_message_size must be at least 64 bytes, got {}",
+                self.max_message_size
+            ));
+        }
+        // The length prefix is 32 bits.
+        if self.max_message_size > u32::MAX as usize {
+            return invalid(format!(
+                "max_message_size must be at most {} bytes, got {}",
+                u32::MAX,
+                self.max_message_size
+            ));
+        }
+        if self.max_queue_size == 0 {
+            return invalid("max_queue_size must be at least 1".into());
+        }
+        for (name, value) in [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("heartbeat_timeout", self.heartbeat_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("frame_timeout", self.frame_timeout),
+        ] {
+            if value.is_zero() {
+                return invalid(format!("{name} must be greater than 0"));
+            }
+        }
+        if self.heartbeat_timeout <= self.heartbeat_interval {
+            return invalid(format!(
+                "heartbeat_timeout ({:?}) must be longer than heartbeat_interval ({:?})",
+                self.heartbeat_timeout, self.heartbeat_interval
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_seed_and_are_valid() {
+        let config = BrokerConfig::default();
+        assert_eq!(config.host, "localhost");
+        assert_eq!(config.port, 15234);
+        assert_eq!(config.max_connections, 100);
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(config.heartbeat_timeout, Duration::from_secs(30));
+        assert_eq!(config.max_message_size, 1024 * 1024);
+        assert_eq!(config.max_queue_size, 10_000);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let config = BrokerConfig {
+            max_queue_size: 0,
+            ..Default::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_queue_size")
+        );
+        let config = BrokerConfig {
+            heartbeat_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("heartbeat_timeout")
+        );
+    }
+}

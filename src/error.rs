@@ -1,0 +1,150 @@
+//! Wire error codes and the error types of the core.
+
+use std::io;
+
+/// A JSON-RPC error code. The first seven come from the JSON-RPC 2.0 specification
+/// and seed 000; the rest are the broker's own, in the server-defined range
+/// `-32000..=-32099`. After the codes marked "closes", the broker closes the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Invalid JSON or invalid UTF-8.
+    ParseError,
+    /// Valid JSON that is not a JSON-RPC 2.0 request.
+    InvalidRequest,
+    /// Unknown method.
+    MethodNotFound,
+    /// Missing or malformed parameters, reserved topic, invalid pattern.
+    InvalidParams,
+    /// A bug in the broker; the connection stays usable.
+    InternalError,
+    /// A method other than `connect` or `ping` before `connect`.
+    NotConnected,
+    /// A request got no reply within its timeout.
+    Timeout,
+    /// A request matched no subscriber, so nobody could answer it.
+    NoResponders,
+    /// A frame larger than `max_message_size` (closes when far beyond it).
+    MessageTooLarge,
+    /// The broker already serves `max_connections` clients (closes).
+    TooManyConnections,
+    /// Another connection connected with the same `client_id` (closes).
+    SessionTakenOver,
+    /// The broker is shutting down (closes).
+    ShuttingDown,
+    /// A client that pings went silent for `heartbeat_timeout` (closes).
+    HeartbeatTimeout,
+    /// No `connect` within `handshake_timeout`, or a frame that took longer than
+    /// `frame_timeout` to arrive (closes).
+    ReadTimeout,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::ParseError,
+        ErrorCode::InvalidRequest,
+        ErrorCode::MethodNotFound,
+        ErrorCode::InvalidParams,
+        ErrorCode::InternalError,
+        ErrorCode::NotConnected,
+        ErrorCode::Timeout,
+        ErrorCode::NoResponders,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::TooManyConnections,
+        ErrorCode::SessionTakenOver,
+        ErrorCode::ShuttingDown,
+        ErrorCode::HeartbeatTimeout,
+        ErrorCode::ReadTimeout,
+    ];
+
+    pub const fn code(self) -> i32 {
+        match self {
+            ErrorCode::ParseError => -32700,
+            ErrorCode::InvalidRequest => -32600,
+            ErrorCode::MethodNotFound => -32601,
+            ErrorCode::InvalidParams => -32602,
+            ErrorCode::InternalError => -32603,
+            ErrorCode::NotConnected => -32001,
+            ErrorCode::Timeout => -32002,
+            ErrorCode::NoResponders => -32003,
+            ErrorCode::MessageTooLarge => -32004,
+            ErrorCode::TooManyConnections => -32005,
+            ErrorCode::SessionTakenOver => -32006,
+            ErrorCode::ShuttingDown => -32007,
+            ErrorCode::HeartbeatTimeout => -32008,
+            ErrorCode::ReadTimeout => -32009,
+        }
+    }
+
+    /// The upper-case name used in documentation and by client libraries.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ErrorCode::ParseError => "PARSE_ERROR",
+            ErrorCode::InvalidRequest => "INVALID_REQUEST",
+            ErrorCode::MethodNotFound => "METHOD_NOT_FOUND",
+            ErrorCode::InvalidParams => "INVALID_PARAMS",
+            ErrorCode::InternalError => "INTERNAL_ERROR",
+            ErrorCode::NotConnected => "NOT_CONNECTED",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::NoResponders => "NO_RESPONDERS",
+            ErrorCode::MessageTooLarge => "MESSAGE_TOO_LARGE",
+            ErrorCode::TooManyConnections => "TOO_MANY_CONNECTIONS",
+            ErrorCode::SessionTakenOver => "SESSION_TAKEN_OVER",
+            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+            ErrorCode::HeartbeatTimeout => "HEARTBEAT_TIMEOUT",
+            ErrorCode::ReadTimeout => "READ_TIMEOUT",
+        }
+    }
+}
+
+/// An error answered to one request. It never ends the connection by itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RpcError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        RpcError::new(ErrorCode::InvalidParams, message)
+    }
+}
+
+/// Errors that stop the broker from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: io::Error },
+    #[error("cannot resolve host {host:?}: {source}")]
+    Resolve { host: String, source: io::Error },
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique_and_in_range() {
+        let codes: HashSet<i32> = ErrorCode::ALL.iter().map(|c| c.code()).collect();
+        assert_eq!(codes.len(), ErrorCode::ALL.len());
+        for code in ErrorCode::ALL {
+            let c = code.code();
+            assert!(
+                (-32099..=-32000).contains(&c) || (-32768..=-32600).contains(&c),
+                "{c}"
+            );
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The bounded queue of frames waiting to be written to one client.
+//!
+//! Deliveries from other clients are *offered*: when the queue is full the message is
+//! dropped for this client only and counted, so a subscriber that stops reading never
+//! slows the publisher or anyone else. A client's own responses are *sent*: they wait
+//! for room, which slows down only the client that is not reading its responses.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    pub delivered: AtomicU64,
+    pub dropped: AtomicU64,
+    /// Set at the first drop, cleared when the writer empties the queue: the
+    /// slow-consumer announcement is made once per episode, not once per drop.
+    congested: AtomicBool,
+}
+
+/// The outcome of offering a delivery.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// Dropped because the queue is full; `newly_congested` on the first drop of an episode.
+    Dropped {
+        newly_congested: bool,
+    },
+    /// The connection is gone.
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Bytes>,
+    stats: Arc<QueueStats>,
+}
+
+#[derive(Debug)]
+pub struct OutboxReceiver {
+    rx: mpsc::Receiver<Bytes>,
+    stats: Arc<QueueStats>,
+}
+
+pub fn channel(capacity: usize) -> (Outbox, OutboxReceiver) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let stats = Arc::new(QueueStats::default());
+    (
+        Outbox {
+            tx,
+            stats: stats.clone(),
+        },
+        OutboxReceiver { rx, stats },
+    )
+}
+
+impl Outbox {
+    /// Queues a delivery if there is room, else drops it and counts the drop.
+    pub fn offer(&self, frame: Bytes) -> Offer {
+        match self.tx.try_send(frame) {
+            Ok(()) => {
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                Offer::Queued
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                let newly_congested = !self.stats.congested.swap(true, Ordering::Relaxed);
+                Offer::Dropped { newly_congested }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
+        }
+    }
+
+    /// Queues a response to this client's own request, waiting for room.
+    /// Returns false when the connection is gone.
+    pub async fn send(&self, frame: Bytes) -> bool {
+        self.tx.send(frame).await.is_ok()
+    }
+
+    /// Queues a last notice before closing, if there is room.
+    pub fn try_send(&self, frame: Bytes) -> bool {
+        self.tx.try_send(frame).is_ok()
+    }
+
+    /// Frames waiting to be written.
+    pub fn len(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+
+    pub fn stats(&self) -> &QueueStats {
+        &self.stats
+    }
+}
+
+impl OutboxReceiver {
+    /// Waits for at least one frame and takes up to `limit`; 0 when every sender is gone.
+    pub async fn recv_many(&mut self, frames: &mut Vec<Bytes>, limit: usize) -> usize {
+        self.rx.recv_many(frames, limit).await
+    }
+
+    /// Takes one queued frame without waiting.
+    pub fn try_recv(&mut self) -> Option<Bytes> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Called by the writer after a write: an empty queue ends a congestion episode.
+    pub fn note_written(&self) {
+        if self.rx.is_empty() {
+            self.stats.congested.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_queue_drops_and_counts_once_per_episode() {
+        let (outbox, mut rx) = channel(2);
+        assert_eq!(outbox.offer(Bytes::from_static(b"1")), Offer::Queued);
+        assert_eq!(outbox.offer(Bytes::from_static(b"2")), Offer::Queued);
+        assert_eq!(
+            outbox.offer(Bytes::from_static(b"3")),
+            Offer::Dropped {
+                newly_congested: true
+            }
+        );
+        assert_eq!(
+            outbox.offer(Bytes::from_static(b"4")),
+            Offer::Dropped {
+                newly_congested: false
+            }
+        );
+        assert_eq!(outbox.len(), 2);
+        assert_eq!(outbox.stats().dropped.load(Ordering::Relaxed), 2);
+
+        let mut frames = Vec::new();
+        assert_eq!(rx.recv_many(&mut frames, 10).await, 2);
+        rx.note_written();
+        assert_eq!(outbox.offer(Bytes::from_static(b"5")), Offer::Queued);
+        assert_eq!(outbox.offer(Bytes::from_static(b"6")), Offer::Queued);
+        assert_eq!(
+            outbox.offer(Bytes::from_static(b"7")),
+            Offer::Dropped {
+                newly_congested: true
+            },
+            "a new episode is announced again"
+        );
+        drop(rx);
+        assert_eq!(outbox.offer(Bytes::from_static(b"8")), Offer::Closed);
+    }
+}

@@ -1,0 +1,366 @@
+//! The JSON-RPC 2.0 envelope: parsing requests, notifications and batches, and
+//! encoding responses.
+//!
+//! Parsing borrows from the frame: `params` and `id` stay raw JSON text until a method
+//! handler reads the fields it needs, and a published payload is never turned into a
+//! tree, only checked and copied.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::error::{ErrorCode, RpcError};
+
+/// Deepest nesting of arrays and objects accepted in a frame. Parsing is iterative,
+/// so this is not about the broker's stack: it protects clients whose JSON parsers
+/// recurse.
+pub const MAX_DEPTH: usize = 128;
+
+/// One call: a request when `id` is present (even `null`), else a notification.
+#[derive(Debug)]
+pub struct Call<'a> {
+    pub method: Cow<'a, str>,
+    pub params: Option<&'a RawValue>,
+    pub id: Option<&'a RawValue>,
+}
+
+impl Call<'_> {
+    pub fn is_notification(&self) -> bool {
+        self.id.is_none()
+    }
+}
+
+/// A batch element or single message that is not a valid call. It is answered with
+/// `id` when one could be read, else with `null`.
+#[derive(Debug)]
+pub struct Rejected<'a> {
+    pub id: Option<&'a RawValue>,
+    pub error: RpcError,
+}
+
+pub type Parsed<'a> = Result<Call<'a>, Rejected<'a>>;
+
+#[derive(Debug)]
+pub enum Incoming<'a> {
+    Single(Parsed<'a>),
+    Batch(Vec<Parsed<'a>>),
+}
+
+/// Parses one frame body. An `Err` is answered with a single error response whose id
+/// is `null`: invalid JSON (`PARSE_ERROR`) or an empty batch (`INVALID_REQUEST`).
+pub fn parse(body: &[u8]) -> Result<Incoming<'_>, RpcError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        RpcError::new(
+            ErrorCode::ParseError,
+            format!("frame is not valid UTF-8: {e}"),
+        )
+    })?;
+    if exceeds_depth(text.as_bytes(), MAX_DEPTH) {
+        return Err(RpcError::new(
+            ErrorCode::ParseError,
+            format!("JSON is nested more than {MAX_DEPTH} levels deep"),
+        ));
+    }
+    let raw: &RawValue = serde_json::from_str(text)
+        .map_err(|e| RpcError::new(ErrorCode::ParseError, format!("invalid JSON: {e}")))?;
+    if raw.get().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(raw.get())
+            .map_err(|e| RpcError::new(ErrorCode::ParseError, format!("invalid JSON: {e}")))?;
+        if items.is_empty() {
+            return Err(RpcError::new(ErrorCode::InvalidRequest, "empty batch"));
+        }
+        Ok(Incoming::Batch(items.into_iter().map(parse_call).collect()))
+    } else {
+        Ok(Incoming::Single(parse_call(raw)))
+    }
+}
+
+/// Keeps `null` apart from a missing member: a present member is always `Some`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+}
+
+fn invalid<'a>(id: Option<&'a RawValue>, message: impl Into<String>) -> Rejected<'a> {
+    Rejected {
+        id,
+        error: RpcError::new(ErrorCode::InvalidRequest, message),
+    }
+}
+
+fn parse_call(raw: &RawValue) -> Parsed<'_> {
+    let text = raw.get();
+    if !text.starts_with('{') {
+        return Err(invalid(None, "a request must be a JSON object"));
+    }
+    let envelope: Envelope<'_> =
+        serde_json::from_str(text).map_err(|e| invalid(None, format!("malformed request: {e}")))?;
+    let id = envelope.id;
+    if let Some(id) = id {
+        let first = id.get().as_bytes()[0];
+        if !(first == b'"' || first == b'-' || first.is_ascii_digit() || id.get() == "null") {
+            return Err(invalid(None, "id must be a string, a number or null"));
+        }
+    }
+    if envelope.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+        return Err(invalid(id, "\"jsonrpc\" must be exactly \"2.0\""));
+    }
+    let method = match envelope.method {
+        None => return Err(invalid(id, "missing \"method\"")),
+        Some(method) => serde_json::from_str::<Cow<'_, str>>(method.get())
+            .map_err(|_| invalid(id, "\"method\" must be a string"))?,
+    };
+    if let Some(params) = envelope.params
+        && !(params.get().starts_with('{') || params.get().starts_with('['))
+    {
+        return Err(invalid(id, "\"params\" must be an object or an array"));
+    }
+    Ok(Call {
+        method,
+        params: envelope.params,
+        id,
+    })
+}
+
+/// Reads a method's parameters into `T`. Missing params read as `{}`; positional
+/// (array) params are refused because every method takes named ones.
+pub fn params<'a, T: Deserialize<'a>>(params: Option<&'a RawValue>) -> Result<T, RpcError> {
+    let text = params.map_or("{}", RawValue::get);
+    if text.starts_with('[') {
+        return Err(RpcError::invalid_params(
+            "params must be an object with named members",
+        ));
+    }
+    serde_json::from_str(text).map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))
+}
+
+/// True when `json` nests arrays or objects deeper than `limit`.
+fn exceeds_depth(json: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+const NULL_ID: &str = "null";
+
+/// A success response: `{"jsonrpc":"2.0","result":<result>,"id":<id>}`.
+pub fn success(id: &RawValue, result: &RawValue) -> Vec<u8> {
+    let mut out = Vec::with_capacity(40 + result.get().len() + id.get().len());
+    out.extend_from_slice(br#"{"jsonrpc":"2.0","result":"#);
+    out.extend_from_slice(result.get().as_bytes());
+    out.extend_from_slice(br#","id":"#);
+    out.extend_from_slice(id.get().as_bytes());
+    out.push(b'}');
+    out
+}
+
+/// An error response; `id` is `null` when the request's id could not be read.
+pub fn failure(id: Option<&RawValue>, error: &RpcError) -> Vec<u8> {
+    let message = serde_json::to_string(&error.message).expect("a string always serialises");
+    let id = id.map_or(NULL_ID, RawValue::get);
+    format!(
+        r#"{{"jsonrpc":"2.0","error":{{"code":{},"message":{message},"data":{{"name":"{}"}}}},"id":{id}}}"#,
+        error.code.code(),
+        error.code.name(),
+    )
+    .into_bytes()
+}
+
+/// Joins encoded responses into one batch response.
+pub fn batch(responses: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(responses.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, response) in responses.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(response);
+    }
+    out.push(b']');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn single(body: &str) -> Parsed<'_> {
+        match parse(body.as_bytes()).unwrap() {
+            Incoming::Single(call) => call,
+            Incoming::Batch(_) => panic!("expected a single call"),
+        }
+    }
+
+    #[test]
+    fn request_and_notification() {
+        let call = single(r#"{"jsonrpc":"2.0","method":"ping","id":1}"#).unwrap();
+        assert_eq!(call.method, "ping");
+        assert_eq!(call.id.unwrap().get(), "1");
+        assert!(!call.is_notification());
+
+        let call = single(r#"{"jsonrpc":"2.0","method":"ping","id":null}"#).unwrap();
+        assert_eq!(
+            call.id.unwrap().get(),
+            "null",
+            "a null id is a request, not a notification"
+        );
+
+        let call =
+            single(r#"{"jsonrpc":"2.0","method":"publish","params":{"topic":"a"}}"#).unwrap();
+        assert!(call.is_notification());
+        assert_eq!(call.params.unwrap().get(), r#"{"topic":"a"}"#);
+    }
+
+    #[test]
+    fn invalid_requests_keep_their_id_when_readable() {
+        let rejected = single(r#"{"jsonrpc":"1.0","method":"ping","id":"a"}"#).unwrap_err();
+        assert_eq!(rejected.error.code, ErrorCode::InvalidRequest);
+        assert_eq!(rejected.id.unwrap().get(), r#""a""#);
+
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            r#"{"jsonrpc":"2.0","method":5,"id":1}"#,
+            r#"{"jsonrpc":"2.0","method":"x","params":"s","id":1}"#,
+            r#"{"method":"x","id":1}"#,
+        ] {
+            let rejected = single(body).unwrap_err();
+            assert_eq!(rejected.error.code, ErrorCode::InvalidRequest, "{body}");
+            assert_eq!(rejected.id.unwrap().get(), "1", "{body}");
+        }
+        for body in [
+            r#"{"jsonrpc":"2.0","method":"x","id":{}}"#,
+            "42",
+            r#""text""#,
+        ] {
+            let rejected = single(body).unwrap_err();
+            assert_eq!(rejected.error.code, ErrorCode::InvalidRequest, "{body}");
+            assert!(rejected.id.is_none(), "{body}");
+        }
+    }
+
+    #[test]
+    fn parse_errors() {
+        for body in [&b"{"[..], b"not json", b"\xff\xfe", b"", b"{} {}"] {
+            assert_eq!(
+                parse(body).unwrap_err().code,
+                ErrorCode::ParseError,
+                "{body:?}"
+            );
+        }
+        let deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
+        assert!(
+            parse(deep.as_bytes())
+                .unwrap_err()
+                .message
+                .contains("nested")
+        );
+        let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
+        assert!(parse(ok.as_bytes()).is_ok());
+        // Brackets inside strings do not count.
+        let in_string = format!(
+            r#"{{"jsonrpc":"2.0","method":"{}","id":1}}"#,
+            "[".repeat(500)
+        );
+        assert!(parse(in_string.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn batches() {
+        assert_eq!(parse(b"[]").unwrap_err().code, ErrorCode::InvalidRequest);
+        let Incoming::Batch(calls) = parse(
+            br#"[{"jsonrpc":"2.0","method":"ping","id":1}, 5, {"jsonrpc":"2.0","method":"ping"}]"#,
+        )
+        .unwrap() else {
+            panic!("expected a batch")
+        };
+        assert_eq!(calls.len(), 3);
+        assert!(calls[0].is_ok());
+        assert!(calls[1].is_err());
+        assert!(calls[2].as_ref().unwrap().is_notification());
+    }
+
+    #[test]
+    fn responses_are_valid_json() {
+        let id = RawValue::from_string("7".into()).unwrap();
+        let result = RawValue::from_string(r#"{"pong":true}"#.into()).unwrap();
+        let ok: Value = serde_json::from_slice(&success(&id, &result)).unwrap();
+        assert_eq!(
+            ok,
+            json!({"jsonrpc": "2.0", "result": {"pong": true}, "id": 7})
+        );
+
+        let error = RpcError::new(ErrorCode::NotConnected, "say \"connect\" first");
+        let err: Value = serde_json::from_slice(&failure(None, &error)).unwrap();
+        assert_eq!(err["error"]["code"], -32001);
+        assert_eq!(err["error"]["message"], "say \"connect\" first");
+        assert_eq!(err["error"]["data"]["name"], "NOT_CONNECTED");
+        assert_eq!(err["id"], Value::Null);
+
+        let both: Value =
+            serde_json::from_slice(&batch(&[success(&id, &result), failure(None, &error)]))
+                .unwrap();
+        assert_eq!(both.as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn params_are_named() {
+        #[derive(Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct P {
+            topic: String,
+        }
+        let raw = RawValue::from_string(r#"{"topic":"a"}"#.into()).unwrap();
+        assert_eq!(params::<P>(Some(&raw)).unwrap().topic, "a");
+        let raw = RawValue::from_string(r#"["a"]"#.into()).unwrap();
+        assert!(
+            params::<P>(Some(&raw))
+                .unwrap_err()
+                .message
+                .contains("named")
+        );
+        let raw = RawValue::from_string(r#"{"topik":"a"}"#.into()).unwrap();
+        assert!(
+            params::<P>(Some(&raw))
+                .unwrap_err()
+                .message
+                .contains("topik")
+        );
+        assert!(params::<P>(None).unwrap_err().message.contains("topic"));
+    }
+}

@@ -1,0 +1,107 @@
+//! Encoding of delivered messages.
+//!
+//! A published message is encoded once, into a notification that every subscriber
+//! receives as the same shared bytes:
+//! `{"jsonrpc":"2.0","method":"message","params":{"topic","payload","sender","id","timestamp",...}}`.
+//! The payload is copied as the publisher wrote it, never parsed into a tree and
+//! re-serialised.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// The metadata and payload of one message on its way to subscribers.
+#[derive(Debug, Serialize)]
+pub struct Delivery<'a> {
+    pub topic: &'a str,
+    pub payload: &'a RawValue,
+    pub sender: &'a str,
+    pub id: &'a str,
+    /// Seconds since the Unix epoch when the broker accepted the message.
+    pub timestamp: f64,
+    /// Where a reply goes; present on requests only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<&'a str>,
+    /// Seconds the publisher gave the message to live; absent when unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Notification<'a, P: Serialize> {
+    jsonrpc: &'static str,
+    method: &'static str,
+    params: &'a P,
+}
+
+/// Encodes a notification frame body for `method` with `params`.
+pub fn notification<P: Serialize>(method: &'static str, params: &P) -> Bytes {
+    let body = serde_json::to_vec(&Notification {
+        jsonrpc: "2.0",
+        method,
+        params,
+    })
+    .expect("notification params always serialise");
+    Bytes::from(body)
+}
+
+impl Delivery<'_> {
+    pub fn encode(&self) -> Bytes {
+        notification("message", self)
+    }
+}
+
+/// Returns the payload with raw line breaks replaced by spaces. In valid JSON a raw
+/// line break can only be whitespace between tokens, so this never changes the value,
+/// and it keeps forwarded payloads safe for newline-delimited connections.
+pub fn single_line(payload: &RawValue) -> Option<Box<RawValue>> {
+    let text = payload.get();
+    if !text.bytes().any(|b| b == b'\n' || b == b'\r') {
+        return None;
+    }
+    let flat = text.replace(['\n', '\r'], " ");
+    Some(RawValue::from_string(flat).expect("replacing whitespace keeps JSON valid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn delivery_carries_the_payload_verbatim() {
+        let payload = RawValue::from_string(r#"{"b":1,  "a":[1.50,"é"]}"#.into()).unwrap();
+        let body = Delivery {
+            topic: "jobs.activated",
+            payload: &payload,
+            sender: "app1",
+            id: "abc-1",
+            timestamp: 1.5,
+            reply_to: None,
+            ttl: None,
+        }
+        .encode();
+        let text = std::str::from_utf8(&body).unwrap();
+        assert!(
+            text.contains(r#""payload":{"b":1,  "a":[1.50,"é"]}"#),
+            "{text}"
+        );
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["method"], "message");
+        assert_eq!(value["params"]["topic"], "jobs.activated");
+        assert_eq!(value["params"]["sender"], "app1");
+        assert_eq!(value["params"]["id"], "abc-1");
+        assert!(value["params"].get("reply_to").is_none());
+        assert!(value.get("id").is_none(), "a notification has no id");
+    }
+
+    #[test]
+    fn line_breaks_become_spaces() {
+        let payload = RawValue::from_string("{\n  \"a\": \"x\\ny\"\r\n}".into()).unwrap();
+        let flat = single_line(&payload).unwrap();
+        assert!(!flat.get().contains('\n'));
+        let value: Value = serde_json::from_str(flat.get()).unwrap();
+        assert_eq!(value, json!({"a": "x\ny"}));
+        assert!(single_line(&RawValue::from_string("[1]".into()).unwrap()).is_none());
+    }
+}

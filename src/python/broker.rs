@@ -1,0 +1,138 @@
+//! `Broker`: the server behind `message_broker.MessageBroker`. It runs on the
+//! extension's runtime, so it needs no asyncio loop: a Qt app or a plain thread can
+//! host it.
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+use super::runtime;
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use crate::server::{self, BrokerHandle};
+
+#[pyclass(module = "message_broker._core", frozen)]
+pub struct Broker {
+    config: BrokerConfig,
+    running: Mutex<Option<BrokerHandle>>,
+}
+
+fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        PyValueError::new_err(format!(
+            "{name} must be a positive number of seconds, got {value}"
+        ))
+    })
+}
+
+fn to_py_error(error: BrokerError) -> PyErr {
+    match error {
+        BrokerError::InvalidConfig(_) => PyValueError::new_err(error.to_string()),
+        BrokerError::Bind { ref source, .. } | BrokerError::Resolve { ref source, .. } => {
+            PyOSError::new_err((source.raw_os_error().unwrap_or(0), error.to_string()))
+        }
+        BrokerError::Io(_) => PyOSError::new_err(error.to_string()),
+    }
+}
+
+#[pymethods]
+impl Broker {
+    #[new]
+    #[pyo3(signature = (
+        *, host, port, max_connections, heartbeat_interval, heartbeat_timeout,
+        max_message_size, max_queue_size, log_messages, handshake_timeout, frame_timeout
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        host: String,
+        port: u16,
+        max_connections: usize,
+        heartbeat_interval: f64,
+        heartbeat_timeout: f64,
+        max_message_size: usize,
+        max_queue_size: usize,
+        log_messages: bool,
+        handshake_timeout: f64,
+        frame_timeout: f64,
+    ) -> PyResult<Self> {
+        let config = BrokerConfig {
+            host,
+            port,
+            max_connections,
+            heartbeat_interval: seconds("heartbeat_interval", heartbeat_interval)?,
+            heartbeat_timeout: seconds("heartbeat_timeout", heartbeat_timeout)?,
+            max_message_size,
+            max_queue_size,
+            log_messages,
+            handshake_timeout: seconds("handshake_timeout", handshake_timeout)?,
+            frame_timeout: seconds("frame_timeout", frame_timeout)?,
+        };
+        config.validate().map_err(to_py_error)?;
+        Ok(Broker {
+            config,
+            running: Mutex::new(None),
+        })
+    }
+
+    /// Binds and starts serving; returns the bound port.
+    fn start(&self, py: Python<'_>) -> PyResult<u16> {
+        let mut running = self.running.lock();
+        if running.as_ref().is_some_and(|h| !h.is_finished()) {
+            return Err(PyRuntimeError::new_err("the broker is already running"));
+        }
+        let handle = runtime::handle()?;
+        let config = self.config.clone();
+        let started = py
+            .detach(|| handle.block_on(server::start(config)))
+            .map_err(to_py_error)?;
+        let port = started.local_addr().port();
+        *running = Some(started);
+        Ok(port)
+    }
+
+    /// Stops gracefully (announcing `reason` on `system.broker.shutdown`) and waits
+    /// until every connection is closed. Does nothing when not running.
+    #[pyo3(signature = (reason = "broker stopped"))]
+    fn stop(&self, py: Python<'_>, reason: &str) -> PyResult<()> {
+        let Some(running) = self.running.lock().take() else {
+            return Ok(());
+        };
+        let handle = runtime::handle()?;
+        py.detach(|| handle.block_on(running.stop(reason)));
+        Ok(())
+    }
+
+    #[getter]
+    fn is_running(&self) -> bool {
+        self.running
+            .lock()
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+    }
+
+    /// The bound port while running, else None.
+    #[getter]
+    fn port(&self) -> Option<u16> {
+        self.running.lock().as_ref().map(|h| h.local_addr().port())
+    }
+
+    /// The bound address while running, else None.
+    #[getter]
+    fn bound_host(&self) -> Option<String> {
+        self.running
+            .lock()
+            .as_ref()
+            .map(|h| h.local_addr().ip().to_string())
+    }
+
+    /// The broker's status as JSON text (the same document as the `status` method).
+    fn status_json(&self) -> PyResult<String> {
+        let running = self.running.lock();
+        let handle = running
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))?;
+        Ok(handle.router().status().to_string())
+    }
+}

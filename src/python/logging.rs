@@ -1,0 +1,172 @@
+//! Forwards `tracing` events to Python's `logging`, under logger names that follow the
+//! Rust module path (`message_broker.server`, `message_broker.messages`, ...).
+//!
+//! Events are formatted where they happen and queued; a single thread takes the GIL
+//! and hands them to `logging`. A broker thread therefore never waits for the GIL, and
+//! at interpreter exit the thread is joined before finalization begins.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+/// Records waiting for the logging thread; past this, records are counted and dropped.
+const QUEUE: usize = 8192;
+
+enum Entry {
+    Record {
+        level: u8,
+        logger: String,
+        message: String,
+    },
+    Stop,
+}
+
+static SENDER: Mutex<Option<SyncSender<Entry>>> = Mutex::new(None);
+static THREAD: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// The lowest Python level forwarded (Python's numbering: DEBUG=10 ... ERROR=40).
+static MIN_LEVEL: AtomicU8 = AtomicU8::new(20);
+
+fn python_level(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 40,
+        Level::WARN => 30,
+        Level::INFO => 20,
+        Level::DEBUG | Level::TRACE => 10,
+    }
+}
+
+/// Sets the lowest level forwarded to Python; the package passes the effective level
+/// of the `message_broker` logger when a broker starts.
+#[pyfunction]
+pub fn set_log_level(level: u8) {
+    MIN_LEVEL.store(level, Ordering::Relaxed);
+}
+
+pub fn install() {
+    let (tx, rx) = sync_channel(QUEUE);
+    let thread = std::thread::Builder::new()
+        .name("message-broker-log".into())
+        .spawn(move || run(rx));
+    let Ok(thread) = thread else { return };
+    *SENDER.lock() = Some(tx);
+    *THREAD.lock() = Some(thread);
+    // Fails only when the host process already installed a subscriber; theirs wins.
+    let _ =
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(PythonLogging));
+}
+
+/// Stops and joins the logging thread after it has written what is queued.
+pub fn stop() {
+    if let Some(tx) = SENDER.lock().take() {
+        let _ = tx.send(Entry::Stop);
+    }
+    if let Some(thread) = THREAD.lock().take() {
+        let _ = thread.join();
+    }
+}
+
+fn run(rx: Receiver<Entry>) {
+    while let Ok(Entry::Record {
+        level,
+        logger,
+        message,
+    }) = rx.recv()
+    {
+        let dropped = DROPPED.swap(0, Ordering::Relaxed);
+        // try_attach: never attach to an interpreter that is already finalizing.
+        let attached = Python::try_attach(|py| {
+            let result = (|| -> PyResult<()> {
+                let logging = py.import("logging")?;
+                if dropped > 0 {
+                    logging
+                        .call_method1("getLogger", ("message_broker",))?
+                        .call_method1(
+                            "warning",
+                            (format!(
+                                "{dropped} log records were dropped: the logging queue was full"
+                            ),),
+                        )?;
+                }
+                let logger = logging.call_method1("getLogger", (logger,))?;
+                if logger.call_method1("isEnabledFor", (level,))?.is_truthy()? {
+                    logger.call_method1("log", (level, message))?;
+                }
+                Ok(())
+            })();
+            if let Err(err) = result {
+                err.print(py);
+            }
+        });
+        if attached.is_none() {
+            return;
+        }
+    }
+}
+
+struct PythonLogging;
+
+impl<S: Subscriber> Layer<S> for PythonLogging {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
+        python_level(metadata.level()) >= MIN_LEVEL.load(Ordering::Relaxed)
+    }
+
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let metadata = event.metadata();
+        let mut text = Message::default();
+        event.record(&mut text);
+        let entry = Entry::Record {
+            level: python_level(metadata.level()),
+            logger: metadata.target().replace("::", "."),
+            message: text.finish(),
+        };
+        if let Some(tx) = SENDER.lock().as_ref()
+            && let Err(TrySendError::Full(_)) = tx.try_send(entry)
+        {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// "message key=value key=value".
+#[derive(Default)]
+struct Message {
+    message: String,
+    fields: String,
+}
+
+impl Message {
+    fn finish(self) -> String {
+        if self.fields.is_empty() {
+            self.message
+        } else {
+            format!("{} ({})", self.message, self.fields.trim_start())
+        }
+    }
+}
+
+impl Visit for Message {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            let _ = write!(self.fields, " {}={}", field.name(), value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.fields, " {}={:?}", field.name(), value);
+        }
+    }
+}

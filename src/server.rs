@@ -1,0 +1,232 @@
+//! The TCP server: binds, accepts connections within `max_connections`, and shuts
+//! down gracefully: subscribers hear `system.broker.shutdown` before their
+//! connections close, and every connection task is joined.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, lookup_host};
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::timeout;
+
+use crate::config::BrokerConfig;
+use crate::error::{BrokerError, ErrorCode, RpcError};
+use crate::protocol::frame::Framing;
+use crate::protocol::jsonrpc;
+use crate::router::Router;
+use crate::session;
+use crate::shutdown::Shutdown;
+
+/// How long a graceful stop waits for connections to flush and close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a refused connection gets to read its error before it is closed.
+const REJECT_LINGER: Duration = Duration::from_secs(1);
+/// How long a refused connection may take to show its framing with a first byte.
+const REJECT_PEEK: Duration = Duration::from_millis(100);
+/// Idle time before TCP keepalive probes start: how dead peers that never ping are found.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// A running broker. Dropping it stops the broker too (without waiting).
+pub struct BrokerHandle {
+    router: Arc<Router>,
+    local_addr: SocketAddr,
+    stop: Option<oneshot::Sender<String>>,
+    task: JoinHandle<()>,
+}
+
+impl BrokerHandle {
+    /// The address the broker listens on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// True once the server task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the broker: announces `system.broker.shutdown` with `reason`, closes every
+    /// connection after flushing it, and returns when all are closed.
+    pub async fn stop(mut self, reason: &str) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(reason.to_owned());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Binds the listener and starts serving in the background on the current runtime.
+pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
+    config.validate()?;
+    let listener = bind(&config.host, config.port).await?;
+    let local_addr = listener.local_addr()?;
+    let router = Router::new(config);
+    router.set_local_addr(local_addr);
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(serve(listener, router.clone(), stopped));
+    tracing::info!(%local_addr, "message broker listening");
+    router.publish_system(
+        "system.broker.ready",
+        &json!({"host": local_addr.ip().to_string(), "port": local_addr.port()}),
+    );
+    Ok(BrokerHandle {
+        router,
+        local_addr,
+        stop: Some(stop),
+        task,
+    })
+}
+
+/// Binds the first address `host` resolves to that accepts, IPv4 first: `localhost`
+/// means the same loopback address to every client whatever the resolver's order.
+async fn bind(host: &str, port: u16) -> Result<TcpListener, BrokerError> {
+    let mut addrs: Vec<SocketAddr> = lookup_host((host, port))
+        .await
+        .map_err(|source| BrokerError::Resolve {
+            host: host.to_owned(),
+            source,
+        })?
+        .collect();
+    addrs.sort_by_key(|addr| !addr.is_ipv4());
+    let mut last_error = None;
+    for addr in addrs {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(source) => {
+                last_error = Some(BrokerError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| BrokerError::Resolve {
+        host: host.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
+    }))
+}
+
+/// Decrements the open-connection count when a connection task ends, however it ends.
+struct OpenConnection(Arc<Router>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0
+            .counters
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve(listener: TcpListener, router: Arc<Router>, mut stopped: oneshot::Receiver<String>) {
+    let (notify_shutdown, _) = broadcast::channel::<()>(1);
+    let mut connections = JoinSet::new();
+    let reason = loop {
+        tokio::select! {
+            reason = &mut stopped => break reason.unwrap_or_else(|_| "broker handle dropped".to_owned()),
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => admit(stream, peer, &router, &notify_shutdown, &mut connections),
+                Err(error) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    };
+    drop(listener);
+    tracing::info!(reason, "message broker shutting down");
+    router.begin_shutdown(&reason);
+    let _ = notify_shutdown.send(());
+    let drained = timeout(SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = connections.len(),
+            "connections did not close in time; aborting them"
+        );
+        connections.shutdown().await;
+    }
+    tracing::info!("message broker stopped");
+}
+
+fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: &Arc<Router>,
+    notify_shutdown: &broadcast::Sender<()>,
+    connections: &mut JoinSet<()>,
+) {
+    let max = router.config().max_connections;
+    if router.counters.connections_open.load(Ordering::Relaxed) >= max {
+        router
+            .counters
+            .connections_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%peer, max_connections = max, "connection refused: too many connections");
+        tokio::spawn(reject(stream, max));
+        return;
+    }
+    router
+        .counters
+        .connections_open
+        .fetch_add(1, Ordering::Relaxed);
+    router
+        .counters
+        .connections_accepted
+        .fetch_add(1, Ordering::Relaxed);
+    let open = OpenConnection(router.clone());
+    if let Err(error) = configure(&stream) {
+        tracing::debug!(%peer, %error, "could not set socket options");
+    }
+    let shutdown = Shutdown::new(notify_shutdown.subscribe());
+    let router = router.clone();
+    connections.spawn(async move {
+        let _open = open;
+        session::run(stream, peer, router, shutdown).await;
+    });
+}
+
+fn configure(stream: &TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+/// Tells a connection over the limit why it is refused, in its own framing when its
+/// first byte arrives quickly, then closes it.
+async fn reject(mut stream: TcpStream, max: usize) {
+    let error = RpcError::new(
+        ErrorCode::TooManyConnections,
+        format!("the broker already serves max_connections={max} clients; try again later"),
+    );
+    let mut first = [0u8; 1];
+    let framing = match timeout(REJECT_PEEK, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => Framing::detect(first[0]),
+        _ => Framing::LengthPrefixed,
+    };
+    let mut buf = BytesMut::new();
+    framing.encode(&jsonrpc::failure(None, &error), &mut buf);
+    let _ = timeout(REJECT_LINGER, async {
+        stream.write_all(&buf).await?;
+        stream.shutdown().await?;
+        // Read until the client closes, so the error is not lost to a reset.
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        std::io::Result::Ok(())
+    })
+    .await;
+}

@@ -1,0 +1,661 @@
+//! One client connection: reads frames, answers the protocol's methods, and closes
+//! with a reason.
+//!
+//! Methods: `connect`, `disconnect`, `subscribe`, `unsubscribe`, `publish`,
+//! `request`, `ping`, `status`. Everything but `connect` and `ping` needs `connect`
+//! first. A request (a call with an `id`) gets exactly one response; a notification
+//! gets none, errors included.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::{RawValue, to_raw_value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use crate::connection::{FrameReader, ReadError, write_loop};
+use crate::error::{ErrorCode, RpcError};
+use crate::index::SessionId;
+use crate::outbox::{self, Outbox};
+use crate::protocol::frame::{Decoded, FrameError};
+use crate::protocol::jsonrpc::{self, Call, Incoming};
+use crate::protocol::message::single_line;
+use crate::router::{ClientInfo, Publish, REPLY_PREFIX, Router};
+use crate::shutdown::Shutdown;
+use crate::topic::{is_reserved, parse_pattern, validate_topic};
+
+/// How long a closing connection may take to flush what is queued for it.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
+/// Longest `client_id` accepted, in characters.
+const MAX_CLIENT_ID_LEN: usize = 256;
+/// Default and largest timeout of a `request`, in seconds.
+const DEFAULT_REQUEST_TIMEOUT: f64 = 5.0;
+const MAX_REQUEST_TIMEOUT: f64 = 3600.0;
+/// The topic on which requests are answered by the broker itself with its status.
+pub const STATUS_TOPIC: &str = "status";
+
+pub const METHODS: [&str; 8] = [
+    "connect",
+    "disconnect",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "request",
+    "ping",
+    "status",
+];
+
+type RpcResult = Result<Box<RawValue>, RpcError>;
+type PendingResult = Pin<Box<dyn Future<Output = RpcResult> + Send>>;
+
+/// What a method call produced.
+enum Outcome {
+    Done(RpcResult),
+    /// Answered later (a request waiting for its reply).
+    Pending(PendingResult),
+    /// Answered, then the connection closes (`disconnect`).
+    Close(RpcResult),
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    Disconnected,
+    Closed,
+    Lost(String),
+    TakenOver,
+    Shutdown,
+    HeartbeatTimeout(Duration),
+    HandshakeTimeout(Duration),
+    FrameTimeout(Duration),
+    FarTooLarge(FrameError),
+}
+
+impl End {
+    fn reason(&self) -> Cow<'static, str> {
+        match self {
+            End::Disconnected => "client disconnect".into(),
+            End::Closed => "connection closed".into(),
+            End::Lost(why) => format!("connection lost: {why}").into(),
+            End::TakenOver => "taken over".into(),
+            End::Shutdown => "broker shutdown".into(),
+            End::HeartbeatTimeout(_) => "heartbeat timeout".into(),
+            End::HandshakeTimeout(_) => "no connect in time".into(),
+            End::FrameTimeout(_) => "frame timeout".into(),
+            End::FarTooLarge(_) => "frame too large".into(),
+        }
+    }
+
+    /// The error sent to the client just before its connection closes.
+    fn notice(&self) -> Option<RpcError> {
+        let (code, message) = match self {
+            End::Disconnected | End::Closed | End::Lost(_) => return None,
+            End::TakenOver => (
+                ErrorCode::SessionTakenOver,
+                "another connection connected with this client_id; closing this one".into(),
+            ),
+            End::Shutdown => (
+                ErrorCode::ShuttingDown,
+                "the broker is shutting down".into(),
+            ),
+            End::HeartbeatTimeout(after) => (
+                ErrorCode::HeartbeatTimeout,
+                format!("no heartbeat for {after:?}; closing the connection"),
+            ),
+            End::HandshakeTimeout(after) => (
+                ErrorCode::ReadTimeout,
+                format!("no connect within {after:?}; closing the connection"),
+            ),
+            End::FrameTimeout(after) => (
+                ErrorCode::ReadTimeout,
+                format!("a frame took longer than {after:?} to arrive; closing the connection"),
+            ),
+            End::FarTooLarge(err) => (ErrorCode::MessageTooLarge, err.to_string()),
+        };
+        Some(RpcError::new(code, message))
+    }
+}
+
+/// Serves one connection until it ends, then flushes what is queued for it (briefly)
+/// and closes it.
+pub async fn run<S>(stream: S, peer: SocketAddr, router: Arc<Router>, mut shutdown: Shutdown)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let config = router.config();
+    let (read_half, write_half) = tokio::io::split(stream);
+    let framing = Arc::new(OnceLock::new());
+    let (outbox, queue) = outbox::channel(config.max_queue_size);
+    let mut writer = tokio::spawn(write_loop(write_half, queue, framing.clone()));
+    let mut reader = FrameReader::new(read_half, config.max_message_size, config.frame_timeout);
+
+    let mut session = Session {
+        id: router.new_session_id(),
+        router: router.clone(),
+        outbox,
+        client_id: None,
+        evicted: Arc::new(Notify::new()),
+        pinged: false,
+        last_seen: Instant::now(),
+    };
+    let end = session.serve(&mut reader, &mut shutdown, &framing).await;
+    match &end {
+        End::Closed | End::Disconnected | End::Shutdown => {
+            tracing::debug!(%peer, client_id = session.client_id.as_deref(), reason = %end.reason(), "connection ended")
+        }
+        _ => {
+            tracing::info!(%peer, client_id = session.client_id.as_deref(), reason = %end.reason(), "connection ended")
+        }
+    }
+    if let Some(notice) = end.notice() {
+        session
+            .outbox
+            .try_send(Bytes::from(jsonrpc::failure(None, &notice)));
+    }
+    router.unregister(session.id, &end.reason());
+    // Dropping the last sender lets the writer flush the queue and close the socket.
+    drop(session);
+    if timeout(FLUSH_ON_CLOSE, &mut writer).await.is_err() {
+        writer.abort();
+    }
+}
+
+struct Session {
+    id: SessionId,
+    router: Arc<Router>,
+    outbox: Outbox,
+    client_id: Option<Arc<str>>,
+    evicted: Arc<Notify>,
+    /// Clients that ping are held to `heartbeat_timeout`; others are never dropped
+    /// for being idle (TCP keepalive finds dead peers).
+    pinged: bool,
+    last_seen: Instant,
+}
+
+impl Session {
+    async fn serve<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut FrameReader<R>,
+        shutdown: &mut Shutdown,
+        framing: &OnceLock<crate::protocol::frame::Framing>,
+    ) -> End {
+        let router = self.router.clone();
+        let config = router.config();
+        let handshake_deadline = Instant::now() + config.handshake_timeout;
+        loop {
+            let deadline = match (&self.client_id, self.pinged) {
+                (None, _) => Some(handshake_deadline),
+                (Some(_), true) => Some(self.last_seen + config.heartbeat_timeout),
+                (Some(_), false) => None,
+            };
+            let read = async {
+                match deadline {
+                    Some(deadline) => timeout_at(deadline, reader.next()).await.ok(),
+                    None => Some(reader.next().await),
+                }
+            };
+            let read = tokio::select! {
+                biased;
+                _ = shutdown.recv() => return End::Shutdown,
+                _ = self.evicted.notified() => return End::TakenOver,
+                read = read => read,
+            };
+            let decoded = match read {
+                None if self.client_id.is_none() => {
+                    return End::HandshakeTimeout(config.handshake_timeout);
+                }
+                None => return End::HeartbeatTimeout(config.heartbeat_timeout),
+                Some(Ok(Some(decoded))) => decoded,
+                Some(Ok(None)) => return End::Closed,
+                Some(Err(ReadError::FrameTimeout(after))) => return End::FrameTimeout(after),
+                Some(Err(ReadError::Framing(err))) => return End::FarTooLarge(err),
+                Some(Err(err)) => return End::Lost(err.to_string()),
+            };
+            if framing.get().is_none()
+                && let Some(detected) = reader.framing()
+            {
+                let _ = framing.set(detected);
+            }
+            self.last_seen = Instant::now();
+            match decoded {
+                Decoded::TooLarge { len } => {
+                    let error = RpcError::new(
+                        ErrorCode::MessageTooLarge,
+                        format!(
+                            "message of {len} bytes exceeds max_message_size ({} bytes); it was discarded",
+                            config.max_message_size
+                        ),
+                    );
+                    self.protocol_error();
+                    self.respond(jsonrpc::failure(None, &error)).await;
+                }
+                Decoded::Frame(body) => {
+                    if let Some(end) = self.handle_frame(&body).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    fn protocol_error(&self) {
+        self.router
+            .counters
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn respond(&self, body: Vec<u8>) {
+        self.outbox.send(Bytes::from(body)).await;
+    }
+
+    /// Handles one frame: a single call or a batch. Returns `Some` when the
+    /// connection must close afterwards.
+    async fn handle_frame(&mut self, body: &[u8]) -> Option<End> {
+        let incoming = match jsonrpc::parse(body) {
+            Ok(incoming) => incoming,
+            Err(error) => {
+                self.protocol_error();
+                self.respond(jsonrpc::failure(None, &error)).await;
+                return None;
+            }
+        };
+        match incoming {
+            Incoming::Single(Err(rejected)) => {
+                self.protocol_error();
+                self.respond(jsonrpc::failure(rejected.id, &rejected.error))
+                    .await;
+                None
+            }
+            Incoming::Single(Ok(call)) => {
+                let id = call.id;
+                let (outcome, closes) = self.dispatch(&call).into_answer();
+                match outcome {
+                    Answer::Now(result) => {
+                        if let Some(response) = self.encode(id, &call, result) {
+                            self.respond(response).await;
+                        }
+                    }
+                    Answer::Later(pending) => {
+                        let outbox = self.outbox.clone();
+                        let id = id.map(RawValue::to_owned);
+                        tokio::spawn(async move {
+                            let result = pending.await;
+                            if let Some(id) = id {
+                                outbox.send(Bytes::from(encode_result(&id, result))).await;
+                            }
+                        });
+                    }
+                }
+                closes.then_some(End::Disconnected)
+            }
+            Incoming::Batch(calls) => self.handle_batch(calls).await,
+        }
+    }
+
+    async fn handle_batch(&mut self, calls: Vec<jsonrpc::Parsed<'_>>) -> Option<End> {
+        enum Slot {
+            Ready(Vec<u8>),
+            Waiting(Box<RawValue>, tokio::task::JoinHandle<RpcResult>),
+        }
+        let mut slots = Vec::with_capacity(calls.len());
+        let mut close = false;
+        for call in calls {
+            let call = match call {
+                Ok(call) => call,
+                Err(rejected) => {
+                    self.protocol_error();
+                    slots.push(Slot::Ready(jsonrpc::failure(rejected.id, &rejected.error)));
+                    continue;
+                }
+            };
+            let (outcome, closes) = self.dispatch(&call).into_answer();
+            close |= closes;
+            match outcome {
+                Answer::Now(result) => {
+                    if let Some(response) = self.encode(call.id, &call, result) {
+                        slots.push(Slot::Ready(response));
+                    }
+                }
+                Answer::Later(pending) => {
+                    let task = tokio::spawn(pending);
+                    if let Some(id) = call.id {
+                        slots.push(Slot::Waiting(id.to_owned(), task));
+                    }
+                }
+            }
+        }
+        if slots.is_empty() {
+            return close.then_some(End::Disconnected);
+        }
+        if slots.iter().all(|slot| matches!(slot, Slot::Ready(_))) {
+            let responses: Vec<Vec<u8>> = slots
+                .into_iter()
+                .map(|slot| {
+                    if let Slot::Ready(r) = slot {
+                        r
+                    } else {
+                        unreachable!()
+                    }
+                })
+                .collect();
+            self.respond(jsonrpc::batch(&responses)).await;
+        } else {
+            let outbox = self.outbox.clone();
+            tokio::spawn(async move {
+                let mut responses = Vec::with_capacity(slots.len());
+                for slot in slots {
+                    responses.push(match slot {
+                        Slot::Ready(response) => response,
+                        Slot::Waiting(id, task) => {
+                            let result = task.await.unwrap_or_else(|e| {
+                                Err(RpcError::new(
+                                    ErrorCode::InternalError,
+                                    format!("request failed: {e}"),
+                                ))
+                            });
+                            encode_result(&id, result)
+                        }
+                    });
+                }
+                outbox.send(Bytes::from(jsonrpc::batch(&responses))).await;
+            });
+        }
+        close.then_some(End::Disconnected)
+    }
+
+    /// The response to a call, or `None` for a notification (whose errors are logged).
+    fn encode(&self, id: Option<&RawValue>, call: &Call<'_>, result: RpcResult) -> Option<Vec<u8>> {
+        if result.is_err() {
+            self.protocol_error();
+        }
+        match id {
+            Some(id) => Some(encode_result(id, result)),
+            None => {
+                if let Err(error) = result {
+                    tracing::debug!(
+                        client_id = self.client_id.as_deref(),
+                        method = %call.method,
+                        code = error.code.code(),
+                        "notification failed: {}",
+                        error.message
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    fn dispatch(&mut self, call: &Call<'_>) -> Outcome {
+        let method = call.method.as_ref();
+        if self.client_id.is_none()
+            && !matches!(method, "connect" | "ping")
+            && METHODS.contains(&method)
+        {
+            return Outcome::Done(Err(RpcError::new(
+                ErrorCode::NotConnected,
+                format!("call \"connect\" before \"{method}\""),
+            )));
+        }
+        let params = call.params;
+        match method {
+            "connect" => Outcome::Done(self.connect(params)),
+            "disconnect" => Outcome::Close(to_raw(&json!({"disconnected": true}))),
+            "subscribe" => Outcome::Done(self.subscribe(params)),
+            "unsubscribe" => Outcome::Done(self.unsubscribe(params)),
+            "publish" => Outcome::Done(self.publish(params)),
+            "request" => match self.request(params) {
+                Ok(pending) => Outcome::Pending(pending),
+                Err(error) => Outcome::Done(Err(error)),
+            },
+            "ping" => {
+                self.pinged = true;
+                Outcome::Done(to_raw(&json!({"pong": true, "time": unix_now()})))
+            }
+            "status" => Outcome::Done(to_raw(&self.router.status())),
+            other => Outcome::Done(Err(RpcError::new(
+                ErrorCode::MethodNotFound,
+                format!(
+                    "unknown method {other:?}; the methods are {}",
+                    METHODS.join(", ")
+                ),
+            ))),
+        }
+    }
+
+    fn connect(&mut self, params: Option<&RawValue>) -> RpcResult {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Params {
+            #[serde(default)]
+            client_id: Option<String>,
+            #[serde(default)]
+            client_type: Option<String>,
+            #[serde(default)]
+            version: Option<String>,
+        }
+        let p: Params = jsonrpc::params(params)?;
+        let client_id = p.client_id.unwrap_or_else(|| format!("client-{}", self.id));
+        if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID_LEN {
+            return Err(RpcError::invalid_params(format!(
+                "client_id must be 1 to {MAX_CLIENT_ID_LEN} characters long"
+            )));
+        }
+        if client_id.chars().any(char::is_control) {
+            return Err(RpcError::invalid_params(
+                "client_id must not contain control characters",
+            ));
+        }
+        match &self.client_id {
+            Some(current) if **current == *client_id => {}
+            Some(current) => {
+                return Err(RpcError::invalid_params(format!(
+                    "this connection is already connected as {current:?}; open another connection for {client_id:?}"
+                )));
+            }
+            None => {
+                let client_id: Arc<str> = client_id.into();
+                let info = ClientInfo {
+                    client_id: client_id.clone(),
+                    client_type: p.client_type,
+                    version: p.version,
+                };
+                self.router
+                    .register(self.id, info, self.outbox.clone(), self.evicted.clone())?;
+                self.client_id = Some(client_id);
+            }
+        }
+        let config = self.router.config();
+        to_raw(&json!({
+            "client_id": self.client_id.as_deref(),
+            "broker_version": crate::VERSION,
+            "heartbeat_interval": config.heartbeat_interval.as_secs_f64(),
+            "heartbeat_timeout": config.heartbeat_timeout.as_secs_f64(),
+            "max_message_size": config.max_message_size,
+        }))
+    }
+
+    fn subscribe(&mut self, params: Option<&RawValue>) -> RpcResult {
+        let patterns = read_patterns(params)?;
+        self.router.subscribe(self.id, &patterns)?;
+        to_raw(&json!({"subscribed": patterns.iter().map(|p| &**p).collect::<Vec<_>>()}))
+    }
+
+    fn unsubscribe(&mut self, params: Option<&RawValue>) -> RpcResult {
+        let patterns = read_patterns(params)?;
+        let removed = self.router.unsubscribe(self.id, &patterns);
+        to_raw(&json!({"unsubscribed": removed.iter().map(|p| &**p).collect::<Vec<_>>()}))
+    }
+
+    fn publish(&mut self, params: Option<&RawValue>) -> RpcResult {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Params<'a> {
+            #[serde(borrow)]
+            topic: Cow<'a, str>,
+            #[serde(borrow, default)]
+            payload: Option<&'a RawValue>,
+            #[serde(default)]
+            qos: u8,
+            #[serde(default)]
+            ttl: f64,
+        }
+        let p: Params<'_> = jsonrpc::params(params)?;
+        validate_topic(&p.topic)?;
+        if p.qos != 0 {
+            return Err(RpcError::invalid_params(format!(
+                "qos={} is not available: this broker delivers at most once (qos=0)",
+                p.qos
+            )));
+        }
+        let ttl = read_ttl(p.ttl)?;
+        let payload = Payload::new(p.payload);
+        if p.topic.starts_with(REPLY_PREFIX) {
+            return to_raw(&self.router.reply(&p.topic, payload.get()));
+        }
+        refuse_reserved(&p.topic)?;
+        let published = self.router.publish(Publish {
+            topic: &p.topic,
+            payload: payload.get(),
+            sender: self.client_id.as_deref().unwrap_or_default(),
+            reply_to: None,
+            ttl,
+        });
+        to_raw(&published)
+    }
+
+    fn request(&mut self, params: Option<&RawValue>) -> Result<PendingResult, RpcError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Params<'a> {
+            #[serde(borrow)]
+            topic: Cow<'a, str>,
+            #[serde(borrow, default)]
+            payload: Option<&'a RawValue>,
+            #[serde(default)]
+            timeout: Option<f64>,
+        }
+        let p: Params<'_> = jsonrpc::params(params)?;
+        validate_topic(&p.topic)?;
+        let timeout = p.timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        if !(timeout > 0.0 && timeout <= MAX_REQUEST_TIMEOUT) {
+            return Err(RpcError::invalid_params(format!(
+                "timeout must be more than 0 and at most {MAX_REQUEST_TIMEOUT} seconds, got {timeout}"
+            )));
+        }
+        if p.topic == STATUS_TOPIC {
+            let status = to_raw(&self.router.status());
+            return Ok(Box::pin(async move { status }));
+        }
+        refuse_reserved(&p.topic)?;
+        let payload = Payload::new(p.payload);
+        let msg = Publish {
+            topic: &p.topic,
+            payload: payload.get(),
+            sender: self.client_id.as_deref().unwrap_or_default(),
+            reply_to: None,
+            ttl: None,
+        };
+        let (_, pending) = self.router.request(msg, Duration::from_secs_f64(timeout))?;
+        Ok(Box::pin(pending.wait()))
+    }
+}
+
+enum Answer {
+    Now(RpcResult),
+    Later(PendingResult),
+}
+
+impl Outcome {
+    /// The answer, and whether the connection closes after it.
+    fn into_answer(self) -> (Answer, bool) {
+        match self {
+            Outcome::Done(result) => (Answer::Now(result), false),
+            Outcome::Close(result) => (Answer::Now(result), true),
+            Outcome::Pending(pending) => (Answer::Later(pending), false),
+        }
+    }
+}
+
+/// A published payload, flattened to one line when it had line breaks.
+struct Payload<'a> {
+    given: Option<&'a RawValue>,
+    flattened: Option<Box<RawValue>>,
+}
+
+impl<'a> Payload<'a> {
+    fn new(given: Option<&'a RawValue>) -> Self {
+        Payload {
+            given,
+            flattened: given.and_then(single_line),
+        }
+    }
+
+    fn get(&self) -> &RawValue {
+        self.flattened
+            .as_deref()
+            .or(self.given)
+            .unwrap_or(RawValue::NULL)
+    }
+}
+
+fn read_patterns(params: Option<&RawValue>) -> Result<Vec<Arc<str>>, RpcError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Params {
+        patterns: Vec<String>,
+    }
+    let p: Params = jsonrpc::params(params)?;
+    let mut patterns: Vec<Arc<str>> = Vec::with_capacity(p.patterns.len());
+    for pattern in p.patterns {
+        parse_pattern(&pattern)?;
+        if !patterns.iter().any(|p| **p == *pattern) {
+            patterns.push(pattern.into());
+        }
+    }
+    Ok(patterns)
+}
+
+fn read_ttl(ttl: f64) -> Result<Option<f64>, RpcError> {
+    if !ttl.is_finite() || ttl < 0.0 {
+        return Err(RpcError::invalid_params(format!(
+            "ttl must be 0 (no limit) or a positive number of seconds, got {ttl}"
+        )));
+    }
+    Ok((ttl > 0.0).then_some(ttl))
+}
+
+fn refuse_reserved(topic: &str) -> Result<(), RpcError> {
+    if is_reserved(topic) {
+        return Err(RpcError::invalid_params(format!(
+            "topic {topic:?} is reserved for the broker: clients cannot publish to system.* or _internal.*"
+        )));
+    }
+    Ok(())
+}
+
+fn to_raw<T: serde::Serialize>(value: &T) -> RpcResult {
+    to_raw_value(value).map_err(|e| RpcError::new(ErrorCode::InternalError, e.to_string()))
+}
+
+fn encode_result(id: &RawValue, result: RpcResult) -> Vec<u8> {
+    match result {
+        Ok(result) => jsonrpc::success(id, &result),
+        Err(error) => jsonrpc::failure(Some(id), &error),
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
