@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from message_broker import BrokerConfig, MessageBroker  # noqa: E402
+from wire import RawClient  # noqa: E402
+
+
+@pytest.fixture
+def start_broker() -> Iterator[Callable[..., MessageBroker]]:
+    """Starts brokers on 127.0.0.1 with an ephemeral port; stops them all afterwards."""
+    started: list[MessageBroker] = []
+
+    def start(**config: Any) -> MessageBroker:
+        config.setdefault("host", "127.0.0.1")
+        config.setdefault("port", 0)
+        broker = MessageBroker(BrokerConfig(**config))
+        broker.start_sync()
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        broker.stop_sync()
+
+
+@pytest.fixture
+def broker(start_broker: Callable[..., MessageBroker]) -> MessageBroker:
+    return start_broker()
+
+
+@pytest.fixture
+def raw(broker: MessageBroker) -> Iterator[Callable[..., RawClient]]:
+    """Opens raw connections to `broker`; closes them all afterwards."""
+    clients: list[RawClient] = []
+
+    def open_client(**kw: Any) -> RawClient:
+        assert broker.port is not None
+        client = RawClient(broker.port, **kw)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        client.close()
