@@ -9,8 +9,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from message_broker import BrokerConfig, MessageBroker  # noqa: E402
-from wire import RawClient  # noqa: E402
+from message_broker import BrokerConfig, MessageBroker
+
+from wire import RawClient
 
 
 @pytest.fixture

@@ -4,12 +4,14 @@ receives."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
 import time
 
 import pytest
+
 from wire import Closed, RawClient, error_code
 
 
@@ -28,7 +30,7 @@ def test_random_garbage_closes_only_that_connection(start_broker):
     bystander = RawClient(broker.port)
     bystander.connect("bystander")
     bystander.subscribe("health.check")
-    for seed in range(5):
+    for _ in range(5):
         with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock:
             garbage = os.urandom(4096)
             # A first byte that selects length-prefixed framing with a huge length.
@@ -59,9 +61,11 @@ def test_oversized_frame_is_refused_and_the_connection_goes_on(start_broker):
         client.connect("big")
         client.subscribe("t")
         published_before = client.result("status")["messages"]["published"]
-        big = b'{"jsonrpc":"2.0","method":"publish","params":{"topic":"t","payload":"' + (
-            b"x" * 2000
-        ) + b'"},"id":1}'
+        big = (
+            b'{"jsonrpc":"2.0","method":"publish","params":{"topic":"t","payload":"'
+            + (b"x" * 2000)
+            + b'"},"id":1}'
+        )
         client.send_raw(client.frame(big))
         response = client.recv()
         assert error_code(response) == -32004
@@ -100,7 +104,9 @@ def test_deeply_nested_json_is_refused_without_crashing(start_broker):
         depth = 200_000
         body = (
             b'{"jsonrpc":"2.0","method":"publish","params":{"topic":"t","payload":'
-            + b"[" * depth + b"]" * depth + b'},"id":1}'
+            + b"[" * depth
+            + b"]" * depth
+            + b'},"id":1}'
         )
         client.send_raw(client.frame(body))
         response = client.recv()
@@ -160,10 +166,8 @@ def test_connection_flood_past_max_connections(start_broker):
     refused = []
     for _ in range(20):
         client = RawClient(broker.port)
-        try:
+        with contextlib.suppress(OSError):
             client.send(client.request_obj("connect", {"client_id": "extra"}, 1))
-        except OSError:
-            pass
         refused.append(client)
     for client in refused:
         try:

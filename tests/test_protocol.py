@@ -7,9 +7,10 @@ import json
 import time
 
 import pytest
-from wire import RawClient, error_code
 
 from message_broker import ERROR_CODES
+
+from wire import error_code
 
 
 def test_connect_returns_session_details(raw):
@@ -340,8 +341,12 @@ def test_batch_with_request_waits_for_the_reply(raw):
     client.send(
         [
             {"jsonrpc": "2.0", "method": "ping", "id": "p"},
-            {"jsonrpc": "2.0", "method": "request", "params": {"topic": "svc.echo", "payload": 7},
-             "id": "r"},
+            {
+                "jsonrpc": "2.0",
+                "method": "request",
+                "params": {"topic": "svc.echo", "payload": 7},
+                "id": "r",
+            },
         ]
     )
     request = responder.next_message()
@@ -361,13 +366,18 @@ def test_newline_delimited_json_mode(raw):
     pub.connect("frames")
     sub.subscribe("t")
     # A pretty-printed payload: its line breaks must not break the line framing.
-    body = b'{"jsonrpc":"2.0","method":"publish","params":{"topic":"t","payload":{\n"a": [1,\n 2]}},"id":9}'
+    body = (
+        b'{"jsonrpc":"2.0","method":"publish",'
+        b'"params":{"topic":"t","payload":{\n"a": [1,\n 2]}},"id":9}'
+    )
     pub.send_raw(pub.frame(body))
     assert pub.wait_response(9)["result"]["recipients"] == 1
     assert sub.next_message()["payload"] == {"a": [1, 2]}
     sub.send_raw(b"this is not json\n")
     assert error_code(sub.recv()) == -32700
-    sub.send_raw(b'[{"jsonrpc":"2.0","method":"ping","id":1},{"jsonrpc":"2.0","method":"ping","id":2}]\r\n')
+    sub.send_raw(
+        b'[{"jsonrpc":"2.0","method":"ping","id":1},{"jsonrpc":"2.0","method":"ping","id":2}]\r\n'
+    )
     assert [r["id"] for r in sub.recv()] == [1, 2]
 
 

@@ -161,8 +161,11 @@ def test_shutdown_is_announced_before_connections_close(start_broker):
 def test_request_reply(raw):
     service = connected(raw, "svc", "scripts.status")
     client = connected(raw, "client")
-    client.send(client.request_obj("request", {"topic": "scripts.status",
-                                               "payload": {"id": "saw1"}, "timeout": 5}, 1))
+    client.send(
+        client.request_obj(
+            "request", {"topic": "scripts.status", "payload": {"id": "saw1"}, "timeout": 5}, 1
+        )
+    )
     request = service.next_message()
     assert request["payload"] == {"id": "saw1"}
     assert request["sender"] == "client"

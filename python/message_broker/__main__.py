@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     # `message-broker --port 0` means `message-broker serve --port 0`.
-    if not args_list or (args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help", "--version")):
+    top_level = (*COMMANDS, "-h", "--help", "--version")
+    if not args_list or args_list[0] not in top_level:
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
     return serve(args)

@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use tracing::field::{Field, Visit};
+use tracing::subscriber::Interest;
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -115,6 +116,12 @@ fn run(rx: Receiver<Entry>) {
 struct PythonLogging;
 
 impl<S: Subscriber> Layer<S> for PythonLogging {
+    /// The level can change at run time (`set_log_level`), so no callsite's answer
+    /// may be cached.
+    fn register_callsite(&self, _: &'static tracing::Metadata<'static>) -> Interest {
+        Interest::sometimes()
+    }
+
     fn enabled(&self, metadata: &tracing::Metadata<'_>, _: Context<'_, S>) -> bool {
         python_level(metadata.level()) >= MIN_LEVEL.load(Ordering::Relaxed)
     }

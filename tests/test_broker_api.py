@@ -1,0 +1,212 @@
+"""The Python API of the broker: MessageBroker and BrokerConfig."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from message_broker import BrokerConfig, MessageBroker
+
+from wire import RawClient
+
+
+async def test_async_start_stop_with_ephemeral_port():
+    broker = MessageBroker(BrokerConfig(host="127.0.0.1", port=0))
+    assert broker.port is None
+    await broker.start()
+    try:
+        assert broker.is_running
+        assert broker.port and broker.port > 0
+        with RawClient(broker.port) as client:
+            assert client.connect("a")["client_id"] == "a"
+    finally:
+        await broker.stop()
+    assert not broker.is_running
+    assert broker.port is None
+
+
+async def test_async_context_manager_and_status():
+    async with MessageBroker(BrokerConfig(host="127.0.0.1", port=0)) as broker:
+        with RawClient(broker.port) as client:
+            client.connect("status-check")
+            status = broker.status()
+        assert status["client_count"] == 1
+        assert status["clients"][0]["client_id"] == "status-check"
+    assert not broker.is_running
+
+
+async def test_stop_does_not_block_the_event_loop():
+    broker = MessageBroker(BrokerConfig(host="127.0.0.1", port=0))
+    await broker.start()
+    client = RawClient(broker.port)
+    client.connect("lingering")
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    await broker.stop()
+    task.cancel()
+    client.close()
+    assert ticks >= 1
+
+
+def test_hosted_from_a_plain_thread_without_asyncio():
+    ports: list[int] = []
+
+    def host() -> None:
+        with MessageBroker(BrokerConfig(host="127.0.0.1", port=0)) as broker:
+            ports.append(broker.port)
+            with RawClient(broker.port) as client:
+                client.connect("threaded")
+                client.subscribe("t")
+                client.publish("t", "hello")
+                assert client.next_message()["payload"] == "hello"
+
+    thread = threading.Thread(target=host)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(ports) == 1
+
+
+def test_restart_on_the_same_port():
+    broker = MessageBroker(BrokerConfig(host="127.0.0.1", port=0))
+    port = broker.start_sync()
+    broker.stop_sync()
+    again = MessageBroker(BrokerConfig(host="127.0.0.1", port=port))
+    assert again.start_sync() == port
+    again.stop_sync()
+
+
+def test_start_twice_is_an_error(broker):
+    with pytest.raises(RuntimeError, match="already running"):
+        broker.start_sync()
+
+
+def test_port_in_use_raises_oserror(broker):
+    other = MessageBroker(BrokerConfig(host="127.0.0.1", port=broker.port))
+    with pytest.raises(OSError, match=str(broker.port)):
+        other.start_sync()
+
+
+def test_stop_when_not_running_is_harmless():
+    broker = MessageBroker(BrokerConfig(host="127.0.0.1", port=0))
+    broker.stop_sync()
+
+
+@pytest.mark.parametrize(
+    "changes,error,needle",
+    [
+        ({"port": 70000}, ValueError, "port"),
+        ({"port": "15234"}, TypeError, "port"),
+        ({"log_messages": 1}, TypeError, "log_messages"),
+        ({"max_connections": True}, TypeError, "max_connections"),
+        ({"max_queue_size": 0}, ValueError, "max_queue_size"),
+        ({"max_message_size": 10}, ValueError, "max_message_size"),
+        ({"heartbeat_interval": 0.0}, ValueError, "heartbeat_interval"),
+        ({"heartbeat_timeout": 1.0}, ValueError, "heartbeat_timeout"),
+        ({"frame_timeout": -1.0}, ValueError, "frame_timeout"),
+        ({"host": ""}, ValueError, "host"),
+    ],
+)
+def test_bad_config_is_named(changes, error, needle):
+    with pytest.raises(error, match=needle):
+        MessageBroker(BrokerConfig(**changes))
+
+
+def test_seed_defaults():
+    config = BrokerConfig()
+    assert (config.host, config.port) == ("localhost", 15234)
+    assert config.max_connections == 100
+    assert config.heartbeat_interval == 5.0
+    assert config.heartbeat_timeout == 30.0
+    assert config.max_message_size == 1024 * 1024
+    assert config.max_queue_size == 10000
+    assert config.log_messages is False
+    assert BrokerConfig(log_messages=True).log_messages is True
+
+
+def test_config_files(tmp_path):
+    toml = tmp_path / "broker.toml"
+    toml.write_text('[broker]\nport = 0\nhost = "127.0.0.1"\nmax_queue_size = 50\n')
+    assert BrokerConfig.from_file(toml) == BrokerConfig(host="127.0.0.1", port=0, max_queue_size=50)
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps({"port": 1234, "log_messages": True}))
+    assert BrokerConfig.from_file(flat) == BrokerConfig(port=1234, log_messages=True)
+    typo = tmp_path / "typo.toml"
+    typo.write_text("prot = 1\n")
+    with pytest.raises(ValueError, match=r"unknown setting.*prot"):
+        BrokerConfig.from_file(typo)
+    other = tmp_path / "broker.ini"
+    other.write_text("")
+    with pytest.raises(ValueError, match=r"\.toml or \.json"):
+        BrokerConfig.from_file(other)
+
+
+def test_broker_logs_reach_python_logging(start_broker, caplog):
+    with caplog.at_level(logging.DEBUG, logger="message_broker"):
+        broker = start_broker()
+        with RawClient(broker.port) as client:
+            client.connect("logged")
+        broker.stop_sync("test over")
+        # Records travel through the extension's logging thread.
+        for _ in range(500):
+            if any("shutting down" in r.getMessage() for r in caplog.records):
+                break
+            threading.Event().wait(0.01)
+    messages = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert any(
+        name == "message_broker.server" and level == "INFO" and "listening" in text
+        for name, level, text in messages
+    ), messages
+    assert any("client connected" in text and "logged" in text for _, _, text in messages)
+    assert any("shutting down" in text and "test over" in text for _, _, text in messages)
+
+
+SCRIPT_LEAVES_BROKER_RUNNING = textwrap.dedent(
+    """
+    import asyncio, socket, struct, json
+    from message_broker import MessageBroker, BrokerConfig
+
+    async def main():
+        broker = MessageBroker(BrokerConfig(host="127.0.0.1", port=0, log_messages=True))
+        await broker.start()
+        sock = socket.create_connection(("127.0.0.1", broker.port))
+        body = json.dumps({"jsonrpc": "2.0", "method": "connect",
+                           "params": {"client_id": "x"}, "id": 1}).encode()
+        sock.sendall(struct.pack(">I", len(body)) + body)
+        sock.recv(4096)
+        if STOP:
+            await broker.stop()
+        # else: exit with the broker running, a client connected and logs in flight
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_scripts_exit_cleanly_with_or_without_stop(stop):
+    """Interpreter exit must never crash while broker threads are busy (exit code 0,
+    every time)."""
+    script = f"STOP = {stop}\n" + SCRIPT_LEAVES_BROKER_RUNNING
+    failures = []
+    for _ in range(25):
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        if result.returncode != 0:
+            failures.append((result.returncode, result.stderr[-2000:]))
+    assert not failures, failures
