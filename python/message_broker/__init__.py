@@ -8,7 +8,7 @@ from __future__ import annotations
 import atexit
 
 from message_broker import _core
-from message_broker.broker import MessageBroker
+from message_broker.broker import MessageBroker, stop_running_brokers
 from message_broker.config import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_TIMEOUT,
@@ -20,8 +20,10 @@ from message_broker.config import (
 
 __version__: str = _core.__version__
 
-# Stop the extension's threads before the interpreter finalizes (see _core.shutdown).
+# At exit (hooks run last-registered first): stop running brokers gracefully, then the
+# extension's threads, all before the interpreter finalizes (see _core.shutdown).
 atexit.register(_core.shutdown)
+atexit.register(stop_running_brokers)
 
 ERROR_CODES: dict[str, int] = dict(_core.error_codes())
 """The wire error codes by name, e.g. ``ERROR_CODES["NOT_CONNECTED"] == -32001``."""

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import weakref
 from types import TracebackType
 from typing import Any
 
@@ -17,6 +18,17 @@ from message_broker import _core
 from message_broker.config import BrokerConfig
 
 _logger = logging.getLogger("message_broker")
+
+# Brokers still running when the interpreter exits are stopped gracefully, so their
+# clients hear system.broker.shutdown (an asyncio program interrupted by Ctrl-C never
+# reaches its own `await broker.stop()`).
+_running: weakref.WeakSet[MessageBroker] = weakref.WeakSet()
+
+
+def stop_running_brokers() -> None:
+    """Stops every broker of this process that is still running (an ``atexit`` hook)."""
+    for broker in list(_running):
+        broker.stop_sync("broker process exiting")
 
 
 class MessageBroker:
@@ -47,12 +59,15 @@ class MessageBroker:
     def start_sync(self) -> int:
         """Starts listening without asyncio; returns the bound port."""
         _core.set_log_level(_logger.getEffectiveLevel())
-        return self._server.start()
+        port = self._server.start()
+        _running.add(self)
+        return port
 
     def stop_sync(self, reason: str = "broker stopped") -> None:
         """Stops gracefully, without asyncio: subscribers of ``system.broker.shutdown``
         hear ``reason``, queued messages are flushed, and every connection is closed
         before this returns."""
+        _running.discard(self)
         self._server.stop(reason)
 
     async def start(self) -> None:
@@ -61,7 +76,7 @@ class MessageBroker:
 
     async def stop(self, reason: str = "broker stopped") -> None:
         """Stops gracefully (see :meth:`stop_sync`) without blocking the event loop."""
-        await asyncio.to_thread(self._server.stop, reason)
+        await asyncio.to_thread(self.stop_sync, reason)
 
     def status(self) -> dict[str, Any]:
         """The broker's status: clients, subscriptions, counters, uptime."""
