@@ -4,6 +4,7 @@
 //! length followed by UTF-8 JSON), or newline-delimited JSON when the first byte a
 //! client sends is `{` or `[`. The crate is organised one concern per module:
 //!
+//! - [`client`]: a client on the same runtime, the engine of the Python `BrokerClient`.
 //! - [`config`]: [`BrokerConfig`], its defaults and validation.
 //! - [`error`]: the wire error codes and the error types of the core.
 //! - [`protocol`]: framing ([`protocol::frame`]), the JSON-RPC envelope
@@ -22,6 +23,7 @@
 //! The Python bindings live in `python` behind the `python` cargo feature, so the
 //! core builds and tests without PyO3.
 
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod error;

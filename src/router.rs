@@ -76,6 +76,8 @@ pub struct Counters {
 /// A message to route.
 #[derive(Debug, Clone, Copy)]
 pub struct Publish<'a> {
+    /// Chosen by the publisher (already validated), else generated here.
+    pub message_id: Option<&'a str>,
     pub topic: &'a str,
     pub payload: &'a RawValue,
     pub sender: &'a str,
@@ -268,7 +270,9 @@ impl Router {
 
     /// Routes a message to every matching client, at most once each.
     pub fn publish(&self, msg: Publish<'_>) -> Published {
-        let message_id = self.ids.next();
+        let message_id = msg
+            .message_id
+            .map_or_else(|| self.ids.next(), str::to_owned);
         let frame = Delivery {
             topic: msg.topic,
             payload: msg.payload,
@@ -351,6 +355,7 @@ impl Router {
     pub fn publish_system(&self, topic: &str, payload: &Value) {
         let payload = raw(payload);
         self.publish(Publish {
+            message_id: None,
             topic,
             payload: &payload,
             sender: BROKER_SENDER,
@@ -554,6 +559,7 @@ mod tests {
     fn publish(router: &Router, topic: &str, value: Value) -> Published {
         let payload = payload(value);
         router.publish(Publish {
+            message_id: None,
             topic,
             payload: &payload,
             sender: "test",
@@ -699,6 +705,7 @@ mod tests {
         let router = Router::new(BrokerConfig::default());
         let payload = payload(json!({"id": "saw1"}));
         let msg = Publish {
+            message_id: None,
             topic: "scripts.status",
             payload: &payload,
             sender: "req",

@@ -37,6 +37,8 @@ use crate::topic::{is_reserved, parse_pattern, validate_topic};
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 /// Longest `client_id` accepted, in characters.
 const MAX_CLIENT_ID_LEN: usize = 256;
+/// Longest publisher-chosen `message_id`, in bytes.
+const MAX_MESSAGE_ID_LEN: usize = 128;
 /// Default and largest timeout of a `request`, in seconds.
 const DEFAULT_REQUEST_TIMEOUT: f64 = 5.0;
 const MAX_REQUEST_TIMEOUT: f64 = 3600.0;
@@ -508,9 +510,14 @@ impl Session {
             qos: u8,
             #[serde(default)]
             ttl: f64,
+            #[serde(borrow, default)]
+            message_id: Option<Cow<'a, str>>,
         }
         let p: Params<'_> = jsonrpc::params(params)?;
         validate_topic(&p.topic)?;
+        if let Some(id) = &p.message_id {
+            validate_message_id(id)?;
+        }
         if p.qos != 0 {
             return Err(RpcError::invalid_params(format!(
                 "qos={} is not available: this broker delivers at most once (qos=0)",
@@ -524,6 +531,7 @@ impl Session {
         }
         refuse_reserved(&p.topic)?;
         let published = self.router.publish(Publish {
+            message_id: p.message_id.as_deref(),
             topic: &p.topic,
             payload: payload.get(),
             sender: self.client_id.as_deref().unwrap_or_default(),
@@ -559,6 +567,7 @@ impl Session {
         refuse_reserved(&p.topic)?;
         let payload = Payload::new(p.payload);
         let msg = Publish {
+            message_id: None,
             topic: &p.topic,
             payload: payload.get(),
             sender: self.client_id.as_deref().unwrap_or_default(),
@@ -623,6 +632,16 @@ fn read_patterns(params: Option<&RawValue>) -> Result<Vec<Arc<str>>, RpcError> {
         }
     }
     Ok(patterns)
+}
+
+/// A publisher-chosen message id: what lets a client return the id without waiting.
+fn validate_message_id(id: &str) -> Result<(), RpcError> {
+    if id.is_empty() || id.len() > MAX_MESSAGE_ID_LEN || id.chars().any(char::is_control) {
+        return Err(RpcError::invalid_params(format!(
+            "message_id must be 1 to {MAX_MESSAGE_ID_LEN} bytes without control characters"
+        )));
+    }
+    Ok(())
 }
 
 fn read_ttl(ttl: f64) -> Result<Option<f64>, RpcError> {

@@ -77,7 +77,7 @@ pub fn parse(body: &[u8]) -> Result<Incoming<'_>, RpcError> {
 }
 
 /// Keeps `null` apart from a missing member: a present member is always `Some`.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
 

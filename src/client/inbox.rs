@@ -1,0 +1,186 @@
+//! Everything the client hands to its user (messages, responses, state changes)
+//! queues here, to be taken as one batch.
+//!
+//! The first event after a drain wakes the consumer once; further events join the
+//! batch without another wake-up. The queue is bounded: when it is full the client
+//! stops reading from the socket until the consumer catches up, so a slow consumer
+//! pushes back on the broker (which drops for it and says so) instead of growing
+//! memory here.
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// Wakes the consumer of an inbox. Called from runtime threads, so it must not block
+/// (the Python binding writes one byte to a socket the event loop awaits).
+pub trait Waker: Send + Sync {
+    fn wake(&self);
+}
+
+/// An error the broker answered with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteError {
+    pub code: i32,
+    pub message: String,
+}
+
+/// A message delivered to this client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivered {
+    /// The client's subscriptions whose patterns match the topic.
+    pub subscriptions: Vec<u64>,
+    pub topic: String,
+    /// The payload as JSON text, exactly as the broker sent it.
+    pub payload: String,
+    pub sender: String,
+    pub id: String,
+    pub timestamp: f64,
+    pub reply_to: Option<String>,
+    pub ttl: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Message(Delivered),
+    /// The answer to a call: the result as JSON text, or the broker's error.
+    Response {
+        call: u64,
+        result: Result<String, RemoteError>,
+    },
+    /// The broker refused a publish (which was sent without waiting for its answer).
+    PublishFailed {
+        message_id: String,
+        error: RemoteError,
+    },
+    /// Connected (or reconnected) and subscriptions restored.
+    Connected,
+    /// The connection was lost; `reconnecting` when the client tries again.
+    Disconnected {
+        reason: String,
+        reconnecting: bool,
+    },
+    /// The first connection could not be made; the client has stopped.
+    ConnectFailed {
+        reason: String,
+    },
+    /// Room in the outgoing queue again, after a publish found it full.
+    Writable,
+    /// The client has stopped for good: nothing follows.
+    Closed,
+}
+
+struct State {
+    events: Vec<Event>,
+    wake_pending: bool,
+}
+
+pub struct Inbox {
+    state: Mutex<State>,
+    waker: Box<dyn Waker>,
+    limit: usize,
+    space: Notify,
+}
+
+impl Inbox {
+    pub fn new(waker: Box<dyn Waker>, limit: usize) -> Inbox {
+        Inbox {
+            state: Mutex::new(State {
+                events: Vec::new(),
+                wake_pending: false,
+            }),
+            waker,
+            limit,
+            space: Notify::new(),
+        }
+    }
+
+    pub fn push(&self, event: Event) {
+        let wake = {
+            let mut state = self.state.lock();
+            state.events.push(event);
+            !std::mem::replace(&mut state.wake_pending, true)
+        };
+        if wake {
+            self.waker.wake();
+        }
+    }
+
+    /// Takes every queued event, oldest first.
+    pub fn drain(&self) -> Vec<Event> {
+        let events = {
+            let mut state = self.state.lock();
+            state.wake_pending = false;
+            std::mem::take(&mut state.events)
+        };
+        self.space.notify_waiters();
+        events
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.lock().events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until the queue is below its limit.
+    pub async fn wait_for_room(&self) {
+        loop {
+            let room = self.space.notified();
+            if self.len() < self.limit {
+                return;
+            }
+            room.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Counter(Arc<AtomicUsize>);
+
+    impl Waker for Counter {
+        fn wake(&self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn one_wake_per_batch() {
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let inbox = Inbox::new(Box::new(Counter(wakes.clone())), 100);
+        for _ in 0..10 {
+            inbox.push(Event::Writable);
+        }
+        assert_eq!(wakes.load(Ordering::Relaxed), 1);
+        assert_eq!(inbox.drain().len(), 10);
+        inbox.push(Event::Closed);
+        assert_eq!(
+            wakes.load(Ordering::Relaxed),
+            2,
+            "the first event after a drain wakes again"
+        );
+    }
+
+    #[tokio::test]
+    async fn room_is_awaited_when_full() {
+        let inbox = Arc::new(Inbox::new(Box::new(Counter(Arc::default())), 2));
+        inbox.push(Event::Writable);
+        inbox.push(Event::Writable);
+        let waiter = tokio::spawn({
+            let inbox = inbox.clone();
+            async move { inbox.wait_for_room().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        inbox.drain();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

@@ -1,0 +1,598 @@
+//! A broker client on the tokio runtime: the engine behind the Python `BrokerClient`.
+//!
+//! It connects with bounded retries, pings, reconnects with back-off, restores its
+//! subscriptions, coalesces writes, and matches incoming messages against its own
+//! subscriptions. It never calls its user: everything it has to say goes into the
+//! [`Inbox`], drained in batches by whoever owns the client.
+//!
+//! Publishing only queues a frame: the message id is chosen here, so `publish`
+//! returns without waiting for the broker, and a refusal comes back later as
+//! [`Event::PublishFailed`].
+
+mod inbox;
+mod subscriptions;
+mod task;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, watch};
+
+pub use inbox::{Delivered, Event, Inbox, RemoteError, Waker};
+use subscriptions::Subscriptions;
+
+use crate::ids::MessageIds;
+use crate::router::REPLY_PREFIX;
+use crate::topic::{is_reserved, parse_pattern, validate_topic};
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub client_id: String,
+    pub host: String,
+    pub port: u16,
+    pub client_type: String,
+    pub version: String,
+    /// Time allowed for one connection attempt, handshake included.
+    pub connect_timeout: Duration,
+    /// Attempts after the first failed one before `connect` gives up.
+    pub connect_retries: u32,
+    /// Reconnect after losing an established connection.
+    pub reconnect: bool,
+    /// First and largest pause between reconnection attempts (doubling in between).
+    pub reconnect_delay: Duration,
+    pub max_reconnect_delay: Duration,
+    /// Ping at the interval the broker asks for, and treat silence as a dead broker.
+    pub heartbeat: bool,
+    /// Frames waiting to be written, including publishes made while disconnected.
+    pub max_pending: usize,
+    /// Events waiting for the user before the client stops reading from the broker.
+    pub inbox_limit: usize,
+}
+
+impl ClientConfig {
+    pub fn new(client_id: impl Into<String>, host: impl Into<String>, port: u16) -> Self {
+        ClientConfig {
+            client_id: client_id.into(),
+            host: host.into(),
+            port,
+            client_type: "rust".into(),
+            version: crate::VERSION.into(),
+            connect_timeout: Duration::from_secs(5),
+            connect_retries: 3,
+            reconnect: true,
+            reconnect_delay: Duration::from_millis(100),
+            max_reconnect_delay: Duration::from_secs(5),
+            heartbeat: true,
+            max_pending: 100_000,
+            inbox_limit: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    InvalidTopic(String),
+    #[error("{0}")]
+    InvalidPattern(String),
+    #[error("message of {size} bytes exceeds the broker's max_message_size of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    #[error("not connected to the broker")]
+    NotConnected,
+    #[error(
+        "not connected to the broker, and {0} messages already wait to be sent; this one was not queued"
+    )]
+    BufferFull(usize),
+    /// Connected, but the outgoing queue is full: wait for [`Event::Writable`].
+    #[error("the outgoing queue is full")]
+    QueueFull,
+    #[error("the client is closed")]
+    Closed,
+}
+
+/// A frame waiting to be written; `call` is set when a response is expected for it.
+struct Outgoing {
+    frame: Bytes,
+    call: Option<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    outbound: VecDeque<Outgoing>,
+    /// Calls written on the current connection and not answered yet.
+    awaiting: HashSet<u64>,
+    subscriptions: Subscriptions,
+    /// A publish found the queue full; announce room with `Event::Writable`.
+    want_writable: bool,
+}
+
+struct Shared {
+    config: ClientConfig,
+    inbox: Inbox,
+    state: Mutex<State>,
+    writer_wake: Notify,
+    closing: watch::Sender<bool>,
+    connected: AtomicBool,
+    /// The broker's limit, learned at connect.
+    max_message_size: AtomicUsize,
+    ids: MessageIds,
+    next_call: AtomicU64,
+}
+
+/// Frame overhead of a publish beyond topic and payload, generously counted.
+const PUBLISH_OVERHEAD: usize = 160;
+
+impl Shared {
+    fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+
+    fn enqueue(&self, outgoing: Outgoing) {
+        self.state.lock().outbound.push_back(outgoing);
+        self.writer_wake.notify_one();
+    }
+
+    fn fail_awaiting(&self, reason: &str) {
+        let calls: Vec<u64> = self.state.lock().awaiting.drain().collect();
+        for call in calls {
+            self.inbox.push(Event::Response {
+                call,
+                result: Err(RemoteError {
+                    code: CONNECTION_LOST,
+                    message: reason.to_owned(),
+                }),
+            });
+        }
+    }
+}
+
+/// The code of a call that failed because the connection was lost before its answer.
+pub const CONNECTION_LOST: i32 = -32099;
+
+#[derive(Serialize)]
+struct Request<'a, P: Serialize> {
+    jsonrpc: &'static str,
+    method: &'a str,
+    params: P,
+    id: u64,
+}
+
+fn encode_call<P: Serialize>(method: &str, params: P, id: u64) -> Bytes {
+    Bytes::from(
+        serde_json::to_vec(&Request {
+            jsonrpc: "2.0",
+            method,
+            params,
+            id,
+        })
+        .expect("params serialise"),
+    )
+}
+
+/// A handle to a running client. Dropping every handle closes the client.
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl Client {
+    /// Starts connecting in the background on `runtime`. The outcome arrives in the
+    /// inbox as [`Event::Connected`] or [`Event::ConnectFailed`].
+    pub fn start(config: ClientConfig, waker: Box<dyn Waker>, runtime: &Handle) -> Client {
+        let inbox = Inbox::new(waker, config.inbox_limit);
+        let shared = Arc::new(Shared {
+            config,
+            inbox,
+            state: Mutex::new(State::default()),
+            writer_wake: Notify::new(),
+            closing: watch::channel(false).0,
+            connected: AtomicBool::new(false),
+            max_message_size: AtomicUsize::new(
+                crate::config::BrokerConfig::default().max_message_size,
+            ),
+            ids: MessageIds::new(),
+            next_call: AtomicU64::new(1),
+        });
+        runtime.spawn(task::run(shared.clone()));
+        Client { shared }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    pub fn max_message_size(&self) -> usize {
+        self.shared.max_message_size.load(Ordering::Relaxed)
+    }
+
+    pub fn drain(&self) -> Vec<Event> {
+        self.shared.inbox.drain()
+    }
+
+    /// Asks the client to disconnect: queued frames are written, the broker is told,
+    /// and [`Event::Closed`] ends the inbox.
+    pub fn close(&self) {
+        self.shared.closing.send_replace(true);
+    }
+
+    /// Queues a message for `topic`. `payload` must be valid JSON text. Returns the
+    /// message id at once.
+    pub fn publish(
+        &self,
+        topic: &str,
+        payload: &str,
+        ttl: Option<f64>,
+    ) -> Result<String, ClientError> {
+        validate_topic(topic).map_err(|e| ClientError::InvalidTopic(e.message))?;
+        if is_reserved(topic) && !topic.starts_with(REPLY_PREFIX) {
+            return Err(ClientError::InvalidTopic(format!(
+                "topic {topic:?} is reserved for the broker: clients cannot publish to system.* or _internal.*"
+            )));
+        }
+        let max = self.max_message_size();
+        let size = payload.len() + topic.len() + PUBLISH_OVERHEAD;
+        if size > max {
+            return Err(ClientError::TooLarge { size, max });
+        }
+        let message_id = self.shared.ids.next();
+        let frame = encode_publish(topic, payload, &message_id, ttl);
+        self.push(Outgoing { frame, call: None })?;
+        Ok(message_id)
+    }
+
+    fn push(&self, outgoing: Outgoing) -> Result<(), ClientError> {
+        let shared = &self.shared;
+        if shared.is_closing() {
+            return Err(ClientError::Closed);
+        }
+        {
+            let mut state = shared.state.lock();
+            let queued = state.outbound.len();
+            if queued >= shared.config.max_pending {
+                if !self.is_connected() {
+                    return Err(ClientError::BufferFull(queued));
+                }
+                state.want_writable = true;
+                return Err(ClientError::QueueFull);
+            }
+            state.outbound.push_back(outgoing);
+        }
+        shared.writer_wake.notify_one();
+        Ok(())
+    }
+
+    /// Sends a call (`request`, `status`, `ping`, ...) whose answer arrives as
+    /// [`Event::Response`] with the returned call id. Needs a live connection.
+    pub fn call<P: Serialize>(&self, method: &str, params: P) -> Result<u64, ClientError> {
+        if !self.is_connected() {
+            return Err(ClientError::NotConnected);
+        }
+        let call = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
+        self.push(Outgoing {
+            frame: encode_call(method, params, call),
+            call: Some(call),
+        })?;
+        Ok(call)
+    }
+
+    /// Adds patterns to subscription `sub`. Returns the call id of the `subscribe`
+    /// sent to the broker, or `None` when nothing needed sending now (all patterns
+    /// already held, or not connected: they are sent on connect).
+    pub fn subscribe(&self, sub: u64, patterns: &[String]) -> Result<Option<u64>, ClientError> {
+        let patterns = validated(patterns)?;
+        let new = self.shared.state.lock().subscriptions.add(sub, &patterns);
+        self.sync_patterns("subscribe", &new)
+    }
+
+    /// Removes patterns from every subscription. Returns those that were held, and the
+    /// call id of the `unsubscribe` sent to the broker, if one was sent.
+    pub fn unsubscribe(
+        &self,
+        patterns: &[String],
+    ) -> Result<(Vec<String>, Option<u64>), ClientError> {
+        let patterns = validated(patterns)?;
+        let removed = self.shared.state.lock().subscriptions.remove(&patterns);
+        let call = self.sync_patterns("unsubscribe", &removed)?;
+        Ok((removed.iter().map(|p| p.to_string()).collect(), call))
+    }
+
+    fn sync_patterns(
+        &self,
+        method: &str,
+        patterns: &[Arc<str>],
+    ) -> Result<Option<u64>, ClientError> {
+        if patterns.is_empty() || !self.is_connected() {
+            return Ok(None);
+        }
+        #[derive(Serialize)]
+        struct Patterns<'a> {
+            patterns: Vec<&'a str>,
+        }
+        let params = Patterns {
+            patterns: patterns.iter().map(|p| &**p).collect(),
+        };
+        match self.call(method, params) {
+            Ok(call) => Ok(Some(call)),
+            // Lost the connection meanwhile: the patterns are restored on reconnect.
+            Err(ClientError::NotConnected) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn validated(patterns: &[String]) -> Result<Vec<Arc<str>>, ClientError> {
+    patterns
+        .iter()
+        .map(|p| {
+            parse_pattern(p).map_err(|e| ClientError::InvalidPattern(e.message))?;
+            Ok(Arc::from(p.as_str()))
+        })
+        .collect()
+}
+
+fn encode_publish(topic: &str, payload: &str, message_id: &str, ttl: Option<f64>) -> Bytes {
+    let topic = serde_json::to_string(topic).expect("strings serialise");
+    let mut frame = Vec::with_capacity(96 + topic.len() + payload.len() + 2 * message_id.len());
+    frame.extend_from_slice(br#"{"jsonrpc":"2.0","method":"publish","params":{"topic":"#);
+    frame.extend_from_slice(topic.as_bytes());
+    frame.extend_from_slice(br#","payload":"#);
+    frame.extend_from_slice(payload.as_bytes());
+    frame.extend_from_slice(br#","message_id":""#);
+    frame.extend_from_slice(message_id.as_bytes());
+    frame.push(b'"');
+    if let Some(ttl) = ttl {
+        frame.extend_from_slice(format!(r#","ttl":{ttl}"#).as_bytes());
+    }
+    frame.extend_from_slice(br#"},"id":"pub:"#);
+    frame.extend_from_slice(message_id.as_bytes());
+    frame.extend_from_slice(br#""}"#);
+    Bytes::from(frame)
+}
+
+/// Back-off before reconnection attempt `n` (1-based): doubling from the first delay,
+/// capped, with up to 25% jitter so that many clients do not return in step.
+fn backoff(config: &ClientConfig, attempt: u32) -> Duration {
+    let doubled = config
+        .reconnect_delay
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16));
+    let base = doubled.min(config.max_reconnect_delay);
+    let jitter = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), attempt) % 1000;
+    base + base.mul_f64(jitter as f64 / 4000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_frame_is_valid_json() {
+        let frame = encode_publish("a.b", r#"{"x":[1,"é"]}"#, "abc-1", Some(2.5));
+        let value: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+        assert_eq!(value["method"], "publish");
+        assert_eq!(value["params"]["topic"], "a.b");
+        assert_eq!(value["params"]["payload"]["x"][1], "é");
+        assert_eq!(value["params"]["message_id"], "abc-1");
+        assert_eq!(value["params"]["ttl"], 2.5);
+        assert_eq!(value["id"], "pub:abc-1");
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let config = ClientConfig::new("c", "localhost", 1);
+        let first = backoff(&config, 1);
+        assert!(first >= config.reconnect_delay && first <= config.reconnect_delay.mul_f64(1.25));
+        let later = backoff(&config, 3);
+        assert!(later >= config.reconnect_delay * 4);
+        assert!(backoff(&config, 40) <= config.max_reconnect_delay.mul_f64(1.25));
+    }
+}
+
+#[cfg(test)]
+mod end_to_end {
+    use super::*;
+    use crate::config::BrokerConfig;
+    use tokio::sync::Notify as TokioNotify;
+
+    struct NotifyWaker(Arc<TokioNotify>);
+
+    impl Waker for NotifyWaker {
+        fn wake(&self) {
+            self.0.notify_one();
+        }
+    }
+
+    struct Harness {
+        client: Client,
+        woken: Arc<TokioNotify>,
+        seen: Vec<Event>,
+    }
+
+    impl Harness {
+        fn start(port: u16, id: &str) -> Harness {
+            let woken = Arc::new(TokioNotify::new());
+            let mut config = ClientConfig::new(id, "127.0.0.1", port);
+            config.reconnect_delay = Duration::from_millis(20);
+            let client = Client::start(
+                config,
+                Box::new(NotifyWaker(woken.clone())),
+                &Handle::current(),
+            );
+            Harness {
+                client,
+                woken,
+                seen: Vec::new(),
+            }
+        }
+
+        /// Waits for the first event that `want` picks out, keeping the others.
+        async fn wait<T>(&mut self, mut want: impl FnMut(&Event) -> Option<T>) -> T {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(at) = self.seen.iter().position(|e| want(e).is_some()) {
+                    return want(&self.seen.remove(at)).unwrap();
+                }
+                self.seen.extend(self.client.drain());
+                if self.seen.iter().any(|e| want(e).is_some()) {
+                    continue;
+                }
+                tokio::time::timeout_at(deadline, self.woken.notified())
+                    .await
+                    .expect("event in time");
+            }
+        }
+    }
+
+    async fn broker(port: u16) -> crate::BrokerHandle {
+        crate::start(BrokerConfig {
+            host: "127.0.0.1".into(),
+            port,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publish_subscribe_request_and_reconnect() {
+        let server = broker(0).await;
+        let port = server.local_addr().port();
+        let mut sub = Harness::start(port, "sub");
+        let mut publisher = Harness::start(port, "pub");
+        sub.wait(|e| matches!(e, Event::Connected).then_some(()))
+            .await;
+        publisher
+            .wait(|e| matches!(e, Event::Connected).then_some(()))
+            .await;
+
+        let call = sub
+            .client
+            .subscribe(1, &["jobs.*".into()])
+            .unwrap()
+            .expect("sent now");
+        sub.wait(|e| {
+            matches!(e, Event::Response { call: c, result: Ok(_) } if *c == call).then_some(())
+        })
+        .await;
+        let id = publisher
+            .client
+            .publish("jobs.done", r#"{"n":1}"#, None)
+            .unwrap();
+        let message = sub
+            .wait(|e| {
+                if let Event::Message(m) = e {
+                    Some(m.clone())
+                } else {
+                    None
+                }
+            })
+            .await;
+        assert_eq!(
+            (message.id.as_str(), message.payload.as_str()),
+            (id.as_str(), r#"{"n":1}"#)
+        );
+        assert_eq!(message.subscriptions, vec![1]);
+
+        // Request / reply through the broker.
+        let call = publisher
+            .client
+            .call(
+                "request",
+                serde_json::json!({"topic": "jobs.ask", "payload": 2}),
+            )
+            .unwrap();
+        let request = sub
+            .wait(|e| {
+                if let Event::Message(m) = e {
+                    Some(m.clone())
+                } else {
+                    None
+                }
+            })
+            .await;
+        sub.client
+            .publish(request.reply_to.as_deref().unwrap(), "4", None)
+            .unwrap();
+        let answer = publisher
+            .wait(|e| match e {
+                Event::Response { call: c, result } if *c == call => Some(result.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(answer, Ok("4".to_owned()));
+
+        // The broker restarts on the same port: both reconnect, the subscription returns.
+        server.stop("restart").await;
+        sub.wait(|e| {
+            matches!(
+                e,
+                Event::Disconnected {
+                    reconnecting: true,
+                    ..
+                }
+            )
+            .then_some(())
+        })
+        .await;
+        let _server = broker(port).await;
+        sub.wait(|e| matches!(e, Event::Connected).then_some(()))
+            .await;
+        publisher
+            .wait(|e| matches!(e, Event::Connected).then_some(()))
+            .await;
+        publisher
+            .client
+            .publish("jobs.again", "true", None)
+            .unwrap();
+        let message = sub
+            .wait(|e| {
+                if let Event::Message(m) = e {
+                    Some(m.clone())
+                } else {
+                    None
+                }
+            })
+            .await;
+        assert_eq!(message.topic, "jobs.again");
+
+        sub.client.close();
+        sub.wait(|e| matches!(e, Event::Closed).then_some(())).await;
+    }
+
+    #[tokio::test]
+    async fn nobody_listening_fails_after_the_retries() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let mut client = Harness::start(port, "lonely");
+        let reason = client
+            .wait(|e| {
+                if let Event::ConnectFailed { reason } = e {
+                    Some(reason.clone())
+                } else {
+                    None
+                }
+            })
+            .await;
+        assert!(reason.contains("cannot connect"), "{reason}");
+        client
+            .wait(|e| matches!(e, Event::Closed).then_some(()))
+            .await;
+        assert_eq!(
+            client.client.publish("a", "1", None),
+            Err(ClientError::Closed),
+            "nothing is queued in vain"
+        );
+    }
+}

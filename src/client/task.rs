@@ -1,0 +1,537 @@
+//! The client's connection task: connect (with retries), serve the connection, and
+//! reconnect with back-off until the client is closed.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::watch;
+use tokio::time::timeout;
+
+use super::{Delivered, Event, RemoteError, Shared, backoff};
+use crate::connection::FrameReader;
+use crate::error::ErrorCode;
+use crate::protocol::frame::{Decoded, Framing};
+use crate::protocol::jsonrpc::present;
+
+/// Largest frame accepted from the broker (which enforces its own, smaller limit).
+const MAX_INBOUND_FRAME: usize = 64 * 1024 * 1024;
+/// Time a frame from the broker may take to arrive once started.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a clean disconnect may take to flush and hear the broker's answer.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+const WRITE_BATCH: usize = 512;
+const WRITE_CHUNK: usize = 256 * 1024;
+const IDLE_BUFFER_LIMIT: usize = 64 * 1024;
+
+// Ids of the calls the task makes itself; user calls have numeric ids.
+const CONNECT_ID: &str = "connect";
+const RESUBSCRIBE_ID: &str = "resubscribe";
+const DISCONNECT_ID: &str = "disconnect";
+const HEARTBEAT_ID: &str = "heartbeat";
+
+struct Connection {
+    reader: FrameReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    heartbeat_interval: Duration,
+    heartbeat_timeout: Duration,
+}
+
+enum Failure {
+    /// Worth another attempt (nobody listening, timeout, connection reset).
+    Retry(String),
+    /// The broker refused the connect itself (a bad client_id, ...).
+    Refused(String),
+}
+
+/// Why a connection ended; `last` when the client must not reconnect.
+struct End {
+    reason: String,
+    last: bool,
+}
+
+impl End {
+    fn retry(reason: impl Into<String>) -> End {
+        End {
+            reason: reason.into(),
+            last: false,
+        }
+    }
+}
+
+pub(super) async fn run(shared: Arc<Shared>) {
+    let mut closing = shared.closing.subscribe();
+    let mut failures = 0u32;
+    let mut ever_connected = false;
+    loop {
+        let attempt = tokio::select! {
+            attempt = connect(&shared) => attempt,
+            _ = closing.wait_for(|closing| *closing) => break,
+        };
+        match attempt {
+            Ok(connection) => {
+                failures = 0;
+                ever_connected = true;
+                shared.connected.store(true, Ordering::Release);
+                shared.inbox.push(Event::Connected);
+                let end = serve(&shared, connection, &mut closing).await;
+                shared.connected.store(false, Ordering::Release);
+                shared.fail_awaiting(&end.reason);
+                let reconnecting = shared.config.reconnect && !end.last && !shared.is_closing();
+                if reconnecting {
+                    tracing::warn!(client_id = %shared.config.client_id, reason = %end.reason, "connection to the broker lost; reconnecting");
+                }
+                shared.inbox.push(Event::Disconnected {
+                    reason: end.reason,
+                    reconnecting,
+                });
+                if !reconnecting {
+                    break;
+                }
+            }
+            Err(Failure::Refused(reason)) if !ever_connected => {
+                shared.inbox.push(Event::ConnectFailed { reason });
+                break;
+            }
+            Err(Failure::Retry(reason) | Failure::Refused(reason)) => {
+                failures += 1;
+                if !ever_connected && failures > shared.config.connect_retries {
+                    shared.inbox.push(Event::ConnectFailed { reason });
+                    break;
+                }
+                tracing::debug!(client_id = %shared.config.client_id, %reason, attempt = failures, "connecting failed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff(&shared.config, failures.max(1))) => {}
+            _ = closing.wait_for(|closing| *closing) => break,
+        }
+    }
+    // From here on publish and call refuse at once: nothing would ever send them.
+    shared.closing.send_replace(true);
+    shared.connected.store(false, Ordering::Release);
+    shared.fail_awaiting("the client is closed");
+    shared.inbox.push(Event::Closed);
+}
+
+async fn connect(shared: &Shared) -> Result<Connection, Failure> {
+    let config = &shared.config;
+    let attempt = async {
+        let stream = TcpStream::connect((config.host.as_str(), config.port))
+            .await
+            .map_err(|e| {
+                Failure::Retry(format!(
+                    "cannot connect to {}:{}: {e}",
+                    config.host, config.port
+                ))
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (read, mut writer) = stream.into_split();
+        let mut reader = FrameReader::new(read, MAX_INBOUND_FRAME, FRAME_TIMEOUT);
+
+        let hello = serde_json::json!({
+            "jsonrpc": "2.0",
+            "method": "connect",
+            "params": {"client_id": config.client_id, "client_type": config.client_type, "version": config.version},
+            "id": CONNECT_ID,
+        });
+        write_frame(&mut writer, hello.to_string().as_bytes()).await?;
+        let accepted = await_internal(shared, &mut reader, CONNECT_ID)
+            .await?
+            .map_err(|e| {
+                Failure::Refused(format!("the broker refused the connection: {}", e.message))
+            })?;
+
+        #[derive(Deserialize)]
+        struct Accepted {
+            heartbeat_interval: f64,
+            heartbeat_timeout: f64,
+            max_message_size: usize,
+        }
+        let accepted: Accepted = serde_json::from_str(&accepted)
+            .map_err(|e| Failure::Refused(format!("unexpected answer to connect: {e}")))?;
+        shared
+            .max_message_size
+            .store(accepted.max_message_size, Ordering::Relaxed);
+
+        let patterns = shared.state.lock().subscriptions.patterns();
+        if !patterns.is_empty() {
+            let restore = serde_json::json!({
+                "jsonrpc": "2.0",
+                "method": "subscribe",
+                "params": {"patterns": patterns.iter().map(|p| &**p).collect::<Vec<_>>()},
+                "id": RESUBSCRIBE_ID,
+            });
+            write_frame(&mut writer, restore.to_string().as_bytes()).await?;
+            if let Err(error) = await_internal(shared, &mut reader, RESUBSCRIBE_ID).await? {
+                tracing::error!(client_id = %config.client_id, "restoring subscriptions failed: {}", error.message);
+            }
+        }
+        let seconds = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(Duration::from_secs(30));
+        Ok(Connection {
+            reader,
+            writer,
+            heartbeat_interval: seconds(accepted.heartbeat_interval),
+            heartbeat_timeout: seconds(accepted.heartbeat_timeout),
+        })
+    };
+    timeout(config.connect_timeout, attempt)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::Retry(format!(
+                "no answer from {}:{} within {:?}",
+                config.host, config.port, config.connect_timeout
+            )))
+        })
+}
+
+async fn write_frame(writer: &mut OwnedWriteHalf, body: &[u8]) -> Result<(), Failure> {
+    let mut buf = BytesMut::new();
+    Framing::LengthPrefixed.encode(body, &mut buf);
+    writer
+        .write_all(&buf)
+        .await
+        .map_err(|e| Failure::Retry(format!("write failed: {e}")))
+}
+
+/// Reads until the answer to the task's own call `id`, handling what comes before it.
+async fn await_internal(
+    shared: &Shared,
+    reader: &mut FrameReader<OwnedReadHalf>,
+    id: &str,
+) -> Result<Result<String, RemoteError>, Failure> {
+    loop {
+        match reader.next().await {
+            Ok(Some(Decoded::Frame(body))) => {
+                if let Handled::Internal {
+                    id: answered,
+                    result,
+                } = handle_frame(shared, &body)
+                    && answered == id
+                {
+                    return Ok(result);
+                }
+            }
+            Ok(Some(Decoded::TooLarge { len })) => {
+                tracing::warn!(
+                    len,
+                    "discarded a frame from the broker larger than {MAX_INBOUND_FRAME} bytes"
+                );
+            }
+            Ok(None) => return Err(Failure::Retry("the broker closed the connection".into())),
+            Err(error) => return Err(Failure::Retry(error.to_string())),
+        }
+    }
+}
+
+async fn serve(
+    shared: &Arc<Shared>,
+    connection: Connection,
+    closing: &mut watch::Receiver<bool>,
+) -> End {
+    let Connection {
+        mut reader,
+        mut writer,
+        heartbeat_interval,
+        heartbeat_timeout,
+    } = connection;
+    let ended = tokio::select! {
+        end = read_loop(shared, &mut reader, heartbeat_timeout) => Some(end),
+        end = write_loop(shared, &mut writer) => Some(end),
+        _ = heartbeat(shared, heartbeat_interval) => None,
+        _ = closing.wait_for(|closing| *closing) => None,
+    };
+    match ended {
+        Some(end) => end,
+        None => {
+            goodbye(shared, &mut reader, &mut writer).await;
+            End {
+                reason: "client disconnect".into(),
+                last: true,
+            }
+        }
+    }
+}
+
+async fn read_loop(
+    shared: &Shared,
+    reader: &mut FrameReader<OwnedReadHalf>,
+    heartbeat_timeout: Duration,
+) -> End {
+    let mut notice: Option<RemoteError> = None;
+    loop {
+        // A consumer that falls behind slows the reading, not the memory.
+        shared.inbox.wait_for_room().await;
+        let next = if shared.config.heartbeat {
+            match timeout(heartbeat_timeout, reader.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    return End::retry(format!("no word from the broker for {heartbeat_timeout:?}"));
+                }
+            }
+        } else {
+            reader.next().await
+        };
+        match next {
+            Ok(Some(Decoded::Frame(body))) => {
+                if let Handled::Notice(error) = handle_frame(shared, &body) {
+                    tracing::warn!(client_id = %shared.config.client_id, code = error.code, "{}", error.message);
+                    notice = Some(error);
+                }
+            }
+            Ok(Some(Decoded::TooLarge { len })) => {
+                tracing::warn!(
+                    len,
+                    "discarded a frame from the broker larger than {MAX_INBOUND_FRAME} bytes"
+                );
+            }
+            Ok(None) => {
+                return match notice {
+                    // Replaced by a newer connection with our client_id: coming back
+                    // would only take the connection over in turn.
+                    Some(n) if n.code == ErrorCode::SessionTakenOver.code() => End {
+                        reason: n.message,
+                        last: true,
+                    },
+                    Some(n) => End::retry(n.message),
+                    None => End::retry("the broker closed the connection"),
+                };
+            }
+            Err(error) => return End::retry(error.to_string()),
+        }
+    }
+}
+
+/// Takes queued frames and writes them in large chunks.
+async fn write_loop(shared: &Shared, writer: &mut OwnedWriteHalf) -> End {
+    let mut buf = BytesMut::new();
+    loop {
+        let wake = shared.writer_wake.notified();
+        let room_announced = {
+            let mut state = shared.state.lock();
+            if state.outbound.is_empty() {
+                None
+            } else {
+                for _ in 0..WRITE_BATCH {
+                    let Some(outgoing) = state.outbound.pop_front() else {
+                        break;
+                    };
+                    if let Some(call) = outgoing.call {
+                        state.awaiting.insert(call);
+                    }
+                    Framing::LengthPrefixed.encode(&outgoing.frame, &mut buf);
+                    if buf.len() >= WRITE_CHUNK {
+                        break;
+                    }
+                }
+                let room =
+                    state.want_writable && state.outbound.len() < shared.config.max_pending / 2;
+                if room {
+                    state.want_writable = false;
+                }
+                Some(room)
+            }
+        };
+        match room_announced {
+            None => wake.await,
+            Some(room) => {
+                if room {
+                    shared.inbox.push(Event::Writable);
+                }
+                if let Err(error) = writer.write_all(&buf).await {
+                    return End::retry(format!("write failed: {error}"));
+                }
+                buf.clear();
+                if buf.capacity() > IDLE_BUFFER_LIMIT {
+                    buf = BytesMut::new();
+                }
+            }
+        }
+    }
+}
+
+async fn heartbeat(shared: &Shared, interval: Duration) {
+    if !shared.config.heartbeat {
+        return std::future::pending().await;
+    }
+    let ping = format!(r#"{{"jsonrpc":"2.0","method":"ping","id":"{HEARTBEAT_ID}"}}"#);
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        shared.enqueue(super::Outgoing {
+            frame: ping.clone().into(),
+            call: None,
+        });
+    }
+}
+
+/// A clean disconnect: write what is queued, tell the broker, wait for its answer.
+async fn goodbye(
+    shared: &Shared,
+    reader: &mut FrameReader<OwnedReadHalf>,
+    writer: &mut OwnedWriteHalf,
+) {
+    let farewell = async {
+        let queued: Vec<super::Outgoing> = shared.state.lock().outbound.drain(..).collect();
+        let mut buf = BytesMut::new();
+        for outgoing in queued {
+            Framing::LengthPrefixed.encode(&outgoing.frame, &mut buf);
+        }
+        let bye = format!(r#"{{"jsonrpc":"2.0","method":"disconnect","id":"{DISCONNECT_ID}"}}"#);
+        Framing::LengthPrefixed.encode(bye.as_bytes(), &mut buf);
+        writer.write_all(&buf).await.ok()?;
+        loop {
+            match reader.next().await {
+                Ok(Some(Decoded::Frame(body))) => {
+                    if let Handled::Internal { id, .. } = handle_frame(shared, &body)
+                        && id == DISCONNECT_ID
+                    {
+                        return Some(());
+                    }
+                }
+                Ok(Some(Decoded::TooLarge { .. })) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    };
+    let _ = timeout(DISCONNECT_GRACE, farewell).await;
+    let _ = writer.shutdown().await;
+}
+
+/// What a frame from the broker was, once handled.
+enum Handled {
+    Done,
+    /// The answer to one of the task's own calls.
+    Internal {
+        id: String,
+        result: Result<String, RemoteError>,
+    },
+    /// An error not tied to a call (`"id": null`): the broker is about to close.
+    Notice(RemoteError),
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<WireError>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct WireError {
+    code: i32,
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct MessageParams<'a> {
+    topic: String,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+    sender: String,
+    id: String,
+    #[serde(default)]
+    timestamp: f64,
+    #[serde(default)]
+    reply_to: Option<String>,
+    #[serde(default)]
+    ttl: Option<f64>,
+}
+
+fn handle_frame(shared: &Shared, body: &[u8]) -> Handled {
+    let frame: Frame<'_> = match serde_json::from_slice(body) {
+        Ok(frame) => frame,
+        Err(error) => {
+            tracing::warn!(%error, "ignored a frame from the broker that is not a JSON-RPC object");
+            return Handled::Done;
+        }
+    };
+    if let Some(method) = frame.method {
+        if method == "message" {
+            deliver(shared, frame.params);
+        }
+        return Handled::Done;
+    }
+    let result = match frame.error {
+        Some(error) => Err(RemoteError {
+            code: error.code,
+            message: error.message,
+        }),
+        None => Ok(frame.result.map_or("null", RawValue::get)),
+    };
+    let Some(id) = frame.id else {
+        return Handled::Done;
+    };
+    let id = id.get();
+    if id == "null" {
+        return match result {
+            Err(error) => Handled::Notice(error),
+            Ok(_) => Handled::Done,
+        };
+    }
+    if let Ok(call) = id.parse::<u64>() {
+        shared.state.lock().awaiting.remove(&call);
+        shared.inbox.push(Event::Response {
+            call,
+            result: result.map(str::to_owned),
+        });
+        return Handled::Done;
+    }
+    let Ok(id) = serde_json::from_str::<String>(id) else {
+        return Handled::Done;
+    };
+    if let Some(message_id) = id.strip_prefix("pub:") {
+        if let Err(error) = result {
+            shared.inbox.push(Event::PublishFailed {
+                message_id: message_id.to_owned(),
+                error,
+            });
+        }
+        return Handled::Done;
+    }
+    Handled::Internal {
+        id,
+        result: result.map(str::to_owned),
+    }
+}
+
+fn deliver(shared: &Shared, params: Option<&RawValue>) {
+    let Some(params) = params else { return };
+    let params: MessageParams<'_> = match serde_json::from_str(params.get()) {
+        Ok(params) => params,
+        Err(error) => {
+            tracing::warn!(%error, "ignored a malformed message from the broker");
+            return;
+        }
+    };
+    let subscriptions = shared.state.lock().subscriptions.matching(&params.topic);
+    if subscriptions.is_empty() {
+        // Sent before an unsubscribe reached the broker.
+        return;
+    }
+    shared.inbox.push(Event::Message(Delivered {
+        subscriptions,
+        topic: params.topic,
+        payload: params.payload.get().to_owned(),
+        sender: params.sender,
+        id: params.id,
+        timestamp: params.timestamp,
+        reply_to: params.reply_to,
+        ttl: params.ttl,
+    }));
+}
