@@ -36,10 +36,12 @@ pub enum ErrorCode {
     /// No `connect` within `handshake_timeout`, or a frame that took longer than
     /// `frame_timeout` to arrive (closes).
     ReadTimeout,
+    /// The connection already has the most requests waiting for replies.
+    TooManyRequests,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::ParseError,
         ErrorCode::InvalidRequest,
         ErrorCode::MethodNotFound,
@@ -54,6 +56,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::HeartbeatTimeout,
         ErrorCode::ReadTimeout,
+        ErrorCode::TooManyRequests,
     ];
 
     pub const fn code(self) -> i32 {
@@ -72,6 +75,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => -32007,
             ErrorCode::HeartbeatTimeout => -32008,
             ErrorCode::ReadTimeout => -32009,
+            ErrorCode::TooManyRequests => -32010,
         }
     }
 
@@ -92,6 +96,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::HeartbeatTimeout => "HEARTBEAT_TIMEOUT",
             ErrorCode::ReadTimeout => "READ_TIMEOUT",
+            ErrorCode::TooManyRequests => "TOO_MANY_REQUESTS",
         }
     }
 }

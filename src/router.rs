@@ -503,24 +503,25 @@ pub struct PendingReply {
 }
 
 impl PendingReply {
-    pub async fn wait(self) -> Result<Box<RawValue>, RpcError> {
-        match tokio::time::timeout(self.timeout, self.rx).await {
+    pub async fn wait(mut self) -> Result<Box<RawValue>, RpcError> {
+        match tokio::time::timeout(self.timeout, &mut self.rx).await {
             Ok(Ok(payload)) => Ok(payload),
             _ => {
-                self.router.replies.lock().remove(&self.seq);
-                self.router
-                    .counters
-                    .timeouts
-                    .fetch_add(1, Ordering::Relaxed);
+                self.router.counters.timeouts.fetch_add(1, Ordering::Relaxed);
                 Err(RpcError::new(
                     ErrorCode::Timeout,
-                    format!(
-                        "request timed out: no reply on {:?} within {:?}",
-                        self.topic, self.timeout
-                    ),
+                    format!("request timed out: no reply on {:?} within {:?}", self.topic, self.timeout),
                 ))
             }
         }
+    }
+}
+
+impl Drop for PendingReply {
+    /// However the wait ends (reply, timeout, or the requester leaving), the reply
+    /// address is retired.
+    fn drop(&mut self) {
+        self.router.replies.lock().remove(&self.seq);
     }
 }
 

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +20,7 @@ use serde_json::json;
 use serde_json::value::{RawValue, to_raw_value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::connection::{FrameReader, ReadError, write_loop};
@@ -37,6 +38,8 @@ use crate::topic::{is_reserved, parse_pattern, validate_topic};
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 /// Longest `client_id` accepted, in characters.
 const MAX_CLIENT_ID_LEN: usize = 256;
+/// Requests one connection may have waiting for replies at once.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 10_000;
 /// Longest publisher-chosen `message_id`, in bytes.
 const MAX_MESSAGE_ID_LEN: usize = 128;
 /// Default and largest timeout of a `request`, in seconds.
@@ -148,6 +151,8 @@ where
         evicted: Arc::new(Notify::new()),
         pinged: false,
         last_seen: Instant::now(),
+        waiting: JoinSet::new(),
+        in_flight: Arc::default(),
     };
     let end = session.serve(&mut reader, &mut shutdown, &framing).await;
     match &end {
@@ -181,6 +186,26 @@ struct Session {
     /// for being idle (TCP keepalive finds dead peers).
     pinged: bool,
     last_seen: Instant,
+    /// Answers still to come; dropping the set (with the session) cancels them.
+    waiting: JoinSet<()>,
+    /// Requests waiting for a reply on this connection.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a request while it waits for its reply.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Session {
@@ -290,7 +315,7 @@ impl Session {
                     Answer::Later(pending) => {
                         let outbox = self.outbox.clone();
                         let id = id.map(RawValue::to_owned);
-                        tokio::spawn(async move {
+                        self.spawn(async move {
                             let result = pending.await;
                             if let Some(id) = id {
                                 outbox.send(Bytes::from(encode_result(&id, result))).await;
@@ -307,7 +332,7 @@ impl Session {
     async fn handle_batch(&mut self, calls: Vec<jsonrpc::Parsed<'_>>) -> Option<End> {
         enum Slot {
             Ready(Vec<u8>),
-            Waiting(Box<RawValue>, tokio::task::JoinHandle<RpcResult>),
+            Waiting(Box<RawValue>, PendingResult),
         }
         let mut slots = Vec::with_capacity(calls.len());
         let mut close = false;
@@ -322,57 +347,56 @@ impl Session {
             };
             let (outcome, closes) = self.dispatch(&call).into_answer();
             close |= closes;
-            match outcome {
-                Answer::Now(result) => {
-                    if let Some(response) = self.encode(call.id, &call, result) {
+            match (outcome, call.id) {
+                (Answer::Now(result), id) => {
+                    if let Some(response) = self.encode(id, &call, result) {
                         slots.push(Slot::Ready(response));
                     }
                 }
-                Answer::Later(pending) => {
-                    let task = tokio::spawn(pending);
-                    if let Some(id) = call.id {
-                        slots.push(Slot::Waiting(id.to_owned(), task));
+                (Answer::Later(pending), Some(id)) => slots.push(Slot::Waiting(id.to_owned(), pending)),
+                (Answer::Later(pending), None) => self.spawn(async move {
+                    let _ = pending.await;
+                }),
+            }
+        }
+        if slots.iter().all(|slot| matches!(slot, Slot::Ready(_))) {
+            let responses: Vec<Vec<u8>> =
+                slots.into_iter().filter_map(|slot| if let Slot::Ready(r) = slot { Some(r) } else { None }).collect();
+            if !responses.is_empty() {
+                self.respond(jsonrpc::batch(&responses)).await;
+            }
+            return close.then_some(End::Disconnected);
+        }
+        // Wait for every request of the batch at once, then answer with one array.
+        let outbox = self.outbox.clone();
+        self.spawn(async move {
+            let mut waiting = tokio::task::JoinSet::new();
+            let mut responses: Vec<Option<Vec<u8>>> = Vec::with_capacity(slots.len());
+            for (at, slot) in slots.into_iter().enumerate() {
+                match slot {
+                    Slot::Ready(response) => responses.push(Some(response)),
+                    Slot::Waiting(id, pending) => {
+                        responses.push(None);
+                        waiting.spawn(async move { (at, encode_result(&id, pending.await)) });
                     }
                 }
             }
-        }
-        if slots.is_empty() {
-            return close.then_some(End::Disconnected);
-        }
-        if slots.iter().all(|slot| matches!(slot, Slot::Ready(_))) {
-            let responses: Vec<Vec<u8>> = slots
-                .into_iter()
-                .map(|slot| {
-                    if let Slot::Ready(r) = slot {
-                        r
-                    } else {
-                        unreachable!()
-                    }
-                })
-                .collect();
-            self.respond(jsonrpc::batch(&responses)).await;
-        } else {
-            let outbox = self.outbox.clone();
-            tokio::spawn(async move {
-                let mut responses = Vec::with_capacity(slots.len());
-                for slot in slots {
-                    responses.push(match slot {
-                        Slot::Ready(response) => response,
-                        Slot::Waiting(id, task) => {
-                            let result = task.await.unwrap_or_else(|e| {
-                                Err(RpcError::new(
-                                    ErrorCode::InternalError,
-                                    format!("request failed: {e}"),
-                                ))
-                            });
-                            encode_result(&id, result)
-                        }
-                    });
+            while let Some(done) = waiting.join_next().await {
+                if let Ok((at, response)) = done {
+                    responses[at] = Some(response);
                 }
-                outbox.send(Bytes::from(jsonrpc::batch(&responses))).await;
-            });
-        }
+            }
+            let responses: Vec<Vec<u8>> = responses.into_iter().flatten().collect();
+            outbox.send(Bytes::from(jsonrpc::batch(&responses))).await;
+        });
         close.then_some(End::Disconnected)
+    }
+
+    /// Runs work that answers later (requests waiting for replies). It belongs to the
+    /// session: when the connection ends, whatever still waits is dropped with it.
+    fn spawn(&mut self, work: impl Future<Output = ()> + Send + 'static) {
+        while self.waiting.try_join_next().is_some() {}
+        self.waiting.spawn(work);
     }
 
     /// The response to a call, or `None` for a notification (whose errors are logged).
@@ -565,6 +589,12 @@ impl Session {
             return Ok(Box::pin(async move { status }));
         }
         refuse_reserved(&p.topic)?;
+        if self.in_flight.load(Ordering::Relaxed) >= MAX_REQUESTS_IN_FLIGHT {
+            return Err(RpcError::new(
+                ErrorCode::TooManyRequests,
+                format!("{MAX_REQUESTS_IN_FLIGHT} requests already wait for replies on this connection"),
+            ));
+        }
         let payload = Payload::new(p.payload);
         let msg = Publish {
             message_id: None,
@@ -575,7 +605,11 @@ impl Session {
             ttl: None,
         };
         let (_, pending) = self.router.request(msg, Duration::from_secs_f64(timeout))?;
-        Ok(Box::pin(pending.wait()))
+        let in_flight = InFlight::new(&self.in_flight);
+        Ok(Box::pin(async move {
+            let _in_flight = in_flight;
+            pending.wait().await
+        }))
     }
 }
 

@@ -10,7 +10,7 @@ import pytest
 
 from message_broker import ERROR_CODES
 
-from wire import error_code
+from wire import RawClient, error_code
 
 
 def test_connect_returns_session_details(raw):
@@ -261,6 +261,7 @@ def test_error_table_is_complete():
         "SHUTTING_DOWN": -32007,
         "HEARTBEAT_TIMEOUT": -32008,
         "READ_TIMEOUT": -32009,
+        "TOO_MANY_REQUESTS": -32010,
     }
 
 
@@ -395,3 +396,42 @@ def test_unicode_and_escapes_round_trip(raw):
     msg = sub.next_message()
     assert msg["payload"] == payload
     assert json.dumps(msg["payload"]) == json.dumps(payload)
+
+
+def test_too_many_requests_in_flight(start_broker):
+    broker = start_broker(max_message_size=4 * 1024 * 1024)
+    silent, client = RawClient(broker.port), RawClient(broker.port)
+    silent.connect("silent")
+    silent.subscribe("svc.slow")
+    client.connect("eager")
+    batch = [
+        {"jsonrpc": "2.0", "method": "request",
+         "params": {"topic": "svc.slow", "payload": n, "timeout": 60}, "id": n}
+        for n in range(10_000)
+    ]
+    client.send(batch)
+    # Every request of the batch now waits; one more is refused at once.
+    response = client.call("request", {"topic": "svc.slow", "payload": "one too many"})
+    assert error_code(response) == -32010
+    assert "10000 requests" in response["error"]["message"]
+    assert client.result("ping")["pong"] is True
+    silent.close()
+    client.close()
+
+
+def test_waiting_requests_do_not_hold_a_closed_connection(raw):
+    silent, watcher, client = raw(), raw(), raw()
+    silent.connect("silent")
+    silent.subscribe("svc.slow")
+    watcher.connect("watcher")
+    watcher.subscribe("system.client.disconnected")
+    client.connect("leaving")
+    client.notify("request", {"topic": "svc.slow", "payload": 1, "timeout": 3600})
+    client.send(client.request_obj("request", {"topic": "svc.slow", "timeout": 3600}, 1))
+    client.result("disconnect")
+    client.expect_closed(timeout=1.5)
+    assert watcher.next_message()["payload"]["client_id"] == "leaving"
+    # The abandoned requests no longer wait: a reply to them is a late reply.
+    requests = [silent.next_message() for _ in range(2)]
+    late = silent.result("publish", {"topic": requests[0]["reply_to"], "payload": 1})
+    assert late["recipients"] == 0

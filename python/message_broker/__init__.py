@@ -9,6 +9,7 @@ import atexit
 
 from message_broker import _core
 from message_broker.broker import MessageBroker, stop_running_brokers
+from message_broker.client import BrokerClient, Callback
 from message_broker.config import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_TIMEOUT,
@@ -17,6 +18,15 @@ from message_broker.config import (
     DEFAULT_PORT,
     BrokerConfig,
 )
+from message_broker.errors import (
+    BrokerError,
+    ConnectionLostError,
+    InvalidMessageError,
+    NoRespondersError,
+    NotConnectedError,
+    RequestTimeoutError,
+)
+from message_broker.message import Message
 
 __version__: str = _core.__version__
 
@@ -35,7 +45,16 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_PORT",
     "ERROR_CODES",
+    "BrokerClient",
     "BrokerConfig",
+    "BrokerError",
+    "Callback",
+    "ConnectionLostError",
+    "InvalidMessageError",
+    "Message",
     "MessageBroker",
+    "NoRespondersError",
+    "NotConnectedError",
+    "RequestTimeoutError",
     "__version__",
 ]

@@ -133,11 +133,6 @@ impl Shared {
         *self.closing.borrow()
     }
 
-    fn enqueue(&self, outgoing: Outgoing) {
-        self.state.lock().outbound.push_back(outgoing);
-        self.writer_wake.notify_one();
-    }
-
     fn fail_awaiting(&self, reason: &str) {
         let calls: Vec<u64> = self.state.lock().awaiting.drain().collect();
         for call in calls {
@@ -173,6 +168,17 @@ fn encode_call<P: Serialize>(method: &str, params: P, id: u64) -> Bytes {
         })
         .expect("params serialise"),
     )
+}
+
+/// What an unsubscribe did.
+#[derive(Debug)]
+pub struct Unsubscribed {
+    /// The patterns that were held.
+    pub removed: Vec<String>,
+    /// Subscriptions left without any pattern (their callbacks can go).
+    pub emptied: Vec<u64>,
+    /// The call id of the `unsubscribe` sent to the broker, if one was sent.
+    pub call: Option<u64>,
 }
 
 /// A handle to a running client. Dropping every handle closes the client.
@@ -289,16 +295,12 @@ impl Client {
         self.sync_patterns("subscribe", &new)
     }
 
-    /// Removes patterns from every subscription. Returns those that were held, and the
-    /// call id of the `unsubscribe` sent to the broker, if one was sent.
-    pub fn unsubscribe(
-        &self,
-        patterns: &[String],
-    ) -> Result<(Vec<String>, Option<u64>), ClientError> {
+    /// Removes patterns from every subscription.
+    pub fn unsubscribe(&self, patterns: &[String]) -> Result<Unsubscribed, ClientError> {
         let patterns = validated(patterns)?;
-        let removed = self.shared.state.lock().subscriptions.remove(&patterns);
+        let (removed, emptied) = self.shared.state.lock().subscriptions.remove(&patterns);
         let call = self.sync_patterns("unsubscribe", &removed)?;
-        Ok((removed.iter().map(|p| p.to_string()).collect(), call))
+        Ok(Unsubscribed { removed: removed.iter().map(|p| p.to_string()).collect(), emptied, call })
     }
 
     fn sync_patterns(

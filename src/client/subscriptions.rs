@@ -37,10 +37,11 @@ impl Subscriptions {
     }
 
     /// Removes patterns from every subscription. Returns the patterns that were held
-    /// and those the broker no longer needs to hold (the same here: a pattern is
-    /// dropped from all subscriptions at once).
-    pub fn remove(&mut self, patterns: &[Arc<str>]) -> Vec<Arc<str>> {
+    /// (the broker no longer needs them: a pattern leaves all subscriptions at once)
+    /// and the subscriptions left with no pattern.
+    pub fn remove(&mut self, patterns: &[Arc<str>]) -> (Vec<Arc<str>>, Vec<u64>) {
         let mut removed = Vec::new();
+        let mut emptied = Vec::new();
         for pattern in patterns {
             if self.holders.remove(pattern).is_none() {
                 continue;
@@ -49,12 +50,15 @@ impl Subscriptions {
                 if let Some(at) = held.iter().position(|p| p == pattern) {
                     held.remove(at);
                     self.index.remove(*sub, pattern);
+                    if held.is_empty() {
+                        emptied.push(*sub);
+                    }
                 }
                 !held.is_empty()
             });
             removed.push(pattern.clone());
         }
-        removed
+        (removed, emptied)
     }
 
     /// Every pattern the broker should hold, for re-subscribing after a reconnect.
@@ -91,7 +95,8 @@ mod tests {
         );
         assert_eq!(subs.matching("jobs.x"), vec![1, 2]);
         assert_eq!(subs.matching("b"), vec![2]);
-        assert_eq!(subs.remove(&p(&["jobs.*", "never"])), p(&["jobs.*"]));
+        assert_eq!(subs.remove(&p(&["jobs.*", "never"])), (p(&["jobs.*"]), vec![]));
+        assert_eq!(subs.remove(&p(&["a"])), (p(&["a"]), vec![1]), "subscription 1 has no pattern left");
         assert!(subs.matching("jobs.x").is_empty());
         assert_eq!(subs.patterns(), p(&["a", "b"]));
     }

@@ -242,10 +242,10 @@ async fn serve(
         heartbeat_interval,
         heartbeat_timeout,
     } = connection;
+    let heartbeat = shared.config.heartbeat.then_some(heartbeat_interval);
     let ended = tokio::select! {
         end = read_loop(shared, &mut reader, heartbeat_timeout) => Some(end),
-        end = write_loop(shared, &mut writer) => Some(end),
-        _ = heartbeat(shared, heartbeat_interval) => None,
+        end = write_loop(shared, &mut writer, heartbeat) => Some(end),
         _ = closing.wait_for(|closing| *closing) => None,
     };
     match ended {
@@ -309,67 +309,59 @@ async fn read_loop(
     }
 }
 
-/// Takes queued frames and writes them in large chunks.
-async fn write_loop(shared: &Shared, writer: &mut OwnedWriteHalf) -> End {
+/// Takes queued frames and writes them in large chunks, and pings every
+/// `heartbeat` (pings are written directly: they never wait in, or count against,
+/// the queue of the user's messages).
+async fn write_loop(shared: &Shared, writer: &mut OwnedWriteHalf, heartbeat: Option<Duration>) -> End {
+    let ping = format!(r#"{{"jsonrpc":"2.0","method":"ping","id":"{HEARTBEAT_ID}"}}"#);
+    let mut next_ping = heartbeat.map(|interval| tokio::time::Instant::now() + interval);
     let mut buf = BytesMut::new();
     loop {
         let wake = shared.writer_wake.notified();
-        let room_announced = {
+        let mut room = false;
+        {
             let mut state = shared.state.lock();
-            if state.outbound.is_empty() {
-                None
-            } else {
-                for _ in 0..WRITE_BATCH {
-                    let Some(outgoing) = state.outbound.pop_front() else {
-                        break;
-                    };
-                    if let Some(call) = outgoing.call {
-                        state.awaiting.insert(call);
-                    }
-                    Framing::LengthPrefixed.encode(&outgoing.frame, &mut buf);
-                    if buf.len() >= WRITE_CHUNK {
-                        break;
-                    }
+            for _ in 0..WRITE_BATCH {
+                let Some(outgoing) = state.outbound.pop_front() else { break };
+                if let Some(call) = outgoing.call {
+                    state.awaiting.insert(call);
                 }
-                let room =
-                    state.want_writable && state.outbound.len() < shared.config.max_pending / 2;
-                if room {
-                    state.want_writable = false;
+                Framing::LengthPrefixed.encode(&outgoing.frame, &mut buf);
+                if buf.len() >= WRITE_CHUNK {
+                    break;
                 }
-                Some(room)
             }
-        };
-        match room_announced {
-            None => wake.await,
-            Some(room) => {
-                if room {
-                    shared.inbox.push(Event::Writable);
-                }
-                if let Err(error) = writer.write_all(&buf).await {
-                    return End::retry(format!("write failed: {error}"));
-                }
-                buf.clear();
-                if buf.capacity() > IDLE_BUFFER_LIMIT {
-                    buf = BytesMut::new();
-                }
+            if state.want_writable && state.outbound.len() < shared.config.max_pending / 2 {
+                state.want_writable = false;
+                room = true;
             }
         }
-    }
-}
-
-async fn heartbeat(shared: &Shared, interval: Duration) {
-    if !shared.config.heartbeat {
-        return std::future::pending().await;
-    }
-    let ping = format!(r#"{{"jsonrpc":"2.0","method":"ping","id":"{HEARTBEAT_ID}"}}"#);
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        shared.enqueue(super::Outgoing {
-            frame: ping.clone().into(),
-            call: None,
-        });
+        if let (Some(at), Some(interval)) = (next_ping, heartbeat)
+            && tokio::time::Instant::now() >= at
+        {
+            Framing::LengthPrefixed.encode(ping.as_bytes(), &mut buf);
+            next_ping = Some(tokio::time::Instant::now() + interval);
+        }
+        if room {
+            shared.inbox.push(Event::Writable);
+        }
+        if buf.is_empty() {
+            match next_ping {
+                Some(at) => tokio::select! {
+                    _ = wake => {}
+                    _ = tokio::time::sleep_until(at) => {}
+                },
+                None => wake.await,
+            }
+            continue;
+        }
+        if let Err(error) = writer.write_all(&buf).await {
+            return End::retry(format!("write failed: {error}"));
+        }
+        buf.clear();
+        if buf.capacity() > IDLE_BUFFER_LIMIT {
+            buf = BytesMut::new();
+        }
     }
 }
 

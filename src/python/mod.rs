@@ -5,8 +5,10 @@
 //! - [`logging`]: `tracing` events forwarded to Python's `logging` from one thread of
 //!   its own, so broker threads never wait for the GIL.
 //! - [`broker`]: `Broker`, the server behind `message_broker.MessageBroker`.
+//! - [`client`]: `Client`, the engine behind `message_broker.BrokerClient`.
 
 mod broker;
+mod client;
 mod logging;
 mod runtime;
 
@@ -18,6 +20,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", crate::VERSION)?;
     m.add("DEFAULT_PORT", crate::config::DEFAULT_PORT)?;
     m.add_class::<broker::Broker>()?;
+    m.add_class::<client::Client>()?;
+    m.add("CONNECTION_LOST", crate::client::CONNECTION_LOST)?;
     m.add_function(wrap_pyfunction!(runtime::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(logging::set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(error_codes, m)?)?;

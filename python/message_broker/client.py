@@ -1,0 +1,439 @@
+"""``BrokerClient``: the asyncio client.
+
+The connection lives in the extension (on its own threads): it connects, pings,
+reconnects and restores subscriptions, and writes in large batches. This module
+only turns its events into callbacks, futures and exceptions on the event loop that
+called :meth:`BrokerClient.connect`. The extension wakes that loop once per burst
+of events, by writing to a socket the loop awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import math
+import socket
+import unicodedata
+from collections.abc import Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any, Union
+
+from message_broker import _core
+from message_broker.config import DEFAULT_HOST, DEFAULT_PORT
+from message_broker.errors import (
+    BrokerError,
+    ConnectionLostError,
+    InvalidMessageError,
+    NoRespondersError,
+    NotConnectedError,
+    RequestTimeoutError,
+)
+from message_broker.message import Message
+
+__all__ = ["BrokerClient", "Callback"]
+
+logger = logging.getLogger("message_broker.client")
+
+Callback = Callable[[Message], Union[Any, Awaitable[Any]]]
+"""A subscriber: called with each matching :class:`Message`, sync or async. A value
+other than ``None`` that it returns (or that its coroutine returns) answers a request."""
+
+# Event kinds from the extension (src/python/client.rs).
+_MESSAGE, _RESPONSE, _PUBLISH_FAILED, _CONNECTED, _DISCONNECTED = 0, 1, 2, 3, 4
+_CONNECT_FAILED, _WRITABLE, _CLOSED = 5, 6, 7
+
+_TIMEOUT, _NO_RESPONDERS, _INVALID_PARAMS = -32002, -32003, -32602
+_MAX_CLIENT_ID = 256
+# Extra time a request waits beyond its own timeout before giving up on the broker.
+_REQUEST_GRACE = 5.0
+
+
+# One encoder for all: json.dumps with options builds a new encoder on every call.
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _encode(payload: Any) -> str:
+    try:
+        return _encoder(payload)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise InvalidMessageError(f"payload cannot be sent as JSON: {error}") from None
+
+
+def _remote_error(code: int, message: str) -> BrokerError:
+    if code == _TIMEOUT:
+        return RequestTimeoutError(message, code)
+    if code == _NO_RESPONDERS:
+        return NoRespondersError(message, code)
+    if code == _INVALID_PARAMS:
+        return InvalidMessageError(message, code)
+    if code == _core.CONNECTION_LOST:
+        return ConnectionLostError(message, code)
+    return BrokerError(message, code)
+
+
+def _patterns(patterns: str | Iterable[str]) -> list[str]:
+    if isinstance(patterns, str):
+        return [patterns]
+    patterns = list(patterns)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"patterns must be strings, got {type(pattern).__name__} {pattern!r}")
+    return patterns
+
+
+class BrokerClient:
+    """A connection to a message broker, for asyncio programs.
+
+    >>> client = BrokerClient("my_app", host="localhost", port=15234)
+    >>> await client.connect()
+    >>> await client.subscribe(["jobs.*"], handler)
+    >>> await client.publish("jobs.activated", {"job_id": "123"})
+
+    While the broker is away the client reconnects with back-off and restores its
+    subscriptions; :attr:`is_connected` is ``False`` meanwhile. Messages published
+    while disconnected are queued (up to ``max_pending``) and sent on reconnection;
+    past that, :meth:`publish` raises :class:`NotConnectedError`. Requests need a live
+    connection and raise :class:`NotConnectedError` at once without one.
+    """
+
+    def __init__(
+        self,
+        client_id: str,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        *,
+        client_type: str = "python",
+        connect_timeout: float = 5.0,
+        connect_retries: int = 3,
+        reconnect: bool = True,
+        reconnect_delay: float = 0.1,
+        max_reconnect_delay: float = 5.0,
+        heartbeat: bool = True,
+        max_pending: int = 100_000,
+    ) -> None:
+        if not isinstance(client_id, str) or not 0 < len(client_id) <= _MAX_CLIENT_ID:
+            raise ValueError(f"client_id must be a string of 1 to {_MAX_CLIENT_ID} characters")
+        if any(unicodedata.category(ch) == "Cc" for ch in client_id):
+            raise ValueError("client_id must not contain control characters")
+        if not 0 < port < 65536:
+            raise ValueError(f"port must be between 1 and 65535, got {port}")
+        if connect_retries < 0 or max_pending < 1:
+            raise ValueError("connect_retries must be >= 0 and max_pending >= 1")
+        self._client_id = client_id
+        self._host = host
+        self._port = port
+        self._options = {
+            "client_type": client_type,
+            "version": _core.__version__,
+            "connect_timeout": connect_timeout,
+            "connect_retries": connect_retries,
+            "reconnect": reconnect,
+            "reconnect_delay": reconnect_delay,
+            "max_reconnect_delay": max_reconnect_delay,
+            "heartbeat": heartbeat,
+            "max_pending": max_pending,
+        }
+        self._core: _core.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Future[bool] | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._callbacks: dict[int, Callback] = {}
+        self._subscription_ids = itertools.count(1)
+        self._calls: dict[int, asyncio.Future[str]] = {}
+        self._room: list[asyncio.Future[None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    @property
+    def is_connected(self) -> bool:
+        """True while a connection to the broker is up, this very moment."""
+        return self._core is not None and self._core.is_connected
+
+    def __repr__(self) -> str:
+        state = "connected" if self.is_connected else "not connected"
+        return f"<BrokerClient {self._client_id!r} {self._host}:{self._port} {state}>"
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def connect(self) -> bool:
+        """Connects, retrying ``connect_retries`` times with back-off. Returns ``False``
+        when the broker cannot be reached or refuses the connection (the reason is
+        logged on ``message_broker.client``)."""
+        if self._core is not None:
+            if self._connecting is not None:
+                return await asyncio.shield(self._connecting)
+            return self.is_connected
+        loop = asyncio.get_running_loop()
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        try:
+            core = _core.Client(
+                self._client_id, self._host, self._port, writer.detach(), **self._options
+            )
+        except BaseException:
+            reader.close()
+            raise
+        self._core, self._loop = core, loop
+        self._connecting = loop.create_future()
+        self._closed = loop.create_future()
+        self._pump = loop.create_task(self._run(core, reader), name=f"broker-client-{self._client_id}")
+        return await asyncio.shield(self._connecting)
+
+    async def disconnect(self) -> None:
+        """Sends what is queued, says goodbye to the broker, and stops the client.
+        Pending requests fail with :class:`NotConnectedError`."""
+        core, closed, pump = self._core, self._closed, self._pump
+        if core is None or closed is None:
+            return
+        core.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(closed), 10)
+        except asyncio.TimeoutError:
+            logger.warning("client %s did not close in time", self._client_id)
+        if pump is not None and pump is not asyncio.current_task():
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._core = None
+        self._pump = self._connecting = self._closed = None
+        self._callbacks.clear()
+
+    async def __aenter__(self) -> BrokerClient:
+        if not await self.connect():
+            raise NotConnectedError(f"cannot connect to the broker at {self._host}:{self._port}")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.disconnect()
+
+    # -- publishing -----------------------------------------------------------------------
+    async def publish(self, topic: str, payload: Any = None, qos: int = 0, ttl: float = 0) -> str:
+        """Publishes ``payload`` on ``topic``; returns the message id.
+
+        Returns as soon as the message is queued: it does not wait for the broker. A bad
+        topic, a payload JSON cannot carry or one over the broker's ``max_message_size``
+        raises :class:`InvalidMessageError` here. ``ttl`` (seconds, 0 for none) travels
+        with the message. Only ``qos=0`` (at most once) is available.
+        """
+        core = self._require_core()
+        if qos != 0:
+            raise InvalidMessageError(f"qos={qos} is not available: the broker delivers at most once (qos=0)")
+        if ttl != 0 and (
+            isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (math.isfinite(ttl) and ttl > 0)
+        ):
+            raise InvalidMessageError(f"ttl must be 0 (no limit) or a positive number of seconds, got {ttl!r}")
+        text = _encode(payload)
+        while True:
+            try:
+                return core.publish(topic, text, ttl or None)
+            except BlockingIOError:
+                await self._wait_for_room()
+            except ValueError as error:
+                raise InvalidMessageError(str(error)) from None
+            except ConnectionError as error:
+                raise NotConnectedError(str(error)) from None
+
+    async def _wait_for_room(self) -> None:
+        room = asyncio.get_running_loop().create_future()
+        self._room.append(room)
+        await room
+
+    # -- subscriptions --------------------------------------------------------------------
+    async def subscribe(self, patterns: str | Iterable[str], callback: Callback) -> list[str]:
+        """Calls ``callback`` with every message whose topic matches one of ``patterns``
+        (``*``/``+``: one segment, ``#``: any number, last only). Returns the patterns.
+
+        ``callback`` may be a function or a coroutine function. It runs on the event
+        loop that connected; an exception in it is logged and delivery goes on. A value
+        it returns for a request message is the reply.
+        """
+        core = self._require_core()
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, got {callback!r}")
+        patterns = list(dict.fromkeys(_patterns(patterns)))
+        subscription = next(self._subscription_ids)
+        self._callbacks[subscription] = callback
+        try:
+            call = core.subscribe(subscription, patterns)
+        except ValueError as error:
+            del self._callbacks[subscription]
+            raise InvalidMessageError(str(error)) from None
+        if call is not None:
+            try:
+                await self._answer(call)
+            except ConnectionLostError:
+                pass  # restored with every subscription when the client reconnects
+        return patterns
+
+    async def unsubscribe(self, patterns: str | Iterable[str]) -> list[str]:
+        """Stops the given patterns for every callback; returns those that were subscribed."""
+        core = self._require_core()
+        try:
+            removed, emptied, call = core.unsubscribe(_patterns(patterns))
+        except ValueError as error:
+            raise InvalidMessageError(str(error)) from None
+        for subscription in emptied:
+            self._callbacks.pop(subscription, None)
+        if call is not None:
+            try:
+                await self._answer(call)
+            except ConnectionLostError:
+                pass  # the broker dropped every subscription with the connection
+        return removed
+
+    # -- request / response ---------------------------------------------------------------
+    async def request(self, topic: str, payload: Any = None, timeout: float = 5.0) -> Any:
+        """Sends a request and returns the first reply's payload.
+
+        Raises :class:`NoRespondersError` at once when nobody is subscribed to
+        ``topic``, :class:`RequestTimeoutError` when no reply comes within ``timeout``
+        seconds. ``request("status", {})`` returns the broker's status.
+        """
+        core = self._require_core()
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        # The payload is encoded once, by the same rules as publish.
+        params = f'{{"topic":{json.dumps(topic)},"payload":{_encode(payload)},"timeout":{float(timeout)!r}}}'
+        try:
+            call = core.call("request", params)
+        except ValueError as error:
+            raise InvalidMessageError(str(error)) from None
+        except ConnectionError as error:
+            raise NotConnectedError(str(error)) from None
+        try:
+            answer = await asyncio.wait_for(self._answer(call), timeout + _REQUEST_GRACE)
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError(
+                f"no answer from the broker to the request on {topic!r}", _TIMEOUT
+            ) from None
+        return json.loads(answer)
+
+    def _answer(self, call: int) -> asyncio.Future[str]:
+        assert self._loop is not None
+        future = self._loop.create_future()
+        self._calls[call] = future
+        return future
+
+    def _require_core(self) -> _core.Client:
+        if self._core is None:
+            raise NotConnectedError("not connected: call connect() first")
+        if asyncio.get_running_loop() is not self._loop:
+            raise RuntimeError("a BrokerClient is used from the event loop it connected on")
+        return self._core
+
+    # -- events from the extension --------------------------------------------------------
+    async def _run(self, core: _core.Client, wake: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not await loop.sock_recv(wake, 4096):
+                    break
+                if self._dispatch(core.drain()):
+                    break
+        finally:
+            wake.close()
+            # The loop is going away (or the client closed): stop the connection too.
+            core.close()
+            self._fail_pending(NotConnectedError("the client is closed"))
+            if self._closed is not None and not self._closed.done():
+                self._closed.set_result(None)
+
+    def _dispatch(self, events: list[tuple[Any, ...]]) -> bool:
+        for event in events:
+            kind = event[0]
+            if kind == _MESSAGE:
+                self._deliver(event)
+            elif kind == _RESPONSE:
+                future = self._calls.pop(event[1], None)
+                if future is not None and not future.done():
+                    if event[2]:
+                        future.set_result(event[3])
+                    else:
+                        future.set_exception(_remote_error(*event[3]))
+            elif kind == _PUBLISH_FAILED:
+                logger.warning("the broker refused message %s: %s (code %s)", event[1], event[3], event[2])
+            elif kind == _WRITABLE:
+                room, self._room = self._room, []
+                for future in room:
+                    if not future.done():
+                        future.set_result(None)
+            elif kind == _CONNECTED:
+                self._settle_connect(True)
+                logger.info("client %s connected to %s:%s", self._client_id, self._host, self._port)
+            elif kind == _DISCONNECTED:
+                logger.info("client %s disconnected: %s", self._client_id, event[1])
+            elif kind == _CONNECT_FAILED:
+                logger.warning("client %s could not connect: %s", self._client_id, event[1])
+                self._settle_connect(False)
+            elif kind == _CLOSED:
+                self._settle_connect(False)
+                return True
+        return False
+
+    def _settle_connect(self, connected: bool) -> None:
+        if self._connecting is not None:
+            if not self._connecting.done():
+                self._connecting.set_result(connected)
+            self._connecting = None
+
+    def _fail_pending(self, error: BrokerError) -> None:
+        calls, self._calls = self._calls, {}
+        for future in calls.values():
+            if not future.done():
+                future.set_exception(error)
+        room, self._room = self._room, []
+        for future in room:
+            if not future.done():
+                future.set_exception(error)
+
+    def _deliver(self, event: tuple[Any, ...]) -> None:
+        _, subscriptions, topic, payload, sender, message_id, timestamp, reply_to, ttl = event
+        message = Message(topic, json.loads(payload), sender, message_id, timestamp, reply_to, ttl)
+        answered = False
+        for subscription in subscriptions:
+            callback = self._callbacks.get(subscription)
+            if callback is None:
+                continue
+            try:
+                result = callback(message)
+            except Exception:
+                logger.exception("callback %r failed on a message on %r", callback, topic)
+                continue
+            if result is None:
+                continue
+            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                task = asyncio.ensure_future(self._finish(callback, result, message))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            elif reply_to is not None and not answered:
+                answered = True
+                self._reply(message, result)
+
+    async def _finish(self, callback: Callback, pending: Awaitable[Any], message: Message) -> None:
+        try:
+            result = await pending
+        except Exception:
+            logger.exception("callback %r failed on a message on %r", callback, message.topic)
+            return
+        if result is not None and message.reply_to is not None and self._core is not None:
+            self._reply(message, result)
+
+    def _reply(self, message: Message, result: Any) -> None:
+        assert message.reply_to is not None and self._core is not None
+        try:
+            self._core.publish(message.reply_to, _encode(result))
+        except (BrokerError, ValueError, ConnectionError, BlockingIOError) as error:
+            logger.warning("could not answer the request on %r: %s", message.topic, error)

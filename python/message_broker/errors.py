@@ -1,0 +1,35 @@
+"""Exceptions raised by the client. All derive from :class:`BrokerError`."""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """An error from the broker or the client. ``code`` is the wire error code when the
+    broker answered with one (see ``message_broker.ERROR_CODES``), else ``None``."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class NotConnectedError(BrokerError, ConnectionError):
+    """The client is not connected (never connected, disconnected, or the broker is gone
+    and the message could not be queued)."""
+
+
+class ConnectionLostError(NotConnectedError):
+    """The connection was lost before the broker answered this call."""
+
+
+class RequestTimeoutError(BrokerError, TimeoutError):
+    """A request got no reply in time (``TIMEOUT``, -32002)."""
+
+
+class NoRespondersError(BrokerError):
+    """A request matched no subscriber, so nobody could answer it (``NO_RESPONDERS``,
+    -32003). Raised at once, without waiting for the timeout."""
+
+
+class InvalidMessageError(BrokerError, ValueError):
+    """A topic, pattern or payload the broker would refuse: an invalid or reserved
+    topic, a payload JSON cannot carry, or a message over ``max_message_size``."""
