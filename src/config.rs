@@ -24,6 +24,8 @@ pub struct BrokerConfig {
     pub max_message_size: usize,
     /// Messages waiting to be written to one client before new ones are dropped for it.
     pub max_queue_size: usize,
+    /// Bytes waiting to be written to one client before new messages are dropped for it.
+    pub max_queue_bytes: usize,
     /// Log every published message at INFO level.
     pub log_messages: bool,
     /// A new connection must send `connect` within this time.
@@ -42,6 +44,7 @@ impl Default for BrokerConfig {
             heartbeat_timeout: Duration::from_secs(30),
             max_message_size: 1024 * 1024,
             max_queue_size: 10_000,
+            max_queue_bytes: 64 * 1024 * 1024,
             log_messages: false,
             handshake_timeout: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(30),
@@ -75,6 +78,12 @@ impl BrokerConfig {
         }
         if self.max_queue_size == 0 {
             return invalid("max_queue_size must be at least 1".into());
+        }
+        if self.max_queue_bytes < self.max_message_size {
+            return invalid(format!(
+                "max_queue_bytes ({}) must be at least max_message_size ({})",
+                self.max_queue_bytes, self.max_message_size
+            ));
         }
         for (name, value) in [
             ("heartbeat_interval", self.heartbeat_interval),
@@ -115,27 +124,9 @@ mod tests {
 
     #[test]
     fn bad_values_are_named() {
-        let config = BrokerConfig {
-            max_queue_size: 0,
-            ..Default::default()
-        };
-        assert!(
-            config
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("max_queue_size")
-        );
-        let config = BrokerConfig {
-            heartbeat_timeout: Duration::from_secs(1),
-            ..Default::default()
-        };
-        assert!(
-            config
-                .validate()
-                .unwrap_err()
-                .to_string()
-                .contains("heartbeat_timeout")
-        );
+        let config = BrokerConfig { max_queue_size: 0, ..Default::default() };
+        assert!(config.validate().unwrap_err().to_string().contains("max_queue_size"));
+        let config = BrokerConfig { heartbeat_timeout: Duration::from_secs(1), ..Default::default() };
+        assert!(config.validate().unwrap_err().to_string().contains("heartbeat_timeout"));
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, timeout_at};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::outbox::OutboxReceiver;
 use crate::protocol::frame::{Decoded, FrameDecoder, FrameError, Framing};
@@ -32,6 +33,15 @@ pub enum ReadError {
     FrameTimeout(Duration),
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+/// Aborts a task when dropped, so that a connection's writer never outlives it.
+pub struct AbortOnDrop<T>(pub JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Reads frames from one connection.
@@ -76,12 +86,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             let read = if self.decoder.is_mid_frame(&self.buf) {
                 let since = *self.partial_since.get_or_insert_with(Instant::now);
-                timeout_at(
-                    since + self.frame_timeout,
-                    self.stream.read_buf(&mut self.buf),
-                )
-                .await
-                .map_err(|_| ReadError::FrameTimeout(self.frame_timeout))??
+                timeout_at(since + self.frame_timeout, self.stream.read_buf(&mut self.buf))
+                    .await
+                    .map_err(|_| ReadError::FrameTimeout(self.frame_timeout))??
             } else {
                 self.partial_since = None;
                 self.stream.read_buf(&mut self.buf).await?
@@ -104,7 +111,11 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
     mut stream: W,
     mut queue: OutboxReceiver,
     framing: Arc<OnceLock<Framing>>,
+    stall_timeout: Duration,
 ) -> io::Result<()> {
+    // A client that reads nothing for this long is gone or stuck: give up on it.
+    let stalled =
+        || io::Error::new(io::ErrorKind::TimedOut, format!("the client read nothing for {stall_timeout:?}"));
     let mut frames: Vec<Bytes> = Vec::new();
     let mut buf = BytesMut::new();
     while queue.recv_many(&mut frames, WRITE_BATCH).await > 0 {
@@ -112,12 +123,12 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
         for frame in frames.drain(..) {
             framing.encode(&frame, &mut buf);
             if buf.len() >= WRITE_CHUNK {
-                stream.write_all(&buf).await?;
+                timeout(stall_timeout, stream.write_all(&buf)).await.map_err(|_| stalled())??;
                 buf.clear();
             }
         }
         if !buf.is_empty() {
-            stream.write_all(&buf).await?;
+            timeout(stall_timeout, stream.write_all(&buf)).await.map_err(|_| stalled())??;
             buf.clear();
         }
         queue.note_written();
@@ -136,9 +147,9 @@ mod tests {
     #[tokio::test]
     async fn reader_and_writer_round_trip_over_a_pipe() {
         let (client, server) = tokio::io::duplex(64);
-        let (outbox, queue) = outbox::channel(16);
+        let (outbox, queue) = outbox::channel(16, 1 << 20);
         let framing = Arc::new(OnceLock::from(Framing::LengthPrefixed));
-        let writer = tokio::spawn(write_loop(server, queue, framing));
+        let writer = tokio::spawn(write_loop(server, queue, framing, Duration::from_secs(5)));
         for body in [&b"{\"a\":1}"[..], b"[1,2,3]", b""] {
             assert!(outbox.send(Bytes::copy_from_slice(body)).await);
         }

@@ -111,10 +111,7 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        RpcError {
-            code,
-            message: message.into(),
-        }
+        RpcError { code, message: message.into() }
     }
 
     pub fn invalid_params(message: impl Into<String>) -> Self {
@@ -146,10 +143,7 @@ mod tests {
         assert_eq!(codes.len(), ErrorCode::ALL.len());
         for code in ErrorCode::ALL {
             let c = code.code();
-            assert!(
-                (-32099..=-32000).contains(&c) || (-32768..=-32600).contains(&c),
-                "{c}"
-            );
+            assert!((-32099..=-32000).contains(&c) || (-32768..=-32600).contains(&c), "{c}");
         }
     }
 }

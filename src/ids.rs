@@ -20,10 +20,12 @@ impl MessageIds {
     pub fn new() -> Self {
         // RandomState is seeded from the operating system's random source.
         let random = RandomState::new().hash_one(std::process::id());
-        MessageIds {
-            prefix: format!("{:012x}", random & 0xffff_ffff_ffff),
-            next: AtomicU64::new(1),
-        }
+        MessageIds { prefix: format!("{:012x}", random & 0xffff_ffff_ffff), next: AtomicU64::new(1) }
+    }
+
+    /// The random part shared by this generator's ids.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     pub fn next(&self) -> String {

@@ -32,10 +32,7 @@ struct Node {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.literal.is_empty()
-            && self.one.is_none()
-            && self.exact.is_empty()
-            && self.rest.is_empty()
+        self.literal.is_empty() && self.one.is_none() && self.exact.is_empty() && self.rest.is_empty()
     }
 
     fn collect(&self, segments: &[&str], out: &mut Vec<SessionId>) {
@@ -54,12 +51,7 @@ impl Node {
     }
 
     /// Removes the entry; returns (removed, this node is now empty).
-    fn remove(
-        &mut self,
-        segments: &[Segment<'_>],
-        session: SessionId,
-        pattern: &str,
-    ) -> (bool, bool) {
+    fn remove(&mut self, segments: &[Segment<'_>], session: SessionId, pattern: &str) -> (bool, bool) {
         let take = |list: &mut Vec<Entry>| {
             let before = list.len();
             list.retain(|e| !(e.session == session && &*e.pattern == pattern));
@@ -129,15 +121,8 @@ impl SubscriptionIndex {
                 Segment::Rest => unreachable!("'#' is only ever the last segment"),
             };
         }
-        let list = if ends_with_rest {
-            &mut node.rest
-        } else {
-            &mut node.exact
-        };
-        if list
-            .iter()
-            .any(|e| e.session == session && e.pattern == pattern)
-        {
+        let list = if ends_with_rest { &mut node.rest } else { &mut node.exact };
+        if list.iter().any(|e| e.session == session && e.pattern == pattern) {
             return false;
         }
         list.push(Entry { session, pattern });
@@ -212,10 +197,7 @@ mod tests {
 
         assert!(index.remove(1, "jobs.*"));
         assert!(!index.remove(1, "jobs.*"), "already removed");
-        assert!(
-            !index.remove(2, "jobs.*"),
-            "never subscribed with that pattern"
-        );
+        assert!(!index.remove(2, "jobs.*"), "never subscribed with that pattern");
         assert_eq!(sessions(&index, "jobs.activated"), vec![2, 3]);
         assert_eq!(index.len(), 3);
     }
@@ -276,16 +258,12 @@ mod tests {
     }
 
     fn pattern() -> impl Strategy<Value = String> {
-        (
-            prop::collection::vec(pattern_segment(), 1..5),
-            any::<bool>(),
-        )
-            .prop_map(|(mut segs, rest)| {
-                if rest {
-                    segs.push("#".into());
-                }
-                segs.join(".")
-            })
+        (prop::collection::vec(pattern_segment(), 1..5), any::<bool>()).prop_map(|(mut segs, rest)| {
+            if rest {
+                segs.push("#".into());
+            }
+            segs.join(".")
+        })
     }
 
     fn topic() -> impl Strategy<Value = String> {

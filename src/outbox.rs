@@ -6,7 +6,7 @@
 //! for room, which slows down only the client that is not reading its responses.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 pub struct QueueStats {
     pub delivered: AtomicU64,
     pub dropped: AtomicU64,
+    /// Bytes waiting in the queue.
+    pub bytes: AtomicUsize,
     /// Set at the first drop, cleared when the writer empties the queue: the
     /// slow-consumer announcement is made once per episode, not once per drop.
     congested: AtomicBool,
@@ -36,6 +38,7 @@ pub enum Offer {
 pub struct Outbox {
     tx: mpsc::Sender<Bytes>,
     stats: Arc<QueueStats>,
+    max_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -44,44 +47,56 @@ pub struct OutboxReceiver {
     stats: Arc<QueueStats>,
 }
 
-pub fn channel(capacity: usize) -> (Outbox, OutboxReceiver) {
+/// A queue of at most `capacity` frames and (for deliveries) `max_bytes` bytes.
+pub fn channel(capacity: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
     let (tx, rx) = mpsc::channel(capacity);
     let stats = Arc::new(QueueStats::default());
-    (
-        Outbox {
-            tx,
-            stats: stats.clone(),
-        },
-        OutboxReceiver { rx, stats },
-    )
+    (Outbox { tx, stats: stats.clone(), max_bytes }, OutboxReceiver { rx, stats })
 }
 
 impl Outbox {
     /// Queues a delivery if there is room, else drops it and counts the drop.
     pub fn offer(&self, frame: Bytes) -> Offer {
+        let len = frame.len();
+        if self.stats.bytes.load(Ordering::Relaxed) + len > self.max_bytes {
+            return self.dropped();
+        }
         match self.tx.try_send(frame) {
             Ok(()) => {
+                self.stats.bytes.fetch_add(len, Ordering::Relaxed);
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 Offer::Queued
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                let newly_congested = !self.stats.congested.swap(true, Ordering::Relaxed);
-                Offer::Dropped { newly_congested }
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.dropped(),
             Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
         }
+    }
+
+    fn dropped(&self) -> Offer {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        let newly_congested = !self.stats.congested.swap(true, Ordering::Relaxed);
+        Offer::Dropped { newly_congested }
     }
 
     /// Queues a response to this client's own request, waiting for room.
     /// Returns false when the connection is gone.
     pub async fn send(&self, frame: Bytes) -> bool {
-        self.tx.send(frame).await.is_ok()
+        let len = frame.len();
+        let sent = self.tx.send(frame).await.is_ok();
+        if sent {
+            self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        sent
     }
 
     /// Queues a last notice before closing, if there is room.
     pub fn try_send(&self, frame: Bytes) -> bool {
-        self.tx.try_send(frame).is_ok()
+        let len = frame.len();
+        let sent = self.tx.try_send(frame).is_ok();
+        if sent {
+            self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        sent
     }
 
     /// Frames waiting to be written.
@@ -105,12 +120,22 @@ impl Outbox {
 impl OutboxReceiver {
     /// Waits for at least one frame and takes up to `limit`; 0 when every sender is gone.
     pub async fn recv_many(&mut self, frames: &mut Vec<Bytes>, limit: usize) -> usize {
-        self.rx.recv_many(frames, limit).await
+        let start = frames.len();
+        let taken = self.rx.recv_many(frames, limit).await;
+        self.release(&frames[start..]);
+        taken
+    }
+
+    fn release(&self, frames: &[Bytes]) {
+        let bytes: usize = frames.iter().map(Bytes::len).sum();
+        self.stats.bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// Takes one queued frame without waiting.
     pub fn try_recv(&mut self) -> Option<Bytes> {
-        self.rx.try_recv().ok()
+        let frame = self.rx.try_recv().ok()?;
+        self.release(std::slice::from_ref(&frame));
+        Some(frame)
     }
 
     /// Called by the writer after a write: an empty queue ends a congestion episode.
@@ -127,21 +152,11 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_drops_and_counts_once_per_episode() {
-        let (outbox, mut rx) = channel(2);
+        let (outbox, mut rx) = channel(2, 1024);
         assert_eq!(outbox.offer(Bytes::from_static(b"1")), Offer::Queued);
         assert_eq!(outbox.offer(Bytes::from_static(b"2")), Offer::Queued);
-        assert_eq!(
-            outbox.offer(Bytes::from_static(b"3")),
-            Offer::Dropped {
-                newly_congested: true
-            }
-        );
-        assert_eq!(
-            outbox.offer(Bytes::from_static(b"4")),
-            Offer::Dropped {
-                newly_congested: false
-            }
-        );
+        assert_eq!(outbox.offer(Bytes::from_static(b"3")), Offer::Dropped { newly_congested: true });
+        assert_eq!(outbox.offer(Bytes::from_static(b"4")), Offer::Dropped { newly_congested: false });
         assert_eq!(outbox.len(), 2);
         assert_eq!(outbox.stats().dropped.load(Ordering::Relaxed), 2);
 
@@ -152,12 +167,23 @@ mod tests {
         assert_eq!(outbox.offer(Bytes::from_static(b"6")), Offer::Queued);
         assert_eq!(
             outbox.offer(Bytes::from_static(b"7")),
-            Offer::Dropped {
-                newly_congested: true
-            },
+            Offer::Dropped { newly_congested: true },
             "a new episode is announced again"
         );
         drop(rx);
         assert_eq!(outbox.offer(Bytes::from_static(b"8")), Offer::Closed);
+    }
+
+    #[tokio::test]
+    async fn byte_budget_bounds_large_deliveries() {
+        let (outbox, mut rx) = channel(100, 10);
+        assert_eq!(outbox.offer(Bytes::from_static(b"123456")), Offer::Queued);
+        assert_eq!(outbox.offer(Bytes::from_static(b"123456")), Offer::Dropped { newly_congested: true });
+        assert_eq!(outbox.offer(Bytes::from_static(b"1234")), Offer::Queued, "still fits");
+        assert_eq!(outbox.stats().bytes.load(Ordering::Relaxed), 10);
+        let mut frames = Vec::new();
+        rx.recv_many(&mut frames, 10).await;
+        assert_eq!(outbox.stats().bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(outbox.offer(Bytes::from_static(b"123456")), Offer::Queued);
     }
 }

@@ -4,7 +4,8 @@
 //! subscription state, encodes the message once and offers the same bytes to every
 //! matching client's queue; subscribing and connecting take the write lock briefly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -47,6 +48,7 @@ struct Entry {
     evicted: Arc<Notify>,
     /// In subscription order.
     patterns: Vec<Arc<str>>,
+    pattern_set: HashSet<Arc<str>>,
 }
 
 #[derive(Default)]
@@ -96,7 +98,9 @@ pub struct Router {
     config: BrokerConfig,
     local_addr: Mutex<Option<SocketAddr>>,
     state: RwLock<State>,
-    replies: Mutex<HashMap<u64, oneshot::Sender<Box<RawValue>>>>,
+    /// Requests waiting for a reply: sequence number -> (the random token of its
+    /// address, the requester's waiting task).
+    replies: Mutex<HashMap<u64, (u64, oneshot::Sender<Box<RawValue>>)>>,
     next_reply: AtomicU64,
     next_session: AtomicU64,
     ids: MessageIds,
@@ -106,9 +110,7 @@ pub struct Router {
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn raw(value: &Value) -> Box<RawValue> {
@@ -139,6 +141,12 @@ impl Router {
         *self.local_addr.lock() = Some(addr);
     }
 
+    /// A client id for a client that connects without one. No client can have chosen
+    /// it beforehand: it holds this broker's random prefix.
+    pub fn anonymous_client_id(&self, session: SessionId) -> String {
+        format!("anonymous-{}-{session}", self.ids.prefix())
+    }
+
     pub fn new_session_id(&self) -> SessionId {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
@@ -158,10 +166,7 @@ impl Router {
         evicted: Arc<Notify>,
     ) -> Result<(), RpcError> {
         if self.is_shutting_down() {
-            return Err(RpcError::new(
-                ErrorCode::ShuttingDown,
-                "the broker is shutting down",
-            ));
+            return Err(RpcError::new(ErrorCode::ShuttingDown, "the broker is shutting down"));
         }
         let client_id = info.client_id.clone();
         let client_type = info.client_type.clone();
@@ -177,6 +182,7 @@ impl Router {
                     outbox,
                     evicted,
                     patterns: Vec::new(),
+                    pattern_set: HashSet::new(),
                 },
             );
             taken_over
@@ -227,23 +233,19 @@ impl Router {
     /// Adds validated patterns; returns them all (already-held ones included).
     pub fn subscribe(&self, session: SessionId, patterns: &[Arc<str>]) -> Result<(), RpcError> {
         let mut state = self.state.write();
-        let State {
-            index, sessions, ..
-        } = &mut *state;
+        let State { index, sessions, .. } = &mut *state;
         let entry = sessions
             .get_mut(&session)
             .ok_or_else(|| RpcError::new(ErrorCode::NotConnected, "not connected"))?;
-        let new = patterns
-            .iter()
-            .filter(|p| !entry.patterns.contains(p))
-            .count();
+        let new = patterns.iter().filter(|p| !entry.pattern_set.contains(*p)).count();
         if entry.patterns.len() + new > MAX_PATTERNS_PER_CLIENT {
             return Err(RpcError::invalid_params(format!(
                 "a client may hold at most {MAX_PATTERNS_PER_CLIENT} patterns"
             )));
         }
         for pattern in patterns {
-            if index.insert(session, pattern.clone()) {
+            if entry.pattern_set.insert(pattern.clone()) {
+                index.insert(session, pattern.clone());
                 entry.patterns.push(pattern.clone());
             }
         }
@@ -253,26 +255,24 @@ impl Router {
     /// Removes patterns; returns those that were subscribed.
     pub fn unsubscribe(&self, session: SessionId, patterns: &[Arc<str>]) -> Vec<Arc<str>> {
         let mut state = self.state.write();
-        let State {
-            index, sessions, ..
-        } = &mut *state;
+        let State { index, sessions, .. } = &mut *state;
         let Some(entry) = sessions.get_mut(&session) else {
             return Vec::new();
         };
-        let removed: Vec<Arc<str>> = patterns
-            .iter()
-            .filter(|p| index.remove(session, p))
-            .cloned()
-            .collect();
-        entry.patterns.retain(|p| !removed.contains(p));
+        let removed: Vec<Arc<str>> =
+            patterns.iter().filter(|p| entry.pattern_set.remove(*p)).cloned().collect();
+        for pattern in &removed {
+            index.remove(session, pattern);
+        }
+        if !removed.is_empty() {
+            entry.patterns.retain(|p| entry.pattern_set.contains(p));
+        }
         removed
     }
 
     /// Routes a message to every matching client, at most once each.
     pub fn publish(&self, msg: Publish<'_>) -> Published {
-        let message_id = msg
-            .message_id
-            .map_or_else(|| self.ids.next(), str::to_owned);
+        let message_id = msg.message_id.map_or_else(|| self.ids.next(), str::to_owned);
         let frame = Delivery {
             topic: msg.topic,
             payload: msg.payload,
@@ -307,10 +307,7 @@ impl Router {
                 }),
             );
         }
-        Published {
-            message_id,
-            recipients,
-        }
+        Published { message_id, recipients }
     }
 
     /// Offers `frame` to each matching client; returns how many queued it and the
@@ -337,9 +334,7 @@ impl Router {
                 Offer::Closed => {}
             }
         }
-        self.counters
-            .delivered
-            .fetch_add(queued as u64, Ordering::Relaxed);
+        self.counters.delivered.fetch_add(queued as u64, Ordering::Relaxed);
         (queued, congested)
     }
 
@@ -380,13 +375,13 @@ impl Router {
     ) -> Result<(Published, PendingReply), RpcError> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let seq = self.next_reply.fetch_add(1, Ordering::Relaxed);
-        let reply_to = format!("{REPLY_PREFIX}{seq}");
+        // The random token keeps other clients from guessing, and answering, the
+        // address of someone else's request.
+        let token = RandomState::new().hash_one(seq);
+        let reply_to = format!("{REPLY_PREFIX}{seq}.{token:016x}");
         let (tx, rx) = oneshot::channel();
-        self.replies.lock().insert(seq, tx);
-        let published = self.publish(Publish {
-            reply_to: Some(&reply_to),
-            ..msg
-        });
+        self.replies.lock().insert(seq, (token, tx));
+        let published = self.publish(Publish { reply_to: Some(&reply_to), ..msg });
         if published.recipients == 0 {
             self.replies.lock().remove(&seq);
             self.counters.no_responders.fetch_add(1, Ordering::Relaxed);
@@ -395,34 +390,27 @@ impl Router {
                 format!("no responders: no client is subscribed to {:?}", msg.topic),
             ));
         }
-        let pending = PendingReply {
-            router: self.clone(),
-            seq,
-            rx,
-            timeout,
-            topic: msg.topic.to_owned(),
-        };
+        let pending = PendingReply { router: self.clone(), seq, rx, timeout, topic: msg.topic.to_owned() };
         Ok((published, pending))
     }
 
     /// Hands a reply to the waiting requester. An unknown or already answered reply
     /// address is counted as a late reply and discarded: the first answer wins.
     pub fn reply(&self, reply_to: &str, payload: &RawValue) -> Published {
-        let waiter = reply_to
-            .strip_prefix(REPLY_PREFIX)
-            .and_then(|seq| seq.parse::<u64>().ok())
-            .and_then(|seq| self.replies.lock().remove(&seq));
+        let address = reply_to.strip_prefix(REPLY_PREFIX).and_then(|rest| rest.split_once('.'));
+        let waiter = address
+            .and_then(|(seq, token)| Some((seq.parse::<u64>().ok()?, u64::from_str_radix(token, 16).ok()?)))
+            .and_then(|(seq, token)| {
+                let mut replies = self.replies.lock();
+                match replies.get(&seq) {
+                    Some((expected, _)) if *expected == token => replies.remove(&seq).map(|(_, tx)| tx),
+                    _ => None,
+                }
+            });
         let delivered = waiter.is_some_and(|tx| tx.send(payload.to_owned()).is_ok());
-        let counter = if delivered {
-            &self.counters.replies
-        } else {
-            &self.counters.late_replies
-        };
+        let counter = if delivered { &self.counters.replies } else { &self.counters.late_replies };
         counter.fetch_add(1, Ordering::Relaxed);
-        Published {
-            message_id: self.ids.next(),
-            recipients: usize::from(delivered),
-        }
+        Published { message_id: self.ids.next(), recipients: usize::from(delivered) }
     }
 
     pub fn client_count(&self) -> usize {
@@ -437,10 +425,8 @@ impl Router {
             .values()
             .map(|entry| {
                 let stats = entry.outbox.stats();
-                let connected_at = entry
-                    .connected_at
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0.0, |d| d.as_secs_f64());
+                let connected_at =
+                    entry.connected_at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
                 let value = json!({
                     "client_id": &*entry.info.client_id,
                     "client_type": entry.info.client_type,
@@ -448,6 +434,7 @@ impl Router {
                     "connected_at": connected_at,
                     "subscriptions": entry.patterns.iter().map(|p| &**p).collect::<Vec<_>>(),
                     "queued": entry.outbox.len(),
+                    "queued_bytes": stats.bytes.load(Ordering::Relaxed),
                     "delivered": stats.delivered.load(Ordering::Relaxed),
                     "dropped": stats.dropped.load(Ordering::Relaxed),
                 });
@@ -486,6 +473,7 @@ impl Router {
                 "max_connections": self.config.max_connections,
                 "max_message_size": self.config.max_message_size,
                 "max_queue_size": self.config.max_queue_size,
+                "max_queue_bytes": self.config.max_queue_bytes,
                 "heartbeat_interval": self.config.heartbeat_interval.as_secs_f64(),
                 "heartbeat_timeout": self.config.heartbeat_timeout.as_secs_f64(),
             },
@@ -532,16 +520,10 @@ mod tests {
 
     fn connect(router: &Router, client_id: &str) -> (SessionId, OutboxReceiver, Arc<Notify>) {
         let session = router.new_session_id();
-        let (outbox, rx) = outbox::channel(16);
+        let (outbox, rx) = outbox::channel(16, 1 << 20);
         let evicted = Arc::new(Notify::new());
-        let info = ClientInfo {
-            client_id: client_id.into(),
-            client_type: None,
-            version: None,
-        };
-        router
-            .register(session, info, outbox, evicted.clone())
-            .unwrap();
+        let info = ClientInfo { client_id: client_id.into(), client_type: None, version: None };
+        router.register(session, info, outbox, evicted.clone()).unwrap();
         (session, rx, evicted)
     }
 
@@ -572,9 +554,7 @@ mod tests {
     #[test]
     fn fan_out_to_matching_clients_only() {
         let router = Router::new(BrokerConfig::default());
-        let mut subscribers: Vec<_> = (0..20)
-            .map(|i| connect(&router, &format!("sub{i}")))
-            .collect();
+        let mut subscribers: Vec<_> = (0..20).map(|i| connect(&router, &format!("sub{i}"))).collect();
         for (session, _, _) in &subscribers {
             router.subscribe(*session, &["jobs.*".into()]).unwrap();
         }
@@ -585,10 +565,8 @@ mod tests {
         assert_eq!(published.recipients, 20);
         for (_, rx, _) in &mut subscribers {
             let frames = drain(rx);
-            let messages: Vec<_> = frames
-                .iter()
-                .filter(|f| f["params"]["topic"] == "jobs.activated")
-                .collect();
+            let messages: Vec<_> =
+                frames.iter().filter(|f| f["params"]["topic"] == "jobs.activated").collect();
             assert_eq!(messages.len(), 1);
             assert_eq!(messages[0]["params"]["payload"]["job_id"], "123");
             assert_eq!(messages[0]["params"]["id"], published.message_id.as_str());
@@ -600,9 +578,7 @@ mod tests {
     fn unsubscribe_stops_delivery_and_reports_what_was_removed() {
         let router = Router::new(BrokerConfig::default());
         let (session, mut rx, _) = connect(&router, "a");
-        router
-            .subscribe(session, &["a.*".into(), "b.*".into()])
-            .unwrap();
+        router.subscribe(session, &["a.*".into(), "b.*".into()]).unwrap();
         let removed = router.unsubscribe(session, &["a.*".into(), "never.*".into()]);
         assert_eq!(removed, vec![Arc::<str>::from("a.*")]);
         assert_eq!(publish(&router, "a.x", json!(1)).recipients, 0);
@@ -614,29 +590,17 @@ mod tests {
     fn take_over_evicts_the_old_connection_and_its_subscriptions() {
         let router = Router::new(BrokerConfig::default());
         let (watcher, mut watcher_rx, _) = connect(&router, "watcher");
-        router
-            .subscribe(watcher, &["system.client.*".into()])
-            .unwrap();
+        router.subscribe(watcher, &["system.client.*".into()]).unwrap();
         let (old, _old_rx, evicted) = connect(&router, "app");
         router.subscribe(old, &["jobs.*".into()]).unwrap();
         let (_new, _new_rx, _) = connect(&router, "app");
 
         assert_eq!(router.client_count(), 2);
-        assert_eq!(
-            publish(&router, "jobs.x", json!(null)).recipients,
-            0,
-            "old subscriptions are gone"
-        );
+        assert_eq!(publish(&router, "jobs.x", json!(null)).recipients, 0, "old subscriptions are gone");
         // The eviction left a permit: the old connection's task wakes up and closes.
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                tokio::time::timeout(Duration::from_secs(1), evicted.notified())
-                    .await
-                    .unwrap();
-            });
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), evicted.notified()).await.unwrap();
+        });
         router.unregister(old, "connection closed");
         let events: Vec<(String, String)> = drain(&mut watcher_rx)
             .iter()
@@ -660,25 +624,14 @@ mod tests {
 
     #[test]
     fn slow_consumer_is_announced_once_and_others_still_receive() {
-        let config = BrokerConfig {
-            max_queue_size: 3,
-            ..Default::default()
-        };
+        let config = BrokerConfig { max_queue_size: 3, ..Default::default() };
         let router = Router::new(config);
         let (watcher, mut watcher_rx, _) = connect(&router, "watcher");
-        router
-            .subscribe(watcher, &["system.client.slow".into()])
-            .unwrap();
+        router.subscribe(watcher, &["system.client.slow".into()]).unwrap();
         let session = router.new_session_id();
-        let (outbox, _slow_rx) = outbox::channel(3);
-        let info = ClientInfo {
-            client_id: "slow".into(),
-            client_type: None,
-            version: None,
-        };
-        router
-            .register(session, info, outbox, Arc::new(Notify::new()))
-            .unwrap();
+        let (outbox, _slow_rx) = outbox::channel(3, 1 << 20);
+        let info = ClientInfo { client_id: "slow".into(), client_type: None, version: None };
+        router.register(session, info, outbox, Arc::new(Notify::new())).unwrap();
         router.subscribe(session, &["data".into()]).unwrap();
         let (fast, mut fast_rx, _) = connect(&router, "fast");
         router.subscribe(fast, &["data".into()]).unwrap();
@@ -689,12 +642,7 @@ mod tests {
         }
         assert_eq!(router.counters.dropped.load(Ordering::Relaxed), 7);
         let status = router.status();
-        let slow = status["clients"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["client_id"] == "slow")
-            .unwrap();
+        let slow = status["clients"].as_array().unwrap().iter().find(|c| c["client_id"] == "slow").unwrap();
         assert_eq!(slow["dropped"], 7);
         let slow_events = drain(&mut watcher_rx);
         assert_eq!(slow_events.len(), 1, "{slow_events:?}");
@@ -721,22 +669,10 @@ mod tests {
         router.subscribe(responder, &["scripts.*".into()]).unwrap();
         let (_, pending) = router.request(msg, Duration::from_secs(5)).unwrap();
         let delivered = drain(&mut rx);
-        let reply_to = delivered[0]["params"]["reply_to"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let reply_to = delivered[0]["params"]["reply_to"].as_str().unwrap().to_owned();
         assert!(reply_to.starts_with(REPLY_PREFIX));
-        assert_eq!(
-            router
-                .reply(&reply_to, &self::payload(json!({"running": true})))
-                .recipients,
-            1
-        );
-        assert_eq!(
-            router.reply(&reply_to, &self::payload(json!(2))).recipients,
-            0,
-            "the first reply wins"
-        );
+        assert_eq!(router.reply(&reply_to, &self::payload(json!({"running": true}))).recipients, 1);
+        assert_eq!(router.reply(&reply_to, &self::payload(json!(2))).recipients, 0, "the first reply wins");
         assert_eq!(pending.wait().await.unwrap().get(), r#"{"running":true}"#);
 
         let (_, pending) = router.request(msg, Duration::from_millis(20)).unwrap();

@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, lookup_host};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{Semaphore, broadcast, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::timeout;
 
@@ -29,6 +29,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const REJECT_LINGER: Duration = Duration::from_secs(1);
 /// How long a refused connection may take to show its framing with a first byte.
 const REJECT_PEEK: Duration = Duration::from_millis(100);
+/// Refused connections being told why at once; past this they are closed unanswered.
+const MAX_REFUSALS_IN_PROGRESS: usize = 64;
 /// Idle time before TCP keepalive probes start: how dead peers that never ping are found.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 
@@ -79,12 +81,7 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         "system.broker.ready",
         &json!({"host": local_addr.ip().to_string(), "port": local_addr.port()}),
     );
-    Ok(BrokerHandle {
-        router,
-        local_addr,
-        stop: Some(stop),
-        task,
-    })
+    Ok(BrokerHandle { router, local_addr, stop: Some(stop), task })
 }
 
 /// Binds the first address `host` resolves to that accepts, IPv4 first: `localhost`
@@ -92,22 +89,14 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
 async fn bind(host: &str, port: u16) -> Result<TcpListener, BrokerError> {
     let mut addrs: Vec<SocketAddr> = lookup_host((host, port))
         .await
-        .map_err(|source| BrokerError::Resolve {
-            host: host.to_owned(),
-            source,
-        })?
+        .map_err(|source| BrokerError::Resolve { host: host.to_owned(), source })?
         .collect();
     addrs.sort_by_key(|addr| !addr.is_ipv4());
     let mut last_error = None;
     for addr in addrs {
         match TcpListener::bind(addr).await {
             Ok(listener) => return Ok(listener),
-            Err(source) => {
-                last_error = Some(BrokerError::Bind {
-                    addr: addr.to_string(),
-                    source,
-                })
-            }
+            Err(source) => last_error = Some(BrokerError::Bind { addr: addr.to_string(), source }),
         }
     }
     Err(last_error.unwrap_or_else(|| BrokerError::Resolve {
@@ -121,22 +110,20 @@ struct OpenConnection(Arc<Router>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0
-            .counters
-            .connections_open
-            .fetch_sub(1, Ordering::Relaxed);
+        self.0.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 async fn serve(listener: TcpListener, router: Arc<Router>, mut stopped: oneshot::Receiver<String>) {
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     let mut connections = JoinSet::new();
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS));
     let reason = loop {
         tokio::select! {
             reason = &mut stopped => break reason.unwrap_or_else(|_| "broker handle dropped".to_owned()),
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => admit(stream, peer, &router, &notify_shutdown, &mut connections),
+                Ok((stream, peer)) => admit(stream, peer, &router, &notify_shutdown, &mut connections, &refusals),
                 Err(error) => {
                     // Out of file descriptors and the like: wait instead of spinning.
                     tracing::warn!(%error, "accepting a connection failed");
@@ -149,15 +136,9 @@ async fn serve(listener: TcpListener, router: Arc<Router>, mut stopped: oneshot:
     tracing::info!(reason, "message broker shutting down");
     router.begin_shutdown(&reason);
     let _ = notify_shutdown.send(());
-    let drained = timeout(SHUTDOWN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = timeout(SHUTDOWN_GRACE, async { while connections.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(
-            left = connections.len(),
-            "connections did not close in time; aborting them"
-        );
+        tracing::warn!(left = connections.len(), "connections did not close in time; aborting them");
         connections.shutdown().await;
     }
     tracing::info!("message broker stopped");
@@ -169,25 +150,23 @@ fn admit(
     router: &Arc<Router>,
     notify_shutdown: &broadcast::Sender<()>,
     connections: &mut JoinSet<()>,
+    refusals: &Arc<Semaphore>,
 ) {
     let max = router.config().max_connections;
     if router.counters.connections_open.load(Ordering::Relaxed) >= max {
-        router
-            .counters
-            .connections_rejected
-            .fetch_add(1, Ordering::Relaxed);
+        router.counters.connections_rejected.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%peer, max_connections = max, "connection refused: too many connections");
-        tokio::spawn(reject(stream, max));
+        // Explained to a bounded number at a time; in a flood the rest are just closed.
+        if let Ok(permit) = refusals.clone().try_acquire_owned() {
+            tokio::spawn(async move {
+                reject(stream, max).await;
+                drop(permit);
+            });
+        }
         return;
     }
-    router
-        .counters
-        .connections_open
-        .fetch_add(1, Ordering::Relaxed);
-    router
-        .counters
-        .connections_accepted
-        .fetch_add(1, Ordering::Relaxed);
+    router.counters.connections_open.fetch_add(1, Ordering::Relaxed);
+    router.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
     let open = OpenConnection(router.clone());
     if let Err(error) = configure(&stream) {
         tracing::debug!(%peer, %error, "could not set socket options");

@@ -7,6 +7,7 @@
 //! gets none, errors included.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,14 +24,14 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::connection::{FrameReader, ReadError, write_loop};
+use crate::connection::{AbortOnDrop, FrameReader, ReadError, write_loop};
 use crate::error::{ErrorCode, RpcError};
 use crate::index::SessionId;
 use crate::outbox::{self, Outbox};
 use crate::protocol::frame::{Decoded, FrameError};
 use crate::protocol::jsonrpc::{self, Call, Incoming};
 use crate::protocol::message::single_line;
-use crate::router::{ClientInfo, Publish, REPLY_PREFIX, Router};
+use crate::router::{ClientInfo, MAX_PATTERNS_PER_CLIENT, Publish, REPLY_PREFIX, Router};
 use crate::shutdown::Shutdown;
 use crate::topic::{is_reserved, parse_pattern, validate_topic};
 
@@ -48,16 +49,8 @@ const MAX_REQUEST_TIMEOUT: f64 = 3600.0;
 /// The topic on which requests are answered by the broker itself with its status.
 pub const STATUS_TOPIC: &str = "status";
 
-pub const METHODS: [&str; 8] = [
-    "connect",
-    "disconnect",
-    "subscribe",
-    "unsubscribe",
-    "publish",
-    "request",
-    "ping",
-    "status",
-];
+pub const METHODS: [&str; 8] =
+    ["connect", "disconnect", "subscribe", "unsubscribe", "publish", "request", "ping", "status"];
 
 type RpcResult = Result<Box<RawValue>, RpcError>;
 type PendingResult = Pin<Box<dyn Future<Output = RpcResult> + Send>>;
@@ -108,18 +101,13 @@ impl End {
                 ErrorCode::SessionTakenOver,
                 "another connection connected with this client_id; closing this one".into(),
             ),
-            End::Shutdown => (
-                ErrorCode::ShuttingDown,
-                "the broker is shutting down".into(),
-            ),
-            End::HeartbeatTimeout(after) => (
-                ErrorCode::HeartbeatTimeout,
-                format!("no heartbeat for {after:?}; closing the connection"),
-            ),
-            End::HandshakeTimeout(after) => (
-                ErrorCode::ReadTimeout,
-                format!("no connect within {after:?}; closing the connection"),
-            ),
+            End::Shutdown => (ErrorCode::ShuttingDown, "the broker is shutting down".into()),
+            End::HeartbeatTimeout(after) => {
+                (ErrorCode::HeartbeatTimeout, format!("no heartbeat for {after:?}; closing the connection"))
+            }
+            End::HandshakeTimeout(after) => {
+                (ErrorCode::ReadTimeout, format!("no connect within {after:?}; closing the connection"))
+            }
             End::FrameTimeout(after) => (
                 ErrorCode::ReadTimeout,
                 format!("a frame took longer than {after:?} to arrive; closing the connection"),
@@ -139,8 +127,19 @@ where
     let config = router.config();
     let (read_half, write_half) = tokio::io::split(stream);
     let framing = Arc::new(OnceLock::new());
-    let (outbox, queue) = outbox::channel(config.max_queue_size);
-    let mut writer = tokio::spawn(write_loop(write_half, queue, framing.clone()));
+    let (outbox, queue) = outbox::channel(config.max_queue_size, config.max_queue_bytes);
+    let write_failed = Arc::new(Notify::new());
+    let writing = write_loop(write_half, queue, framing.clone(), config.frame_timeout);
+    let mut writer = AbortOnDrop(tokio::spawn({
+        let write_failed = write_failed.clone();
+        async move {
+            let written = writing.await;
+            if written.is_err() {
+                write_failed.notify_one();
+            }
+            written
+        }
+    }));
     let mut reader = FrameReader::new(read_half, config.max_message_size, config.frame_timeout);
 
     let mut session = Session {
@@ -154,7 +153,13 @@ where
         waiting: JoinSet::new(),
         in_flight: Arc::default(),
     };
-    let end = session.serve(&mut reader, &mut shutdown, &framing).await;
+    let end = session.serve(&mut reader, &mut shutdown, &write_failed, &framing).await;
+    // A client cut off inside its first frame still gets its notice in its framing.
+    if framing.get().is_none()
+        && let Some(detected) = reader.framing()
+    {
+        let _ = framing.set(detected);
+    }
     match &end {
         End::Closed | End::Disconnected | End::Shutdown => {
             tracing::debug!(%peer, client_id = session.client_id.as_deref(), reason = %end.reason(), "connection ended")
@@ -164,16 +169,13 @@ where
         }
     }
     if let Some(notice) = end.notice() {
-        session
-            .outbox
-            .try_send(Bytes::from(jsonrpc::failure(None, &notice)));
+        session.outbox.try_send(Bytes::from(jsonrpc::failure(None, &notice)));
     }
     router.unregister(session.id, &end.reason());
     // Dropping the last sender lets the writer flush the queue and close the socket.
     drop(session);
-    if timeout(FLUSH_ON_CLOSE, &mut writer).await.is_err() {
-        writer.abort();
-    }
+    // Bounded: the guard aborts the writer if it has not finished flushing by then.
+    let _ = timeout(FLUSH_ON_CLOSE, &mut writer.0).await;
 }
 
 struct Session {
@@ -213,6 +215,7 @@ impl Session {
         &mut self,
         reader: &mut FrameReader<R>,
         shutdown: &mut Shutdown,
+        write_failed: &Notify,
         framing: &OnceLock<crate::protocol::frame::Framing>,
     ) -> End {
         let router = self.router.clone();
@@ -234,6 +237,7 @@ impl Session {
                 biased;
                 _ = shutdown.recv() => return End::Shutdown,
                 _ = self.evicted.notified() => return End::TakenOver,
+                _ = write_failed.notified() => return End::Lost("writing to the client failed or stalled".into()),
                 read = read => read,
             };
             let decoded = match read {
@@ -275,10 +279,7 @@ impl Session {
     }
 
     fn protocol_error(&self) {
-        self.router
-            .counters
-            .protocol_errors
-            .fetch_add(1, Ordering::Relaxed);
+        self.router.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     async fn respond(&self, body: Vec<u8>) {
@@ -299,8 +300,7 @@ impl Session {
         match incoming {
             Incoming::Single(Err(rejected)) => {
                 self.protocol_error();
-                self.respond(jsonrpc::failure(rejected.id, &rejected.error))
-                    .await;
+                self.respond(jsonrpc::failure(rejected.id, &rejected.error)).await;
                 None
             }
             Incoming::Single(Ok(call)) => {
@@ -313,14 +313,14 @@ impl Session {
                         }
                     }
                     Answer::Later(pending) => {
-                        let outbox = self.outbox.clone();
-                        let id = id.map(RawValue::to_owned);
-                        self.spawn(async move {
-                            let result = pending.await;
-                            if let Some(id) = id {
+                        // A notification gets no answer, so nothing waits for its reply.
+                        if let Some(id) = id.map(RawValue::to_owned) {
+                            let outbox = self.outbox.clone();
+                            self.spawn(async move {
+                                let result = pending.await;
                                 outbox.send(Bytes::from(encode_result(&id, result))).await;
-                            }
-                        });
+                            });
+                        }
                     }
                 }
                 closes.then_some(End::Disconnected)
@@ -345,6 +345,17 @@ impl Session {
                     continue;
                 }
             };
+            if close {
+                // Calls after a `disconnect` in the same batch are not carried out.
+                if let Some(id) = call.id {
+                    let error = RpcError::new(
+                        ErrorCode::NotConnected,
+                        "not carried out: \"disconnect\" came earlier in this batch",
+                    );
+                    slots.push(Slot::Ready(jsonrpc::failure(Some(id), &error)));
+                }
+                continue;
+            }
             let (outcome, closes) = self.dispatch(&call).into_answer();
             close |= closes;
             match (outcome, call.id) {
@@ -354,14 +365,24 @@ impl Session {
                     }
                 }
                 (Answer::Later(pending), Some(id)) => slots.push(Slot::Waiting(id.to_owned(), pending)),
-                (Answer::Later(pending), None) => self.spawn(async move {
-                    let _ = pending.await;
-                }),
+                (Answer::Later(_), None) => {}
+            }
+        }
+        if close {
+            // The connection closes after this batch: requests in it cannot wait.
+            for slot in &mut slots {
+                if let Slot::Waiting(id, _) = slot {
+                    let error =
+                        RpcError::new(ErrorCode::NotConnected, "disconnected before the reply arrived");
+                    *slot = Slot::Ready(jsonrpc::failure(Some(id), &error));
+                }
             }
         }
         if slots.iter().all(|slot| matches!(slot, Slot::Ready(_))) {
-            let responses: Vec<Vec<u8>> =
-                slots.into_iter().filter_map(|slot| if let Slot::Ready(r) = slot { Some(r) } else { None }).collect();
+            let responses: Vec<Vec<u8>> = slots
+                .into_iter()
+                .filter_map(|slot| if let Slot::Ready(r) = slot { Some(r) } else { None })
+                .collect();
             if !responses.is_empty() {
                 self.respond(jsonrpc::batch(&responses)).await;
             }
@@ -423,10 +444,7 @@ impl Session {
 
     fn dispatch(&mut self, call: &Call<'_>) -> Outcome {
         let method = call.method.as_ref();
-        if self.client_id.is_none()
-            && !matches!(method, "connect" | "ping")
-            && METHODS.contains(&method)
-        {
+        if self.client_id.is_none() && !matches!(method, "connect" | "ping") && METHODS.contains(&method) {
             return Outcome::Done(Err(RpcError::new(
                 ErrorCode::NotConnected,
                 format!("call \"connect\" before \"{method}\""),
@@ -450,10 +468,7 @@ impl Session {
             "status" => Outcome::Done(to_raw(&self.router.status())),
             other => Outcome::Done(Err(RpcError::new(
                 ErrorCode::MethodNotFound,
-                format!(
-                    "unknown method {other:?}; the methods are {}",
-                    METHODS.join(", ")
-                ),
+                format!("unknown method {other:?}; the methods are {}", METHODS.join(", ")),
             ))),
         }
     }
@@ -470,16 +485,14 @@ impl Session {
             version: Option<String>,
         }
         let p: Params = jsonrpc::params(params)?;
-        let client_id = p.client_id.unwrap_or_else(|| format!("client-{}", self.id));
+        let client_id = p.client_id.unwrap_or_else(|| self.router.anonymous_client_id(self.id));
         if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID_LEN {
             return Err(RpcError::invalid_params(format!(
                 "client_id must be 1 to {MAX_CLIENT_ID_LEN} characters long"
             )));
         }
         if client_id.chars().any(char::is_control) {
-            return Err(RpcError::invalid_params(
-                "client_id must not contain control characters",
-            ));
+            return Err(RpcError::invalid_params("client_id must not contain control characters"));
         }
         match &self.client_id {
             Some(current) if **current == *client_id => {}
@@ -495,8 +508,7 @@ impl Session {
                     client_type: p.client_type,
                     version: p.version,
                 };
-                self.router
-                    .register(self.id, info, self.outbox.clone(), self.evicted.clone())?;
+                self.router.register(self.id, info, self.outbox.clone(), self.evicted.clone())?;
                 self.client_id = Some(client_id);
             }
         }
@@ -637,17 +649,11 @@ struct Payload<'a> {
 
 impl<'a> Payload<'a> {
     fn new(given: Option<&'a RawValue>) -> Self {
-        Payload {
-            given,
-            flattened: given.and_then(single_line),
-        }
+        Payload { given, flattened: given.and_then(single_line) }
     }
 
     fn get(&self) -> &RawValue {
-        self.flattened
-            .as_deref()
-            .or(self.given)
-            .unwrap_or(RawValue::NULL)
+        self.flattened.as_deref().or(self.given).unwrap_or(RawValue::NULL)
     }
 }
 
@@ -658,11 +664,19 @@ fn read_patterns(params: Option<&RawValue>) -> Result<Vec<Arc<str>>, RpcError> {
         patterns: Vec<String>,
     }
     let p: Params = jsonrpc::params(params)?;
+    if p.patterns.len() > MAX_PATTERNS_PER_CLIENT {
+        return Err(RpcError::invalid_params(format!(
+            "{} patterns in one call; a client may hold at most {MAX_PATTERNS_PER_CLIENT}",
+            p.patterns.len()
+        )));
+    }
+    let mut seen = HashSet::with_capacity(p.patterns.len());
     let mut patterns: Vec<Arc<str>> = Vec::with_capacity(p.patterns.len());
     for pattern in p.patterns {
         parse_pattern(&pattern)?;
-        if !patterns.iter().any(|p| **p == *pattern) {
-            patterns.push(pattern.into());
+        let pattern: Arc<str> = pattern.into();
+        if seen.insert(pattern.clone()) {
+            patterns.push(pattern);
         }
     }
     Ok(patterns)
@@ -708,7 +722,5 @@ fn encode_result(id: &RawValue, result: RpcResult) -> Vec<u8> {
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }

@@ -31,9 +31,7 @@ fn is_wildcard_char(c: char) -> bool {
 
 fn check_common(kind: &str, text: &str) -> Result<(), RpcError> {
     if text.is_empty() {
-        return Err(RpcError::invalid_params(format!(
-            "{kind} must not be empty"
-        )));
+        return Err(RpcError::invalid_params(format!("{kind} must not be empty")));
     }
     if text.len() > MAX_TOPIC_LEN {
         return Err(RpcError::invalid_params(format!(
@@ -175,33 +173,15 @@ mod tests {
         let long = "a".repeat(MAX_TOPIC_LEN + 1);
         assert!(validate_topic(&long).unwrap_err().message.contains("limit"));
         let deep = vec!["a"; MAX_SEGMENTS + 1].join(".");
-        assert!(
-            validate_topic(&deep)
-                .unwrap_err()
-                .message
-                .contains("segments")
-        );
+        assert!(validate_topic(&deep).unwrap_err().message.contains("segments"));
     }
 
     #[test]
     fn invalid_patterns_are_rejected_with_a_reason() {
         assert!(parse_pattern("#.a").unwrap_err().message.contains("last"));
-        assert!(
-            parse_pattern("a.b*")
-                .unwrap_err()
-                .message
-                .contains("whole segment")
-        );
-        assert!(
-            parse_pattern("a..#")
-                .unwrap_err()
-                .message
-                .contains("empty segment")
-        );
-        assert_eq!(
-            parse_pattern("a.*.#").unwrap(),
-            vec![Segment::Literal("a"), Segment::One, Segment::Rest]
-        );
+        assert!(parse_pattern("a.b*").unwrap_err().message.contains("whole segment"));
+        assert!(parse_pattern("a..#").unwrap_err().message.contains("empty segment"));
+        assert_eq!(parse_pattern("a.*.#").unwrap(), vec![Segment::Literal("a"), Segment::One, Segment::Rest]);
     }
 
     #[test]

@@ -30,7 +30,7 @@ def test_connect_returns_session_details(raw):
 def test_connect_without_client_id_gets_one(raw):
     client = raw()
     client_id = client.result("connect", {})["client_id"]
-    assert client_id.startswith("client-")
+    assert client_id.startswith("anonymous-")
     status = client.result("status")
     assert client_id in [c["client_id"] for c in status["clients"]]
 

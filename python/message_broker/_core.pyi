@@ -18,6 +18,7 @@ class Broker:
         heartbeat_timeout: float,
         max_message_size: int,
         max_queue_size: int,
+        max_queue_bytes: int,
         log_messages: bool,
         handshake_timeout: float,
         frame_timeout: float,

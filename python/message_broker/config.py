@@ -43,6 +43,8 @@ class BrokerConfig:
     """Largest frame accepted, in bytes."""
     max_queue_size: int = 10000
     """Messages queued for one client before new ones are dropped for it (and counted)."""
+    max_queue_bytes: int = 64 * 1024 * 1024
+    """Bytes queued for one client before new messages are dropped for it (and counted)."""
     log_messages: bool = False
     """Log every published message on the ``message_broker.messages`` logger."""
     handshake_timeout: float = 10.0

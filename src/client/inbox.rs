@@ -83,10 +83,7 @@ pub struct Inbox {
 impl Inbox {
     pub fn new(waker: Box<dyn Waker>, limit: usize) -> Inbox {
         Inbox {
-            state: Mutex::new(State {
-                events: Vec::new(),
-                wake_pending: false,
-            }),
+            state: Mutex::new(State { events: Vec::new(), wake_pending: false }),
             waker,
             limit,
             space: Notify::new(),
@@ -159,11 +156,7 @@ mod tests {
         assert_eq!(wakes.load(Ordering::Relaxed), 1);
         assert_eq!(inbox.drain().len(), 10);
         inbox.push(Event::Closed);
-        assert_eq!(
-            wakes.load(Ordering::Relaxed),
-            2,
-            "the first event after a drain wakes again"
-        );
+        assert_eq!(wakes.load(Ordering::Relaxed), 2, "the first event after a drain wakes again");
     }
 
     #[tokio::test]
@@ -178,9 +171,6 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         inbox.drain();
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
     }
 }

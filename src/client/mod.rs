@@ -85,9 +85,7 @@ pub enum ClientError {
     TooLarge { size: usize, max: usize },
     #[error("not connected to the broker")]
     NotConnected,
-    #[error(
-        "not connected to the broker, and {0} messages already wait to be sent; this one was not queued"
-    )]
+    #[error("not connected to the broker, and {0} messages already wait to be sent; this one was not queued")]
     BufferFull(usize),
     /// Connected, but the outgoing queue is full: wait for [`Event::Writable`].
     #[error("the outgoing queue is full")]
@@ -138,10 +136,7 @@ impl Shared {
         for call in calls {
             self.inbox.push(Event::Response {
                 call,
-                result: Err(RemoteError {
-                    code: CONNECTION_LOST,
-                    message: reason.to_owned(),
-                }),
+                result: Err(RemoteError { code: CONNECTION_LOST, message: reason.to_owned() }),
             });
         }
     }
@@ -160,13 +155,7 @@ struct Request<'a, P: Serialize> {
 
 fn encode_call<P: Serialize>(method: &str, params: P, id: u64) -> Bytes {
     Bytes::from(
-        serde_json::to_vec(&Request {
-            jsonrpc: "2.0",
-            method,
-            params,
-            id,
-        })
-        .expect("params serialise"),
+        serde_json::to_vec(&Request { jsonrpc: "2.0", method, params, id }).expect("params serialise"),
     )
 }
 
@@ -198,9 +187,7 @@ impl Client {
             writer_wake: Notify::new(),
             closing: watch::channel(false).0,
             connected: AtomicBool::new(false),
-            max_message_size: AtomicUsize::new(
-                crate::config::BrokerConfig::default().max_message_size,
-            ),
+            max_message_size: AtomicUsize::new(crate::config::BrokerConfig::default().max_message_size),
             ids: MessageIds::new(),
             next_call: AtomicU64::new(1),
         });
@@ -228,12 +215,7 @@ impl Client {
 
     /// Queues a message for `topic`. `payload` must be valid JSON text. Returns the
     /// message id at once.
-    pub fn publish(
-        &self,
-        topic: &str,
-        payload: &str,
-        ttl: Option<f64>,
-    ) -> Result<String, ClientError> {
+    pub fn publish(&self, topic: &str, payload: &str, ttl: Option<f64>) -> Result<String, ClientError> {
         validate_topic(topic).map_err(|e| ClientError::InvalidTopic(e.message))?;
         if is_reserved(topic) && !topic.starts_with(REPLY_PREFIX) {
             return Err(ClientError::InvalidTopic(format!(
@@ -279,10 +261,7 @@ impl Client {
             return Err(ClientError::NotConnected);
         }
         let call = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
-        self.push(Outgoing {
-            frame: encode_call(method, params, call),
-            call: Some(call),
-        })?;
+        self.push(Outgoing { frame: encode_call(method, params, call), call: Some(call) })?;
         Ok(call)
     }
 
@@ -303,11 +282,7 @@ impl Client {
         Ok(Unsubscribed { removed: removed.iter().map(|p| p.to_string()).collect(), emptied, call })
     }
 
-    fn sync_patterns(
-        &self,
-        method: &str,
-        patterns: &[Arc<str>],
-    ) -> Result<Option<u64>, ClientError> {
+    fn sync_patterns(&self, method: &str, patterns: &[Arc<str>]) -> Result<Option<u64>, ClientError> {
         if patterns.is_empty() || !self.is_connected() {
             return Ok(None);
         }
@@ -315,9 +290,7 @@ impl Client {
         struct Patterns<'a> {
             patterns: Vec<&'a str>,
         }
-        let params = Patterns {
-            patterns: patterns.iter().map(|p| &**p).collect(),
-        };
+        let params = Patterns { patterns: patterns.iter().map(|p| &**p).collect() };
         match self.call(method, params) {
             Ok(call) => Ok(Some(call)),
             // Lost the connection meanwhile: the patterns are restored on reconnect.
@@ -365,9 +338,7 @@ fn encode_publish(topic: &str, payload: &str, message_id: &str, ttl: Option<f64>
 /// Back-off before reconnection attempt `n` (1-based): doubling from the first delay,
 /// capped, with up to 25% jitter so that many clients do not return in step.
 fn backoff(config: &ClientConfig, attempt: u32) -> Duration {
-    let doubled = config
-        .reconnect_delay
-        .saturating_mul(1 << attempt.saturating_sub(1).min(16));
+    let doubled = config.reconnect_delay.saturating_mul(1 << attempt.saturating_sub(1).min(16));
     let base = doubled.min(config.max_reconnect_delay);
     let jitter = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), attempt) % 1000;
     base + base.mul_f64(jitter as f64 / 4000.0)
@@ -425,16 +396,8 @@ mod end_to_end {
             let woken = Arc::new(TokioNotify::new());
             let mut config = ClientConfig::new(id, "127.0.0.1", port);
             config.reconnect_delay = Duration::from_millis(20);
-            let client = Client::start(
-                config,
-                Box::new(NotifyWaker(woken.clone())),
-                &Handle::current(),
-            );
-            Harness {
-                client,
-                woken,
-                seen: Vec::new(),
-            }
+            let client = Client::start(config, Box::new(NotifyWaker(woken.clone())), &Handle::current());
+            Harness { client, woken, seen: Vec::new() }
         }
 
         /// Waits for the first event that `want` picks out, keeping the others.
@@ -448,21 +411,13 @@ mod end_to_end {
                 if self.seen.iter().any(|e| want(e).is_some()) {
                     continue;
                 }
-                tokio::time::timeout_at(deadline, self.woken.notified())
-                    .await
-                    .expect("event in time");
+                tokio::time::timeout_at(deadline, self.woken.notified()).await.expect("event in time");
             }
         }
     }
 
     async fn broker(port: u16) -> crate::BrokerHandle {
-        crate::start(BrokerConfig {
-            host: "127.0.0.1".into(),
-            port,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
+        crate::start(BrokerConfig { host: "127.0.0.1".into(), port, ..Default::default() }).await.unwrap()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,60 +426,22 @@ mod end_to_end {
         let port = server.local_addr().port();
         let mut sub = Harness::start(port, "sub");
         let mut publisher = Harness::start(port, "pub");
-        sub.wait(|e| matches!(e, Event::Connected).then_some(()))
-            .await;
-        publisher
-            .wait(|e| matches!(e, Event::Connected).then_some(()))
-            .await;
+        sub.wait(|e| matches!(e, Event::Connected).then_some(())).await;
+        publisher.wait(|e| matches!(e, Event::Connected).then_some(())).await;
 
-        let call = sub
-            .client
-            .subscribe(1, &["jobs.*".into()])
-            .unwrap()
-            .expect("sent now");
-        sub.wait(|e| {
-            matches!(e, Event::Response { call: c, result: Ok(_) } if *c == call).then_some(())
-        })
-        .await;
-        let id = publisher
-            .client
-            .publish("jobs.done", r#"{"n":1}"#, None)
-            .unwrap();
-        let message = sub
-            .wait(|e| {
-                if let Event::Message(m) = e {
-                    Some(m.clone())
-                } else {
-                    None
-                }
-            })
+        let call = sub.client.subscribe(1, &["jobs.*".into()]).unwrap().expect("sent now");
+        sub.wait(|e| matches!(e, Event::Response { call: c, result: Ok(_) } if *c == call).then_some(()))
             .await;
-        assert_eq!(
-            (message.id.as_str(), message.payload.as_str()),
-            (id.as_str(), r#"{"n":1}"#)
-        );
+        let id = publisher.client.publish("jobs.done", r#"{"n":1}"#, None).unwrap();
+        let message = sub.wait(|e| if let Event::Message(m) = e { Some(m.clone()) } else { None }).await;
+        assert_eq!((message.id.as_str(), message.payload.as_str()), (id.as_str(), r#"{"n":1}"#));
         assert_eq!(message.subscriptions, vec![1]);
 
         // Request / reply through the broker.
-        let call = publisher
-            .client
-            .call(
-                "request",
-                serde_json::json!({"topic": "jobs.ask", "payload": 2}),
-            )
-            .unwrap();
-        let request = sub
-            .wait(|e| {
-                if let Event::Message(m) = e {
-                    Some(m.clone())
-                } else {
-                    None
-                }
-            })
-            .await;
-        sub.client
-            .publish(request.reply_to.as_deref().unwrap(), "4", None)
-            .unwrap();
+        let call =
+            publisher.client.call("request", serde_json::json!({"topic": "jobs.ask", "payload": 2})).unwrap();
+        let request = sub.wait(|e| if let Event::Message(m) = e { Some(m.clone()) } else { None }).await;
+        sub.client.publish(request.reply_to.as_deref().unwrap(), "4", None).unwrap();
         let answer = publisher
             .wait(|e| match e {
                 Event::Response { call: c, result } if *c == call => Some(result.clone()),
@@ -535,36 +452,12 @@ mod end_to_end {
 
         // The broker restarts on the same port: both reconnect, the subscription returns.
         server.stop("restart").await;
-        sub.wait(|e| {
-            matches!(
-                e,
-                Event::Disconnected {
-                    reconnecting: true,
-                    ..
-                }
-            )
-            .then_some(())
-        })
-        .await;
+        sub.wait(|e| matches!(e, Event::Disconnected { reconnecting: true, .. }).then_some(())).await;
         let _server = broker(port).await;
-        sub.wait(|e| matches!(e, Event::Connected).then_some(()))
-            .await;
-        publisher
-            .wait(|e| matches!(e, Event::Connected).then_some(()))
-            .await;
-        publisher
-            .client
-            .publish("jobs.again", "true", None)
-            .unwrap();
-        let message = sub
-            .wait(|e| {
-                if let Event::Message(m) = e {
-                    Some(m.clone())
-                } else {
-                    None
-                }
-            })
-            .await;
+        sub.wait(|e| matches!(e, Event::Connected).then_some(())).await;
+        publisher.wait(|e| matches!(e, Event::Connected).then_some(())).await;
+        publisher.client.publish("jobs.again", "true", None).unwrap();
+        let message = sub.wait(|e| if let Event::Message(m) = e { Some(m.clone()) } else { None }).await;
         assert_eq!(message.topic, "jobs.again");
 
         sub.client.close();
@@ -579,18 +472,10 @@ mod end_to_end {
         };
         let mut client = Harness::start(port, "lonely");
         let reason = client
-            .wait(|e| {
-                if let Event::ConnectFailed { reason } = e {
-                    Some(reason.clone())
-                } else {
-                    None
-                }
-            })
+            .wait(|e| if let Event::ConnectFailed { reason } = e { Some(reason.clone()) } else { None })
             .await;
         assert!(reason.contains("cannot connect"), "{reason}");
-        client
-            .wait(|e| matches!(e, Event::Closed).then_some(()))
-            .await;
+        client.wait(|e| matches!(e, Event::Closed).then_some(())).await;
         assert_eq!(
             client.client.publish("a", "1", None),
             Err(ClientError::Closed),

@@ -59,10 +59,7 @@ struct End {
 
 impl End {
     fn retry(reason: impl Into<String>) -> End {
-        End {
-            reason: reason.into(),
-            last: false,
-        }
+        End { reason: reason.into(), last: false }
     }
 }
 
@@ -88,10 +85,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 if reconnecting {
                     tracing::warn!(client_id = %shared.config.client_id, reason = %end.reason, "connection to the broker lost; reconnecting");
                 }
-                shared.inbox.push(Event::Disconnected {
-                    reason: end.reason,
-                    reconnecting,
-                });
+                shared.inbox.push(Event::Disconnected { reason: end.reason, reconnecting });
                 if !reconnecting {
                     break;
                 }
@@ -126,12 +120,7 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
     let attempt = async {
         let stream = TcpStream::connect((config.host.as_str(), config.port))
             .await
-            .map_err(|e| {
-                Failure::Retry(format!(
-                    "cannot connect to {}:{}: {e}",
-                    config.host, config.port
-                ))
-            })?;
+            .map_err(|e| Failure::Retry(format!("cannot connect to {}:{}: {e}", config.host, config.port)))?;
         let _ = stream.set_nodelay(true);
         let (read, mut writer) = stream.into_split();
         let mut reader = FrameReader::new(read, MAX_INBOUND_FRAME, FRAME_TIMEOUT);
@@ -145,9 +134,7 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
         write_frame(&mut writer, hello.to_string().as_bytes()).await?;
         let accepted = await_internal(shared, &mut reader, CONNECT_ID)
             .await?
-            .map_err(|e| {
-                Failure::Refused(format!("the broker refused the connection: {}", e.message))
-            })?;
+            .map_err(|e| Failure::Refused(format!("the broker refused the connection: {}", e.message)))?;
 
         #[derive(Deserialize)]
         struct Accepted {
@@ -157,9 +144,7 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
         }
         let accepted: Accepted = serde_json::from_str(&accepted)
             .map_err(|e| Failure::Refused(format!("unexpected answer to connect: {e}")))?;
-        shared
-            .max_message_size
-            .store(accepted.max_message_size, Ordering::Relaxed);
+        shared.max_message_size.store(accepted.max_message_size, Ordering::Relaxed);
 
         let patterns = shared.state.lock().subscriptions.patterns();
         if !patterns.is_empty() {
@@ -182,23 +167,18 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
             heartbeat_timeout: seconds(accepted.heartbeat_timeout),
         })
     };
-    timeout(config.connect_timeout, attempt)
-        .await
-        .unwrap_or_else(|_| {
-            Err(Failure::Retry(format!(
-                "no answer from {}:{} within {:?}",
-                config.host, config.port, config.connect_timeout
-            )))
-        })
+    timeout(config.connect_timeout, attempt).await.unwrap_or_else(|_| {
+        Err(Failure::Retry(format!(
+            "no answer from {}:{} within {:?}",
+            config.host, config.port, config.connect_timeout
+        )))
+    })
 }
 
 async fn write_frame(writer: &mut OwnedWriteHalf, body: &[u8]) -> Result<(), Failure> {
     let mut buf = BytesMut::new();
     Framing::LengthPrefixed.encode(body, &mut buf);
-    writer
-        .write_all(&buf)
-        .await
-        .map_err(|e| Failure::Retry(format!("write failed: {e}")))
+    writer.write_all(&buf).await.map_err(|e| Failure::Retry(format!("write failed: {e}")))
 }
 
 /// Reads until the answer to the task's own call `id`, handling what comes before it.
@@ -210,10 +190,7 @@ async fn await_internal(
     loop {
         match reader.next().await {
             Ok(Some(Decoded::Frame(body))) => {
-                if let Handled::Internal {
-                    id: answered,
-                    result,
-                } = handle_frame(shared, &body)
+                if let Handled::Internal { id: answered, result } = handle_frame(shared, &body)
                     && answered == id
                 {
                     return Ok(result);
@@ -231,17 +208,8 @@ async fn await_internal(
     }
 }
 
-async fn serve(
-    shared: &Arc<Shared>,
-    connection: Connection,
-    closing: &mut watch::Receiver<bool>,
-) -> End {
-    let Connection {
-        mut reader,
-        mut writer,
-        heartbeat_interval,
-        heartbeat_timeout,
-    } = connection;
+async fn serve(shared: &Arc<Shared>, connection: Connection, closing: &mut watch::Receiver<bool>) -> End {
+    let Connection { mut reader, mut writer, heartbeat_interval, heartbeat_timeout } = connection;
     let heartbeat = shared.config.heartbeat.then_some(heartbeat_interval);
     let ended = tokio::select! {
         end = read_loop(shared, &mut reader, heartbeat_timeout) => Some(end),
@@ -252,10 +220,7 @@ async fn serve(
         Some(end) => end,
         None => {
             goodbye(shared, &mut reader, &mut writer).await;
-            End {
-                reason: "client disconnect".into(),
-                last: true,
-            }
+            End { reason: "client disconnect".into(), last: true }
         }
     }
 }
@@ -296,10 +261,9 @@ async fn read_loop(
                 return match notice {
                     // Replaced by a newer connection with our client_id: coming back
                     // would only take the connection over in turn.
-                    Some(n) if n.code == ErrorCode::SessionTakenOver.code() => End {
-                        reason: n.message,
-                        last: true,
-                    },
+                    Some(n) if n.code == ErrorCode::SessionTakenOver.code() => {
+                        End { reason: n.message, last: true }
+                    }
                     Some(n) => End::retry(n.message),
                     None => End::retry("the broker closed the connection"),
                 };
@@ -366,11 +330,7 @@ async fn write_loop(shared: &Shared, writer: &mut OwnedWriteHalf, heartbeat: Opt
 }
 
 /// A clean disconnect: write what is queued, tell the broker, wait for its answer.
-async fn goodbye(
-    shared: &Shared,
-    reader: &mut FrameReader<OwnedReadHalf>,
-    writer: &mut OwnedWriteHalf,
-) {
+async fn goodbye(shared: &Shared, reader: &mut FrameReader<OwnedReadHalf>, writer: &mut OwnedWriteHalf) {
     let farewell = async {
         let queued: Vec<super::Outgoing> = shared.state.lock().outbound.drain(..).collect();
         let mut buf = BytesMut::new();
@@ -460,10 +420,7 @@ fn handle_frame(shared: &Shared, body: &[u8]) -> Handled {
         return Handled::Done;
     }
     let result = match frame.error {
-        Some(error) => Err(RemoteError {
-            code: error.code,
-            message: error.message,
-        }),
+        Some(error) => Err(RemoteError { code: error.code, message: error.message }),
         None => Ok(frame.result.map_or("null", RawValue::get)),
     };
     let Some(id) = frame.id else {
@@ -478,10 +435,7 @@ fn handle_frame(shared: &Shared, body: &[u8]) -> Handled {
     }
     if let Ok(call) = id.parse::<u64>() {
         shared.state.lock().awaiting.remove(&call);
-        shared.inbox.push(Event::Response {
-            call,
-            result: result.map(str::to_owned),
-        });
+        shared.inbox.push(Event::Response { call, result: result.map(str::to_owned) });
         return Handled::Done;
     }
     let Ok(id) = serde_json::from_str::<String>(id) else {
@@ -489,17 +443,11 @@ fn handle_frame(shared: &Shared, body: &[u8]) -> Handled {
     };
     if let Some(message_id) = id.strip_prefix("pub:") {
         if let Err(error) = result {
-            shared.inbox.push(Event::PublishFailed {
-                message_id: message_id.to_owned(),
-                error,
-            });
+            shared.inbox.push(Event::PublishFailed { message_id: message_id.to_owned(), error });
         }
         return Handled::Done;
     }
-    Handled::Internal {
-        id,
-        result: result.map(str::to_owned),
-    }
+    Handled::Internal { id, result: result.map(str::to_owned) }
 }
 
 fn deliver(shared: &Shared, params: Option<&RawValue>) {

@@ -59,9 +59,7 @@ pub enum Decoded {
 /// A framing error after which the stream cannot be trusted: the connection closes.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
-    #[error(
-        "frame length {len} is far beyond max_message_size ({max} bytes); closing the connection"
-    )]
+    #[error("frame length {len} is far beyond max_message_size ({max} bytes); closing the connection")]
     FarTooLarge { len: usize, max: usize },
 }
 
@@ -77,12 +75,7 @@ pub struct FrameDecoder {
 
 impl FrameDecoder {
     pub fn new(max_message_size: usize) -> Self {
-        FrameDecoder {
-            framing: None,
-            max: max_message_size,
-            skip_bytes: 0,
-            skip_line: false,
-        }
+        FrameDecoder { framing: None, max: max_message_size, skip_bytes: 0, skip_line: false }
     }
 
     /// The framing, once the first byte has been seen.
@@ -110,10 +103,7 @@ impl FrameDecoder {
         }
     }
 
-    fn decode_length_prefixed(
-        &mut self,
-        buf: &mut BytesMut,
-    ) -> Result<Option<Decoded>, FrameError> {
+    fn decode_length_prefixed(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, FrameError> {
         if self.skip_bytes > 0 {
             let n = self.skip_bytes.min(buf.len());
             buf.advance(n);
@@ -203,10 +193,7 @@ mod tests {
     fn length_prefixed_round_trip() {
         let mut decoder = FrameDecoder::new(1024);
         let mut buf = BytesMut::from(&framed(br#"{"a":1}"#)[..]);
-        assert_eq!(
-            decoder.decode(&mut buf).unwrap(),
-            Some(frame(br#"{"a":1}"#))
-        );
+        assert_eq!(decoder.decode(&mut buf).unwrap(), Some(frame(br#"{"a":1}"#)));
         assert_eq!(decoder.framing(), Some(Framing::LengthPrefixed));
         assert!(buf.is_empty());
         assert_eq!(decoder.decode(&mut buf).unwrap(), None);
@@ -266,10 +253,7 @@ mod tests {
     fn far_too_large_is_fatal() {
         let mut decoder = FrameDecoder::new(64);
         let mut buf = BytesMut::from(&(64 * SKIP_LIMIT_FACTOR as u32 + 1).to_be_bytes()[..]);
-        assert!(matches!(
-            decoder.decode(&mut buf),
-            Err(FrameError::FarTooLarge { .. })
-        ));
+        assert!(matches!(decoder.decode(&mut buf), Err(FrameError::FarTooLarge { .. })));
     }
 
     #[test]
@@ -282,10 +266,7 @@ mod tests {
         assert_eq!(decoder.decode(&mut buf).unwrap(), None);
         assert!(decoder.is_mid_frame(&buf));
         buf.put_slice(b":true}\n");
-        assert_eq!(
-            decoder.decode(&mut buf).unwrap(),
-            Some(frame(b"{\"partial\":true}"))
-        );
+        assert_eq!(decoder.decode(&mut buf).unwrap(), Some(frame(b"{\"partial\":true}")));
     }
 
     #[test]
@@ -293,15 +274,9 @@ mod tests {
         let mut decoder = FrameDecoder::new(64);
         let mut buf = BytesMut::from(&b"{"[..]);
         buf.put_slice(&[b'x'; 100]);
-        assert_eq!(
-            decoder.decode(&mut buf).unwrap(),
-            Some(Decoded::TooLarge { len: 101 })
-        );
+        assert_eq!(decoder.decode(&mut buf).unwrap(), Some(Decoded::TooLarge { len: 101 }));
         buf.put_slice(b"still the long line\n{\"next\":1}\n");
-        assert_eq!(
-            decoder.decode(&mut buf).unwrap(),
-            Some(frame(b"{\"next\":1}"))
-        );
+        assert_eq!(decoder.decode(&mut buf).unwrap(), Some(frame(b"{\"next\":1}")));
     }
 
     #[test]

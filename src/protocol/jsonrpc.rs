@@ -50,12 +50,8 @@ pub enum Incoming<'a> {
 /// Parses one frame body. An `Err` is answered with a single error response whose id
 /// is `null`: invalid JSON (`PARSE_ERROR`) or an empty batch (`INVALID_REQUEST`).
 pub fn parse(body: &[u8]) -> Result<Incoming<'_>, RpcError> {
-    let text = std::str::from_utf8(body).map_err(|e| {
-        RpcError::new(
-            ErrorCode::ParseError,
-            format!("frame is not valid UTF-8: {e}"),
-        )
-    })?;
+    let text = std::str::from_utf8(body)
+        .map_err(|e| RpcError::new(ErrorCode::ParseError, format!("frame is not valid UTF-8: {e}")))?;
     if exceeds_depth(text.as_bytes(), MAX_DEPTH) {
         return Err(RpcError::new(
             ErrorCode::ParseError,
@@ -94,10 +90,7 @@ struct Envelope<'a> {
 }
 
 fn invalid<'a>(id: Option<&'a RawValue>, message: impl Into<String>) -> Rejected<'a> {
-    Rejected {
-        id,
-        error: RpcError::new(ErrorCode::InvalidRequest, message),
-    }
+    Rejected { id, error: RpcError::new(ErrorCode::InvalidRequest, message) }
 }
 
 fn parse_call(raw: &RawValue) -> Parsed<'_> {
@@ -127,11 +120,7 @@ fn parse_call(raw: &RawValue) -> Parsed<'_> {
     {
         return Err(invalid(id, "\"params\" must be an object or an array"));
     }
-    Ok(Call {
-        method,
-        params: envelope.params,
-        id,
-    })
+    Ok(Call { method, params: envelope.params, id })
 }
 
 /// Reads a method's parameters into `T`. Missing params read as `{}`; positional
@@ -139,9 +128,7 @@ fn parse_call(raw: &RawValue) -> Parsed<'_> {
 pub fn params<'a, T: Deserialize<'a>>(params: Option<&'a RawValue>) -> Result<T, RpcError> {
     let text = params.map_or("{}", RawValue::get);
     if text.starts_with('[') {
-        return Err(RpcError::invalid_params(
-            "params must be an object with named members",
-        ));
+        return Err(RpcError::invalid_params("params must be an object with named members"));
     }
     serde_json::from_str(text).map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))
 }
@@ -235,14 +222,9 @@ mod tests {
         assert!(!call.is_notification());
 
         let call = single(r#"{"jsonrpc":"2.0","method":"ping","id":null}"#).unwrap();
-        assert_eq!(
-            call.id.unwrap().get(),
-            "null",
-            "a null id is a request, not a notification"
-        );
+        assert_eq!(call.id.unwrap().get(), "null", "a null id is a request, not a notification");
 
-        let call =
-            single(r#"{"jsonrpc":"2.0","method":"publish","params":{"topic":"a"}}"#).unwrap();
+        let call = single(r#"{"jsonrpc":"2.0","method":"publish","params":{"topic":"a"}}"#).unwrap();
         assert!(call.is_notification());
         assert_eq!(call.params.unwrap().get(), r#"{"topic":"a"}"#);
     }
@@ -263,11 +245,7 @@ mod tests {
             assert_eq!(rejected.error.code, ErrorCode::InvalidRequest, "{body}");
             assert_eq!(rejected.id.unwrap().get(), "1", "{body}");
         }
-        for body in [
-            r#"{"jsonrpc":"2.0","method":"x","id":{}}"#,
-            "42",
-            r#""text""#,
-        ] {
+        for body in [r#"{"jsonrpc":"2.0","method":"x","id":{}}"#, "42", r#""text""#] {
             let rejected = single(body).unwrap_err();
             assert_eq!(rejected.error.code, ErrorCode::InvalidRequest, "{body}");
             assert!(rejected.id.is_none(), "{body}");
@@ -277,36 +255,24 @@ mod tests {
     #[test]
     fn parse_errors() {
         for body in [&b"{"[..], b"not json", b"\xff\xfe", b"", b"{} {}"] {
-            assert_eq!(
-                parse(body).unwrap_err().code,
-                ErrorCode::ParseError,
-                "{body:?}"
-            );
+            assert_eq!(parse(body).unwrap_err().code, ErrorCode::ParseError, "{body:?}");
         }
         let deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
-        assert!(
-            parse(deep.as_bytes())
-                .unwrap_err()
-                .message
-                .contains("nested")
-        );
+        assert!(parse(deep.as_bytes()).unwrap_err().message.contains("nested"));
         let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
         assert!(parse(ok.as_bytes()).is_ok());
         // Brackets inside strings do not count.
-        let in_string = format!(
-            r#"{{"jsonrpc":"2.0","method":"{}","id":1}}"#,
-            "[".repeat(500)
-        );
+        let in_string = format!(r#"{{"jsonrpc":"2.0","method":"{}","id":1}}"#, "[".repeat(500));
         assert!(parse(in_string.as_bytes()).is_ok());
     }
 
     #[test]
     fn batches() {
         assert_eq!(parse(b"[]").unwrap_err().code, ErrorCode::InvalidRequest);
-        let Incoming::Batch(calls) = parse(
-            br#"[{"jsonrpc":"2.0","method":"ping","id":1}, 5, {"jsonrpc":"2.0","method":"ping"}]"#,
-        )
-        .unwrap() else {
+        let Incoming::Batch(calls) =
+            parse(br#"[{"jsonrpc":"2.0","method":"ping","id":1}, 5, {"jsonrpc":"2.0","method":"ping"}]"#)
+                .unwrap()
+        else {
             panic!("expected a batch")
         };
         assert_eq!(calls.len(), 3);
@@ -320,10 +286,7 @@ mod tests {
         let id = RawValue::from_string("7".into()).unwrap();
         let result = RawValue::from_string(r#"{"pong":true}"#.into()).unwrap();
         let ok: Value = serde_json::from_slice(&success(&id, &result)).unwrap();
-        assert_eq!(
-            ok,
-            json!({"jsonrpc": "2.0", "result": {"pong": true}, "id": 7})
-        );
+        assert_eq!(ok, json!({"jsonrpc": "2.0", "result": {"pong": true}, "id": 7}));
 
         let error = RpcError::new(ErrorCode::NotConnected, "say \"connect\" first");
         let err: Value = serde_json::from_slice(&failure(None, &error)).unwrap();
@@ -333,8 +296,7 @@ mod tests {
         assert_eq!(err["id"], Value::Null);
 
         let both: Value =
-            serde_json::from_slice(&batch(&[success(&id, &result), failure(None, &error)]))
-                .unwrap();
+            serde_json::from_slice(&batch(&[success(&id, &result), failure(None, &error)])).unwrap();
         assert_eq!(both.as_array().unwrap().len(), 2);
     }
 
@@ -348,19 +310,9 @@ mod tests {
         let raw = RawValue::from_string(r#"{"topic":"a"}"#.into()).unwrap();
         assert_eq!(params::<P>(Some(&raw)).unwrap().topic, "a");
         let raw = RawValue::from_string(r#"["a"]"#.into()).unwrap();
-        assert!(
-            params::<P>(Some(&raw))
-                .unwrap_err()
-                .message
-                .contains("named")
-        );
+        assert!(params::<P>(Some(&raw)).unwrap_err().message.contains("named"));
         let raw = RawValue::from_string(r#"{"topik":"a"}"#.into()).unwrap();
-        assert!(
-            params::<P>(Some(&raw))
-                .unwrap_err()
-                .message
-                .contains("topik")
-        );
+        assert!(params::<P>(Some(&raw)).unwrap_err().message.contains("topik"));
         assert!(params::<P>(None).unwrap_err().message.contains("topic"));
     }
 }

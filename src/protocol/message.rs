@@ -36,12 +36,8 @@ struct Notification<'a, P: Serialize> {
 
 /// Encodes a notification frame body for `method` with `params`.
 pub fn notification<P: Serialize>(method: &'static str, params: &P) -> Bytes {
-    let body = serde_json::to_vec(&Notification {
-        jsonrpc: "2.0",
-        method,
-        params,
-    })
-    .expect("notification params always serialise");
+    let body = serde_json::to_vec(&Notification { jsonrpc: "2.0", method, params })
+        .expect("notification params always serialise");
     Bytes::from(body)
 }
 
@@ -82,10 +78,7 @@ mod tests {
         }
         .encode();
         let text = std::str::from_utf8(&body).unwrap();
-        assert!(
-            text.contains(r#""payload":{"b":1,  "a":[1.50,"é"]}"#),
-            "{text}"
-        );
+        assert!(text.contains(r#""payload":{"b":1,  "a":[1.50,"é"]}"#), "{text}");
         let value: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["method"], "message");
         assert_eq!(value["params"]["topic"], "jobs.activated");

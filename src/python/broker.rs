@@ -2,6 +2,7 @@
 //! extension's runtime, so it needs no asyncio loop: a Qt app or a plain thread can
 //! host it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -17,13 +18,14 @@ use crate::server::{self, BrokerHandle};
 pub struct Broker {
     config: BrokerConfig,
     running: Mutex<Option<BrokerHandle>>,
+    /// Set while `start` waits without the GIL (and without the `running` lock: a
+    /// thread holding the GIL may be waiting for that lock).
+    starting: AtomicBool,
 }
 
 fn seconds(name: &str, value: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value).map_err(|_| {
-        PyValueError::new_err(format!(
-            "{name} must be a positive number of seconds, got {value}"
-        ))
+        PyValueError::new_err(format!("{name} must be a positive number of seconds, got {value}"))
     })
 }
 
@@ -42,7 +44,7 @@ impl Broker {
     #[new]
     #[pyo3(signature = (
         *, host, port, max_connections, heartbeat_interval, heartbeat_timeout,
-        max_message_size, max_queue_size, log_messages, handshake_timeout, frame_timeout
+        max_message_size, max_queue_size, max_queue_bytes, log_messages, handshake_timeout, frame_timeout
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -53,6 +55,7 @@ impl Broker {
         heartbeat_timeout: f64,
         max_message_size: usize,
         max_queue_size: usize,
+        max_queue_bytes: usize,
         log_messages: bool,
         handshake_timeout: f64,
         frame_timeout: f64,
@@ -65,30 +68,28 @@ impl Broker {
             heartbeat_timeout: seconds("heartbeat_timeout", heartbeat_timeout)?,
             max_message_size,
             max_queue_size,
+            max_queue_bytes,
             log_messages,
             handshake_timeout: seconds("handshake_timeout", handshake_timeout)?,
             frame_timeout: seconds("frame_timeout", frame_timeout)?,
         };
         config.validate().map_err(to_py_error)?;
-        Ok(Broker {
-            config,
-            running: Mutex::new(None),
-        })
+        Ok(Broker { config, running: Mutex::new(None), starting: AtomicBool::new(false) })
     }
 
     /// Binds and starts serving; returns the bound port.
     fn start(&self, py: Python<'_>) -> PyResult<u16> {
-        let mut running = self.running.lock();
-        if running.as_ref().is_some_and(|h| !h.is_finished()) {
+        if self.is_running() || self.starting.swap(true, Ordering::AcqRel) {
             return Err(PyRuntimeError::new_err("the broker is already running"));
         }
-        let handle = runtime::handle()?;
-        let config = self.config.clone();
-        let started = py
-            .detach(|| handle.block_on(server::start(config)))
-            .map_err(to_py_error)?;
+        let started = runtime::handle().and_then(|handle| {
+            let config = self.config.clone();
+            py.detach(|| handle.block_on(server::start(config))).map_err(to_py_error)
+        });
+        self.starting.store(false, Ordering::Release);
+        let started = started?;
         let port = started.local_addr().port();
-        *running = Some(started);
+        *self.running.lock() = Some(started);
         Ok(port)
     }
 
@@ -106,10 +107,7 @@ impl Broker {
 
     #[getter]
     fn is_running(&self) -> bool {
-        self.running
-            .lock()
-            .as_ref()
-            .is_some_and(|h| !h.is_finished())
+        self.running.lock().as_ref().is_some_and(|h| !h.is_finished())
     }
 
     /// The bound port while running, else None.
@@ -121,18 +119,13 @@ impl Broker {
     /// The bound address while running, else None.
     #[getter]
     fn bound_host(&self) -> Option<String> {
-        self.running
-            .lock()
-            .as_ref()
-            .map(|h| h.local_addr().ip().to_string())
+        self.running.lock().as_ref().map(|h| h.local_addr().ip().to_string())
     }
 
     /// The broker's status as JSON text (the same document as the `status` method).
     fn status_json(&self) -> PyResult<String> {
         let running = self.running.lock();
-        let handle = running
-            .as_ref()
-            .ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))?;
+        let handle = running.as_ref().ok_or_else(|| PyRuntimeError::new_err("the broker is not running"))?;
         Ok(handle.router().status().to_string())
     }
 }

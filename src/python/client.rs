@@ -175,7 +175,9 @@ impl Client {
                     m.ttl,
                 )
                     .into_pyobject(py)?,
-                Event::Response { call, result: Ok(json) } => (RESPONSE, call, true, json).into_pyobject(py)?,
+                Event::Response { call, result: Ok(json) } => {
+                    (RESPONSE, call, true, json).into_pyobject(py)?
+                }
                 Event::Response { call, result: Err(e) } => {
                     (RESPONSE, call, false, (e.code, e.message)).into_pyobject(py)?
                 }

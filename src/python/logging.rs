@@ -22,11 +22,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 const QUEUE: usize = 8192;
 
 enum Entry {
-    Record {
-        level: u8,
-        logger: String,
-        message: String,
-    },
+    Record { level: u8, logger: String, message: String },
     Stop,
 }
 
@@ -54,15 +50,12 @@ pub fn set_log_level(level: u8) {
 
 pub fn install() {
     let (tx, rx) = sync_channel(QUEUE);
-    let thread = std::thread::Builder::new()
-        .name("message-broker-log".into())
-        .spawn(move || run(rx));
+    let thread = std::thread::Builder::new().name("message-broker-log".into()).spawn(move || run(rx));
     let Ok(thread) = thread else { return };
     *SENDER.lock() = Some(tx);
     *THREAD.lock() = Some(thread);
     // Fails only when the host process already installed a subscriber; theirs wins.
-    let _ =
-        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(PythonLogging));
+    let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(PythonLogging));
 }
 
 /// Stops and joins the logging thread after it has written what is queued.
@@ -76,26 +69,17 @@ pub fn stop() {
 }
 
 fn run(rx: Receiver<Entry>) {
-    while let Ok(Entry::Record {
-        level,
-        logger,
-        message,
-    }) = rx.recv()
-    {
+    while let Ok(Entry::Record { level, logger, message }) = rx.recv() {
         let dropped = DROPPED.swap(0, Ordering::Relaxed);
         // try_attach: never attach to an interpreter that is already finalizing.
         let attached = Python::try_attach(|py| {
             let result = (|| -> PyResult<()> {
                 let logging = py.import("logging")?;
                 if dropped > 0 {
-                    logging
-                        .call_method1("getLogger", ("message_broker",))?
-                        .call_method1(
-                            "warning",
-                            (format!(
-                                "{dropped} log records were dropped: the logging queue was full"
-                            ),),
-                        )?;
+                    logging.call_method1("getLogger", ("message_broker",))?.call_method1(
+                        "warning",
+                        (format!("{dropped} log records were dropped: the logging queue was full"),),
+                    )?;
                 }
                 let logger = logging.call_method1("getLogger", (logger,))?;
                 if logger.call_method1("isEnabledFor", (level,))?.is_truthy()? {

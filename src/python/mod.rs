@@ -31,8 +31,5 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// The wire error codes: `{name: code}`.
 #[pyfunction]
 fn error_codes() -> Vec<(&'static str, i32)> {
-    crate::ErrorCode::ALL
-        .iter()
-        .map(|c| (c.name(), c.code()))
-        .collect()
+    crate::ErrorCode::ALL.iter().map(|c| (c.name(), c.code())).collect()
 }

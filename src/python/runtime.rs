@@ -23,17 +23,13 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// A handle to the runtime, creating it on first use.
 pub fn handle() -> PyResult<Handle> {
     if CLOSED.load(Ordering::Acquire) {
-        return Err(PyRuntimeError::new_err(
-            "message_broker has shut down: the interpreter is exiting",
-        ));
+        return Err(PyRuntimeError::new_err("message_broker has shut down: the interpreter is exiting"));
     }
     let mut runtime = RUNTIME.lock();
     if let Some(runtime) = runtime.as_ref() {
         return Ok(runtime.handle().clone());
     }
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(2, 4);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
     let created = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .thread_name("message-broker")
@@ -49,8 +45,11 @@ pub fn handle() -> PyResult<Handle> {
 /// safe to call more than once.
 #[pyfunction]
 pub fn shutdown(py: Python<'_>) {
-    CLOSED.store(true, Ordering::Release);
-    let runtime = RUNTIME.lock().take();
+    let runtime = {
+        let mut runtime = RUNTIME.lock();
+        CLOSED.store(true, Ordering::Release);
+        runtime.take()
+    };
     // Without the GIL: runtime threads and the logging thread may be waiting for it.
     py.detach(|| {
         if let Some(runtime) = runtime {
