@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,3 +141,139 @@ def test_help_lists_the_options():
     )
     for option in ("--host", "--port", "--config", "--log-messages", "--log-level"):
         assert option in result.stdout
+
+
+def wait_for_subscription(port: int, pattern: str) -> None:
+    """Waits until some client holds `pattern` (a CLI subscriber is ready)."""
+    deadline = time.monotonic() + 20
+    with RawClient(port) as observer:
+        observer.connect("observer")
+        while not any(pattern in c["subscriptions"] for c in observer.result("status")["clients"]):
+            assert time.monotonic() < deadline, f"nobody subscribed to {pattern}"
+            time.sleep(0.05)
+
+
+def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "message_broker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_pub_and_sub_commands(broker):
+    port = str(broker.port)
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "message_broker",
+            "sub",
+            "--port",
+            port,
+            "--host",
+            "127.0.0.1",
+            "--count",
+            "2",
+            "demo.#",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_subscription(broker.port, "demo.#")
+    for topic, payload in (("demo.hello", '{"text": "héllo"}'), ("demo.x.y", "[1, 2]")):
+        result = cli("pub", "--port", port, "--host", "127.0.0.1", topic, payload)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip()  # the message id
+    out, err = follower.communicate(timeout=30)
+    assert follower.returncode == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 2
+    assert re.match(r"\d\d:\d\d:\d\d\.\d{3}  demo\.hello  from message-broker-pub-\d+  ", lines[0])
+    assert lines[0].endswith('{"text": "héllo"}')
+    assert "demo.x.y" in lines[1] and lines[1].endswith("[1, 2]")
+
+
+def test_sub_json_output(broker):
+    import json
+
+    port = str(broker.port)
+    follower = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "message_broker",
+            "sub",
+            "--port",
+            port,
+            "--host",
+            "127.0.0.1",
+            "--json",
+            "--count",
+            "1",
+            "t",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_subscription(broker.port, "t")
+    with RawClient(broker.port) as pub:
+        pub.connect("pub")
+        message_id = pub.publish("t", {"n": 1})
+    out, _ = follower.communicate(timeout=30)
+    record = json.loads(out)
+    assert record["topic"] == "t" and record["payload"] == {"n": 1}
+    assert record["sender"] == "pub" and record["id"] == message_id
+
+
+def test_request_and_status_commands(broker):
+    port = str(broker.port)
+    with RawClient(broker.port) as service:
+        service.connect("svc")
+        service.subscribe("math.double")
+        result_holder: list[subprocess.CompletedProcess] = []
+        import threading
+
+        thread = threading.Thread(
+            target=lambda: result_holder.append(
+                cli("request", "--port", port, "--host", "127.0.0.1", "math.double", "21")
+            )
+        )
+        thread.start()
+        request = service.next_message(timeout=20)
+        service.publish(request["reply_to"], request["payload"] * 2)
+        thread.join(30)
+    assert result_holder[0].returncode == 0, result_holder[0].stderr
+    assert result_holder[0].stdout.strip() == "42"
+
+    status = cli("status", "--port", port, "--host", "127.0.0.1")
+    assert status.returncode == 0, status.stderr
+    assert "CLIENT" in status.stdout and "SUBSCRIPTIONS" in status.stdout
+    assert "message-broker-status-" in status.stdout
+
+
+def test_client_command_errors(broker):
+    port = str(broker.port)
+    nobody = cli("request", "--port", port, "--host", "127.0.0.1", "nobody.home", "{}")
+    assert nobody.returncode == 1
+    assert "no responders" in nobody.stderr
+    bad_json = cli("pub", "--port", port, "--host", "127.0.0.1", "t", "not json")
+    assert bad_json.returncode == 2
+    assert "not valid JSON" in bad_json.stderr
+    reserved = cli("pub", "--port", port, "--host", "127.0.0.1", "system.x", "1")
+    assert reserved.returncode == 1
+    assert "reserved" in reserved.stderr
+
+
+def test_client_command_without_a_broker():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    result = cli("status", "--port", port, "--host", "127.0.0.1")
+    assert result.returncode == 1
+    assert "cannot reach the broker" in result.stderr

@@ -440,7 +440,9 @@ def test_short_scripts_always_exit_cleanly(disconnect, stop):
     script = f"DISCONNECT = {disconnect}\nSTOP = {stop}\n" + SHORT_SCRIPT
     failures = []
     for _ in range(15):
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
         if result.returncode != 0:
             failures.append((result.returncode, result.stderr[-1500:]))
     assert not failures, failures

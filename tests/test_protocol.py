@@ -405,8 +405,12 @@ def test_too_many_requests_in_flight(start_broker):
     silent.subscribe("svc.slow")
     client.connect("eager")
     batch = [
-        {"jsonrpc": "2.0", "method": "request",
-         "params": {"topic": "svc.slow", "payload": n, "timeout": 60}, "id": n}
+        {
+            "jsonrpc": "2.0",
+            "method": "request",
+            "params": {"topic": "svc.slow", "payload": n, "timeout": 60},
+            "id": n,
+        }
         for n in range(10_000)
     ]
     client.send(batch)

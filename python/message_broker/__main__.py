@@ -1,23 +1,36 @@
 """The ``message-broker`` command (also ``python -m message_broker``).
 
-``message-broker`` with no command runs the broker; ``message-broker serve --help``
-lists its options.
+``message-broker`` with no command runs the broker (``serve``). The other commands
+are small clients for people at a terminal::
+
+    message-broker pub TOPIC JSON          publish one message
+    message-broker sub PATTERN...          print messages as they arrive (--json for machines)
+    message-broker request TOPIC JSON      send a request and print the reply
+    message-broker status                  the broker's clients and counters, as a table
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from message_broker import __version__
 from message_broker.broker import MessageBroker
-from message_broker.config import BrokerConfig
+from message_broker.client import BrokerClient
+from message_broker.config import DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
+from message_broker.errors import BrokerError
+from message_broker.message import Message
 
-COMMANDS = ("serve",)
+COMMANDS = ("serve", "pub", "sub", "request", "status")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -44,7 +57,42 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         help="lowest level of log records shown (default INFO)",
     )
+
+    def client_command(name: str, help: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help)
+        command.add_argument(
+            "--host", default=DEFAULT_HOST, help=f"broker host (default {DEFAULT_HOST})"
+        )
+        command.add_argument(
+            "--port", type=int, default=DEFAULT_PORT, help=f"broker port (default {DEFAULT_PORT})"
+        )
+        command.add_argument(
+            "--client-id", help="client id (default: message-broker-<command>-<pid>)"
+        )
+        return command
+
+    pub = client_command("pub", "publish one message")
+    pub.add_argument("topic")
+    pub.add_argument(
+        "payload", type=_json_argument, help="the payload as JSON, e.g. '{\"job_id\": 1}'"
+    )
+    sub = client_command("sub", "print messages matching patterns as they arrive")
+    sub.add_argument("patterns", nargs="+", metavar="PATTERN")
+    sub.add_argument("--json", action="store_true", help="one JSON object per line, for machines")
+    sub.add_argument("--count", type=int, help="exit after this many messages")
+    request = client_command("request", "send a request and print the reply")
+    request.add_argument("topic")
+    request.add_argument("payload", type=_json_argument, nargs="?", default={})
+    request.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    client_command("status", "show the broker's clients and counters")
     return parser
+
+
+def _json_argument(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,7 +102,99 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or args_list[0] not in top_level:
         args_list.insert(0, "serve")
     args = build_parser().parse_args(args_list)
-    return serve(args)
+    if args.command == "serve":
+        return serve(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(run_client_command(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def run_client_command(args: argparse.Namespace) -> int:
+    client_id = args.client_id or f"message-broker-{args.command}-{os.getpid()}"
+    client = BrokerClient(client_id, host=args.host, port=args.port, connect_retries=1)
+    if not await client.connect():
+        print(
+            f"message-broker: cannot reach the broker at {args.host}:{args.port}", file=sys.stderr
+        )
+        return 1
+    try:
+        if args.command == "pub":
+            print(await client.publish(args.topic, args.payload))
+        elif args.command == "request":
+            reply = await client.request(args.topic, args.payload, timeout=args.timeout)
+            print(json.dumps(reply, ensure_ascii=False, indent=2))
+        elif args.command == "status":
+            print(format_status(await client.request("status", {})))
+        elif args.command == "sub":
+            await follow(client, args.patterns, as_json=args.json, count=args.count)
+        return 0
+    except BrokerError as error:
+        print(f"message-broker: {error}", file=sys.stderr)
+        return 1
+    finally:
+        await client.disconnect()
+
+
+async def follow(
+    client: BrokerClient, patterns: list[str], *, as_json: bool, count: int | None
+) -> None:
+    done = asyncio.get_running_loop().create_future()
+    seen = 0
+
+    def show(msg: Message) -> None:
+        nonlocal seen
+        if as_json:
+            line = json.dumps(
+                {
+                    "topic": msg.topic,
+                    "payload": msg.payload,
+                    "sender": msg.sender,
+                    "id": msg.id,
+                    "timestamp": msg.timestamp,
+                },
+                ensure_ascii=False,
+            )
+        else:
+            stamp = time.strftime("%H:%M:%S", time.localtime(msg.timestamp))
+            millis = int(msg.timestamp % 1 * 1000)
+            payload = json.dumps(msg.payload, ensure_ascii=False)
+            line = f"{stamp}.{millis:03d}  {msg.topic}  from {msg.sender}  {payload}"
+        print(line, flush=True)
+        seen += 1
+        if count is not None and seen >= count and not done.done():
+            done.set_result(None)
+
+    await client.subscribe(patterns, show)
+    await done
+
+
+def format_status(status: dict[str, Any]) -> str:
+    messages = status["messages"]
+    lines = [
+        f"broker {status['broker_version']} on {status['host']}:{status['port']}, "
+        f"up {status['uptime']:.0f} s, {status['client_count']} client(s)",
+        "messages: " + ", ".join(f"{name} {value}" for name, value in messages.items()),
+        "",
+    ]
+    header = ("CLIENT", "TYPE", "QUEUED", "DELIVERED", "DROPPED", "SUBSCRIPTIONS")
+    rows = [
+        (
+            c["client_id"],
+            c["client_type"] or "-",
+            str(c["queued"]),
+            str(c["delivered"]),
+            str(c["dropped"]),
+            " ".join(c["subscriptions"]) or "-",
+        )
+        for c in status["clients"]
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, row[-1]]))
+    return "\n".join(lines)
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ of events, by writing to a socket the loop awaits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -18,7 +19,7 @@ import socket
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Union
+from typing import Any
 
 from message_broker import _core
 from message_broker.config import DEFAULT_HOST, DEFAULT_PORT
@@ -36,7 +37,7 @@ __all__ = ["BrokerClient", "Callback"]
 
 logger = logging.getLogger("message_broker.client")
 
-Callback = Callable[[Message], Union[Any, Awaitable[Any]]]
+Callback = Callable[[Message], Any | Awaitable[Any]]
 """A subscriber: called with each matching :class:`Message`, sync or async. A value
 other than ``None`` that it returns (or that its coroutine returns) answers a request."""
 
@@ -182,7 +183,9 @@ class BrokerClient:
         self._core, self._loop = core, loop
         self._connecting = loop.create_future()
         self._closed = loop.create_future()
-        self._pump = loop.create_task(self._run(core, reader), name=f"broker-client-{self._client_id}")
+        self._pump = loop.create_task(
+            self._run(core, reader), name=f"broker-client-{self._client_id}"
+        )
         return await asyncio.shield(self._connecting)
 
     async def disconnect(self) -> None:
@@ -230,11 +233,17 @@ class BrokerClient:
         """
         core = self._require_core()
         if qos != 0:
-            raise InvalidMessageError(f"qos={qos} is not available: the broker delivers at most once (qos=0)")
+            raise InvalidMessageError(
+                f"qos={qos} is not available: the broker delivers at most once (qos=0)"
+            )
         if ttl != 0 and (
-            isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (math.isfinite(ttl) and ttl > 0)
+            isinstance(ttl, bool)
+            or not isinstance(ttl, (int, float))
+            or not (math.isfinite(ttl) and ttl > 0)
         ):
-            raise InvalidMessageError(f"ttl must be 0 (no limit) or a positive number of seconds, got {ttl!r}")
+            raise InvalidMessageError(
+                f"ttl must be 0 (no limit) or a positive number of seconds, got {ttl!r}"
+            )
         text = _encode(payload)
         while True:
             try:
@@ -272,10 +281,9 @@ class BrokerClient:
             del self._callbacks[subscription]
             raise InvalidMessageError(str(error)) from None
         if call is not None:
-            try:
+            # On a lost connection the pattern is restored with the rest on reconnection.
+            with contextlib.suppress(ConnectionLostError):
                 await self._answer(call)
-            except ConnectionLostError:
-                pass  # restored with every subscription when the client reconnects
         return patterns
 
     async def unsubscribe(self, patterns: str | Iterable[str]) -> list[str]:
@@ -288,10 +296,9 @@ class BrokerClient:
         for subscription in emptied:
             self._callbacks.pop(subscription, None)
         if call is not None:
-            try:
+            # On a lost connection the broker dropped every subscription anyway.
+            with contextlib.suppress(ConnectionLostError):
                 await self._answer(call)
-            except ConnectionLostError:
-                pass  # the broker dropped every subscription with the connection
         return removed
 
     # -- request / response ---------------------------------------------------------------
@@ -306,7 +313,8 @@ class BrokerClient:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         # The payload is encoded once, by the same rules as publish.
-        params = f'{{"topic":{json.dumps(topic)},"payload":{_encode(payload)},"timeout":{float(timeout)!r}}}'
+        topic_json, payload_json = json.dumps(topic), _encode(payload)
+        params = f'{{"topic":{topic_json},"payload":{payload_json},"timeout":{float(timeout)!r}}}'
         try:
             call = core.call("request", params)
         except ValueError as error:
@@ -364,7 +372,9 @@ class BrokerClient:
                     else:
                         future.set_exception(_remote_error(*event[3]))
             elif kind == _PUBLISH_FAILED:
-                logger.warning("the broker refused message %s: %s (code %s)", event[1], event[3], event[2])
+                logger.warning(
+                    "the broker refused message %s: %s (code %s)", event[1], event[3], event[2]
+                )
             elif kind == _WRITABLE:
                 room, self._room = self._room, []
                 for future in room:
