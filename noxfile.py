@@ -28,9 +28,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """rustfmt, clippy (core and bindings) and ruff."""
-    session.install("ruff")
+    """rustfmt, clippy (core and bindings), ruff and mypy."""
+    session.install("ruff", "mypy")
     session.run("ruff", "check", *PYTHON_PATHS)
+    session.run("mypy", "--ignore-missing-imports", "python/message_broker")
     session.run("ruff", "format", "--check", *PYTHON_PATHS)
     session.run("cargo", "fmt", "--all", "--check", external=True)
     clippy = ["cargo", "clippy", "--locked", "--all-targets"]

@@ -1,5 +1,8 @@
 """The compiled core of message_broker. Use the wrappers in the package instead:
-``message_broker.MessageBroker`` and ``message_broker.BrokerConfig``."""
+``message_broker.MessageBroker``, ``message_broker.BrokerConfig`` and
+``message_broker.BrokerClient``."""
+
+from typing import Any
 
 __version__: str
 DEFAULT_PORT: int
@@ -54,3 +57,61 @@ def set_log_level(level: int) -> None:
 
 def error_codes() -> list[tuple[str, int]]:
     """The wire error codes as ``(name, code)`` pairs."""
+
+CONNECTION_LOST: int
+"""Error code of a call whose connection was lost before the broker answered."""
+
+class Client:
+    """The connection engine behind ``message_broker.BrokerClient``. Its threads never
+    call into Python: events are queued and announced by writing one byte to the
+    socket whose handle was passed in (the loop awaits the other end)."""
+
+    def __init__(
+        self,
+        client_id: str,
+        host: str,
+        port: int,
+        wake_socket_handle: int,
+        *,
+        client_type: str,
+        version: str,
+        connect_timeout: float,
+        connect_retries: int,
+        reconnect: bool,
+        reconnect_delay: float,
+        max_reconnect_delay: float,
+        heartbeat: bool,
+        max_pending: int,
+    ) -> None:
+        """Starts connecting in the background. Takes ownership of the socket handle
+        (from ``socket.detach()``)."""
+
+    @property
+    def is_connected(self) -> bool: ...
+    @property
+    def max_message_size(self) -> int:
+        """The broker's limit, learned when connecting."""
+
+    def publish(self, topic: str, payload: str, ttl: float | None = None) -> str:
+        """Queues a message (``payload`` is JSON text); returns its id. Raises
+        ``ValueError`` for a bad topic or an oversized message, ``BlockingIOError`` when
+        the outgoing queue is full (wait for the writable event), ``ConnectionError``
+        when the message cannot be queued at all."""
+
+    def call(self, method: str, params: str) -> int:
+        """Sends a call (params as JSON text); returns the call id its response event
+        carries. Raises ``ConnectionError`` when not connected."""
+
+    def subscribe(self, subscription: int, patterns: list[str]) -> int | None:
+        """Adds patterns to a subscription; returns the call id of the subscribe sent
+        to the broker, or None when nothing had to be sent now."""
+
+    def unsubscribe(self, patterns: list[str]) -> tuple[list[str], list[int], int | None]:
+        """Removes patterns everywhere: (patterns removed, subscriptions left empty,
+        call id or None)."""
+
+    def close(self) -> None:
+        """Flushes, says goodbye to the broker, and stops; the last event is ``closed``."""
+
+    def drain(self) -> list[tuple[Any, ...]]:
+        """Every event since the last call; each tuple starts with its kind."""

@@ -125,7 +125,7 @@ class BrokerClient:
         self._client_id = client_id
         self._host = host
         self._port = port
-        self._options = {
+        self._options: dict[str, Any] = {
             "client_type": client_type,
             "version": _core.__version__,
             "connect_timeout": connect_timeout,
@@ -376,10 +376,7 @@ class BrokerClient:
                     "the broker refused message %s: %s (code %s)", event[1], event[3], event[2]
                 )
             elif kind == _WRITABLE:
-                room, self._room = self._room, []
-                for future in room:
-                    if not future.done():
-                        future.set_result(None)
+                self._wake_publishers()
             elif kind == _CONNECTED:
                 self._settle_connect(True)
                 logger.info("client %s connected to %s:%s", self._client_id, self._host, self._port)
@@ -405,9 +402,15 @@ class BrokerClient:
             if not future.done():
                 future.set_exception(error)
         room, self._room = self._room, []
-        for future in room:
-            if not future.done():
-                future.set_exception(error)
+        for waiter in room:
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    def _wake_publishers(self) -> None:
+        room, self._room = self._room, []
+        for waiter in room:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _deliver(self, event: tuple[Any, ...]) -> None:
         _, subscriptions, topic, payload, sender, message_id, timestamp, reply_to, ttl = event

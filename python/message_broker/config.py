@@ -21,6 +21,15 @@ DEFAULT_HEARTBEAT_TIMEOUT = 30.0
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 
 
+# The accepted Python types for each annotation used below.
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "str": str,
+    "int": int,
+    "float": (int, float),
+    "bool": bool,
+}
+
+
 @dataclass
 class BrokerConfig:
     """How a :class:`~message_broker.MessageBroker` listens and what it allows.
@@ -55,9 +64,7 @@ class BrokerConfig:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            expected = {"str": str, "int": int, "float": (int, float), "bool": bool}[
-                str(field.type)
-            ]
+            expected = _FIELD_TYPES[str(field.type)]
             # bool is an int in Python; a flag is never a number and vice versa.
             if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
                 raise TypeError(
