@@ -75,6 +75,13 @@ pub struct Counters {
     pub protocol_errors: AtomicU64,
 }
 
+/// A request's reply address and its requester, waiting.
+struct AwaitedReply {
+    /// The random token in the reply address.
+    token: u64,
+    requester: oneshot::Sender<Box<RawValue>>,
+}
+
 /// A message to route.
 #[derive(Debug, Clone, Copy)]
 pub struct Publish<'a> {
@@ -98,9 +105,8 @@ pub struct Router {
     config: BrokerConfig,
     local_addr: Mutex<Option<SocketAddr>>,
     state: RwLock<State>,
-    /// Requests waiting for a reply: sequence number -> (the random token of its
-    /// address, the requester's waiting task).
-    replies: Mutex<HashMap<u64, (u64, oneshot::Sender<Box<RawValue>>)>>,
+    /// Requests waiting for a reply, by sequence number.
+    replies: Mutex<HashMap<u64, AwaitedReply>>,
     next_reply: AtomicU64,
     next_session: AtomicU64,
     ids: MessageIds,
@@ -380,7 +386,7 @@ impl Router {
         let token = RandomState::new().hash_one(seq);
         let reply_to = format!("{REPLY_PREFIX}{seq}.{token:016x}");
         let (tx, rx) = oneshot::channel();
-        self.replies.lock().insert(seq, (token, tx));
+        self.replies.lock().insert(seq, AwaitedReply { token, requester: tx });
         let published = self.publish(Publish { reply_to: Some(&reply_to), ..msg });
         if published.recipients == 0 {
             self.replies.lock().remove(&seq);
@@ -403,7 +409,7 @@ impl Router {
             .and_then(|(seq, token)| {
                 let mut replies = self.replies.lock();
                 match replies.get(&seq) {
-                    Some((expected, _)) if *expected == token => replies.remove(&seq).map(|(_, tx)| tx),
+                    Some(awaited) if awaited.token == token => replies.remove(&seq).map(|a| a.requester),
                     _ => None,
                 }
             });
