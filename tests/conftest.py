@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+# Qt must know it has no display before any QApplication exists.
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from message_broker import BrokerConfig, MessageBroker
 

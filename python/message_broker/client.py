@@ -16,18 +16,17 @@ import json
 import logging
 import math
 import socket
-import unicodedata
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any
 
-from message_broker import _core
+from message_broker import _core, _engine
+from message_broker._engine import encode_payload, pattern_list, remote_error
 from message_broker.config import DEFAULT_HOST, DEFAULT_PORT
 from message_broker.errors import (
     BrokerError,
     ConnectionLostError,
     InvalidMessageError,
-    NoRespondersError,
     NotConnectedError,
     RequestTimeoutError,
 )
@@ -41,47 +40,8 @@ Callback = Callable[[Message], Any | Awaitable[Any]]
 """A subscriber: called with each matching :class:`Message`, sync or async. A value
 other than ``None`` that it returns (or that its coroutine returns) answers a request."""
 
-# Event kinds from the extension (src/python/client.rs).
-_MESSAGE, _RESPONSE, _PUBLISH_FAILED, _CONNECTED, _DISCONNECTED = 0, 1, 2, 3, 4
-_CONNECT_FAILED, _WRITABLE, _CLOSED = 5, 6, 7
-
-_TIMEOUT, _NO_RESPONDERS, _INVALID_PARAMS = -32002, -32003, -32602
-_MAX_CLIENT_ID = 256
 # Extra time a request waits beyond its own timeout before giving up on the broker.
 _REQUEST_GRACE = 5.0
-
-
-# One encoder for all: json.dumps with options builds a new encoder on every call.
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-
-
-def _encode(payload: Any) -> str:
-    try:
-        return _encoder(payload)
-    except (TypeError, ValueError, RecursionError) as error:
-        raise InvalidMessageError(f"payload cannot be sent as JSON: {error}") from None
-
-
-def _remote_error(code: int, message: str) -> BrokerError:
-    if code == _TIMEOUT:
-        return RequestTimeoutError(message, code)
-    if code == _NO_RESPONDERS:
-        return NoRespondersError(message, code)
-    if code == _INVALID_PARAMS:
-        return InvalidMessageError(message, code)
-    if code == _core.CONNECTION_LOST:
-        return ConnectionLostError(message, code)
-    return BrokerError(message, code)
-
-
-def _patterns(patterns: str | Iterable[str]) -> list[str]:
-    if isinstance(patterns, str):
-        return [patterns]
-    patterns = list(patterns)
-    for pattern in patterns:
-        if not isinstance(pattern, str):
-            raise TypeError(f"patterns must be strings, got {type(pattern).__name__} {pattern!r}")
-    return patterns
 
 
 class BrokerClient:
@@ -114,28 +74,22 @@ class BrokerClient:
         heartbeat: bool = True,
         max_pending: int = 100_000,
     ) -> None:
-        if not isinstance(client_id, str) or not 0 < len(client_id) <= _MAX_CLIENT_ID:
-            raise ValueError(f"client_id must be a string of 1 to {_MAX_CLIENT_ID} characters")
-        if any(unicodedata.category(ch) == "Cc" for ch in client_id):
-            raise ValueError("client_id must not contain control characters")
+        _engine.check_client_id(client_id)
         if not 0 < port < 65536:
             raise ValueError(f"port must be between 1 and 65535, got {port}")
-        if connect_retries < 0 or max_pending < 1:
-            raise ValueError("connect_retries must be >= 0 and max_pending >= 1")
         self._client_id = client_id
         self._host = host
         self._port = port
-        self._options: dict[str, Any] = {
-            "client_type": client_type,
-            "version": _core.__version__,
-            "connect_timeout": connect_timeout,
-            "connect_retries": connect_retries,
-            "reconnect": reconnect,
-            "reconnect_delay": reconnect_delay,
-            "max_reconnect_delay": max_reconnect_delay,
-            "heartbeat": heartbeat,
-            "max_pending": max_pending,
-        }
+        self._options = _engine.engine_options(
+            client_type=client_type,
+            connect_timeout=connect_timeout,
+            connect_retries=connect_retries,
+            reconnect=reconnect,
+            reconnect_delay=reconnect_delay,
+            max_reconnect_delay=max_reconnect_delay,
+            heartbeat=heartbeat,
+            max_pending=max_pending,
+        )
         self._core: _core.Client | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -171,15 +125,7 @@ class BrokerClient:
                 return await asyncio.shield(self._connecting)
             return self.is_connected
         loop = asyncio.get_running_loop()
-        reader, writer = socket.socketpair()
-        reader.setblocking(False)
-        try:
-            core = _core.Client(
-                self._client_id, self._host, self._port, writer.detach(), **self._options
-            )
-        except BaseException:
-            reader.close()
-            raise
+        core, reader = _engine.open_engine(self._client_id, self._host, self._port, self._options)
         self._core, self._loop = core, loop
         self._connecting = loop.create_future()
         self._closed = loop.create_future()
@@ -244,7 +190,7 @@ class BrokerClient:
             raise InvalidMessageError(
                 f"ttl must be 0 (no limit) or a positive number of seconds, got {ttl!r}"
             )
-        text = _encode(payload)
+        text = encode_payload(payload)
         while True:
             try:
                 return core.publish(topic, text, ttl or None)
@@ -272,7 +218,7 @@ class BrokerClient:
         core = self._require_core()
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
-        patterns = list(dict.fromkeys(_patterns(patterns)))
+        patterns = pattern_list(patterns)
         subscription = next(self._subscription_ids)
         self._callbacks[subscription] = callback
         try:
@@ -290,7 +236,7 @@ class BrokerClient:
         """Stops the given patterns for every callback; returns those that were subscribed."""
         core = self._require_core()
         try:
-            removed, emptied, call = core.unsubscribe(_patterns(patterns))
+            removed, emptied, call = core.unsubscribe(pattern_list(patterns))
         except ValueError as error:
             raise InvalidMessageError(str(error)) from None
         for subscription in emptied:
@@ -313,7 +259,7 @@ class BrokerClient:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         # The payload is encoded once, by the same rules as publish.
-        topic_json, payload_json = json.dumps(topic), _encode(payload)
+        topic_json, payload_json = json.dumps(topic), encode_payload(payload)
         params = f'{{"topic":{topic_json},"payload":{payload_json},"timeout":{float(timeout)!r}}}'
         try:
             call = core.call("request", params)
@@ -325,7 +271,7 @@ class BrokerClient:
             answer = await asyncio.wait_for(self._answer(call), timeout + _REQUEST_GRACE)
         except asyncio.TimeoutError:
             raise RequestTimeoutError(
-                f"no answer from the broker to the request on {topic!r}", _TIMEOUT
+                f"no answer from the broker to the request on {topic!r}", _engine.TIMEOUT
             ) from None
         return json.loads(answer)
 
@@ -362,30 +308,30 @@ class BrokerClient:
     def _dispatch(self, events: list[tuple[Any, ...]]) -> bool:
         for event in events:
             kind = event[0]
-            if kind == _MESSAGE:
+            if kind == _engine.MESSAGE:
                 self._deliver(event)
-            elif kind == _RESPONSE:
+            elif kind == _engine.RESPONSE:
                 future = self._calls.pop(event[1], None)
                 if future is not None and not future.done():
                     if event[2]:
                         future.set_result(event[3])
                     else:
-                        future.set_exception(_remote_error(*event[3]))
-            elif kind == _PUBLISH_FAILED:
+                        future.set_exception(remote_error(*event[3]))
+            elif kind == _engine.PUBLISH_FAILED:
                 logger.warning(
                     "the broker refused message %s: %s (code %s)", event[1], event[3], event[2]
                 )
-            elif kind == _WRITABLE:
+            elif kind == _engine.WRITABLE:
                 self._wake_publishers()
-            elif kind == _CONNECTED:
+            elif kind == _engine.CONNECTED:
                 self._settle_connect(True)
                 logger.info("client %s connected to %s:%s", self._client_id, self._host, self._port)
-            elif kind == _DISCONNECTED:
+            elif kind == _engine.DISCONNECTED:
                 logger.info("client %s disconnected: %s", self._client_id, event[1])
-            elif kind == _CONNECT_FAILED:
+            elif kind == _engine.CONNECT_FAILED:
                 logger.warning("client %s could not connect: %s", self._client_id, event[1])
                 self._settle_connect(False)
-            elif kind == _CLOSED:
+            elif kind == _engine.CLOSED:
                 self._settle_connect(False)
                 return True
         return False
@@ -413,8 +359,8 @@ class BrokerClient:
                 waiter.set_result(None)
 
     def _deliver(self, event: tuple[Any, ...]) -> None:
-        _, subscriptions, topic, payload, sender, message_id, timestamp, reply_to, ttl = event
-        message = Message(topic, json.loads(payload), sender, message_id, timestamp, reply_to, ttl)
+        subscriptions, message = _engine.message_from_event(event)
+        topic, reply_to = message.topic, message.reply_to
         answered = False
         for subscription in subscriptions:
             callback = self._callbacks.get(subscription)
@@ -447,6 +393,6 @@ class BrokerClient:
     def _reply(self, message: Message, result: Any) -> None:
         assert message.reply_to is not None and self._core is not None
         try:
-            self._core.publish(message.reply_to, _encode(result))
+            self._core.publish(message.reply_to, encode_payload(result))
         except (BrokerError, ValueError, ConnectionError, BlockingIOError) as error:
             logger.warning("could not answer the request on %r: %s", message.topic, error)

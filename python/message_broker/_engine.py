@@ -1,0 +1,115 @@
+"""What the asyncio and Qt clients share: starting the extension's client engine,
+its event kinds, and turning its events into messages and exceptions."""
+
+from __future__ import annotations
+
+import json
+import socket
+import unicodedata
+from collections.abc import Iterable
+from typing import Any
+
+from message_broker import _core
+from message_broker.errors import (
+    BrokerError,
+    ConnectionLostError,
+    InvalidMessageError,
+    NoRespondersError,
+    RequestTimeoutError,
+)
+from message_broker.message import Message
+
+# Event kinds (src/python/client.rs).
+MESSAGE, RESPONSE, PUBLISH_FAILED, CONNECTED, DISCONNECTED = 0, 1, 2, 3, 4
+CONNECT_FAILED, WRITABLE, CLOSED = 5, 6, 7
+
+TIMEOUT, NO_RESPONDERS, INVALID_PARAMS = -32002, -32003, -32602
+MAX_CLIENT_ID = 256
+
+# One encoder for all: json.dumps with options builds a new encoder on every call.
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def encode_payload(payload: Any) -> str:
+    try:
+        return _encoder(payload)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise InvalidMessageError(f"payload cannot be sent as JSON: {error}") from None
+
+
+def remote_error(code: int, message: str) -> BrokerError:
+    if code == TIMEOUT:
+        return RequestTimeoutError(message, code)
+    if code == NO_RESPONDERS:
+        return NoRespondersError(message, code)
+    if code == INVALID_PARAMS:
+        return InvalidMessageError(message, code)
+    if code == _core.CONNECTION_LOST:
+        return ConnectionLostError(message, code)
+    return BrokerError(message, code)
+
+
+def pattern_list(patterns: str | Iterable[str]) -> list[str]:
+    """Patterns as a list without repeats; a single string is one pattern."""
+    if isinstance(patterns, str):
+        return [patterns]
+    patterns = list(patterns)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"patterns must be strings, got {type(pattern).__name__} {pattern!r}")
+    return list(dict.fromkeys(patterns))
+
+
+def check_client_id(client_id: str) -> None:
+    if not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID:
+        raise ValueError(f"client_id must be a string of 1 to {MAX_CLIENT_ID} characters")
+    if any(unicodedata.category(ch) == "Cc" for ch in client_id):
+        raise ValueError("client_id must not contain control characters")
+
+
+def engine_options(
+    *,
+    client_type: str,
+    connect_timeout: float,
+    connect_retries: int,
+    reconnect: bool,
+    reconnect_delay: float,
+    max_reconnect_delay: float,
+    heartbeat: bool,
+    max_pending: int,
+) -> dict[str, Any]:
+    if connect_retries < 0 or max_pending < 1:
+        raise ValueError("connect_retries must be >= 0 and max_pending >= 1")
+    return {
+        "client_type": client_type,
+        "version": _core.__version__,
+        "connect_timeout": connect_timeout,
+        "connect_retries": connect_retries,
+        "reconnect": reconnect,
+        "reconnect_delay": reconnect_delay,
+        "max_reconnect_delay": max_reconnect_delay,
+        "heartbeat": heartbeat,
+        "max_pending": max_pending,
+    }
+
+
+def open_engine(
+    client_id: str, host: str, port: int, options: dict[str, Any]
+) -> tuple[_core.Client, socket.socket]:
+    """Starts an engine; returns it and the socket that becomes readable when it has
+    events (the engine owns the other end)."""
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    try:
+        engine = _core.Client(client_id, host, port, writer.detach(), **options)
+    except BaseException:
+        reader.close()
+        raise
+    return engine, reader
+
+
+def message_from_event(event: tuple[Any, ...]) -> tuple[tuple[int, ...], Message]:
+    """The subscriptions a message event belongs to, and the message."""
+    _, subscriptions, topic, payload, sender, message_id, timestamp, reply_to, ttl = event
+    message = Message(topic, json.loads(payload), sender, message_id, timestamp, reply_to, ttl)
+    return subscriptions, message
