@@ -11,7 +11,7 @@ nox.options.sessions = ["lint", "tests"]
 nox.options.error_on_missing_interpreters = True
 
 PYTHON_PATHS = ["python", "tests", "noxfile.py"] + [
-    path for path in ("examples", "bench") if os.path.isdir(path)
+    path for path in ("examples", "bench", "docs") if os.path.isdir(path)
 ]
 # `cargo test` builds the core without the Python feature; a target directory of its
 # own keeps it from rebuilding what maturin builds with the feature on.

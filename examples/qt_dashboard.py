@@ -93,7 +93,9 @@ class Dashboard(QMainWindow):
     @Slot(str, dict, str, str)
     def on_message(self, topic: str, payload: dict, sender: str, msg_id: str) -> None:
         stamp = time.strftime("%H:%M:%S")
-        self.messages.addItem(f"{stamp}  {topic}  from {sender}  {json.dumps(payload)}")
+        self.messages.addItem(
+            f"{stamp}  {topic}  from {sender}  {json.dumps(payload, ensure_ascii=False)}"
+        )
         self.messages.scrollToBottom()
 
     def closeEvent(self, event) -> None:

@@ -247,3 +247,32 @@ def test_importing_the_package_without_pyside6():
     )
     assert result.returncode == 0, result.stderr
     assert "pip install 'message-broker[qt]'" in result.stdout
+
+
+def test_dashboard_example_publishes_and_lists_messages(qtbot):
+    from PySide6.QtCore import Qt
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from qt_dashboard import Dashboard
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    host = QtBrokerHost(BrokerConfig(host="127.0.0.1", port=0))
+    host.start()
+    window = Dashboard(host.create_client("dashboard"), "test")
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitUntil(lambda: window.state.text() == "connected as dashboard", timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: any(c["subscriptions"] for c in host.broker.status()["clients"]), timeout=WAIT_MS
+    )
+    window.payload.setText('{"job_id": "dashboard-test", "text": "Grüße"}')
+    qtbot.mouseClick(window.send, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: window.messages.count() >= 1, timeout=WAIT_MS)
+    line = window.messages.item(window.messages.count() - 1).text()
+    assert "jobs.activated  from dashboard" in line and "Grüße" in line
+    window.payload.setText("not json")
+    qtbot.mouseClick(window.send, Qt.MouseButton.LeftButton)
+    assert "the payload is not JSON" in window.messages.item(window.messages.count() - 1).text()
+    window.close()
+    host.stop()
