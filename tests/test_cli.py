@@ -143,6 +143,28 @@ def test_help_lists_the_options():
         assert option in result.stdout
 
 
+@pytest.fixture
+def spawn() -> Iterator:
+    """Starts command-line processes; kills any still running afterwards."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "message_broker", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)
+
+
 def wait_for_subscription(port: int, pattern: str) -> None:
     """Waits until some client holds `pattern` (a CLI subscriber is ready)."""
     deadline = time.monotonic() + 20
@@ -162,26 +184,9 @@ def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     )
 
 
-def test_pub_and_sub_commands(broker):
+def test_pub_and_sub_commands(broker, spawn):
     port = str(broker.port)
-    follower = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "message_broker",
-            "sub",
-            "--port",
-            port,
-            "--host",
-            "127.0.0.1",
-            "--count",
-            "2",
-            "demo.#",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    follower = spawn("sub", "--port", port, "--host", "127.0.0.1", "--count", "2", "demo.#")
     wait_for_subscription(broker.port, "demo.#")
     for topic, payload in (("demo.hello", '{"text": "héllo"}'), ("demo.x.y", "[1, 2]")):
         result = cli("pub", "--port", port, "--host", "127.0.0.1", topic, payload)
@@ -196,29 +201,11 @@ def test_pub_and_sub_commands(broker):
     assert "demo.x.y" in lines[1] and lines[1].endswith("[1, 2]")
 
 
-def test_sub_json_output(broker):
+def test_sub_json_output(broker, spawn):
     import json
 
     port = str(broker.port)
-    follower = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "message_broker",
-            "sub",
-            "--port",
-            port,
-            "--host",
-            "127.0.0.1",
-            "--json",
-            "--count",
-            "1",
-            "t",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    follower = spawn("sub", "--port", port, "--host", "127.0.0.1", "--json", "--count", "1", "t")
     wait_for_subscription(broker.port, "t")
     with RawClient(broker.port) as pub:
         pub.connect("pub")
