@@ -113,5 +113,6 @@ class Client:
     def close(self) -> None:
         """Flushes, says goodbye to the broker, and stops; the last event is ``closed``."""
 
-    def drain(self) -> list[tuple[Any, ...]]:
-        """Every event since the last call; each tuple starts with its kind."""
+    def drain(self, limit: int = 1000) -> list[tuple[Any, ...]]:
+        """Up to ``limit`` events, oldest first; each tuple starts with its kind. When
+        more remain, the wake socket becomes readable again."""

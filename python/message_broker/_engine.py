@@ -24,6 +24,10 @@ MESSAGE, RESPONSE, PUBLISH_FAILED, CONNECTED, DISCONNECTED = 0, 1, 2, 3, 4
 CONNECT_FAILED, WRITABLE, CLOSED = 5, 6, 7
 
 TIMEOUT, NO_RESPONDERS, INVALID_PARAMS = -32002, -32003, -32602
+
+# Events taken per drain: large enough to amortise the wake-up, small enough that
+# handing them to Python keeps one turn of the event loop short.
+DRAIN_LIMIT = 1000
 MAX_CLIENT_ID = 256
 
 # One encoder for all: json.dumps with options builds a new encoder on every call.

@@ -295,7 +295,7 @@ class BrokerClient:
             while True:
                 if not await loop.sock_recv(wake, 4096):
                     break
-                if self._dispatch(core.drain()):
+                if self._dispatch(core.drain(_engine.DRAIN_LIMIT)):
                     break
         finally:
             wake.close()

@@ -255,7 +255,7 @@ class QtBrokerClient(QObject):
             if not self._backlog:
                 if self._engine is None:
                     return
-                self._backlog.extend(self._engine.drain())
+                self._backlog.extend(self._engine.drain(_engine.DRAIN_LIMIT))
                 if not self._backlog:
                     return
             self._handle(self._backlog.popleft())

@@ -7,6 +7,8 @@
 //! pushes back on the broker (which drops for it and says so) instead of growing
 //! memory here.
 
+use std::collections::VecDeque;
+
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -69,7 +71,7 @@ pub enum Event {
 }
 
 struct State {
-    events: Vec<Event>,
+    events: VecDeque<Event>,
     wake_pending: bool,
 }
 
@@ -83,7 +85,7 @@ pub struct Inbox {
 impl Inbox {
     pub fn new(waker: Box<dyn Waker>, limit: usize) -> Inbox {
         Inbox {
-            state: Mutex::new(State { events: Vec::new(), wake_pending: false }),
+            state: Mutex::new(State { events: VecDeque::new(), wake_pending: false }),
             waker,
             limit,
             space: Notify::new(),
@@ -93,7 +95,7 @@ impl Inbox {
     pub fn push(&self, event: Event) {
         let wake = {
             let mut state = self.state.lock();
-            state.events.push(event);
+            state.events.push_back(event);
             !std::mem::replace(&mut state.wake_pending, true)
         };
         if wake {
@@ -101,13 +103,21 @@ impl Inbox {
         }
     }
 
-    /// Takes every queued event, oldest first.
-    pub fn drain(&self) -> Vec<Event> {
-        let events = {
+    /// Takes up to `limit` queued events, oldest first. When more remain, the
+    /// consumer is woken again, so it can take them in its next turn: a bounded batch
+    /// keeps one turn short, whatever has piled up.
+    pub fn drain(&self, limit: usize) -> Vec<Event> {
+        let (events, more) = {
             let mut state = self.state.lock();
-            state.wake_pending = false;
-            std::mem::take(&mut state.events)
+            let take = limit.min(state.events.len());
+            let events: Vec<Event> = state.events.drain(..take).collect();
+            let more = !state.events.is_empty();
+            state.wake_pending = more;
+            (events, more)
         };
+        if more {
+            self.waker.wake();
+        }
         self.space.notify_waiters();
         events
     }
@@ -154,9 +164,24 @@ mod tests {
             inbox.push(Event::Writable);
         }
         assert_eq!(wakes.load(Ordering::Relaxed), 1);
-        assert_eq!(inbox.drain().len(), 10);
+        assert_eq!(inbox.drain(usize::MAX).len(), 10);
         inbox.push(Event::Closed);
         assert_eq!(wakes.load(Ordering::Relaxed), 2, "the first event after a drain wakes again");
+    }
+
+    #[test]
+    fn a_partial_drain_wakes_again_for_the_rest() {
+        let wakes = Arc::new(AtomicUsize::new(0));
+        let inbox = Inbox::new(Box::new(Counter(wakes.clone())), 100);
+        for _ in 0..5 {
+            inbox.push(Event::Writable);
+        }
+        assert_eq!(inbox.drain(3).len(), 3);
+        assert_eq!(wakes.load(Ordering::Relaxed), 2, "two left: woken again");
+        inbox.push(Event::Closed);
+        assert_eq!(wakes.load(Ordering::Relaxed), 2, "a wake-up is already pending");
+        assert_eq!(inbox.drain(3), vec![Event::Writable, Event::Writable, Event::Closed]);
+        assert_eq!(wakes.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
@@ -170,7 +195,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        inbox.drain();
+        inbox.drain(usize::MAX);
         tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
     }
 }

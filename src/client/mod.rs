@@ -203,8 +203,9 @@ impl Client {
         self.shared.max_message_size.load(Ordering::Relaxed)
     }
 
-    pub fn drain(&self) -> Vec<Event> {
-        self.shared.inbox.drain()
+    /// Takes up to `limit` events (see [`Inbox::drain`]).
+    pub fn drain(&self, limit: usize) -> Vec<Event> {
+        self.shared.inbox.drain(limit)
     }
 
     /// Asks the client to disconnect: queued frames are written, the broker is told,
@@ -407,7 +408,7 @@ mod end_to_end {
                 if let Some(at) = self.seen.iter().position(|e| want(e).is_some()) {
                     return want(&self.seen.remove(at)).unwrap();
                 }
-                self.seen.extend(self.client.drain());
+                self.seen.extend(self.client.drain(usize::MAX));
                 if self.seen.iter().any(|e| want(e).is_some()) {
                     continue;
                 }

@@ -158,10 +158,12 @@ impl Client {
         self.inner.close();
     }
 
-    /// Every event queued since the last call, as tuples whose first item is the kind.
-    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+    /// Up to `limit` queued events, oldest first, as tuples whose first item is the
+    /// kind. When more remain, the wake socket is written again.
+    #[pyo3(signature = (limit = 1000))]
+    fn drain<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
-        for event in self.inner.drain() {
+        for event in self.inner.drain(limit) {
             let item: Bound<'py, PyTuple> = match event {
                 Event::Message(m) => (
                     MESSAGE,

@@ -1,0 +1,34 @@
+"""Publishes N numbered messages as fast as it can, from its own process (so that its
+work never competes with the process under test for the GIL).
+
+    python tests/burst_publisher.py PORT TOPIC COUNT
+"""
+
+import sys
+
+from wire import RawClient
+
+
+def main() -> None:
+    port, topic, count = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    with RawClient(port) as pub:
+        pub.connect(f"burst-{topic}")
+        batch = []
+        for n in range(count):
+            batch.append(
+                {
+                    "jsonrpc": "2.0",
+                    "method": "publish",
+                    "params": {"topic": topic, "payload": {"n": n, "text": "x" * 60}},
+                }
+            )
+            if len(batch) == 500:
+                pub.send(batch)
+                batch = []
+        if batch:
+            pub.send(batch)
+        pub.result("ping", timeout=60)
+
+
+if __name__ == "__main__":
+    main()
