@@ -55,6 +55,13 @@ def shutdown() -> None:
 def set_log_level(level: int) -> None:
     """The lowest ``logging`` level forwarded from the core to Python."""
 
+def dumps(value: Any) -> str:
+    """Like ``json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+    allow_nan=False)``, with nesting limited to 128 levels."""
+
+def loads(text: str) -> Any:
+    """Like ``json.loads(text)``."""
+
 def error_codes() -> list[tuple[str, int]]:
     """The wire error codes as ``(name, code)`` pairs."""
 
@@ -92,9 +99,9 @@ class Client:
     def max_message_size(self) -> int:
         """The broker's limit, learned when connecting."""
 
-    def publish(self, topic: str, payload: str, ttl: float | None = None) -> str:
-        """Queues a message (``payload`` is JSON text); returns its id. Raises
-        ``ValueError`` for a bad topic or an oversized message, ``BlockingIOError`` when
+    def publish(self, topic: str, payload: Any, ttl: float | None = None) -> str:
+        """Queues a message; returns its id. Raises ``ValueError`` for a payload JSON
+        cannot carry, a bad topic or an oversized message, ``BlockingIOError`` when
         the outgoing queue is full (wait for the writable event), ``ConnectionError``
         when the message cannot be queued at all."""
 

@@ -3,7 +3,6 @@ its event kinds, and turning its events into messages and exceptions."""
 
 from __future__ import annotations
 
-import json
 import socket
 import unicodedata
 from collections.abc import Iterable
@@ -30,15 +29,21 @@ TIMEOUT, NO_RESPONDERS, INVALID_PARAMS = -32002, -32003, -32602
 DRAIN_LIMIT = 1000
 MAX_CLIENT_ID = 256
 
-# One encoder for all: json.dumps with options builds a new encoder on every call.
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-
 
 def encode_payload(payload: Any) -> str:
     try:
-        return _encoder(payload)
-    except (TypeError, ValueError, RecursionError) as error:
+        return _core.dumps(payload)
+    except (TypeError, ValueError) as error:
         raise InvalidMessageError(f"payload cannot be sent as JSON: {error}") from None
+
+
+def publish(engine: _core.Client, topic: str, payload: Any, ttl: float | None = None) -> str:
+    """Queues a message. Raises InvalidMessageError for what the broker would refuse,
+    and passes on BlockingIOError (queue full) and ConnectionError (cannot queue)."""
+    try:
+        return engine.publish(topic, payload, ttl)
+    except ValueError as error:
+        raise InvalidMessageError(str(error)) from None
 
 
 def remote_error(code: int, message: str) -> BrokerError:
@@ -115,5 +120,4 @@ def open_engine(
 def message_from_event(event: tuple[Any, ...]) -> tuple[tuple[int, ...], Message]:
     """The subscriptions a message event belongs to, and the message."""
     _, subscriptions, topic, payload, sender, message_id, timestamp, reply_to, ttl = event
-    message = Message(topic, json.loads(payload), sender, message_id, timestamp, reply_to, ttl)
-    return subscriptions, message
+    return subscriptions, Message(topic, payload, sender, message_id, timestamp, reply_to, ttl)

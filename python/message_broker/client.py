@@ -190,14 +190,11 @@ class BrokerClient:
             raise InvalidMessageError(
                 f"ttl must be 0 (no limit) or a positive number of seconds, got {ttl!r}"
             )
-        text = encode_payload(payload)
         while True:
             try:
-                return core.publish(topic, text, ttl or None)
+                return _engine.publish(core, topic, payload, ttl or None)
             except BlockingIOError:
                 await self._wait_for_room()
-            except ValueError as error:
-                raise InvalidMessageError(str(error)) from None
             except ConnectionError as error:
                 raise NotConnectedError(str(error)) from None
 
@@ -273,7 +270,7 @@ class BrokerClient:
             raise RequestTimeoutError(
                 f"no answer from the broker to the request on {topic!r}", _engine.TIMEOUT
             ) from None
-        return json.loads(answer)
+        return _core.loads(answer)
 
     def _answer(self, call: int) -> asyncio.Future[str]:
         assert self._loop is not None
@@ -393,6 +390,6 @@ class BrokerClient:
     def _reply(self, message: Message, result: Any) -> None:
         assert message.reply_to is not None and self._core is not None
         try:
-            self._core.publish(message.reply_to, encode_payload(result))
-        except (BrokerError, ValueError, ConnectionError, BlockingIOError) as error:
+            _engine.publish(self._core, message.reply_to, result)
+        except (BrokerError, ConnectionError, BlockingIOError) as error:
             logger.warning("could not answer the request on %r: %s", message.topic, error)

@@ -12,7 +12,6 @@ PySide6 is an optional dependency: ``pip install message-broker[qt]``.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import socket
 import time
@@ -193,8 +192,8 @@ class QtBrokerClient(QObject):
         try:
             if qos != 0:
                 raise InvalidMessageError(f"qos={qos} is not available (qos=0 only)")
-            message_id = engine.publish(topic, _engine.encode_payload(payload), ttl or None)
-        except (BrokerError, ValueError, ConnectionError) as error:
+            message_id = _engine.publish(engine, topic, payload, ttl or None)
+        except (BrokerError, ConnectionError) as error:
             self.error_occurred.emit(f"cannot publish on {topic!r}: {error}")
             return ""
         except BlockingIOError:
@@ -305,8 +304,8 @@ class QtBrokerClient(QObject):
     def _reply(self, message: Message, result: Any) -> None:
         assert message.reply_to is not None and self._engine is not None
         try:
-            self._engine.publish(message.reply_to, _engine.encode_payload(result))
-        except (BrokerError, ValueError, ConnectionError, BlockingIOError) as error:
+            _engine.publish(self._engine, message.reply_to, result)
+        except (BrokerError, ConnectionError, BlockingIOError) as error:
             self.error_occurred.emit(f"could not answer the request on {message.topic!r}: {error}")
 
     def _answered(self, call: int, ok: bool, result: Any) -> None:
@@ -323,7 +322,7 @@ class QtBrokerClient(QObject):
         elif call in self._requests:
             number, callback = self._requests.pop(call)
             if ok:
-                reply = json.loads(result)
+                reply = _core.loads(result)
                 self.reply_received.emit(number, reply)
                 if callback is not None:
                     callback(reply, None)

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 use serde_json::value::RawValue;
 
-use super::runtime;
+use super::{json, runtime};
 use crate::client::{self, ClientConfig, ClientError, Event};
 
 #[cfg(unix)]
@@ -131,10 +131,17 @@ impl Client {
         self.inner.max_message_size()
     }
 
-    /// Queues a publish; returns the message id. `payload` is JSON text.
+    /// Queues a publish of `payload` (any value JSON can carry); returns the message
+    /// id. Raises ValueError for a bad topic, an oversized message or a payload JSON
+    /// cannot carry.
     #[pyo3(signature = (topic, payload, ttl = None))]
-    fn publish(&self, topic: &str, payload: &str, ttl: Option<f64>) -> PyResult<String> {
-        self.inner.publish(topic, payload, ttl).map_err(to_py_error)
+    fn publish(&self, topic: &str, payload: &Bound<'_, PyAny>, ttl: Option<f64>) -> PyResult<String> {
+        let mut text = Vec::with_capacity(128);
+        json::encode(payload, &mut text).map_err(|error| {
+            PyValueError::new_err(format!("payload cannot be sent as JSON: {}", error.value(payload.py())))
+        })?;
+        let text = std::str::from_utf8(&text).expect("JSON text is UTF-8");
+        self.inner.publish(topic, text, ttl).map_err(to_py_error)
     }
 
     /// Sends a call with `params` given as JSON text; returns its call id.
@@ -169,7 +176,7 @@ impl Client {
                     MESSAGE,
                     PyTuple::new(py, m.subscriptions)?,
                     m.topic,
-                    m.payload,
+                    json::decode(py, &m.payload)?,
                     m.sender,
                     m.id,
                     m.timestamp,

@@ -6,9 +6,11 @@
 //!   its own, so broker threads never wait for the GIL.
 //! - [`broker`]: `Broker`, the server behind `message_broker.MessageBroker`.
 //! - [`client`]: `Client`, the engine behind `message_broker.BrokerClient`.
+//! - [`json`]: JSON straight between Python objects and bytes.
 
 mod broker;
 mod client;
+mod json;
 mod logging;
 mod runtime;
 
@@ -25,6 +27,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(runtime::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(logging::set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(error_codes, m)?)?;
+    m.add_function(wrap_pyfunction!(json::dumps, m)?)?;
+    m.add_function(wrap_pyfunction!(json::loads, m)?)?;
     Ok(())
 }
 

@@ -1,0 +1,227 @@
+//! JSON straight between Python objects and bytes, with the standard library's
+//! rules (`json.dumps(ensure_ascii=False, allow_nan=False)` and `json.loads`), and no
+//! intermediate string or tree: encoding and decoding are most of what a message
+//! costs in Python.
+
+use std::fmt::Write as _;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+
+/// Same as the broker's limit: deeper payloads would be refused there.
+const MAX_DEPTH: usize = crate::protocol::jsonrpc::MAX_DEPTH;
+
+/// Appends `value` as JSON to `out`.
+pub fn encode(value: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<()> {
+    encode_at(value, out, 0)
+}
+
+fn encode_at(value: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> PyResult<()> {
+    if value.is_none() {
+        out.extend_from_slice(b"null");
+    } else if let Ok(b) = value.cast::<PyBool>() {
+        out.extend_from_slice(if b.is_true() { b"true" } else { b"false" });
+    } else if let Ok(s) = value.cast::<PyString>() {
+        write_str(s.to_str()?, out);
+    } else if value.is_instance_of::<PyInt>() {
+        match value.extract::<i64>() {
+            Ok(n) => out.extend_from_slice(n.to_string().as_bytes()),
+            // Beyond 64 bits: Python's own digits, as json.dumps writes them.
+            Err(_) => out.extend_from_slice(value.call_method0("__index__")?.str()?.to_str()?.as_bytes()),
+        }
+    } else if let Ok(f) = value.cast::<PyFloat>() {
+        write_float(f.value(), out)?;
+    } else if let Ok(dict) = value.cast::<PyDict>() {
+        deeper(depth)?;
+        out.push(b'{');
+        for (i, (key, item)) in dict.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_key(&key, out)?;
+            out.push(b':');
+            encode_at(&item, out, depth + 1)?;
+        }
+        out.push(b'}');
+    } else if let Ok(list) = value.cast::<PyList>() {
+        deeper(depth)?;
+        out.push(b'[');
+        for (i, item) in list.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            encode_at(&item, out, depth + 1)?;
+        }
+        out.push(b']');
+    } else if let Ok(tuple) = value.cast::<PyTuple>() {
+        deeper(depth)?;
+        out.push(b'[');
+        for (i, item) in tuple.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            encode_at(&item, out, depth + 1)?;
+        }
+        out.push(b']');
+    } else {
+        let kind = value.get_type().name()?;
+        return Err(PyTypeError::new_err(format!("Object of type {kind} is not JSON serializable")));
+    }
+    Ok(())
+}
+
+fn deeper(depth: usize) -> PyResult<()> {
+    if depth >= MAX_DEPTH {
+        return Err(PyValueError::new_err(format!(
+            "nested more than {MAX_DEPTH} levels deep (or it contains itself)"
+        )));
+    }
+    Ok(())
+}
+
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+}
+
+/// Python's float repr, which always shows a float as one (`1.0`, `1e+16`): JSON
+/// readers then give back a float, not an int.
+fn write_float(f: f64, out: &mut Vec<u8>) -> PyResult<()> {
+    if !f.is_finite() {
+        return Err(PyValueError::new_err(format!("Out of range float values are not JSON compliant: {f}")));
+    }
+    let mut text = String::new();
+    write!(text, "{f:?}").expect("formatting a float cannot fail");
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
+}
+
+/// Object keys as json.dumps writes them: strings as they are; numbers, booleans
+/// and None as their JSON text in quotes.
+fn write_key(key: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<()> {
+    if let Ok(s) = key.cast::<PyString>() {
+        write_str(s.to_str()?, out);
+        return Ok(());
+    }
+    let mut text = Vec::new();
+    if key.is_none() || key.is_instance_of::<PyBool>() || key.is_instance_of::<PyInt>() {
+        encode_at(key, &mut text, 0)?;
+    } else if let Ok(f) = key.cast::<PyFloat>() {
+        write_float(f.value(), &mut text)?;
+    } else {
+        let kind = key.get_type().name()?;
+        return Err(PyTypeError::new_err(format!("keys must be str, int, float, bool or None, not {kind}")));
+    }
+    write_str(std::str::from_utf8(&text).expect("JSON text is UTF-8"), out);
+    Ok(())
+}
+
+/// Parses JSON text (already validated by the broker) into Python objects.
+pub fn decode<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
+    // serde_json reads integers beyond 64 bits as floats; Python keeps them exact.
+    if has_long_digit_run(text) {
+        return py.import("json")?.call_method1("loads", (text,));
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let value = PyValueSeed { py }
+        .deserialize(&mut deserializer)
+        .map_err(|e| PyValueError::new_err(format!("invalid JSON: {e}")))?;
+    deserializer.end().map_err(|e| PyValueError::new_err(format!("invalid JSON: {e}")))?;
+    Ok(value)
+}
+
+fn has_long_digit_run(text: &str) -> bool {
+    let mut run = 0;
+    for b in text.bytes() {
+        run = if b.is_ascii_digit() { run + 1 } else { 0 };
+        if run >= 19 {
+            return true;
+        }
+    }
+    false
+}
+
+/// Builds Python objects as the parser walks the text (serde_json bounds the depth).
+#[derive(Clone, Copy)]
+struct PyValueSeed<'py> {
+    py: Python<'py>,
+}
+
+impl<'de, 'py> DeserializeSeed<'de> for PyValueSeed<'py> {
+    type Value = Bound<'py, PyAny>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+fn py_error<E: de::Error>(error: PyErr) -> E {
+    E::custom(error.to_string())
+}
+
+impl<'de, 'py> Visitor<'de> for PyValueSeed<'py> {
+    type Value = Bound<'py, PyAny>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(self.py.None().into_bound(self.py))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(PyBool::new(self.py, v).to_owned().into_any())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        let Ok(int) = v.into_pyobject(self.py);
+        Ok(int.into_any())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        let Ok(int) = v.into_pyobject(self.py);
+        Ok(int.into_any())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(PyFloat::new(self.py, v).into_any())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(PyString::new(self.py, v).into_any())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let list = PyList::empty(self.py);
+        while let Some(item) = seq.next_element_seed(self)? {
+            list.append(item).map_err(py_error)?;
+        }
+        Ok(list.into_any())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let dict = PyDict::new(self.py);
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let value = map.next_value_seed(self)?;
+            dict.set_item(PyString::new(self.py, &key), value).map_err(py_error)?;
+        }
+        Ok(dict.into_any())
+    }
+}
+
+/// `json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)`,
+/// faster.
+#[pyfunction]
+pub fn dumps(value: &Bound<'_, PyAny>) -> PyResult<String> {
+    let mut out = Vec::new();
+    encode(value, &mut out)?;
+    Ok(String::from_utf8(out).expect("JSON text is UTF-8"))
+}
+
+/// `json.loads(text)`, faster.
+#[pyfunction]
+pub fn loads<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
+    decode(py, text)
+}

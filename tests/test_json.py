@@ -1,0 +1,148 @@
+"""The extension's JSON conversion behaves like the standard library's json module
+(dumps with ensure_ascii=False and allow_nan=False; loads)."""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import random
+from collections import OrderedDict
+
+import pytest
+
+from message_broker import _core
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Name(str):
+    pass
+
+
+def stdlib_dumps(value):
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+VALUES = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**63 - 1,
+    -(2**63),
+    2**64,
+    2**70,
+    -(2**100),
+    1.0,
+    -0.0,
+    0.1,
+    1e16,
+    1e-7,
+    123456.789e300,
+    5e-324,
+    "",
+    "plain",
+    'quotes " and \\ backslash',
+    "control \x00 \x1f \n \t \u2028",
+    "Grüße 日本語 🎉",
+    [],
+    {},
+    [1, [2, [3, [4]]]],
+    (1, 2, (3,)),
+    {"nested": {"list": [1, 2.5, None, True, {"deep": ["x"]}]}},
+    {1: "int key", 2.5: "float key", False: "bool key", None: "none key"},
+    OrderedDict([("b", 1), ("a", 2)]),
+    Color.RED,
+    Name("a str subclass"),
+    {"x": Color.RED, Name("k"): [Color.RED]},
+]
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_dumps_matches_the_standard_library(value):
+    ours = _core.dumps(value)
+    assert json.loads(ours) == json.loads(stdlib_dumps(value))
+    # Floats stay floats and ints stay ints when read back.
+    assert repr(json.loads(ours)) == repr(json.loads(stdlib_dumps(value)))
+
+
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_loads_matches_the_standard_library(value):
+    text = stdlib_dumps(value)
+    ours = _core.loads(text)
+    assert ours == json.loads(text)
+    assert repr(ours) == repr(json.loads(text))
+
+
+def test_random_documents_round_trip():
+    rng = random.Random(7)
+
+    def make(depth: int):
+        kind = rng.randrange(8 if depth < 5 else 5)
+        if kind == 0:
+            return rng.randint(-(2**80), 2**80)
+        if kind == 1:
+            return rng.uniform(-1e6, 1e6)
+        if kind == 2:
+            return "".join(
+                chr(rng.choice([rng.randrange(32, 127), rng.randrange(0x80, 0x3000)]))
+                for _ in range(rng.randrange(10))
+            )
+        if kind == 3:
+            return rng.choice([None, True, False])
+        if kind == 4:
+            return rng.randrange(-1000, 1000)
+        if kind == 5:
+            return [make(depth + 1) for _ in range(rng.randrange(5))]
+        return {f"k{rng.randrange(100)}": make(depth + 1) for _ in range(rng.randrange(5))}
+
+    for _ in range(500):
+        value = make(0)
+        text = _core.dumps(value)
+        assert json.loads(text) == value
+        assert _core.loads(text) == value
+        assert _core.loads(stdlib_dumps(value)) == json.loads(stdlib_dumps(value))
+
+
+@pytest.mark.parametrize(
+    "value,error,needle",
+    [
+        ({1, 2}, TypeError, "set"),
+        (object(), TypeError, "object"),
+        (b"bytes", TypeError, "bytes"),
+        (float("nan"), ValueError, "Out of range float"),
+        ([float("inf")], ValueError, "Out of range float"),
+        ({(1, 2): "tuple key"}, TypeError, "keys must be"),
+        ("lone surrogate \ud800", ValueError, "surrogate"),
+    ],
+)
+def test_dumps_refuses_what_json_cannot_carry(value, error, needle):
+    with pytest.raises((error, UnicodeEncodeError)) as caught:
+        _core.dumps(value)
+    assert needle in str(caught.value)
+
+
+def test_dumps_limits_nesting_and_self_reference():
+    deep: list = []
+    for _ in range(200):
+        deep = [deep]
+    with pytest.raises(ValueError, match="nested more than 128"):
+        _core.dumps(deep)
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="contains itself"):
+        _core.dumps(loop)
+    ok: list = []
+    for _ in range(127):
+        ok = [ok]
+    assert json.loads(_core.dumps(ok)) == ok
+
+
+def test_float_repr_survives():
+    for value in (1.0, 3.0, 1e16, 1e22, 2.5e-5, math.pi, -123.0):
+        assert isinstance(json.loads(_core.dumps(value)), float)
+        assert json.loads(_core.dumps(value)) == value
