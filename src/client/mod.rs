@@ -18,9 +18,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use serde::Serialize;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, watch};
 
@@ -28,6 +29,7 @@ pub use inbox::{Delivered, Event, Inbox, RemoteError, Waker};
 use subscriptions::Subscriptions;
 
 use crate::ids::MessageIds;
+use crate::protocol::frame::Framing;
 use crate::router::REPLY_PREFIX;
 use crate::topic::{is_reserved, parse_pattern, validate_topic};
 
@@ -98,6 +100,14 @@ pub enum ClientError {
 struct Outgoing {
     frame: Bytes,
     call: Option<u64>,
+    /// The rest of a frame already partly written: its length prefix went out.
+    framed: bool,
+}
+
+impl Outgoing {
+    fn new(frame: Bytes, call: Option<u64>) -> Outgoing {
+        Outgoing { frame, call, framed: false }
+    }
 }
 
 #[derive(Default)]
@@ -108,6 +118,12 @@ struct State {
     subscriptions: Subscriptions,
     /// A publish found the queue full; announce room with `Event::Writable`.
     want_writable: bool,
+    /// The live connection's write side, shared with the writer task so that a frame
+    /// can be written at once by the thread that makes it (see `Client::push`).
+    socket: Option<Arc<OwnedWriteHalf>>,
+    /// The writer task holds frames taken from the queue that are not written yet:
+    /// until it is done, new frames must queue behind them.
+    writing: bool,
 }
 
 struct Shared {
@@ -230,7 +246,7 @@ impl Client {
         }
         let message_id = self.shared.ids.next();
         let frame = encode_publish(topic, payload, &message_id, ttl);
-        self.push(Outgoing { frame, call: None })?;
+        self.push(Outgoing::new(frame, None))?;
         Ok(message_id)
     }
 
@@ -239,18 +255,42 @@ impl Client {
         if shared.is_closing() {
             return Err(ClientError::Closed);
         }
-        {
-            let mut state = shared.state.lock();
-            let queued = state.outbound.len();
-            if queued >= shared.config.max_pending {
-                if !self.is_connected() {
-                    return Err(ClientError::BufferFull(queued));
-                }
-                state.want_writable = true;
-                return Err(ClientError::QueueFull);
+        let mut state = shared.state.lock();
+        let queued = state.outbound.len();
+        if queued >= shared.config.max_pending {
+            if !self.is_connected() {
+                return Err(ClientError::BufferFull(queued));
             }
-            state.outbound.push_back(outgoing);
+            state.want_writable = true;
+            return Err(ClientError::QueueFull);
         }
+        // Nothing queued and nothing being written: write now, from this thread, and
+        // spare the hand-off to the writer task (a thread wake-up, often the largest
+        // part of a request's round trip). The lock keeps frames in order.
+        let mut outgoing = outgoing;
+        if queued == 0
+            && !state.writing
+            && let Some(socket) = state.socket.clone()
+        {
+            let mut framed = BytesMut::with_capacity(outgoing.frame.len() + 4);
+            Framing::LengthPrefixed.encode(&outgoing.frame, &mut framed);
+            match socket.try_write(&framed) {
+                Ok(n) if n == framed.len() => {
+                    if let Some(call) = outgoing.call {
+                        state.awaiting.insert(call);
+                    }
+                    return Ok(());
+                }
+                Ok(n) => {
+                    outgoing =
+                        Outgoing { frame: framed.split_off(n).freeze(), call: outgoing.call, framed: true }
+                }
+                // Would block, or failed: the writer task carries on (and reports errors).
+                Err(_) => {}
+            }
+        }
+        state.outbound.push_back(outgoing);
+        drop(state);
         shared.writer_wake.notify_one();
         Ok(())
     }
@@ -262,7 +302,7 @@ impl Client {
             return Err(ClientError::NotConnected);
         }
         let call = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
-        self.push(Outgoing { frame: encode_call(method, params, call), call: Some(call) })?;
+        self.push(Outgoing::new(encode_call(method, params, call), Some(call)))?;
         Ok(call)
     }
 

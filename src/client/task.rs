@@ -209,17 +209,25 @@ async fn await_internal(
 }
 
 async fn serve(shared: &Arc<Shared>, connection: Connection, closing: &mut watch::Receiver<bool>) -> End {
-    let Connection { mut reader, mut writer, heartbeat_interval, heartbeat_timeout } = connection;
+    let Connection { mut reader, writer, heartbeat_interval, heartbeat_timeout } = connection;
+    let writer = Arc::new(writer);
+    shared.state.lock().socket = Some(writer.clone());
     let heartbeat = shared.config.heartbeat.then_some(heartbeat_interval);
     let ended = tokio::select! {
         end = read_loop(shared, &mut reader, heartbeat_timeout) => Some(end),
-        end = write_loop(shared, &mut writer, heartbeat) => Some(end),
+        end = write_loop(shared, &writer, heartbeat) => Some(end),
         _ = closing.wait_for(|closing| *closing) => None,
     };
+    {
+        // From here on frames queue for the next connection.
+        let mut state = shared.state.lock();
+        state.socket = None;
+        state.writing = false;
+    }
     match ended {
         Some(end) => end,
         None => {
-            goodbye(shared, &mut reader, &mut writer).await;
+            goodbye(shared, &mut reader, &writer).await;
             End { reason: "client disconnect".into(), last: true }
         }
     }
@@ -276,7 +284,7 @@ async fn read_loop(
 /// Takes queued frames and writes them in large chunks, and pings every
 /// `heartbeat` (pings are written directly: they never wait in, or count against,
 /// the queue of the user's messages).
-async fn write_loop(shared: &Shared, writer: &mut OwnedWriteHalf, heartbeat: Option<Duration>) -> End {
+async fn write_loop(shared: &Shared, writer: &OwnedWriteHalf, heartbeat: Option<Duration>) -> End {
     let ping = format!(r#"{{"jsonrpc":"2.0","method":"ping","id":"{HEARTBEAT_ID}"}}"#);
     let mut next_ping = heartbeat.map(|interval| tokio::time::Instant::now() + interval);
     let mut buf = BytesMut::new();
@@ -284,27 +292,35 @@ async fn write_loop(shared: &Shared, writer: &mut OwnedWriteHalf, heartbeat: Opt
         let wake = shared.writer_wake.notified();
         let mut room = false;
         {
+            // Taking frames, adding the ping and claiming the socket happen under one
+            // lock, so a frame written directly by another thread can neither overtake
+            // these nor interleave with them.
             let mut state = shared.state.lock();
             for _ in 0..WRITE_BATCH {
                 let Some(outgoing) = state.outbound.pop_front() else { break };
                 if let Some(call) = outgoing.call {
                     state.awaiting.insert(call);
                 }
-                Framing::LengthPrefixed.encode(&outgoing.frame, &mut buf);
+                if outgoing.framed {
+                    buf.extend_from_slice(&outgoing.frame);
+                } else {
+                    Framing::LengthPrefixed.encode(&outgoing.frame, &mut buf);
+                }
                 if buf.len() >= WRITE_CHUNK {
                     break;
                 }
+            }
+            if let (Some(at), Some(interval)) = (next_ping, heartbeat)
+                && tokio::time::Instant::now() >= at
+            {
+                Framing::LengthPrefixed.encode(ping.as_bytes(), &mut buf);
+                next_ping = Some(tokio::time::Instant::now() + interval);
             }
             if state.want_writable && state.outbound.len() < shared.config.max_pending / 2 {
                 state.want_writable = false;
                 room = true;
             }
-        }
-        if let (Some(at), Some(interval)) = (next_ping, heartbeat)
-            && tokio::time::Instant::now() >= at
-        {
-            Framing::LengthPrefixed.encode(ping.as_bytes(), &mut buf);
-            next_ping = Some(tokio::time::Instant::now() + interval);
+            state.writing = !buf.is_empty();
         }
         if room {
             shared.inbox.push(Event::Writable);
@@ -319,7 +335,9 @@ async fn write_loop(shared: &Shared, writer: &mut OwnedWriteHalf, heartbeat: Opt
             }
             continue;
         }
-        if let Err(error) = writer.write_all(&buf).await {
+        let written = write_shared(writer, &buf).await;
+        shared.state.lock().writing = false;
+        if let Err(error) = written {
             return End::retry(format!("write failed: {error}"));
         }
         buf.clear();
@@ -329,17 +347,34 @@ async fn write_loop(shared: &Shared, writer: &mut OwnedWriteHalf, heartbeat: Opt
     }
 }
 
+/// Writes all of `buf` through a write half shared with threads that write directly.
+async fn write_shared(writer: &OwnedWriteHalf, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        writer.writable().await?;
+        match writer.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
 /// A clean disconnect: write what is queued, tell the broker, wait for its answer.
-async fn goodbye(shared: &Shared, reader: &mut FrameReader<OwnedReadHalf>, writer: &mut OwnedWriteHalf) {
+async fn goodbye(shared: &Shared, reader: &mut FrameReader<OwnedReadHalf>, writer: &OwnedWriteHalf) {
     let farewell = async {
         let queued: Vec<super::Outgoing> = shared.state.lock().outbound.drain(..).collect();
         let mut buf = BytesMut::new();
         for outgoing in queued {
-            Framing::LengthPrefixed.encode(&outgoing.frame, &mut buf);
+            if outgoing.framed {
+                buf.extend_from_slice(&outgoing.frame);
+            } else {
+                Framing::LengthPrefixed.encode(&outgoing.frame, &mut buf);
+            }
         }
         let bye = format!(r#"{{"jsonrpc":"2.0","method":"disconnect","id":"{DISCONNECT_ID}"}}"#);
         Framing::LengthPrefixed.encode(bye.as_bytes(), &mut buf);
-        writer.write_all(&buf).await.ok()?;
+        write_shared(writer, &buf).await.ok()?;
         loop {
             match reader.next().await {
                 Ok(Some(Decoded::Frame(body))) => {
@@ -354,8 +389,8 @@ async fn goodbye(shared: &Shared, reader: &mut FrameReader<OwnedReadHalf>, write
             }
         }
     };
+    // The write side closes when the last reference to it is dropped, right after.
     let _ = timeout(DISCONNECT_GRACE, farewell).await;
-    let _ = writer.shutdown().await;
 }
 
 /// What a frame from the broker was, once handled.
