@@ -446,3 +446,22 @@ def test_short_scripts_always_exit_cleanly(disconnect, stop):
         if result.returncode != 0:
             failures.append((result.returncode, result.stderr[-1500:]))
     assert not failures, failures
+
+
+async def test_disconnect_right_after_a_burst_sends_everything(start_broker):
+    """disconnect() sends what is queued: closing must never cut a frame in two."""
+    broker = start_broker(max_queue_size=200_000, max_queue_bytes=256 * 1024 * 1024)
+    sub = BrokerClient("sub", host="127.0.0.1", port=broker.port)
+    pub = BrokerClient("pub", host="127.0.0.1", port=broker.port)
+    assert await sub.connect() and await pub.connect()
+    got = []
+    await sub.subscribe("burst", lambda m: got.append(m.payload["n"]))
+    count = 50_000
+    for n in range(count):
+        await pub.publish("burst", {"n": n, "text": "x" * 60})
+    await pub.disconnect()
+    await eventually(lambda: len(got) >= count, timeout=60)
+    assert got == list(range(count))
+    status = await sub.request("status", {})
+    assert status["connections"]["protocol_errors"] == 0
+    await sub.disconnect()

@@ -102,11 +102,14 @@ struct Outgoing {
     call: Option<u64>,
     /// The rest of a frame already partly written: its length prefix went out.
     framed: bool,
+    /// Someone waits for this frame (a call, or the reply to a request): worth a
+    /// system call of its own. Other publishes wait for the writer, which coalesces.
+    urgent: bool,
 }
 
 impl Outgoing {
-    fn new(frame: Bytes, call: Option<u64>) -> Outgoing {
-        Outgoing { frame, call, framed: false }
+    fn new(frame: Bytes, call: Option<u64>, urgent: bool) -> Outgoing {
+        Outgoing { frame, call, framed: false, urgent }
     }
 }
 
@@ -246,7 +249,7 @@ impl Client {
         }
         let message_id = self.shared.ids.next();
         let frame = encode_publish(topic, payload, &message_id, ttl);
-        self.push(Outgoing::new(frame, None))?;
+        self.push(Outgoing::new(frame, None, topic.starts_with(REPLY_PREFIX)))?;
         Ok(message_id)
     }
 
@@ -264,11 +267,12 @@ impl Client {
             state.want_writable = true;
             return Err(ClientError::QueueFull);
         }
-        // Nothing queued and nothing being written: write now, from this thread, and
-        // spare the hand-off to the writer task (a thread wake-up, often the largest
-        // part of a request's round trip). The lock keeps frames in order.
+        // An urgent frame, nothing queued and nothing being written: write it now, from
+        // this thread, and spare the hand-off to the writer task (a thread wake-up,
+        // much of a request's round trip). The lock keeps frames in order.
         let mut outgoing = outgoing;
-        if queued == 0
+        if outgoing.urgent
+            && queued == 0
             && !state.writing
             && let Some(socket) = state.socket.clone()
         {
@@ -282,8 +286,8 @@ impl Client {
                     return Ok(());
                 }
                 Ok(n) => {
-                    outgoing =
-                        Outgoing { frame: framed.split_off(n).freeze(), call: outgoing.call, framed: true }
+                    let rest = framed.split_off(n).freeze();
+                    outgoing = Outgoing { frame: rest, call: outgoing.call, framed: true, urgent: true }
                 }
                 // Would block, or failed: the writer task carries on (and reports errors).
                 Err(_) => {}
@@ -302,7 +306,7 @@ impl Client {
             return Err(ClientError::NotConnected);
         }
         let call = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
-        self.push(Outgoing::new(encode_call(method, params, call), Some(call)))?;
+        self.push(Outgoing::new(encode_call(method, params, call), Some(call), true))?;
         Ok(call)
     }
 

@@ -213,10 +213,11 @@ async fn serve(shared: &Arc<Shared>, connection: Connection, closing: &mut watch
     let writer = Arc::new(writer);
     shared.state.lock().socket = Some(writer.clone());
     let heartbeat = shared.config.heartbeat.then_some(heartbeat_interval);
+    // The writer, not this select, watches for closing: cancelling it in the middle
+    // of a write would cut a frame in two and corrupt the stream for the goodbye.
     let ended = tokio::select! {
         end = read_loop(shared, &mut reader, heartbeat_timeout) => Some(end),
-        end = write_loop(shared, &writer, heartbeat) => Some(end),
-        _ = closing.wait_for(|closing| *closing) => None,
+        end = write_loop(shared, &writer, heartbeat, closing.clone()) => end,
     };
     {
         // From here on frames queue for the next connection.
@@ -283,8 +284,14 @@ async fn read_loop(
 
 /// Takes queued frames and writes them in large chunks, and pings every
 /// `heartbeat` (pings are written directly: they never wait in, or count against,
-/// the queue of the user's messages).
-async fn write_loop(shared: &Shared, writer: &OwnedWriteHalf, heartbeat: Option<Duration>) -> End {
+/// the queue of the user's messages). Returns `None` when the client is closing and
+/// no write is under way, `Some` when writing failed.
+async fn write_loop(
+    shared: &Shared,
+    writer: &OwnedWriteHalf,
+    heartbeat: Option<Duration>,
+    mut closing: watch::Receiver<bool>,
+) -> Option<End> {
     let ping = format!(r#"{{"jsonrpc":"2.0","method":"ping","id":"{HEARTBEAT_ID}"}}"#);
     let mut next_ping = heartbeat.map(|interval| tokio::time::Instant::now() + interval);
     let mut buf = BytesMut::new();
@@ -326,19 +333,23 @@ async fn write_loop(shared: &Shared, writer: &OwnedWriteHalf, heartbeat: Option<
             shared.inbox.push(Event::Writable);
         }
         if buf.is_empty() {
-            match next_ping {
-                Some(at) => tokio::select! {
-                    _ = wake => {}
-                    _ = tokio::time::sleep_until(at) => {}
-                },
-                None => wake.await,
+            let ping_due = async {
+                match next_ping {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = wake => {}
+                _ = ping_due => {}
+                _ = closing.wait_for(|closing| *closing) => return None,
             }
             continue;
         }
         let written = write_shared(writer, &buf).await;
         shared.state.lock().writing = false;
         if let Err(error) = written {
-            return End::retry(format!("write failed: {error}"));
+            return Some(End::retry(format!("write failed: {error}")));
         }
         buf.clear();
         if buf.capacity() > IDLE_BUFFER_LIMIT {
