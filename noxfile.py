@@ -37,3 +37,21 @@ def lint(session: nox.Session) -> None:
     clippy = ["cargo", "clippy", "--locked", "--all-targets"]
     session.run(*clippy, "--", "-D", "warnings", external=True, env=CORE_TARGET)
     session.run(*clippy, "--features", "python", "--", "-D", "warnings", external=True)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark suite against a release build (not run by default or in CI).
+    `nox -s bench -- --peer nats` compares with nats-server, which the session installs
+    with apt-get when it is missing (as root); `nox -s bench -- --help` lists options."""
+    import shutil
+
+    session.install(".", "nats-py")
+    wants_nats = "nats" in session.posargs or "--peer=nats" in session.posargs
+    has_nats = shutil.which("nats-server") or os.path.exists("/usr/sbin/nats-server")
+    if wants_nats and not has_nats:
+        if os.geteuid() != 0:
+            session.error("nats-server is missing: sudo apt-get install -y nats-server")
+        session.run("apt-get", "update", external=True)
+        session.run("apt-get", "install", "-y", "nats-server", external=True)
+    session.run("python", "-m", "bench", "run", *session.posargs)

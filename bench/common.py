@@ -10,9 +10,9 @@ connected), then `{"event": "result", ...}` with its figures, or `{"event": "err
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import resource
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -131,10 +131,8 @@ class Tracker:
                 break
             if self.count > 0 and now - self.last > args.settle:
                 break
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._done.wait(), 0.1)
-            except asyncio.TimeoutError:
-                pass
         return {"received": self.count, "first": self.first, "last": self.last}
 
 
@@ -162,9 +160,3 @@ async def hold_until_deadline(args: RoleArgs, opened: int) -> dict[str, Any]:
     emit("ready", opened=opened)
     await asyncio.sleep(args.deadline)
     return {"opened": opened}
-
-
-def fail(message: str) -> None:
-    """For roles that hit an unrecoverable setup problem."""
-    print(message, file=sys.stderr, flush=True)
-    raise RuntimeError(message)

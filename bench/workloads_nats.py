@@ -1,0 +1,126 @@
+"""The same client roles against nats-server, written the way nats-py is meant to be
+used: subscriptions with a callback, payloads as the bytes of `json.dumps`, requests
+with a timeout. Subscribers decode each payload, as our client does for them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from bench.common import (
+    REQUEST_TOPIC,
+    Role,
+    RoleArgs,
+    Tracker,
+    emit,
+    hold_until_deadline,
+    make_payload,
+    percentiles_us,
+    raise_fd_limit,
+)
+
+
+async def _connect(args: RoleArgs) -> Client:
+    return await nats.connect(
+        f"nats://{args.host}:{args.port}", allow_reconnect=False, connect_timeout=5
+    )
+
+
+async def subscriber(args: RoleArgs) -> dict[str, Any]:
+    nc = await _connect(args)
+    tracker = Tracker(args.expected)
+
+    async def on_message(msg: Msg) -> None:
+        json.loads(msg.data)
+        tracker.hit()
+
+    await nc.subscribe(args.pattern, cb=on_message)
+    await nc.flush(timeout=5)  # the server has the subscription before we say ready
+    emit("ready")
+    result = await tracker.wait(args)
+    await nc.close()
+    return result
+
+
+async def publisher(args: RoleArgs) -> dict[str, Any]:
+    nc = await _connect(args)
+    payload, topics = make_payload(args.size), args.topics
+    started = time.monotonic()
+    for i in range(args.count):
+        await nc.publish(topics[i % len(topics)], json.dumps(payload).encode())
+    await nc.flush(timeout=30)  # the server has read everything
+    seconds = time.monotonic() - started
+    await nc.close()
+    return {"published": args.count, "seconds": seconds}
+
+
+async def responder(args: RoleArgs) -> dict[str, Any]:
+    nc = await _connect(args)
+
+    async def on_request(msg: Msg) -> None:
+        await msg.respond(json.dumps(json.loads(msg.data)).encode())
+
+    await nc.subscribe(REQUEST_TOPIC, cb=on_request)
+    await nc.flush(timeout=5)
+    emit("ready")
+    await asyncio.sleep(args.deadline)
+    return {}
+
+
+async def requester(args: RoleArgs) -> dict[str, Any]:
+    nc = await _connect(args)
+    payload = make_payload(args.size)
+
+    async def call() -> None:
+        reply = await nc.request(
+            REQUEST_TOPIC, json.dumps(payload).encode(), timeout=args.request_timeout
+        )
+        json.loads(reply.data)
+
+    for _ in range(args.warmup):
+        await call()
+    samples = []
+    for _ in range(args.requests):
+        started = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - started)
+    await nc.close()
+    return {"requests": len(samples), **percentiles_us(samples)}
+
+
+async def idle(args: RoleArgs) -> dict[str, Any]:
+    """Opens `count` raw connections that each send `CONNECT` (and a `PING`, to know
+    the server took it) and then stay silent."""
+    raise_fd_limit(args.count + 100)
+    connections = []
+    try:
+        for i in range(args.count):
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(args.host, args.port), 5
+            )
+            connections.append(writer)
+            await asyncio.wait_for(reader.readline(), 5)  # INFO {...}
+            options = {"verbose": False, "pedantic": False, "name": f"idle-{i}"}
+            writer.write(f"CONNECT {json.dumps(options)}\r\nPING\r\n".encode())
+            answer = await asyncio.wait_for(reader.readline(), 5)
+            if answer.strip() != b"PONG":
+                raise ConnectionError(f"connection {i} refused: {answer!r}")
+        return await hold_until_deadline(args, len(connections))
+    finally:
+        for writer in connections:
+            writer.close()
+
+
+ROLES: dict[str, Role] = {
+    "subscriber": subscriber,
+    "publisher": publisher,
+    "responder": responder,
+    "requester": requester,
+    "idle": idle,
+}

@@ -1,0 +1,112 @@
+"""Client roles against our broker, with the `message_broker` asyncio client (and raw
+sockets for the idle connections)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+from bench.common import (
+    REQUEST_TOPIC,
+    Role,
+    RoleArgs,
+    Tracker,
+    emit,
+    hold_until_deadline,
+    make_payload,
+    percentiles_us,
+    raise_fd_limit,
+)
+from message_broker import BrokerClient, Message
+
+
+async def _connect(args: RoleArgs, name: str) -> BrokerClient:
+    client = BrokerClient(f"bench-{name}-{os.getpid()}", host=args.host, port=args.port)
+    if not await client.connect():
+        raise ConnectionError(f"cannot connect to the broker at {args.host}:{args.port}")
+    return client
+
+
+async def subscriber(args: RoleArgs) -> dict[str, Any]:
+    client = await _connect(args, "sub")
+    tracker = Tracker(args.expected)
+
+    def on_message(msg: Message) -> None:  # msg.payload is already decoded
+        tracker.hit()
+
+    await client.subscribe(args.pattern, on_message)
+    emit("ready")
+    result = await tracker.wait(args)
+    await client.disconnect()
+    return result
+
+
+async def publisher(args: RoleArgs) -> dict[str, Any]:
+    client = await _connect(args, "pub")
+    payload, topics = make_payload(args.size), args.topics
+    started = time.monotonic()
+    for i in range(args.count):
+        await client.publish(topics[i % len(topics)], payload)
+    # A round trip after the last publish, as nats-py's flush(): the broker handles a
+    # connection's calls in order, so its answer means it has routed every message.
+    status = await client.request("status", {}, timeout=args.deadline)
+    seconds = time.monotonic() - started
+    await client.disconnect()
+    dropped = status["messages"]["dropped"]  # queues of slow subscribers that overflowed
+    return {"published": args.count, "seconds": seconds, "broker_dropped": dropped}
+
+
+async def responder(args: RoleArgs) -> dict[str, Any]:
+    client = await _connect(args, "svc")
+    await client.subscribe(REQUEST_TOPIC, lambda msg: msg.payload)
+    emit("ready")
+    await asyncio.sleep(args.deadline)
+    return {}
+
+
+async def requester(args: RoleArgs) -> dict[str, Any]:
+    client = await _connect(args, "req")
+    payload = make_payload(args.size)
+    for _ in range(args.warmup):
+        await client.request(REQUEST_TOPIC, payload, timeout=args.request_timeout)
+    samples = []
+    for _ in range(args.requests):
+        started = time.perf_counter()
+        await client.request(REQUEST_TOPIC, payload, timeout=args.request_timeout)
+        samples.append(time.perf_counter() - started)
+    await client.disconnect()
+    return {"requests": len(samples), **percentiles_us(samples)}
+
+
+async def idle(args: RoleArgs) -> dict[str, Any]:
+    """Opens `count` raw connections that each send `connect` (in line mode) and then
+    stay silent. They never ping, so the broker never drops them for being idle."""
+    raise_fd_limit(args.count + 100)
+    connections = []
+    try:
+        for i in range(args.count):
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(args.host, args.port), 5
+            )
+            connections.append(writer)
+            call = {"jsonrpc": "2.0", "method": "connect", "params": {"client_id": f"idle-{i}"}}
+            writer.write(json.dumps({**call, "id": 1}).encode() + b"\n")
+            answer = json.loads(await asyncio.wait_for(reader.readline(), 5) or b"{}")
+            if "result" not in answer:
+                raise ConnectionError(f"connection {i} refused: {answer}")
+        return await hold_until_deadline(args, len(connections))
+    finally:
+        for writer in connections:
+            writer.close()
+
+
+ROLES: dict[str, Role] = {
+    "subscriber": subscriber,
+    "publisher": publisher,
+    "responder": responder,
+    "requester": requester,
+    "idle": idle,
+}
