@@ -30,7 +30,7 @@ use crate::index::SessionId;
 use crate::outbox::{self, Outbox};
 use crate::protocol::frame::{Decoded, FrameError};
 use crate::protocol::jsonrpc::{self, Call, Incoming};
-use crate::protocol::message::single_line;
+use crate::protocol::message::{notification, single_line};
 use crate::router::{ClientInfo, MAX_PATTERNS_PER_CLIENT, Publish, REPLY_PREFIX, Router};
 use crate::shutdown::Shutdown;
 use crate::topic::{is_reserved, parse_pattern, validate_topic};
@@ -429,16 +429,42 @@ impl Session {
             Some(id) => Some(encode_result(id, result)),
             None => {
                 if let Err(error) = result {
-                    tracing::debug!(
-                        client_id = self.client_id.as_deref(),
-                        method = %call.method,
-                        code = error.code.code(),
-                        "notification failed: {}",
-                        error.message
-                    );
+                    self.notification_failed(call, &error);
                 }
                 None
             }
+        }
+    }
+
+    /// A notification gets no response, errors included. A publish sent as a
+    /// notification with a `message_id` is still never refused in silence: the
+    /// publisher gets a `publish_failed` notification naming the message.
+    fn notification_failed(&self, call: &Call<'_>, error: &RpcError) {
+        #[derive(Deserialize)]
+        struct Named<'a> {
+            #[serde(borrow, default)]
+            message_id: Option<Cow<'a, str>>,
+        }
+        let named = (call.method == "publish")
+            .then(|| call.params.and_then(|p| serde_json::from_str::<Named<'_>>(p.get()).ok()))
+            .flatten()
+            .and_then(|named| named.message_id);
+        match named {
+            Some(message_id) => {
+                let failed = json!({
+                    "message_id": message_id,
+                    "code": error.code.code(),
+                    "message": error.message,
+                });
+                self.outbox.try_send(notification("publish_failed", &failed));
+            }
+            None => tracing::debug!(
+                client_id = self.client_id.as_deref(),
+                method = %call.method,
+                code = error.code.code(),
+                "notification failed: {}",
+                error.message
+            ),
         }
     }
 

@@ -439,3 +439,18 @@ def test_waiting_requests_do_not_hold_a_closed_connection(raw):
     requests = [silent.next_message() for _ in range(2)]
     late = silent.result("publish", {"topic": requests[0]["reply_to"], "payload": 1})
     assert late["recipients"] == 0
+
+
+def test_a_refused_publish_notification_is_reported(raw):
+    client = raw()
+    client.connect("notifier")
+    client.notify("publish", {"topic": "system.x", "payload": 1, "message_id": "m-1"})
+    client.notify("publish", {"topic": "system.x", "payload": 2})  # no id: nothing to name
+    notice = client.recv()
+    assert notice["method"] == "publish_failed"
+    assert "id" not in notice
+    assert notice["params"]["message_id"] == "m-1"
+    assert notice["params"]["code"] == -32602
+    assert "reserved" in notice["params"]["message"]
+    client.send(client.request_obj("ping", None, "after"))
+    assert client.recv()["id"] == "after", "nothing else was sent"

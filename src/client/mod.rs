@@ -5,9 +5,10 @@
 //! subscriptions. It never calls its user: everything it has to say goes into the
 //! [`Inbox`], drained in batches by whoever owns the client.
 //!
-//! Publishing only queues a frame: the message id is chosen here, so `publish`
-//! returns without waiting for the broker, and a refusal comes back later as
-//! [`Event::PublishFailed`].
+//! Publishing only queues a frame: the message id is chosen here and the publish is a
+//! notification, so `publish` returns without waiting for the broker, which answers
+//! only a refusal (a `publish_failed` notification, surfaced as
+//! [`Event::PublishFailed`]).
 
 mod inbox;
 mod subscriptions;
@@ -374,9 +375,8 @@ fn encode_publish(topic: &str, payload: &str, message_id: &str, ttl: Option<f64>
     if let Some(ttl) = ttl {
         frame.extend_from_slice(format!(r#","ttl":{ttl}"#).as_bytes());
     }
-    frame.extend_from_slice(br#"},"id":"pub:"#);
-    frame.extend_from_slice(message_id.as_bytes());
-    frame.extend_from_slice(br#""}"#);
+    // A notification: the broker answers only a refusal, with `publish_failed`.
+    frame.extend_from_slice(b"}}");
     Bytes::from(frame)
 }
 
@@ -402,7 +402,7 @@ mod tests {
         assert_eq!(value["params"]["payload"]["x"][1], "é");
         assert_eq!(value["params"]["message_id"], "abc-1");
         assert_eq!(value["params"]["ttl"], 2.5);
-        assert_eq!(value["id"], "pub:abc-1");
+        assert!(value.get("id").is_none(), "sent as a notification");
     }
 
     #[test]

@@ -339,10 +339,14 @@ async fn write_loop(
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                _ = wake => {}
-                _ = ping_due => {}
+            let woken = tokio::select! {
+                _ = wake => true,
+                _ = ping_due => false,
                 _ = closing.wait_for(|closing| *closing) => return None,
+            };
+            if woken {
+                // One yield after the wake-up lets more frames join the next write.
+                tokio::task::yield_now().await;
             }
             continue;
         }
@@ -460,8 +464,10 @@ fn handle_frame(shared: &Shared, body: &[u8]) -> Handled {
         }
     };
     if let Some(method) = frame.method {
-        if method == "message" {
-            deliver(shared, frame.params);
+        match method.as_ref() {
+            "message" => deliver(shared, frame.params),
+            "publish_failed" => publish_failed(shared, frame.params),
+            _ => {}
         }
         return Handled::Done;
     }
@@ -487,13 +493,22 @@ fn handle_frame(shared: &Shared, body: &[u8]) -> Handled {
     let Ok(id) = serde_json::from_str::<String>(id) else {
         return Handled::Done;
     };
-    if let Some(message_id) = id.strip_prefix("pub:") {
-        if let Err(error) = result {
-            shared.inbox.push(Event::PublishFailed { message_id: message_id.to_owned(), error });
-        }
-        return Handled::Done;
-    }
     Handled::Internal { id, result: result.map(str::to_owned) }
+}
+
+fn publish_failed(shared: &Shared, params: Option<&RawValue>) {
+    #[derive(Deserialize)]
+    struct Failed {
+        message_id: String,
+        code: i32,
+        message: String,
+    }
+    let Some(Ok(failed)) = params.map(|p| serde_json::from_str::<Failed>(p.get())) else {
+        tracing::warn!("ignored a malformed publish_failed notice from the broker");
+        return;
+    };
+    let error = RemoteError { code: failed.code, message: failed.message };
+    shared.inbox.push(Event::PublishFailed { message_id: failed.message_id, error });
 }
 
 fn deliver(shared: &Shared, params: Option<&RawValue>) {
