@@ -46,29 +46,30 @@ fn encode_at(value: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> PyRes
         }
         out.push(b'}');
     } else if let Ok(list) = value.cast::<PyList>() {
-        deeper(depth)?;
-        out.push(b'[');
-        for (i, item) in list.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            encode_at(&item, out, depth + 1)?;
-        }
-        out.push(b']');
+        encode_array(list.iter(), out, depth)?;
     } else if let Ok(tuple) = value.cast::<PyTuple>() {
-        deeper(depth)?;
-        out.push(b'[');
-        for (i, item) in tuple.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            encode_at(&item, out, depth + 1)?;
-        }
-        out.push(b']');
+        encode_array(tuple.iter(), out, depth)?;
     } else {
         let kind = value.get_type().name()?;
         return Err(PyTypeError::new_err(format!("Object of type {kind} is not JSON serializable")));
     }
+    Ok(())
+}
+
+fn encode_array<'py>(
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+    out: &mut Vec<u8>,
+    depth: usize,
+) -> PyResult<()> {
+    deeper(depth)?;
+    out.push(b'[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        encode_at(&item, out, depth + 1)?;
+    }
+    out.push(b']');
     Ok(())
 }
 
