@@ -22,8 +22,27 @@ CORE_TARGET = {"CARGO_TARGET_DIR": os.path.join("target", "core")}
 def tests(session: nox.Session) -> None:
     """Rust unit tests, then the Python suite against a release build."""
     session.run("cargo", "test", "--locked", external=True, env=CORE_TARGET)
+    install_wine(session)
     session.install(".[test]")
     session.run("pytest", *session.posargs)
+
+
+def install_wine(session: nox.Session) -> None:
+    """The AutoHotkey tests run real AutoHotkey under Wine on an Xvfb display; without
+    them (not root, no apt-get) those tests are skipped and say why."""
+    import shutil
+    import sys
+
+    if sys.platform == "win32" or (shutil.which("wine") and shutil.which("Xvfb")):
+        return
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        session.warn("Wine is missing: the AutoHotkey tests will be skipped")
+        return
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", external=True, env=env)
+    packages = ["wine", "wine64", "xvfb", "xauth"]
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
+    session.run(*install, external=True, env=env)
 
 
 @nox.session

@@ -53,3 +53,16 @@ def raw(broker: MessageBroker) -> Iterator[Callable[..., RawClient]]:
     yield open_client
     for client in clients:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def ahk() -> Iterator[Any]:
+    """Real AutoHotkey v2 (under Wine where it must be); skipped, saying why, when this
+    machine cannot run it."""
+    import autohotkey
+
+    reason = autohotkey.missing()
+    if reason is not None:
+        pytest.skip(reason)
+    with autohotkey.autohotkey() as runner:
+        yield runner

@@ -1,0 +1,137 @@
+"""Real AutoHotkey v2 for the tests: on Windows the executable itself, elsewhere under
+Wine with a private prefix and an Xvfb display (AutoHotkey needs a window station).
+
+AutoHotkey comes from the `ahk-binary` package (a test dependency), which puts
+`AutoHotkeyV2.exe` in the environment's `Scripts` folder; `MESSAGE_BROKER_AHK` names
+another executable. Wine and Xvfb come from the system (`.ci/run` installs them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+AHK_ENV = "MESSAGE_BROKER_AHK"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def find_executable() -> Path | None:
+    if os.environ.get(AHK_ENV):
+        return Path(os.environ[AHK_ENV])
+    for folder in (Path(sys.prefix) / "Scripts", Path(sys.prefix) / "bin"):
+        candidate = folder / "AutoHotkeyV2.exe"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def missing() -> str | None:
+    """Why real AutoHotkey cannot run here, or None when it can."""
+    if find_executable() is None:
+        return f"AutoHotkeyV2.exe not found: pip install ahk-binary, or set {AHK_ENV}"
+    if sys.platform != "win32":
+        for tool in ("wine", "Xvfb", "wineserver"):
+            if shutil.which(tool) is None:
+                return (
+                    f"{tool} not found: AutoHotkey runs under Wine here "
+                    "(apt-get install wine wine64 xvfb xauth)"
+                )
+    return None
+
+
+class AutoHotkey:
+    """Builds command lines that run a script with real AutoHotkey, and the environment
+    they need."""
+
+    def __init__(self, executable: Path, env: dict[str, str]) -> None:
+        self.executable = executable
+        self.env = env
+        self.prefix: list[str] = [] if sys.platform == "win32" else ["wine"]
+
+    def path(self, script: Path | str) -> str:
+        """A script path as AutoHotkey understands it (Wine maps Z: to /)."""
+        script = Path(script).resolve()
+        if sys.platform == "win32":
+            return str(script)
+        return "Z:" + str(script).replace("/", "\\")
+
+    def command(self, script: Path | str, *args: str) -> list[str]:
+        # /ErrorStdOut: a script that cannot load says why on stderr, no dialog.
+        executable = str(self.executable)
+        return [*self.prefix, executable, "/ErrorStdOut=UTF-8", self.path(script), *args]
+
+    def run(
+        self, script: Path | str, *args: str, timeout: float = 60, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(script, *args),
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            timeout=timeout,
+        )
+
+
+@contextlib.contextmanager
+def autohotkey() -> Iterator[AutoHotkey]:
+    """Real AutoHotkey for the duration of the block; everything it started is stopped
+    at the end (Xvfb, the Wine server and every Wine process of the private prefix)."""
+    executable = find_executable()
+    assert executable is not None
+    env = dict(os.environ)
+    if sys.platform == "win32":
+        yield AutoHotkey(executable, env)
+        return
+    with tempfile.TemporaryDirectory(prefix="mb-wine-") as prefix:
+        display = subprocess.Popen(
+            ["Xvfb", "-displayfd", "1", "-nolisten", "tcp", "-screen", "0", "800x600x24"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            assert display.stdout is not None
+            number = display.stdout.readline().strip()
+            if not number.isdigit():
+                raise RuntimeError("Xvfb did not start")
+            env.update(
+                DISPLAY=f":{number}",
+                WINEPREFIX=prefix,
+                WINEDEBUG="-all",
+                # No Mono or Gecko installers: AutoHotkey needs neither.
+                WINEDLLOVERRIDES="mscoree,mshtml=",
+            )
+            # One Wine server for the whole session keeps each script's start short.
+            subprocess.run(["wineboot", "--init"], env=env, timeout=300, capture_output=True)
+            subprocess.run(["wineserver", "-p"], env=env, timeout=30, check=True)
+            runner = AutoHotkey(executable, env)
+            # The first script starts Wine's helper processes, which inherit its output
+            # and hold it open: let them inherit nothing of a test's.
+            warm_up = Path(prefix) / "warm_up.ahk"
+            warm_up.write_text("#Requires AutoHotkey v2.0\nExitApp(0)\n", encoding="utf-8")
+            subprocess.run(
+                runner.command(warm_up),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=120,
+            )
+            yield runner
+        finally:
+            subprocess.run(["wineserver", "-k"], env=env, timeout=30, capture_output=True)
+            subprocess.run(["wineserver", "-w"], env=env, timeout=30, capture_output=True)
+            display.terminate()
+            try:
+                display.wait(10)
+            except subprocess.TimeoutExpired:
+                display.kill()
+                display.wait()

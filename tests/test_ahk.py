@@ -1,0 +1,198 @@
+"""clients/ahk/MessageBroker.ahk, run by real AutoHotkey v2 (under Wine on Linux)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import struct
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from message_broker import BrokerClient, BrokerConfig, Message, MessageBroker
+
+SCRIPTS = Path(__file__).parent / "ahk"
+TEXT = 'Grüße "quoted" back\\slash 日本語 🎉\nnew line\ttab'
+
+
+class Script:
+    """A running AutoHotkey script whose output lines are collected."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        assert process.stdout is not None
+        self._reader = asyncio.ensure_future(self._read(process.stdout))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            self.lines.append(line.decode("utf-8", "replace").rstrip("\r\n"))
+
+    async def exit_code(self, timeout: float = 30) -> int:
+        # Not process.wait(): it also waits for the end of the output, which a helper
+        # process Wine starts may hold open after the script is gone.
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.process.returncode is None:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"the script is still running; it said {self.lines}")
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._reader), 2)
+        return self.process.returncode
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        self._reader.cancel()
+
+
+@pytest.fixture
+async def run_script(ahk: Any) -> AsyncIterator[Any]:
+    started: list[Script] = []
+
+    async def run(script: str, *args: str) -> Script:
+        process = await asyncio.create_subprocess_exec(
+            *ahk.command(SCRIPTS / script, *args),
+            env=ahk.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        started.append(Script(process))
+        return started[-1]
+
+    yield run
+    for script in started:
+        await script.stop()
+
+
+async def next_on(queue: asyncio.Queue[Message], topic: str, script: Script) -> Message:
+    while True:
+        try:
+            message = await asyncio.wait_for(queue.get(), 30)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"nothing on {topic}; the script said {script.lines}") from None
+        if message.topic == topic:
+            return message
+
+
+async def test_a_script_subscribes_publishes_requests_and_answers(run_script: Any) -> None:
+    async with MessageBroker(BrokerConfig(host="127.0.0.1", port=0)) as broker:
+        async with BrokerClient("py", host="127.0.0.1", port=broker.port) as client:
+            seen: asyncio.Queue[Message] = asyncio.Queue()
+            await client.subscribe("ahk.#", seen.put_nowait)
+            await client.subscribe("py.double", lambda msg: {"n": msg.payload["n"] * 2})
+            script = await run_script("roundtrip.ahk", str(broker.port))
+
+            ready = await next_on(seen, "ahk.ready", script)
+            assert ready.sender == "ahk_roundtrip"
+            assert ready.payload["version"].startswith("2.")
+
+            payload = {"text": TEXT, "nested": [1, {"k": "v"}], "n": 1.5, "t": True, "nul": None}
+            await client.publish("ahk.in", payload)
+            echo = (await next_on(seen, "ahk.out", script)).payload
+            # AutoHotkey has no booleans or null: true arrives as 1 and null as "".
+            assert echo["echo"] == {**payload, "t": 1, "nul": ""}
+            assert echo["text"] == TEXT
+            assert echo["length"] == len(TEXT.encode("utf-16-le")) // 2, "UTF-16 code units"
+            assert echo["sender"] == "py" and echo["nested"] == "v"
+
+            # A callback's return value answers a request.
+            assert await client.request("ahk.svc.double", {"n": 4}) == {
+                "doubled": 8,
+                "topic": "ahk.svc.double",
+            }
+            # From inside a callback: a request of its own, no responders, a refusal.
+            answer = await client.request("ahk.ask", {}, timeout=20)
+            assert answer["answer"] == {"n": 42}
+            assert answer["missing"].startswith("-32003: no responders")
+            assert answer["refused"] == -32602
+
+            await client.publish("ahk.quit", {})
+            assert await script.exit_code() == 0, script.lines
+            assert script.lines[0].startswith("ping ")
+            assert script.lines[-1] == "bye"
+
+
+def frame(message: dict[str, Any]) -> bytes:
+    body = json.dumps(message, ensure_ascii=False).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def note(topic: str, text: str) -> bytes:
+    params = {"topic": topic, "payload": {"text": text}, "sender": "fake", "id": topic}
+    return frame({"jsonrpc": "2.0", "method": "message", "params": params})
+
+
+async def test_frames_split_across_reads_and_packed_into_one(run_script: Any) -> None:
+    """A stand-in broker cuts frames at awkward places (inside the header, inside a
+    multi-byte character) and packs several frames into one write."""
+    finished: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def receive() -> dict[str, Any]:
+            while True:
+                (size,) = struct.unpack(">I", await reader.readexactly(4))
+                message = json.loads(await reader.readexactly(size))
+                if "id" in message:  # heartbeats are notifications
+                    return message
+
+        async def send_in_pieces(data: bytes, *cuts: int) -> None:
+            start = 0
+            for cut in (*cuts, len(data)):
+                writer.write(data[start:cut])
+                await writer.drain()
+                start = cut
+                await asyncio.sleep(0.15)
+
+        try:
+            connect = await receive()
+            assert connect["method"] == "connect"
+            assert connect["params"]["client_id"] == "ahk_frames"
+            result = {"client_id": "ahk_frames", "heartbeat_interval": 60}
+            await send_in_pieces(frame({"jsonrpc": "2.0", "result": result, "id": 1}), 1, 3, 9)
+            subscribe = await receive()
+            assert subscribe["params"] == {"patterns": ["t.#"]}
+            reply = frame({"jsonrpc": "2.0", "result": {"subscribed": ["t.#"]}, "id": 2})
+            writer.write(reply + note("t.one", "eins") + note("t.two", "zwei"))
+            await writer.drain()
+            third, fourth = note("t.three", "drei"), note("t.four", "vier 🎉 Grüße")
+            cut = len(third) + fourth.index("🎉".encode()) + 2  # inside the emoji
+            await send_in_pieces(third + fourth, cut)
+            published = await receive()
+            writer.write(frame({"jsonrpc": "2.0", "result": {"message_id": "x"}, "id": 3}))
+            bye = await receive()
+            writer.write(frame({"jsonrpc": "2.0", "result": {"disconnected": True}, "id": 4}))
+            await writer.drain()
+            finished.set_result((published, bye))
+        except Exception as error:  # reported by the test below
+            if not finished.done():
+                finished.set_exception(error)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        script = await run_script("frames.ahk", str(port))
+        try:
+            published, bye = await asyncio.wait_for(finished, 60)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"the script said {script.lines}") from None
+        assert published["method"] == "publish"
+        assert published["params"]["topic"] == "t.done"
+        assert published["params"]["payload"] == {
+            "received": [
+                {"topic": "t.one", "text": "eins"},
+                {"topic": "t.two", "text": "zwei"},
+                {"topic": "t.three", "text": "drei"},
+                {"topic": "t.four", "text": "vier 🎉 Grüße"},
+            ]
+        }
+        assert bye["method"] == "disconnect"
+        assert await script.exit_code() == 0, script.lines
