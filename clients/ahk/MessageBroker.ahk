@@ -406,6 +406,96 @@ class MessageBroker {
     }
 }
 
+; For scripts that message_broker.ahk_bridge.AHKBridge runs: the same calls, over
+; the script's standard output (calls) and standard input (answers and messages). The
+; bridge connects the script; messages are read when the script asks for them:
+;
+;     broker := BridgedBroker()
+;     broker.Subscribe("jobs.*")
+;     while msg := broker.Receive()     ; "" once the bridge closes the input
+;         broker.Publish("jobs.seen", Map("id", msg.Id))
+class BridgedBroker {
+    __New() {
+        this.Input := FileOpen("*", "r", "UTF-8")
+        this.NextId := 0
+        this.Inbox := []
+    }
+
+    Publish(topic, payload := "") {
+        return this._Call("publish", Map("topic", topic, "payload", payload))["message_id"]
+    }
+
+    Subscribe(patterns) {
+        patterns := MessageBroker._PatternList(patterns)
+        return this._Call("subscribe", Map("patterns", patterns))["subscribed"]
+    }
+
+    Unsubscribe(patterns) {
+        patterns := MessageBroker._PatternList(patterns)
+        return this._Call("unsubscribe", Map("patterns", patterns))["unsubscribed"]
+    }
+
+    Request(topic, payload := "", timeout := 5) {
+        return this._Call("request", Map("topic", topic, "payload", payload, "timeout", timeout))
+    }
+
+    Reply(msg, payload) {
+        if msg.ReplyTo = ""
+            throw ValueError("the message on " msg.Topic " is not a request", -1)
+        return this.Publish(msg.ReplyTo, payload)
+    }
+
+    Ping() {
+        return this._Call("ping", Map())
+    }
+
+    ; The next message (a BrokerMessage), waiting for it; "" when the input has ended.
+    Receive() {
+        if this.Inbox.Length
+            return this.Inbox.RemoveAt(1)
+        loop {
+            incoming := this._ReadLine()
+            if !IsObject(incoming)
+                return ""
+            if incoming.Get("method", "") == "message"
+                return BrokerMessage(incoming["params"])
+        }
+    }
+
+    _Call(method, params) {
+        id := ++this.NextId
+        line := '{"jsonrpc":"2.0","method":"' method '","params":' JSON.Dump(params) ',"id":' id '}'
+        FileAppend(line "`n", "*", "UTF-8")
+        loop {
+            incoming := this._ReadLine()
+            if !IsObject(incoming)
+                throw BrokerError("the bridge closed the input (" method ")", -32001)
+            if incoming.Get("method", "") == "message" {
+                this.Inbox.Push(BrokerMessage(incoming["params"]))
+                continue
+            }
+            if incoming.Get("id", "") != id
+                continue
+            if incoming.Has("error") {
+                error := incoming["error"]
+                throw BrokerError(error.Get("message", "error"), error.Get("code", 0))
+            }
+            return incoming.Get("result", "")
+        }
+    }
+
+    ; The next line as a Map; "" at the end of the input.
+    _ReadLine() {
+        loop {
+            line := this.Input.ReadLine()
+            if line = "" && this.Input.AtEOF
+                return ""
+            if line != ""
+                return JSON.Load(line)
+        }
+    }
+}
+
 ; A delivered message.
 class BrokerMessage {
     __New(params) {

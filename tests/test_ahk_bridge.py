@@ -1,0 +1,180 @@
+"""AHKBridge: scripts as child processes, relayed to the broker through their standard
+streams. A Python stand-in child speaks the lines in most tests; real AutoHotkey in
+the last ones."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from message_broker import BrokerClient, BrokerConfig, Message, MessageBroker
+from message_broker.ahk_bridge import AHKBridge
+
+CHILD = Path(__file__).parent / "bridge_child.py"
+SCRIPTS = Path(__file__).parent / "ahk"
+TEXT = 'Grüße "quoted" back\\slash 日本語 🎉\nnew line'
+
+
+class Setup:
+    def __init__(self, client: BrokerClient, bridge: AHKBridge) -> None:
+        self.client = client
+        self.bridge = bridge
+        self.seen: asyncio.Queue[Message] = asyncio.Queue()
+
+    async def next_on(self, topic: str, timeout: float = 30) -> Message:
+        while True:
+            message = await asyncio.wait_for(self.seen.get(), timeout)
+            if message.topic == topic:
+                return message
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[Setup]:
+    async with MessageBroker(BrokerConfig(host="127.0.0.1", port=0)) as broker:
+        async with BrokerClient("ahk_bridge", host="127.0.0.1", port=broker.port) as client:
+            bridge = AHKBridge(broker_client=client, executable=[sys.executable], options=[])
+            await bridge.start()
+            setup = Setup(client, bridge)
+            await client.subscribe(["scripts.#", "child.#", "bridged.#"], setup.seen.put_nowait)
+            try:
+                yield setup
+            finally:
+                await bridge.stop()
+
+
+async def test_a_script_lives_talks_and_ends(setup: Setup) -> None:
+    client, bridge = setup.client, setup.bridge
+    await client.subscribe("py.svc", lambda msg: {"doubled": msg.payload["n"] * 2})
+    script = await bridge.run_script(CHILD, "echo", "ärg 1", script_id="saw1")
+
+    started = await setup.next_on("scripts.saw1.started")
+    assert started.payload["pid"] == script.pid and started.sender == "ahk_bridge"
+    ready = await setup.next_on("child.ready")
+    assert ready.payload == {"args": ["ärg 1"]}
+    assert ready.sender == "ahk_bridge/saw1", "each script has a connection of its own"
+
+    status = await client.request("scripts.status", {"script_id": "saw1"})
+    assert status["running"] is True and status["pid"] == script.pid
+    assert (await client.request("scripts.status", {"script_id": "nope"}))["running"] is False
+
+    payload = {"text": TEXT, "list": [1, 2.5, None, True], "big": 2**60}
+    await client.publish("child.in", payload)
+    out = await setup.next_on("child.out")
+    assert out.payload["payload"] == payload and out.payload["sender"] == "ahk_bridge"
+    assert await client.request("child.svc", {"q": TEXT}) == {"echo": {"q": TEXT}}
+
+    # The script's own requests: answered, and no responders as an error line.
+    await client.publish("child.in", "ask")
+    asked = (await setup.next_on("child.out")).payload
+    assert asked["answer"]["result"] == {"doubled": 4}
+    assert asked["missing"]["error"]["code"] == -32003
+
+    await client.publish("child.in", "quit")
+    stopped = await setup.next_on("scripts.saw1.stopped")
+    assert stopped.payload["exit_code"] == 0 and stopped.payload["pid"] == script.pid
+    assert await script.wait(5) == 0
+    status = await client.request("scripts.status", {"script_id": "saw1"})
+    assert status["running"] is False and status["exit_code"] == 0
+    everything = await client.request("scripts.status", {})
+    assert [s["script_id"] for s in everything["scripts"]] == ["saw1"]
+
+
+async def test_a_crashing_script_is_reported_and_the_bridge_goes_on(setup: Setup) -> None:
+    await setup.bridge.run_script(CHILD, "crash", script_id="crasher")
+    assert (await setup.next_on("child.crashing")).payload == "now"
+    stopped = (await setup.next_on("scripts.crasher.stopped")).payload
+    assert stopped["exit_code"] == 3
+    assert "boom: something went wrong" in stopped["stderr"]
+    # The same id runs again once the first is gone.
+    await setup.bridge.run_script(CHILD, "echo", script_id="crasher")
+    assert (await setup.next_on("child.ready")).sender == "ahk_bridge/crasher"
+
+
+async def test_garbage_is_reported_and_answered(setup: Setup) -> None:
+    script = await setup.bridge.run_script(CHILD, "garbage")
+    error = (await setup.next_on("scripts.bridge_child.error")).payload
+    assert error["line"] == "hello, this is not JSON" and "not JSON" in error["error"]
+    answers = (await setup.next_on("child.answers")).payload
+    assert answers["invalid"]["error"]["code"] == -32600
+    assert answers["unknown"]["error"]["code"] == -32601
+    assert answers["bad_params"]["error"]["code"] == -32602
+    assert answers["reserved"]["error"]["code"] == -32602
+    assert "reserved" in answers["reserved"]["error"]["message"]
+    assert await script.wait(10) == 0
+    assert script.errors == 2
+
+
+async def test_stopping_escalates_to_terminate(setup: Setup) -> None:
+    script = await setup.bridge.run_script(CHILD, "stubborn", script_id="stubborn")
+    await setup.next_on("child.ready")
+    code = await setup.bridge.stop_script("stubborn", timeout=0.5)
+    assert code != 0 and not script.running
+    assert (await setup.next_on("scripts.stubborn.stopped")).payload["exit_code"] == code
+
+
+async def test_bad_calls_are_refused_clearly(setup: Setup, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no script"):
+        await setup.bridge.run_script(tmp_path / "missing.ahk")
+    with pytest.raises(ValueError, match="topic segment"):
+        await setup.bridge.run_script(CHILD, "echo", script_id="a.b")
+    await setup.bridge.run_script(CHILD, "echo", script_id="twice")
+    with pytest.raises(KeyError, match="no script 'other'"):
+        await setup.bridge.stop_script("other")
+    with pytest.raises(ValueError, match="already running"):
+        await setup.bridge.run_script(CHILD, "echo", script_id="twice")
+
+
+async def test_stop_ends_every_script(setup: Setup) -> None:
+    scripts = [await setup.bridge.run_script(CHILD, "echo", script_id=f"s{n}") for n in range(3)]
+    for _ in scripts:
+        await setup.next_on("child.ready")
+    # Each sees the end of its input and leaves on its own.
+    await setup.bridge.stop()
+    assert all(not s.running and s.exit_code == 0 for s in scripts)
+
+
+# -- real AutoHotkey ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def ahk_bridge(setup: Setup, ahk: Any) -> Setup:
+    """The bridge, running real AutoHotkey (under Wine here)."""
+    await setup.bridge.stop()
+    executable = [*ahk.prefix, str(ahk.executable)]
+    setup.bridge = AHKBridge(broker_client=setup.client, executable=executable)
+    await setup.bridge.start()
+    return setup
+
+
+async def test_real_autohotkey_under_the_bridge(ahk_bridge: Setup, ahk: Any) -> None:
+    setup = ahk_bridge
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in ahk.env.items():
+            env.setenv(name, value)
+        script = await setup.bridge.run_script(SCRIPTS / "bridged.ahk", "ärg")
+        started = await setup.next_on("scripts.bridged.started")
+        assert started.payload["pid"] == script.pid
+        ready = await setup.next_on("bridged.ready")
+        assert ready.payload == {"args": ["ärg"]} and ready.sender == "ahk_bridge/bridged"
+        assert (await setup.client.request("scripts.status", {"script_id": "bridged"}))["running"]
+
+        await setup.client.publish("bridged.in", {"text": TEXT})
+        assert (await setup.next_on("bridged.out")).payload == {
+            "text": TEXT,
+            "length": len(TEXT.encode("utf-16-le")) // 2,
+        }
+        assert await setup.client.request("bridged.svc", {"n": 20}) == {"doubled": 40}
+        error = (await setup.next_on("scripts.bridged.error")).payload
+        assert error["line"] == "a line that is not JSON"
+        stopped = (await setup.next_on("scripts.bridged.stopped")).payload
+        assert stopped["exit_code"] == 0
+
+        broken = await setup.bridge.run_script(SCRIPTS / "broken.ahk")
+        stopped = (await setup.next_on("scripts.broken.stopped")).payload
+        assert stopped["exit_code"] == 2 and stopped["pid"] == broken.pid
+        assert "Missing" in stopped["stderr"], stopped
