@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
+import shutil
 import struct
 import subprocess
 from collections.abc import AsyncIterator
@@ -15,6 +17,7 @@ import pytest
 
 from message_broker import BrokerClient, BrokerConfig, Message, MessageBroker
 
+ROOT = Path(__file__).parent.parent
 SCRIPTS = Path(__file__).parent / "ahk"
 TEXT = 'Grüße "quoted" back\\slash 日本語 🎉\nnew line\ttab'
 
@@ -49,13 +52,16 @@ class Script:
             self.process.kill()
             await self.process.wait()
         self._reader.cancel()
+        transport = getattr(self.process, "_transport", None)
+        if transport is not None:
+            transport.close()
 
 
 @pytest.fixture
 async def run_script(ahk: Any) -> AsyncIterator[Any]:
     started: list[Script] = []
 
-    async def run(script: str, *args: str) -> Script:
+    async def run(script: str | Path, *args: str) -> Script:
         process = await asyncio.create_subprocess_exec(
             *ahk.command(SCRIPTS / script, *args),
             env=ahk.env,
@@ -82,41 +88,44 @@ async def next_on(queue: asyncio.Queue[Message], topic: str, script: Script) -> 
 
 
 async def test_a_script_subscribes_publishes_requests_and_answers(run_script: Any) -> None:
-    async with MessageBroker(BrokerConfig(host="127.0.0.1", port=0)) as broker:
-        async with BrokerClient("py", host="127.0.0.1", port=broker.port) as client:
-            seen: asyncio.Queue[Message] = asyncio.Queue()
-            await client.subscribe("ahk.#", seen.put_nowait)
-            await client.subscribe("py.double", lambda msg: {"n": msg.payload["n"] * 2})
-            script = await run_script("roundtrip.ahk", str(broker.port))
+    config = BrokerConfig(host="127.0.0.1", port=0)
+    async with (
+        MessageBroker(config) as broker,
+        BrokerClient("py", host="127.0.0.1", port=broker.port or 0) as client,
+    ):
+        seen: asyncio.Queue[Message] = asyncio.Queue()
+        await client.subscribe("ahk.#", seen.put_nowait)
+        await client.subscribe("py.double", lambda msg: {"n": msg.payload["n"] * 2})
+        script = await run_script("roundtrip.ahk", str(broker.port))
 
-            ready = await next_on(seen, "ahk.ready", script)
-            assert ready.sender == "ahk_roundtrip"
-            assert ready.payload["version"].startswith("2.")
+        ready = await next_on(seen, "ahk.ready", script)
+        assert ready.sender == "ahk_roundtrip"
+        assert ready.payload["version"].startswith("2.")
 
-            payload = {"text": TEXT, "nested": [1, {"k": "v"}], "n": 1.5, "t": True, "nul": None}
-            await client.publish("ahk.in", payload)
-            echo = (await next_on(seen, "ahk.out", script)).payload
-            # AutoHotkey has no booleans or null: true arrives as 1 and null as "".
-            assert echo["echo"] == {**payload, "t": 1, "nul": ""}
-            assert echo["text"] == TEXT
-            assert echo["length"] == len(TEXT.encode("utf-16-le")) // 2, "UTF-16 code units"
-            assert echo["sender"] == "py" and echo["nested"] == "v"
+        payload = {"text": TEXT, "nested": [1, {"k": "v"}], "n": 1.5, "t": True, "nul": None}
+        await client.publish("ahk.in", payload)
+        echo = (await next_on(seen, "ahk.out", script)).payload
+        # AutoHotkey has no booleans or null: true arrives as 1 and null as "".
+        assert echo["echo"] == {**payload, "t": 1, "nul": ""}
+        assert echo["text"] == TEXT
+        assert echo["length"] == len(TEXT.encode("utf-16-le")) // 2, "UTF-16 code units"
+        assert echo["sender"] == "py" and echo["nested"] == "v"
 
-            # A callback's return value answers a request.
-            assert await client.request("ahk.svc.double", {"n": 4}) == {
-                "doubled": 8,
-                "topic": "ahk.svc.double",
-            }
-            # From inside a callback: a request of its own, no responders, a refusal.
-            answer = await client.request("ahk.ask", {}, timeout=20)
-            assert answer["answer"] == {"n": 42}
-            assert answer["missing"].startswith("-32003: no responders")
-            assert answer["refused"] == -32602
+        # A callback's return value answers a request.
+        assert await client.request("ahk.svc.double", {"n": 4}) == {
+            "doubled": 8,
+            "topic": "ahk.svc.double",
+        }
+        # From inside a callback: a request of its own, no responders, a refusal.
+        answer = await client.request("ahk.ask", {}, timeout=20)
+        assert answer["answer"] == {"n": 42}
+        assert answer["missing"].startswith("-32003: no responders")
+        assert answer["refused"] == -32602
 
-            await client.publish("ahk.quit", {})
-            assert await script.exit_code() == 0, script.lines
-            assert script.lines[0].startswith("ping ")
-            assert script.lines[-1] == "bye"
+        await client.publish("ahk.quit", {})
+        assert await script.exit_code() == 0, script.lines
+        assert script.lines[0].startswith("ping ")
+        assert script.lines[-1] == "bye"
 
 
 def frame(message: dict[str, Any]) -> bytes:
@@ -196,3 +205,28 @@ async def test_frames_split_across_reads_and_packed_into_one(run_script: Any) ->
         }
         assert bye["method"] == "disconnect"
         assert await script.exit_code() == 0, script.lines
+
+
+def readme_examples() -> list[str]:
+    """The AutoHotkey blocks of the README's AutoHotkey section."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## AutoHotkey\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```autohotkey\n(.*?)```", section, flags=re.S)
+
+
+async def test_the_readme_example_works_as_written(run_script: Any, tmp_path: Path) -> None:
+    """Copied next to MessageBroker.ahk, as the README says, against a broker on the
+    default port."""
+    shutil.copy(ROOT / "clients" / "ahk" / "MessageBroker.ahk", tmp_path)
+    example = tmp_path / "hotkeys.ahk"
+    example.write_text(readme_examples()[0], encoding="utf-8")
+    async with MessageBroker() as broker, BrokerClient("py") as client:
+        assert broker.port == 15234
+        seen: asyncio.Queue[Message] = asyncio.Queue()
+        await client.subscribe("scripts.hotkeys.*", seen.put_nowait)
+        script = await run_script(example)
+        started = await next_on(seen, "scripts.hotkeys.started", script)
+        assert started.sender == "hotkeys"
+        answer = await client.request("scripts.hotkeys.status", {})
+        assert answer == {"running": True, "pid": started.payload["pid"]}
+        assert script.process.returncode is None, "it stays, waiting for hotkeys"

@@ -5,7 +5,10 @@ the last ones."""
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
 import sys
+import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -35,16 +38,19 @@ class Setup:
 
 @pytest.fixture
 async def setup() -> AsyncIterator[Setup]:
-    async with MessageBroker(BrokerConfig(host="127.0.0.1", port=0)) as broker:
-        async with BrokerClient("ahk_bridge", host="127.0.0.1", port=broker.port) as client:
-            bridge = AHKBridge(broker_client=client, executable=[sys.executable], options=[])
-            await bridge.start()
-            setup = Setup(client, bridge)
-            await client.subscribe(["scripts.#", "child.#", "bridged.#"], setup.seen.put_nowait)
-            try:
-                yield setup
-            finally:
-                await bridge.stop()
+    config = BrokerConfig(host="127.0.0.1", port=0)
+    async with (
+        MessageBroker(config) as broker,
+        BrokerClient("ahk_bridge", host="127.0.0.1", port=broker.port or 0) as client,
+    ):
+        bridge = AHKBridge(broker_client=client, executable=[sys.executable], options=[])
+        await bridge.start()
+        setup = Setup(client, bridge)
+        await client.subscribe(["scripts.#", "child.#", "bridged.#"], setup.seen.put_nowait)
+        try:
+            yield setup
+        finally:
+            await bridge.stop()
 
 
 async def test_a_script_lives_talks_and_ends(setup: Setup) -> None:
@@ -178,3 +184,37 @@ async def test_real_autohotkey_under_the_bridge(ahk_bridge: Setup, ahk: Any) -> 
         stopped = (await setup.next_on("scripts.broken.stopped")).payload
         assert stopped["exit_code"] == 2 and stopped["pid"] == broken.pid
         assert "Missing" in stopped["stderr"], stopped
+
+
+async def test_the_readme_bridged_example_works_as_written(
+    ahk_bridge: Setup, ahk: Any, tmp_path: Path
+) -> None:
+    setup = ahk_bridge
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### AHKBridge", 1)[1].split("\n## ", 1)[0]
+    snippet = re.findall(r"```autohotkey\n(.*?)```", section, flags=re.S)[0]
+    shutil.copy(Path(__file__).parent.parent / "clients" / "ahk" / "MessageBroker.ahk", tmp_path)
+    (tmp_path / "watcher.ahk").write_text(textwrap.dedent(snippet), encoding="utf-8")
+    await setup.client.subscribe("jobs.seen", setup.seen.put_nowait)
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in ahk.env.items():
+            env.setenv(name, value)
+        script = await setup.bridge.run_script(tmp_path / "watcher.ahk")
+        # Published until the script has subscribed and answers.
+        for _ in range(60):
+            message_id = await setup.client.publish("jobs.created", {"n": 1})
+            try:
+                seen = await setup.next_on("jobs.seen", timeout=0.5)
+                break
+            except asyncio.TimeoutError:
+                continue
+        else:
+            raise AssertionError(f"no jobs.seen; stderr: {list(script.stderr)}")
+        assert seen.sender == "ahk_bridge/watcher"
+        assert seen.payload["id"] == message_id or seen.payload["id"].startswith(
+            message_id.rsplit("-", 1)[0]
+        )
+        await setup.bridge.stop_script("watcher", timeout=2)
+        assert not script.running
+        stopped = await setup.next_on("scripts.watcher.stopped")
+        assert stopped.payload["exit_code"] == script.exit_code

@@ -287,10 +287,19 @@ class AHKBridge:
             if task is not asyncio.current_task():
                 task.cancel()
         script.exit_code, script.stopped_at = process.returncode, time.time()
+        # Its pipes may still be held open by a helper (see above): close our ends.
+        transport = getattr(process, "_transport", None)
+        if transport is not None:
+            transport.close()
         if script._client is not None:
             await script._client.disconnect()
         log = logger.info if process.returncode == 0 else logger.warning
-        log("script %s (pid %s) ended with exit code %s", script.script_id, script.pid, script.exit_code)
+        log(
+            "script %s (pid %s) ended with exit code %s",
+            script.script_id,
+            script.pid,
+            script.exit_code,
+        )
         await self._lifecycle(
             script, "stopped", exit_code=script.exit_code, stderr="\n".join(script.stderr)
         )
@@ -385,7 +394,11 @@ class _Relay:
         call_id, method = call.get("id"), call["method"]
         params = call.get("params", {})
         if not isinstance(params, dict):
-            return _error(call_id, _INVALID_PARAMS, "params must be an object") if "id" in call else None
+            return (
+                _error(call_id, _INVALID_PARAMS, "params must be an object")
+                if "id" in call
+                else None
+            )
         if method == "request" and "id" in call:
             # Requests wait for a reply: the script's other calls go on meanwhile.
             self.script._tasks.add(task := asyncio.ensure_future(self._request(call_id, params)))

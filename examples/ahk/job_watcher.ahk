@@ -1,0 +1,23 @@
+#Requires AutoHotkey v2.0
+; Reacts to jobs.*: shows each job in a tooltip, and answers "jobs.count" requests
+; with how many it has seen. Hotkeys keep working while messages arrive.
+#SingleInstance Force
+#Include ..\..\clients\ahk\MessageBroker.ahk
+Persistent
+
+seen := 0
+broker := MessageBroker("job_watcher")
+broker.Connect()
+broker.Subscribe("jobs.*", OnJob)
+broker.Subscribe("jobs.count", (msg) => Map("seen", seen))
+
+OnJob(msg) {
+    global seen
+    if msg.IsRequest  ; jobs.count also matches jobs.*
+        return
+    seen += 1
+    ToolTip(msg.Topic " from " msg.Sender ":`n" JSON.Dump(msg.Payload))
+    SetTimer(() => ToolTip(), -3000)
+}
+
+^!q:: ExitApp()
