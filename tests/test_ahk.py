@@ -121,6 +121,10 @@ async def test_a_script_subscribes_publishes_requests_and_answers(run_script: An
         assert answer["answer"] == {"n": 42}
         assert answer["missing"].startswith("-32003: no responders")
         assert answer["refused"] == -32602
+        assert answer["gone"] == ["ahk.svc.*"]
+        status = await client.request("status", {})
+        (script_client,) = [c for c in status["clients"] if c["client_id"] == "ahk_roundtrip"]
+        assert sorted(script_client["subscriptions"]) == ["ahk.ask", "ahk.in", "ahk.quit"]
 
         await client.publish("ahk.quit", {})
         assert await script.exit_code() == 0, script.lines

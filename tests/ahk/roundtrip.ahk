@@ -48,5 +48,6 @@ OnAsk(msg) {
     } catch BrokerError as e {
         refused := e.Code
     }
-    return Map("answer", answer, "missing", missing, "refused", refused)
+    gone := broker.Unsubscribe(["ahk.svc.*", "never.subscribed"])
+    return Map("answer", answer, "missing", missing, "refused", refused, "gone", gone)
 }
