@@ -219,13 +219,21 @@ def readme_examples() -> list[str]:
 
 
 async def test_the_readme_example_works_as_written(run_script: Any, tmp_path: Path) -> None:
-    """Copied next to MessageBroker.ahk, as the README says, against a broker on the
-    default port."""
+    """Copied next to MessageBroker.ahk, as the README says."""
     shutil.copy(ROOT / "clients" / "ahk" / "MessageBroker.ahk", tmp_path)
     example = tmp_path / "hotkeys.ahk"
-    example.write_text(readme_examples()[0], encoding="utf-8")
-    async with MessageBroker() as broker, BrokerClient("py") as client:
-        assert broker.port == 15234
+    config = BrokerConfig(host="127.0.0.1", port=0)
+    async with (
+        MessageBroker(config) as broker,
+        BrokerClient("py", host="127.0.0.1", port=broker.port or 0) as client,
+    ):
+        # As written but for the port: the default one stays free for other tests.
+        text = readme_examples()[0]
+        assert 'MessageBroker("hotkeys")' in text
+        text = text.replace(
+            'MessageBroker("hotkeys")', f'MessageBroker("hotkeys", , {broker.port})'
+        )
+        example.write_text(text, encoding="utf-8")
         seen: asyncio.Queue[Message] = asyncio.Queue()
         await client.subscribe("scripts.hotkeys.*", seen.put_nowait)
         script = await run_script(example)
