@@ -1,15 +1,16 @@
 """Real AutoHotkey v2 for the tests: on Windows the executable itself, elsewhere under
 Wine with a private prefix and an Xvfb display (AutoHotkey needs a window station).
 
-AutoHotkey comes from the `ahk-binary` package (a test dependency), which puts
-`AutoHotkeyV2.exe` in the environment's `Scripts` folder; `MESSAGE_BROKER_AHK` names
-another executable. Wine and Xvfb come from the system (`.ci/run` installs them).
+AutoHotkey is found as AHKBridge finds it (`find_autohotkey`): the `ahk-binary` test
+dependency, or the command `MESSAGE_BROKER_AHK` names. Wine and Xvfb come from the
+system (the nox `tests` session installs them).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,24 +18,21 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-AHK_ENV = "MESSAGE_BROKER_AHK"
+from message_broker.ahk_bridge import AHK_ENV, _script_path, find_autohotkey
+
 ROOT = Path(__file__).resolve().parent.parent
+LIBRARY = ROOT / "clients" / "ahk" / "MessageBroker.ahk"
 
 
-def find_executable() -> Path | None:
-    if os.environ.get(AHK_ENV):
-        return Path(os.environ[AHK_ENV])
-    for folder in (Path(sys.prefix) / "Scripts", Path(sys.prefix) / "bin"):
-        candidate = folder / "AutoHotkeyV2.exe"
-        if candidate.is_file():
-            return candidate
-    return None
+def readme_blocks(heading: str) -> list[str]:
+    """The AutoHotkey code blocks of the README section under ``heading``."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```autohotkey\n(.*?)```", section, flags=re.S)
 
 
 def missing() -> str | None:
     """Why real AutoHotkey cannot run here, or None when it can."""
-    if find_executable() is None:
-        return f"AutoHotkeyV2.exe not found: pip install ahk-binary, or set {AHK_ENV}"
     if sys.platform != "win32":
         for tool in ("wine", "Xvfb", "wineserver"):
             if shutil.which(tool) is None:
@@ -42,6 +40,8 @@ def missing() -> str | None:
                     f"{tool} not found: AutoHotkey runs under Wine here "
                     "(apt-get install wine wine64 xvfb xauth)"
                 )
+    if find_autohotkey() is None:
+        return f"AutoHotkey not found: pip install ahk-binary, or set {AHK_ENV}"
     return None
 
 
@@ -49,22 +49,15 @@ class AutoHotkey:
     """Builds command lines that run a script with real AutoHotkey, and the environment
     they need."""
 
-    def __init__(self, executable: Path, env: dict[str, str]) -> None:
-        self.executable = executable
+    def __init__(self, launcher: list[str], env: dict[str, str]) -> None:
+        self.launcher = launcher
+        """The command that runs AutoHotkey (``wine AutoHotkeyV2.exe`` here)."""
         self.env = env
-        self.prefix: list[str] = [] if sys.platform == "win32" else ["wine"]
-
-    def path(self, script: Path | str) -> str:
-        """A script path as AutoHotkey understands it (Wine maps Z: to /)."""
-        script = Path(script).resolve()
-        if sys.platform == "win32":
-            return str(script)
-        return "Z:" + str(script).replace("/", "\\")
 
     def command(self, script: Path | str, *args: str) -> list[str]:
         # /ErrorStdOut: a script that cannot load says why on stderr, no dialog.
-        executable = str(self.executable)
-        return [*self.prefix, executable, "/ErrorStdOut=UTF-8", self.path(script), *args]
+        path = _script_path(str(script), self.launcher)
+        return [*self.launcher, "/ErrorStdOut=UTF-8", path, *args]
 
     def run(
         self, script: Path | str, *args: str, timeout: float = 60, stdin: str | None = None
@@ -84,11 +77,11 @@ class AutoHotkey:
 def autohotkey() -> Iterator[AutoHotkey]:
     """Real AutoHotkey for the duration of the block; everything it started is stopped
     at the end (Xvfb, the Wine server and every Wine process of the private prefix)."""
-    executable = find_executable()
-    assert executable is not None
+    launcher = find_autohotkey()
+    assert launcher is not None
     env = dict(os.environ)
     if sys.platform == "win32":
-        yield AutoHotkey(executable, env)
+        yield AutoHotkey(launcher, env)
         return
     with tempfile.TemporaryDirectory(prefix="mb-wine-") as prefix:
         display = subprocess.Popen(
@@ -112,7 +105,7 @@ def autohotkey() -> Iterator[AutoHotkey]:
             # One Wine server for the whole session keeps each script's start short.
             subprocess.run(["wineboot", "--init"], env=env, timeout=300, capture_output=True)
             subprocess.run(["wineserver", "-p"], env=env, timeout=30, check=True)
-            runner = AutoHotkey(executable, env)
+            runner = AutoHotkey(launcher, env)
             # The first script starts Wine's helper processes, which inherit its output
             # and hold it open: let them inherit nothing of a test's.
             warm_up = Path(prefix) / "warm_up.ahk"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import shutil
 import struct
 import subprocess
@@ -14,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from autohotkey import LIBRARY, readme_blocks
 
 from message_broker import BrokerClient, BrokerConfig, Message, MessageBroker
 
-ROOT = Path(__file__).parent.parent
 SCRIPTS = Path(__file__).parent / "ahk"
 TEXT = 'Grüße "quoted" back\\slash 日本語 🎉\nnew line\ttab'
 
@@ -211,16 +210,9 @@ async def test_frames_split_across_reads_and_packed_into_one(run_script: Any) ->
         assert await script.exit_code() == 0, script.lines
 
 
-def readme_examples() -> list[str]:
-    """The AutoHotkey blocks of the README's AutoHotkey section."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## AutoHotkey\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```autohotkey\n(.*?)```", section, flags=re.S)
-
-
 async def test_the_readme_example_works_as_written(run_script: Any, tmp_path: Path) -> None:
     """Copied next to MessageBroker.ahk, as the README says."""
-    shutil.copy(ROOT / "clients" / "ahk" / "MessageBroker.ahk", tmp_path)
+    shutil.copy(LIBRARY, tmp_path)
     example = tmp_path / "hotkeys.ahk"
     config = BrokerConfig(host="127.0.0.1", port=0)
     async with (
@@ -228,7 +220,7 @@ async def test_the_readme_example_works_as_written(run_script: Any, tmp_path: Pa
         BrokerClient("py", host="127.0.0.1", port=broker.port or 0) as client,
     ):
         # As written but for the port: the default one stays free for other tests.
-        text = readme_examples()[0]
+        text = readme_blocks("## AutoHotkey")[0]
         assert 'MessageBroker("hotkeys")' in text
         text = text.replace(
             'MessageBroker("hotkeys")', f'MessageBroker("hotkeys", , {broker.port})'

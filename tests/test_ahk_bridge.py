@@ -5,7 +5,6 @@ the last ones."""
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 import sys
 import textwrap
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from autohotkey import LIBRARY, readme_blocks
 
 from message_broker import BrokerClient, BrokerConfig, Message, MessageBroker
 from message_broker.ahk_bridge import AHKBridge
@@ -148,73 +148,67 @@ async def test_stop_ends_every_script(setup: Setup) -> None:
 
 
 @pytest.fixture
-async def ahk_bridge(setup: Setup, ahk: Any) -> Setup:
-    """The bridge, running real AutoHotkey (under Wine here)."""
+async def ahk_bridge(setup: Setup, ahk: Any, monkeypatch: pytest.MonkeyPatch) -> Setup:
+    """The bridge, running real AutoHotkey (under Wine here, in the test's Wine prefix
+    and display)."""
+    for name, value in ahk.env.items():
+        monkeypatch.setenv(name, value)
     await setup.bridge.stop()
-    executable = [*ahk.prefix, str(ahk.executable)]
-    setup.bridge = AHKBridge(broker_client=setup.client, executable=executable)
+    setup.bridge = AHKBridge(broker_client=setup.client, executable=ahk.launcher)
     await setup.bridge.start()
     return setup
 
 
-async def test_real_autohotkey_under_the_bridge(ahk_bridge: Setup, ahk: Any) -> None:
+async def test_real_autohotkey_under_the_bridge(ahk_bridge: Setup) -> None:
     setup = ahk_bridge
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in ahk.env.items():
-            env.setenv(name, value)
-        script = await setup.bridge.run_script(SCRIPTS / "bridged.ahk", "ärg")
-        started = await setup.next_on("scripts.bridged.started")
-        assert started.payload["pid"] == script.pid
-        ready = await setup.next_on("bridged.ready")
-        assert ready.payload == {"args": ["ärg"]} and ready.sender == "ahk_bridge/bridged"
-        assert (await setup.client.request("scripts.status", {"script_id": "bridged"}))["running"]
+    script = await setup.bridge.run_script(SCRIPTS / "bridged.ahk", "ärg")
+    started = await setup.next_on("scripts.bridged.started")
+    assert started.payload["pid"] == script.pid
+    ready = await setup.next_on("bridged.ready")
+    assert ready.payload == {"args": ["ärg"]} and ready.sender == "ahk_bridge/bridged"
+    assert (await setup.client.request("scripts.status", {"script_id": "bridged"}))["running"]
 
-        await setup.client.publish("bridged.in", {"text": TEXT})
-        assert (await setup.next_on("bridged.out")).payload == {
-            "text": TEXT,
-            "length": len(TEXT.encode("utf-16-le")) // 2,
-        }
-        assert await setup.client.request("bridged.svc", {"n": 20}) == {"doubled": 40}
-        error = (await setup.next_on("scripts.bridged.error")).payload
-        assert error["line"] == "a line that is not JSON"
-        stopped = (await setup.next_on("scripts.bridged.stopped")).payload
-        assert stopped["exit_code"] == 0
+    await setup.client.publish("bridged.in", {"text": TEXT})
+    assert (await setup.next_on("bridged.out")).payload == {
+        "text": TEXT,
+        "length": len(TEXT.encode("utf-16-le")) // 2,
+    }
+    assert await setup.client.request("bridged.svc", {"n": 20}) == {"doubled": 40}
+    error = (await setup.next_on("scripts.bridged.error")).payload
+    assert error["line"] == "a line that is not JSON"
+    stopped = (await setup.next_on("scripts.bridged.stopped")).payload
+    assert stopped["exit_code"] == 0
 
-        broken = await setup.bridge.run_script(SCRIPTS / "broken.ahk")
-        stopped = (await setup.next_on("scripts.broken.stopped")).payload
-        assert stopped["exit_code"] == 2 and stopped["pid"] == broken.pid
-        assert "Missing" in stopped["stderr"], stopped
+    broken = await setup.bridge.run_script(SCRIPTS / "broken.ahk")
+    stopped = (await setup.next_on("scripts.broken.stopped")).payload
+    assert stopped["exit_code"] == 2 and stopped["pid"] == broken.pid
+    assert "Missing" in stopped["stderr"], stopped
 
 
 async def test_the_readme_bridged_example_works_as_written(
-    ahk_bridge: Setup, ahk: Any, tmp_path: Path
+    ahk_bridge: Setup, tmp_path: Path
 ) -> None:
     setup = ahk_bridge
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### AHKBridge", 1)[1].split("\n## ", 1)[0]
-    snippet = re.findall(r"```autohotkey\n(.*?)```", section, flags=re.S)[0]
-    shutil.copy(Path(__file__).parent.parent / "clients" / "ahk" / "MessageBroker.ahk", tmp_path)
+    snippet = readme_blocks("### AHKBridge: scripts run by a Python program")[0]
+    shutil.copy(LIBRARY, tmp_path)
     (tmp_path / "watcher.ahk").write_text(textwrap.dedent(snippet), encoding="utf-8")
     await setup.client.subscribe("jobs.seen", setup.seen.put_nowait)
-    with pytest.MonkeyPatch.context() as env:
-        for name, value in ahk.env.items():
-            env.setenv(name, value)
-        script = await setup.bridge.run_script(tmp_path / "watcher.ahk")
-        # Published until the script has subscribed and answers.
-        for _ in range(60):
-            message_id = await setup.client.publish("jobs.created", {"n": 1})
-            try:
-                seen = await setup.next_on("jobs.seen", timeout=0.5)
-                break
-            except asyncio.TimeoutError:
-                continue
-        else:
-            raise AssertionError(f"no jobs.seen; stderr: {list(script.stderr)}")
-        assert seen.sender == "ahk_bridge/watcher"
-        assert seen.payload["id"] == message_id or seen.payload["id"].startswith(
-            message_id.rsplit("-", 1)[0]
-        )
-        await setup.bridge.stop_script("watcher", timeout=2)
-        assert not script.running
-        stopped = await setup.next_on("scripts.watcher.stopped")
-        assert stopped.payload["exit_code"] == script.exit_code
+    script = await setup.bridge.run_script(tmp_path / "watcher.ahk")
+    # Published until the script has subscribed and answers.
+    for _ in range(60):
+        message_id = await setup.client.publish("jobs.created", {"n": 1})
+        try:
+            seen = await setup.next_on("jobs.seen", timeout=0.5)
+            break
+        except asyncio.TimeoutError:
+            continue
+    else:
+        raise AssertionError(f"no jobs.seen; stderr: {list(script.stderr)}")
+    assert seen.sender == "ahk_bridge/watcher"
+    assert seen.payload["id"] == message_id or seen.payload["id"].startswith(
+        message_id.rsplit("-", 1)[0]
+    )
+    await setup.bridge.stop_script("watcher", timeout=2)
+    assert not script.running
+    stopped = await setup.next_on("scripts.watcher.stopped")
+    assert stopped.payload["exit_code"] == script.exit_code

@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,12 @@ class BridgedScript:
     @property
     def running(self) -> bool:
         return self._process is not None and self.exit_code is None
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        """Runs one of this script's tasks; they are cancelled when it ends."""
+        task = asyncio.ensure_future(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def wait(self, timeout: float | None = None) -> int:
         """Waits for the script to end; returns its exit code."""
@@ -221,8 +227,8 @@ class AHKBridge:
         script = BridgedScript(script_id, path, args)
         client = BrokerClient(
             f"{self._client.client_id}/{script_id}",
-            host=self._client._host,
-            port=self._client._port,
+            host=self._client.host,
+            port=self._client.port,
             client_type="bridged-script",
         )
         if not await client.connect():
@@ -248,9 +254,7 @@ class AHKBridge:
         await self._lifecycle(script, "started", path=path, args=list(args))
         relay = _Relay(self, script, process, client)
         for job in (relay.read_stdout(), relay.read_stderr(), self._watch(script, process)):
-            task = asyncio.ensure_future(job)
-            script._tasks.add(task)
-            task.add_done_callback(script._tasks.discard)
+            script._spawn(job)
         return script
 
     async def stop_script(self, script_id: str, timeout: float | None = None) -> int:
@@ -391,27 +395,27 @@ class _Relay:
         if not isinstance(call, dict) or not isinstance(call.get("method"), str):
             await self._report("not a JSON-RPC call", json.dumps(call).encode())
             return _error(None, _INVALID_REQUEST, "expected an object with a method")
-        call_id, method = call.get("id"), call["method"]
+        call_id, method, wants_answer = call.get("id"), call["method"], "id" in call
         params = call.get("params", {})
-        if not isinstance(params, dict):
-            return (
-                _error(call_id, _INVALID_PARAMS, "params must be an object")
-                if "id" in call
-                else None
-            )
-        if method == "request" and "id" in call:
+        if method == "request" and wants_answer and isinstance(params, dict):
             # Requests wait for a reply: the script's other calls go on meanwhile.
-            self.script._tasks.add(task := asyncio.ensure_future(self._request(call_id, params)))
-            task.add_done_callback(self.script._tasks.discard)
+            self.script._spawn(self._request(call_id, params))
             return None
         try:
-            result = await self._perform(method, params)
+            if not isinstance(params, dict):
+                raise _CallError(_INVALID_PARAMS, "params must be an object")
+            answer = {
+                "jsonrpc": "2.0",
+                "result": await self._perform(method, params),
+                "id": call_id,
+            }
         except _CallError as error:
-            return _error(call_id, error.code, str(error)) if "id" in call else None
+            answer = _error(call_id, error.code, str(error))
         except BrokerError as error:
             code = error.code if error.code is not None else _INTERNAL_ERROR
-            return _error(call_id, code, str(error)) if "id" in call else None
-        return {"jsonrpc": "2.0", "result": result, "id": call_id} if "id" in call else None
+            answer = _error(call_id, code, str(error))
+        # A notification gets no answer, not even an error.
+        return answer if wants_answer else None
 
     async def _perform(self, method: str, params: dict[str, Any]) -> Any:
         if method == "publish":

@@ -107,6 +107,16 @@ class BrokerClient:
         return self._client_id
 
     @property
+    def host(self) -> str:
+        """The broker's host, as given."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The broker's port, as given."""
+        return self._port
+
+    @property
     def is_connected(self) -> bool:
         """True while a connection to the broker is up, this very moment."""
         return self._core is not None and self._core.is_connected
