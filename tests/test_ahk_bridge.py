@@ -28,12 +28,20 @@ class Setup:
         self.client = client
         self.bridge = bridge
         self.seen: asyncio.Queue[Message] = asyncio.Queue()
+        self._other: list[Message] = []
 
     async def next_on(self, topic: str, timeout: float = 30) -> Message:
+        """The next message on ``topic``. Messages on other topics are kept for later:
+        the bridge and a script publish on connections of their own, so their messages
+        may arrive in either order."""
+        for index, message in enumerate(self._other):
+            if message.topic == topic:
+                return self._other.pop(index)
         while True:
             message = await asyncio.wait_for(self.seen.get(), timeout)
             if message.topic == topic:
                 return message
+            self._other.append(message)
 
 
 @pytest.fixture
