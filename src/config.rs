@@ -1,9 +1,12 @@
 //! Broker configuration: seed 000's `BrokerConfig` with its defaults, plus the
 //! timeouts that protect the broker from clients that never finish a frame.
 
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::BrokerError;
+use crate::queue::QueueSpec;
 
 pub const DEFAULT_HOST: &str = "localhost";
 pub const DEFAULT_PORT: u16 = 15234;
@@ -32,6 +35,12 @@ pub struct BrokerConfig {
     pub handshake_timeout: Duration,
     /// Once a frame has started to arrive, all of it must arrive within this time.
     pub frame_timeout: Duration,
+    /// Where durable queues and retained messages are kept; `None` keeps them in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Sync every group commit to disk (survives power loss, not only a crash).
+    pub fsync: bool,
+    /// Durable queues that exist from the start.
+    pub queues: Vec<QueueSpec>,
 }
 
 impl Default for BrokerConfig {
@@ -48,6 +57,9 @@ impl Default for BrokerConfig {
             log_messages: false,
             handshake_timeout: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(30),
+            data_dir: None,
+            fsync: false,
+            queues: Vec::new(),
         }
     }
 }
@@ -94,6 +106,22 @@ impl BrokerConfig {
             if value.is_zero() {
                 return invalid(format!("{name} must be greater than 0"));
             }
+        }
+        let mut names = HashSet::new();
+        for queue in &self.queues {
+            queue.validate().map_err(|e| BrokerError::InvalidConfig(format!("queues: {}", e.message)))?;
+            if !queue.durable {
+                return invalid(format!(
+                    "queues: queue {:?} must be durable (a queue group needs no configuration)",
+                    queue.name
+                ));
+            }
+            if !names.insert(&queue.name) {
+                return invalid(format!("queues: queue {:?} is configured twice", queue.name));
+            }
+        }
+        if self.data_dir.as_ref().is_some_and(|dir| dir.as_os_str().is_empty()) {
+            return invalid("data_dir must not be empty (leave it out to keep queues in memory)".into());
         }
         if self.heartbeat_timeout <= self.heartbeat_interval {
             return invalid(format!(

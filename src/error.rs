@@ -38,10 +38,14 @@ pub enum ErrorCode {
     ReadTimeout,
     /// The connection already has the most requests waiting for replies.
     TooManyRequests,
+    /// A queue (or the retained store) is full: the message was not kept there.
+    QueueFull,
+    /// The message could not be written to the store, so it is not confirmed.
+    StorageFailed,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::ParseError,
         ErrorCode::InvalidRequest,
         ErrorCode::MethodNotFound,
@@ -57,6 +61,8 @@ impl ErrorCode {
         ErrorCode::HeartbeatTimeout,
         ErrorCode::ReadTimeout,
         ErrorCode::TooManyRequests,
+        ErrorCode::QueueFull,
+        ErrorCode::StorageFailed,
     ];
 
     pub const fn code(self) -> i32 {
@@ -76,6 +82,8 @@ impl ErrorCode {
             ErrorCode::HeartbeatTimeout => -32008,
             ErrorCode::ReadTimeout => -32009,
             ErrorCode::TooManyRequests => -32010,
+            ErrorCode::QueueFull => -32011,
+            ErrorCode::StorageFailed => -32012,
         }
     }
 
@@ -97,6 +105,8 @@ impl ErrorCode {
             ErrorCode::HeartbeatTimeout => "HEARTBEAT_TIMEOUT",
             ErrorCode::ReadTimeout => "READ_TIMEOUT",
             ErrorCode::TooManyRequests => "TOO_MANY_REQUESTS",
+            ErrorCode::QueueFull => "QUEUE_FULL",
+            ErrorCode::StorageFailed => "STORAGE_FAILED",
         }
     }
 }
@@ -130,6 +140,8 @@ pub enum BrokerError {
     Resolve { host: String, source: io::Error },
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 #[cfg(test)]

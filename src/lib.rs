@@ -13,8 +13,12 @@
 //! - [`index`]: the subscription trie; a publish costs the depth of the topic, not the
 //!   number of unrelated subscriptions.
 //! - [`outbox`]: the bounded per-client queue of frames to write.
+//! - [`queue`]: queue groups and durable queues: competing consumers, acknowledgements,
+//!   redelivery, dead letters and expiry.
+//! - [`store`]: the SQLite store behind durable queues and retained messages.
 //! - [`router`]: the registry of connected clients, fan-out with per-client bounded
-//!   queues, request/reply tracking, counters and system topics.
+//!   queues, queues and retained messages, request/reply tracking, counters and system
+//!   topics.
 //! - [`session`]: what one connected client may do: the methods of the protocol.
 //! - [`connection`]: reading frames from and writing coalesced frames to one socket.
 //! - [`server`]: the accept loop, connection limits and graceful shutdown.
@@ -31,10 +35,12 @@ pub mod ids;
 pub mod index;
 pub mod outbox;
 pub mod protocol;
+pub mod queue;
 pub mod router;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod store;
 pub mod topic;
 
 #[cfg(feature = "python")]

@@ -4,6 +4,8 @@
 //! dropped for this client only and counted, so a subscriber that stops reading never
 //! slows the publisher or anyone else. A client's own responses are *sent*: they wait
 //! for room, which slows down only the client that is not reading its responses.
+//! Deliveries from queues are *credited*: the consumer's prefetch already bounds them,
+//! so they go past the delivery bound (into a reserve) instead of being dropped.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -34,10 +36,14 @@ pub enum Offer {
     Closed,
 }
 
+/// Room kept beyond the delivery bound for credited deliveries and responses.
+pub const CREDIT_RESERVE: usize = 1024;
+
 #[derive(Debug, Clone)]
 pub struct Outbox {
     tx: mpsc::Sender<Bytes>,
     stats: Arc<QueueStats>,
+    max_frames: usize,
     max_bytes: usize,
 }
 
@@ -47,18 +53,19 @@ pub struct OutboxReceiver {
     stats: Arc<QueueStats>,
 }
 
-/// A queue of at most `capacity` frames and (for deliveries) `max_bytes` bytes.
+/// A queue of at most `capacity` frames and `max_bytes` bytes for offered deliveries,
+/// with [`CREDIT_RESERVE`] frames more for credited deliveries and responses.
 pub fn channel(capacity: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
-    let (tx, rx) = mpsc::channel(capacity);
+    let (tx, rx) = mpsc::channel(capacity + CREDIT_RESERVE);
     let stats = Arc::new(QueueStats::default());
-    (Outbox { tx, stats: stats.clone(), max_bytes }, OutboxReceiver { rx, stats })
+    (Outbox { tx, stats: stats.clone(), max_frames: capacity, max_bytes }, OutboxReceiver { rx, stats })
 }
 
 impl Outbox {
     /// Queues a delivery if there is room, else drops it and counts the drop.
     pub fn offer(&self, frame: Bytes) -> Offer {
         let len = frame.len();
-        if self.stats.bytes.load(Ordering::Relaxed) + len > self.max_bytes {
+        if self.stats.bytes.load(Ordering::Relaxed) + len > self.max_bytes || self.len() >= self.max_frames {
             return self.dropped();
         }
         match self.tx.try_send(frame) {
@@ -73,9 +80,24 @@ impl Outbox {
     }
 
     fn dropped(&self) -> Offer {
+        if self.tx.is_closed() {
+            return Offer::Closed;
+        }
         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         let newly_congested = !self.stats.congested.swap(true, Ordering::Relaxed);
         Offer::Dropped { newly_congested }
+    }
+
+    /// Queues a delivery from a queue, whose consumer's prefetch bounds how many wait.
+    /// Fails only when the reserve is used up or the connection is gone.
+    pub fn push_credited(&self, frame: Bytes) -> bool {
+        let len = frame.len();
+        let sent = self.tx.try_send(frame).is_ok();
+        if sent {
+            self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+            self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
     }
 
     /// Queues a response to this client's own request, waiting for room.
@@ -108,8 +130,9 @@ impl Outbox {
         self.len() == 0
     }
 
+    /// The bound on offered deliveries.
     pub fn capacity(&self) -> usize {
-        self.tx.max_capacity()
+        self.max_frames
     }
 
     pub fn stats(&self) -> &QueueStats {
@@ -170,8 +193,10 @@ mod tests {
             Offer::Dropped { newly_congested: true },
             "a new episode is announced again"
         );
+        assert!(outbox.push_credited(Bytes::from_static(b"q")), "credited deliveries use the reserve");
         drop(rx);
         assert_eq!(outbox.offer(Bytes::from_static(b"8")), Offer::Closed);
+        assert!(!outbox.push_credited(Bytes::from_static(b"9")));
     }
 
     #[tokio::test]

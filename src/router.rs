@@ -3,8 +3,10 @@
 //! All connection tasks share one `Router`. Publishing takes a read lock on the
 //! subscription state, encodes the message once and offers the same bytes to every
 //! matching client's queue; subscribing and connecting take the write lock briefly.
+//! Queues and retained messages have locks of their own, taken only when a message
+//! is bound for them, so plain fire-and-forget traffic never waits for them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,11 +21,14 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, oneshot};
 
 use crate::config::BrokerConfig;
-use crate::error::{ErrorCode, RpcError};
+use crate::error::{BrokerError, ErrorCode, RpcError};
 use crate::ids::MessageIds;
 use crate::index::{SessionId, SubscriptionIndex};
 use crate::outbox::{Offer, Outbox};
 use crate::protocol::message::Delivery;
+use crate::queue::{DeadLetter, Join, Queues, StoredMessage};
+use crate::store::{Op, Store};
+use crate::topic::matches;
 
 /// The `sender` of messages the broker publishes itself.
 pub const BROKER_SENDER: &str = "broker";
@@ -31,6 +36,8 @@ pub const BROKER_SENDER: &str = "broker";
 pub const REPLY_PREFIX: &str = "_internal.reply.";
 /// Most patterns one client may hold, so one client cannot grow the index without bound.
 pub const MAX_PATTERNS_PER_CLIENT: usize = 10_000;
+/// Most topics with a retained message.
+pub const MAX_RETAINED: usize = 100_000;
 
 /// Who a connected client says it is.
 #[derive(Debug, Clone)]
@@ -41,6 +48,7 @@ pub struct ClientInfo {
 }
 
 struct Entry {
+    session: SessionId,
     info: ClientInfo,
     connected_at: SystemTime,
     outbox: Outbox,
@@ -92,13 +100,32 @@ pub struct Publish<'a> {
     pub sender: &'a str,
     pub reply_to: Option<&'a str>,
     pub ttl: Option<f64>,
+    /// 1: the publisher wants to know once the message is stored in every durable
+    /// queue it matches (see [`Published::stored`]).
+    pub qos: u8,
+    /// Keep it as the topic's retained message (an empty payload clears it).
+    pub retain: bool,
+}
+
+impl<'a> Publish<'a> {
+    /// A plain message: no reply address, no ttl, qos 0, not retained.
+    pub fn new(topic: &'a str, payload: &'a RawValue, sender: &'a str) -> Publish<'a> {
+        Publish { message_id: None, topic, payload, sender, reply_to: None, ttl: None, qos: 0, retain: false }
+    }
 }
 
 #[derive(Debug, Serialize)]
 pub struct Published {
     pub message_id: String,
-    /// Clients the message was queued for.
+    /// Clients and queues the message was queued for.
     pub recipients: usize,
+    /// Completes once the message is committed to the store, for a `qos=1` message
+    /// that went into durable queues backed by one.
+    #[serde(skip)]
+    pub stored: Option<oneshot::Receiver<Result<(), String>>>,
+    /// Queues that were full and did not take the message.
+    #[serde(skip)]
+    pub full: Vec<Arc<str>>,
 }
 
 pub struct Router {
@@ -113,6 +140,11 @@ pub struct Router {
     started: Instant,
     shutting_down: AtomicBool,
     pub counters: Counters,
+    queues: Mutex<Queues>,
+    /// Set once any queue exists: until then publishing never looks at them.
+    has_queues: AtomicBool,
+    /// The last retained message of each topic.
+    retained: Mutex<BTreeMap<String, Arc<StoredMessage>>>,
 }
 
 fn unix_now() -> f64 {
@@ -124,8 +156,49 @@ fn raw(value: &Value) -> Box<RawValue> {
 }
 
 impl Router {
+    /// A router with everything in memory (`data_dir` is not looked at).
     pub fn new(config: BrokerConfig) -> Arc<Router> {
+        let mut queues = Queues::new(None);
+        for spec in &config.queues {
+            queues.configure(spec.clone());
+        }
+        Self::build(config, queues, BTreeMap::new())
+    }
+
+    /// A router whose durable queues and retained messages live in the configured
+    /// `data_dir` (restored from it), or in memory without one.
+    pub fn open(config: BrokerConfig) -> Result<Arc<Router>, BrokerError> {
+        let Some(dir) = config.data_dir.clone() else {
+            return Ok(Self::new(config));
+        };
+        let (store, restored) = Store::open(&dir, config.fsync)?;
+        let store = Arc::new(store);
+        let path = store.path().display().to_string();
+        let mut retained = BTreeMap::new();
+        for (topic, record) in &restored.retained {
+            let message =
+                StoredMessage::from_record(record).map_err(|e| crate::store::StoreError::Corrupt {
+                    path: path.clone().into(),
+                    detail: format!("the retained message of {topic:?} cannot be read: {e}"),
+                })?;
+            retained.insert(topic.clone(), Arc::new(message));
+        }
+        let mut queues = Queues::new(Some(store));
+        let restored_queues = restored.queues.len();
+        queues.restore(restored, &config.queues, &path)?;
+        tracing::info!(queues = restored_queues, retained = retained.len(), "restored from {path}");
+        Ok(Self::build(config, queues, retained))
+    }
+
+    fn build(
+        config: BrokerConfig,
+        queues: Queues,
+        retained: BTreeMap<String, Arc<StoredMessage>>,
+    ) -> Arc<Router> {
         Arc::new(Router {
+            has_queues: AtomicBool::new(!queues.is_empty()),
+            queues: Mutex::new(queues),
+            retained: Mutex::new(retained),
             config,
             local_addr: Mutex::new(None),
             state: RwLock::new(State::default()),
@@ -183,6 +256,7 @@ impl Router {
             state.sessions.insert(
                 session,
                 Entry {
+                    session,
                     info,
                     connected_at: SystemTime::now(),
                     outbox,
@@ -195,6 +269,7 @@ impl Router {
         };
         if let Some(old) = taken_over {
             old.evicted.notify_one();
+            self.leave_queues(old.session, None);
             tracing::info!(client_id = %client_id, "client reconnected; the previous connection is closed");
             self.announce(
                 "system.client.disconnected",
@@ -219,6 +294,8 @@ impl Router {
             }
             removed
         };
+        // Whatever it had in flight goes back to its queues.
+        self.leave_queues(session, None);
         if let Some(entry) = removed {
             tracing::debug!(client_id = %entry.info.client_id, reason, "client disconnected");
             self.announce(
@@ -236,8 +313,19 @@ impl Router {
         Some(entry)
     }
 
-    /// Adds validated patterns; returns them all (already-held ones included).
+    /// Adds validated patterns, then queues the retained messages that the newly
+    /// added ones match.
     pub fn subscribe(&self, session: SessionId, patterns: &[Arc<str>]) -> Result<(), RpcError> {
+        let (outbox, added) = self.add_patterns(session, patterns)?;
+        self.deliver_retained(&outbox, &added);
+        Ok(())
+    }
+
+    fn add_patterns(
+        &self,
+        session: SessionId,
+        patterns: &[Arc<str>],
+    ) -> Result<(Outbox, Vec<Arc<str>>), RpcError> {
         let mut state = self.state.write();
         let State { index, sessions, .. } = &mut *state;
         let entry = sessions
@@ -249,13 +337,15 @@ impl Router {
                 "a client may hold at most {MAX_PATTERNS_PER_CLIENT} patterns"
             )));
         }
+        let mut added = Vec::new();
         for pattern in patterns {
             if entry.pattern_set.insert(pattern.clone()) {
                 index.insert(session, pattern.clone());
                 entry.patterns.push(pattern.clone());
+                added.push(pattern.clone());
             }
         }
-        Ok(())
+        Ok((entry.outbox.clone(), added))
     }
 
     /// Removes patterns; returns those that were subscribed.
@@ -276,27 +366,71 @@ impl Router {
         removed
     }
 
-    /// Routes a message to every matching client, at most once each.
-    pub fn publish(&self, msg: Publish<'_>) -> Published {
+    /// Routes a message: to every matching subscriber, to every queue bound to its
+    /// topic, and into the retained store when asked. Refused only for a retained
+    /// message when the retained store is full.
+    pub fn publish(&self, msg: Publish<'_>) -> Result<Published, RpcError> {
+        self.publish_skipping(msg, None)
+    }
+
+    fn publish_skipping(&self, msg: Publish<'_>, skip_queue: Option<&str>) -> Result<Published, RpcError> {
         let message_id = msg.message_id.map_or_else(|| self.ids.next(), str::to_owned);
+        let timestamp = unix_now();
+        let keep = msg.retain || self.has_queues.load(Ordering::Acquire);
+        let stored = keep.then(|| {
+            Arc::new(StoredMessage {
+                topic: msg.topic.to_owned(),
+                payload: msg.payload.to_owned(),
+                sender: msg.sender.to_owned(),
+                id: message_id.clone(),
+                timestamp,
+                reply_to: msg.reply_to.map(str::to_owned),
+                ttl: msg.ttl,
+                qos: msg.qos,
+            })
+        });
+        if msg.retain {
+            self.retain(stored.as_ref().expect("kept when retained"))?;
+        }
         let frame = Delivery {
             topic: msg.topic,
             payload: msg.payload,
             sender: msg.sender,
             id: &message_id,
-            timestamp: unix_now(),
+            timestamp,
             reply_to: msg.reply_to,
             ttl: msg.ttl,
+            qos: msg.qos,
+            retained: false,
+            from_queue: None,
         }
         .encode();
-        let (recipients, congested) = self.fan_out(msg.topic, frame);
+        let (mut recipients, congested) = self.fan_out(msg.topic, frame);
+        let mut published = Published { message_id, recipients: 0, stored: None, full: Vec::new() };
+        if let Some(stored) = stored.filter(|_| self.has_queues.load(Ordering::Acquire)) {
+            let (enqueued, dead, store) = {
+                let mut queues = self.queues.lock();
+                let (enqueued, dead) = queues.enqueue(&stored, skip_queue, timestamp);
+                (enqueued, dead, queues.store().cloned())
+            };
+            recipients += enqueued.queued;
+            if msg.qos > 0 && enqueued.stored > 0 {
+                published.stored = store.map(|store| store.flush());
+            }
+            if !enqueued.full.is_empty() {
+                tracing::warn!(queues = ?enqueued.full, topic = msg.topic, "queues are full; the message was not kept in them");
+            }
+            published.full = enqueued.full;
+            self.dead_letter(dead);
+        }
+        published.recipients = recipients;
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         if self.config.log_messages {
             tracing::info!(
                 target: "message_broker::messages",
                 topic = msg.topic,
                 sender = msg.sender,
-                id = %message_id,
+                id = %published.message_id,
                 recipients,
                 "{}",
                 msg.payload.get()
@@ -313,7 +447,137 @@ impl Router {
                 }),
             );
         }
-        Published { message_id, recipients }
+        Ok(published)
+    }
+
+    /// Keeps `message` as its topic's retained message; an empty payload (`null` or
+    /// `""`) clears it instead.
+    fn retain(&self, message: &Arc<StoredMessage>) -> Result<(), RpcError> {
+        let clear = matches!(message.payload.get(), "null" | "\"\"");
+        let mut retained = self.retained.lock();
+        if clear {
+            retained.remove(&message.topic);
+        } else {
+            if retained.len() >= MAX_RETAINED && !retained.contains_key(&message.topic) {
+                return Err(RpcError::new(
+                    ErrorCode::QueueFull,
+                    format!("{MAX_RETAINED} topics already have a retained message; clear some first"),
+                ));
+            }
+            retained.insert(message.topic.clone(), message.clone());
+        }
+        if let Some(store) = self.queues.lock().store() {
+            let record = (!clear).then(|| message.record());
+            store.write(Op::Retain { topic: message.topic.clone(), record });
+        }
+        Ok(())
+    }
+
+    /// Queues the retained messages matching any of `patterns` for `session`, oldest
+    /// topic first, marked `retained`.
+    fn deliver_retained(&self, outbox: &Outbox, patterns: &[Arc<str>]) {
+        if patterns.is_empty() {
+            return;
+        }
+        let now = unix_now();
+        let frames: Vec<Bytes> = {
+            let retained = self.retained.lock();
+            if retained.is_empty() {
+                return;
+            }
+            retained
+                .values()
+                .filter(|m| !m.is_expired(now) && patterns.iter().any(|p| matches(p, &m.topic)))
+                .map(|m| m.frame(true, None))
+                .collect()
+        };
+        for frame in frames {
+            if outbox.offer(frame) != Offer::Queued {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Publishes dead letters on their topics (never back into the queue they left).
+    fn dead_letter(&self, letters: Vec<DeadLetter>) {
+        for letter in letters {
+            let msg = Publish { qos: 1, ..Publish::new(&letter.topic, &letter.payload, BROKER_SENDER) };
+            if let Err(error) = self.publish_skipping(msg, Some(&letter.queue)) {
+                tracing::warn!(queue = %letter.queue, "a dead letter was lost: {error}");
+            }
+        }
+    }
+
+    /// Makes `session` a consumer of a queue (declared on first use).
+    pub fn join_queue(&self, session: SessionId, join: Join) -> Result<(), RpcError> {
+        let outbox = {
+            let state = self.state.read();
+            let entry = state
+                .sessions
+                .get(&session)
+                .ok_or_else(|| RpcError::new(ErrorCode::NotConnected, "not connected"))?;
+            entry.outbox.clone()
+        };
+        let dead = self.queues.lock().join(session, outbox, join, unix_now())?;
+        self.has_queues.store(true, Ordering::Release);
+        self.dead_letter(dead);
+        Ok(())
+    }
+
+    /// Removes `session` from one queue or all; returns the queues it left.
+    pub fn leave_queues(&self, session: SessionId, name: Option<&str>) -> Vec<Arc<str>> {
+        if !self.has_queues.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let (left, dead) = self.queues.lock().leave(session, name, unix_now());
+        self.dead_letter(dead);
+        left
+    }
+
+    /// Acknowledges (`ack`) or rejects deliveries of `session`; returns how many it held.
+    pub fn settle(&self, session: SessionId, tags: &[u64], ack: bool, requeue: bool) -> usize {
+        let (settled, dead) = self.queues.lock().settle(session, tags, ack, requeue, unix_now());
+        self.dead_letter(dead);
+        settled
+    }
+
+    /// Deletes a queue with its messages; `None` when there is no such queue.
+    pub fn delete_queue(&self, name: &str) -> Option<usize> {
+        self.queues.lock().delete(name)
+    }
+
+    /// Periodic upkeep: expires messages past their ttl and retries deliveries that
+    /// found no room.
+    pub fn tick(&self) {
+        let now = unix_now();
+        if self.has_queues.load(Ordering::Acquire) {
+            let dead = self.queues.lock().tick(now);
+            self.dead_letter(dead);
+        }
+        let expired: Vec<String> = {
+            let mut retained = self.retained.lock();
+            let expired: Vec<String> =
+                retained.iter().filter(|(_, m)| m.is_expired(now)).map(|(t, _)| t.clone()).collect();
+            for topic in &expired {
+                retained.remove(topic);
+            }
+            expired
+        };
+        if !expired.is_empty()
+            && let Some(store) = self.queues.lock().store()
+        {
+            for topic in expired {
+                store.write(Op::Retain { topic, record: None });
+            }
+        }
+    }
+
+    /// Commits what the store still has queued and closes it.
+    pub fn close_store(&self) {
+        let store = self.queues.lock().store().cloned();
+        if let Some(store) = store {
+            store.close();
+        }
     }
 
     /// Offers `frame` to each matching client; returns how many queued it and the
@@ -355,14 +619,8 @@ impl Router {
 
     pub fn publish_system(&self, topic: &str, payload: &Value) {
         let payload = raw(payload);
-        self.publish(Publish {
-            message_id: None,
-            topic,
-            payload: &payload,
-            sender: BROKER_SENDER,
-            reply_to: None,
-            ttl: None,
-        });
+        // Only a retained message can be refused, and system events are not retained.
+        let _ = self.publish(Publish::new(topic, &payload, BROKER_SENDER));
     }
 
     /// Marks the broker as stopping and tells every subscriber, before any
@@ -387,7 +645,13 @@ impl Router {
         let reply_to = format!("{REPLY_PREFIX}{seq}.{token:016x}");
         let (tx, rx) = oneshot::channel();
         self.replies.lock().insert(seq, AwaitedReply { token, requester: tx });
-        let published = self.publish(Publish { reply_to: Some(&reply_to), ..msg });
+        let published = match self.publish(Publish { reply_to: Some(&reply_to), ..msg }) {
+            Ok(published) => published,
+            Err(error) => {
+                self.replies.lock().remove(&seq);
+                return Err(error);
+            }
+        };
         if published.recipients == 0 {
             self.replies.lock().remove(&seq);
             self.counters.no_responders.fetch_add(1, Ordering::Relaxed);
@@ -416,7 +680,12 @@ impl Router {
         let delivered = waiter.is_some_and(|tx| tx.send(payload.to_owned()).is_ok());
         let counter = if delivered { &self.counters.replies } else { &self.counters.late_replies };
         counter.fetch_add(1, Ordering::Relaxed);
-        Published { message_id: self.ids.next(), recipients: usize::from(delivered) }
+        Published {
+            message_id: self.ids.next(),
+            recipients: usize::from(delivered),
+            stored: None,
+            full: Vec::new(),
+        }
     }
 
     pub fn client_count(&self) -> usize {
@@ -451,6 +720,12 @@ impl Router {
         let c = &self.counters;
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         let addr = *self.local_addr.lock();
+        let (queues, totals, data_dir) = {
+            let queues = self.queues.lock();
+            let data_dir = queues.store().map(|s| s.path().display().to_string());
+            (queues.status(), queues.totals(), data_dir)
+        };
+        let retained = self.retained.lock().len();
         json!({
             "broker_version": crate::VERSION,
             "host": addr.map(|a| a.ip().to_string()),
@@ -468,6 +743,18 @@ impl Router {
                 "late_replies": load(&c.late_replies),
                 "no_responders": load(&c.no_responders),
                 "timeouts": load(&c.timeouts),
+                "retained": retained,
+                "queued": totals.enqueued,
+                "acked": totals.acked,
+                "redelivered": totals.redelivered,
+                "dead_lettered": totals.dead_lettered,
+                "expired": totals.expired,
+                "refused_by_full_queues": totals.dropped,
+            },
+            "queues": queues,
+            "persistence": {
+                "store": data_dir,
+                "fsync": self.config.fsync,
             },
             "connections": {
                 "open": c.connections_open.load(Ordering::Relaxed),
@@ -547,14 +834,7 @@ mod tests {
 
     fn publish(router: &Router, topic: &str, value: Value) -> Published {
         let payload = payload(value);
-        router.publish(Publish {
-            message_id: None,
-            topic,
-            payload: &payload,
-            sender: "test",
-            reply_to: None,
-            ttl: None,
-        })
+        router.publish(Publish::new(topic, &payload, "test")).unwrap()
     }
 
     #[test]
@@ -659,14 +939,7 @@ mod tests {
     async fn request_reply_no_responders_and_timeout() {
         let router = Router::new(BrokerConfig::default());
         let payload = payload(json!({"id": "saw1"}));
-        let msg = Publish {
-            message_id: None,
-            topic: "scripts.status",
-            payload: &payload,
-            sender: "req",
-            reply_to: None,
-            ttl: None,
-        };
+        let msg = Publish::new("scripts.status", &payload, "req");
 
         let err = router.request(msg, Duration::from_secs(5)).err().unwrap();
         assert_eq!(err.code, ErrorCode::NoResponders);

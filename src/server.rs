@@ -31,6 +31,8 @@ const REJECT_LINGER: Duration = Duration::from_secs(1);
 const REJECT_PEEK: Duration = Duration::from_millis(100);
 /// Refused connections being told why at once; past this they are closed unanswered.
 const MAX_REFUSALS_IN_PROGRESS: usize = 64;
+/// How often expired messages are removed and stalled queue deliveries retried.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Idle time before TCP keepalive probes start: how dead peers that never ping are found.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 
@@ -70,9 +72,14 @@ impl BrokerHandle {
 /// Binds the listener and starts serving in the background on the current runtime.
 pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     config.validate()?;
-    let listener = bind(&config.host, config.port).await?;
+    // Opening the store reads it back, which blocks: keep it off the async workers.
+    let host = config.host.clone();
+    let port = config.port;
+    let router = tokio::task::spawn_blocking(move || Router::open(config))
+        .await
+        .map_err(|e| BrokerError::Io(std::io::Error::other(e.to_string())))??;
+    let listener = bind(&host, port).await?;
     let local_addr = listener.local_addr()?;
-    let router = Router::new(config);
     router.set_local_addr(local_addr);
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(serve(listener, router.clone(), stopped));
@@ -118,9 +125,12 @@ async fn serve(listener: TcpListener, router: Arc<Router>, mut stopped: oneshot:
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     let mut connections = JoinSet::new();
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS));
+    let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
+    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         tokio::select! {
             reason = &mut stopped => break reason.unwrap_or_else(|_| "broker handle dropped".to_owned()),
+            _ = upkeep.tick() => router.tick(),
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => admit(stream, peer, &router, &notify_shutdown, &mut connections, &refusals),
@@ -141,6 +151,9 @@ async fn serve(listener: TcpListener, router: Arc<Router>, mut stopped: oneshot:
         tracing::warn!(left = connections.len(), "connections did not close in time; aborting them");
         connections.shutdown().await;
     }
+    // Every connection is gone, so nothing writes any more: commit and close.
+    let closing = router.clone();
+    let _ = tokio::task::spawn_blocking(move || closing.close_store()).await;
     tracing::info!("message broker stopped");
 }
 

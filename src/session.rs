@@ -2,8 +2,8 @@
 //! with a reason.
 //!
 //! Methods: `connect`, `disconnect`, `subscribe`, `unsubscribe`, `publish`,
-//! `request`, `ping`, `status`. Everything but `connect` and `ping` needs `connect`
-//! first. A request (a call with an `id`) gets exactly one response; a notification
+//! `request`, `ping`, `status`, and for queues `ack`, `nack` and `delete_queue`.
+//! Everything but `connect` and `ping` needs `connect` first. A request (a call with an `id`) gets exactly one response; a notification
 //! gets none, errors included.
 
 use std::borrow::Cow;
@@ -31,6 +31,7 @@ use crate::outbox::{self, Outbox};
 use crate::protocol::frame::{Decoded, FrameError};
 use crate::protocol::jsonrpc::{self, Call, Incoming};
 use crate::protocol::message::{notification, single_line};
+use crate::queue::{DEFAULT_PREFETCH, Join, MAX_PREFETCH, validate_queue_name};
 use crate::router::{ClientInfo, MAX_PATTERNS_PER_CLIENT, Publish, REPLY_PREFIX, Router};
 use crate::shutdown::Shutdown;
 use crate::topic::{is_reserved, parse_pattern, validate_topic};
@@ -49,8 +50,21 @@ const MAX_REQUEST_TIMEOUT: f64 = 3600.0;
 /// The topic on which requests are answered by the broker itself with its status.
 pub const STATUS_TOPIC: &str = "status";
 
-pub const METHODS: [&str; 8] =
-    ["connect", "disconnect", "subscribe", "unsubscribe", "publish", "request", "ping", "status"];
+pub const METHODS: [&str; 11] = [
+    "connect",
+    "disconnect",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "request",
+    "ping",
+    "status",
+    "ack",
+    "nack",
+    "delete_queue",
+];
+/// Most deliveries settled by one `ack` or `nack`.
+const MAX_SETTLE: usize = 100_000;
 
 type RpcResult = Result<Box<RawValue>, RpcError>;
 type PendingResult = Pin<Box<dyn Future<Output = RpcResult> + Send>>;
@@ -152,6 +166,7 @@ where
         last_seen: Instant::now(),
         waiting: JoinSet::new(),
         in_flight: Arc::default(),
+        will: None,
     };
     let end = session.serve(&mut reader, &mut shutdown, &write_failed, &framing).await;
     // A client cut off inside its first frame still gets its notice in its framing.
@@ -172,6 +187,15 @@ where
         session.outbox.try_send(Bytes::from(jsonrpc::failure(None, &notice)));
     }
     router.unregister(session.id, &end.reason());
+    // The client went away without saying goodbye: its last will is published. Not
+    // after a take-over (the client is back) nor at shutdown (the broker is leaving).
+    if let (
+        Some(will),
+        End::Closed | End::Lost(_) | End::HeartbeatTimeout(_) | End::FrameTimeout(_) | End::FarTooLarge(_),
+    ) = (&session.will, &end)
+    {
+        session.publish_will(will);
+    }
     // Dropping the last sender lets the writer flush the queue and close the socket.
     drop(session);
     // Bounded: the guard aborts the writer if it has not finished flushing by then.
@@ -192,6 +216,23 @@ struct Session {
     waiting: JoinSet<()>,
     /// Requests waiting for a reply on this connection.
     in_flight: Arc<AtomicUsize>,
+    /// Published by the broker if the connection ends without `disconnect`.
+    will: Option<Will>,
+}
+
+/// A client's last will, given at `connect`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Will {
+    topic: String,
+    #[serde(default)]
+    payload: Option<Box<RawValue>>,
+    #[serde(default)]
+    qos: u8,
+    #[serde(default)]
+    retain: bool,
+    #[serde(default)]
+    ttl: f64,
 }
 
 /// Counts a request while it waits for its reply.
@@ -482,7 +523,14 @@ impl Session {
             "disconnect" => Outcome::Close(to_raw(&json!({"disconnected": true}))),
             "subscribe" => Outcome::Done(self.subscribe(params)),
             "unsubscribe" => Outcome::Done(self.unsubscribe(params)),
-            "publish" => Outcome::Done(self.publish(params)),
+            "publish" => match self.publish(params) {
+                Ok(Confirm::Now(published)) => Outcome::Done(Ok(published)),
+                Ok(Confirm::Later(stored)) => Outcome::Pending(stored),
+                Err(error) => Outcome::Done(Err(error)),
+            },
+            "ack" => Outcome::Done(self.settle(params, true)),
+            "nack" => Outcome::Done(self.settle(params, false)),
+            "delete_queue" => Outcome::Done(self.delete_queue(params)),
             "request" => match self.request(params) {
                 Ok(pending) => Outcome::Pending(pending),
                 Err(error) => Outcome::Done(Err(error)),
@@ -509,8 +557,16 @@ impl Session {
             client_type: Option<String>,
             #[serde(default)]
             version: Option<String>,
+            #[serde(default)]
+            will: Option<Will>,
         }
         let p: Params = jsonrpc::params(params)?;
+        if let Some(will) = &p.will {
+            validate_topic(&will.topic)?;
+            refuse_reserved(&will.topic)?;
+            read_qos(will.qos)?;
+            read_ttl(will.ttl)?;
+        }
         let client_id = p.client_id.unwrap_or_else(|| self.router.anonymous_client_id(self.id));
         if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID_LEN {
             return Err(RpcError::invalid_params(format!(
@@ -538,6 +594,9 @@ impl Session {
                 self.client_id = Some(client_id);
             }
         }
+        if p.will.is_some() {
+            self.will = p.will;
+        }
         let config = self.router.config();
         to_raw(&json!({
             "client_id": self.client_id.as_deref(),
@@ -548,19 +607,140 @@ impl Session {
         }))
     }
 
+    /// `{"patterns": [...]}` subscribes; with `"queue"` the patterns bind that queue
+    /// and this client becomes one of its consumers (a queue group, or with
+    /// `"durable": true` a durable queue; `"durable"` alone names the queue after
+    /// the client, which keeps its messages while it is away).
     fn subscribe(&mut self, params: Option<&RawValue>) -> RpcResult {
-        let patterns = read_patterns(params)?;
-        self.router.subscribe(self.id, &patterns)?;
-        to_raw(&json!({"subscribed": patterns.iter().map(|p| &**p).collect::<Vec<_>>()}))
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Params {
+            patterns: Vec<String>,
+            #[serde(default)]
+            queue: Option<String>,
+            #[serde(default)]
+            durable: bool,
+            #[serde(default)]
+            prefetch: Option<usize>,
+            #[serde(default)]
+            max_length: Option<usize>,
+            #[serde(default)]
+            max_deliveries: Option<u32>,
+            #[serde(default)]
+            dead_letter_topic: Option<String>,
+        }
+        let p: Params = jsonrpc::params(params)?;
+        let patterns = check_patterns(p.patterns)?;
+        let queue = match (p.queue, p.durable) {
+            (Some(queue), _) => Some(queue),
+            (None, true) => self.client_id.as_deref().map(str::to_owned),
+            (None, false) => None,
+        };
+        let Some(name) = queue else {
+            if p.prefetch.is_some()
+                || p.max_length.is_some()
+                || p.max_deliveries.is_some()
+                || p.dead_letter_topic.is_some()
+            {
+                return Err(RpcError::invalid_params(
+                    "prefetch, max_length, max_deliveries and dead_letter_topic apply to queues: give \"queue\" or \"durable\"",
+                ));
+            }
+            self.router.subscribe(self.id, &patterns)?;
+            return to_raw(&json!({"subscribed": patterns.iter().map(|p| &**p).collect::<Vec<_>>()}));
+        };
+        validate_queue_name(&name)?;
+        let prefetch = p.prefetch.unwrap_or(DEFAULT_PREFETCH);
+        if !(1..=MAX_PREFETCH).contains(&prefetch) {
+            return Err(RpcError::invalid_params(format!(
+                "prefetch must be 1 to {MAX_PREFETCH}, got {prefetch}"
+            )));
+        }
+        if p.max_length == Some(0) {
+            return Err(RpcError::invalid_params("max_length must be at least 1"));
+        }
+        if let Some(topic) = &p.dead_letter_topic {
+            validate_topic(topic)?;
+        }
+        let join = Join {
+            name: name.clone(),
+            patterns: patterns.clone(),
+            durable: p.durable,
+            prefetch,
+            max_length: p.max_length,
+            max_deliveries: p.max_deliveries,
+            dead_letter_topic: p.dead_letter_topic,
+        };
+        self.router.join_queue(self.id, join)?;
+        to_raw(&json!({
+            "subscribed": patterns.iter().map(|p| &**p).collect::<Vec<_>>(),
+            "queue": name,
+            "durable": p.durable,
+        }))
     }
 
+    /// `{"patterns": [...]}` unsubscribes; `{"queue": name}` stops consuming from a
+    /// queue (a durable queue keeps its bindings and messages).
     fn unsubscribe(&mut self, params: Option<&RawValue>) -> RpcResult {
-        let patterns = read_patterns(params)?;
-        let removed = self.router.unsubscribe(self.id, &patterns);
-        to_raw(&json!({"unsubscribed": removed.iter().map(|p| &**p).collect::<Vec<_>>()}))
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Params {
+            #[serde(default)]
+            patterns: Option<Vec<String>>,
+            #[serde(default)]
+            queue: Option<String>,
+        }
+        let p: Params = jsonrpc::params(params)?;
+        match (p.patterns, p.queue) {
+            (_, Some(queue)) => {
+                let left = self.router.leave_queues(self.id, Some(&queue));
+                to_raw(&json!({"unsubscribed": [], "queue": queue, "left": !left.is_empty()}))
+            }
+            (Some(patterns), None) => {
+                let patterns = check_patterns(patterns)?;
+                let removed = self.router.unsubscribe(self.id, &patterns);
+                to_raw(&json!({"unsubscribed": removed.iter().map(|p| &**p).collect::<Vec<_>>()}))
+            }
+            (None, None) => Err(RpcError::invalid_params("give \"patterns\" or \"queue\"")),
+        }
     }
 
-    fn publish(&mut self, params: Option<&RawValue>) -> RpcResult {
+    /// `ack` / `nack` of deliveries from queues: `{"deliveries": [tag, ...]}`, and for
+    /// `nack` `"requeue"` (default true; false dead-letters them).
+    fn settle(&mut self, params: Option<&RawValue>, ack: bool) -> RpcResult {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Params {
+            deliveries: Vec<u64>,
+            #[serde(default)]
+            requeue: Option<bool>,
+        }
+        let p: Params = jsonrpc::params(params)?;
+        if p.deliveries.len() > MAX_SETTLE {
+            return Err(RpcError::invalid_params(format!("at most {MAX_SETTLE} deliveries per call")));
+        }
+        if ack && p.requeue.is_some() {
+            return Err(RpcError::invalid_params("\"requeue\" belongs to nack"));
+        }
+        let settled = self.router.settle(self.id, &p.deliveries, ack, p.requeue.unwrap_or(true));
+        let key = if ack { "acked" } else { "nacked" };
+        to_raw(&json!({key: settled}))
+    }
+
+    fn delete_queue(&mut self, params: Option<&RawValue>) -> RpcResult {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Params {
+            name: String,
+        }
+        let p: Params = jsonrpc::params(params)?;
+        match self.router.delete_queue(&p.name) {
+            Some(messages) => to_raw(&json!({"deleted": true, "messages": messages})),
+            None => Err(RpcError::invalid_params(format!("there is no queue {:?}", p.name))),
+        }
+    }
+
+    fn publish(&mut self, params: Option<&RawValue>) -> Result<Confirm, RpcError> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Params<'a> {
@@ -572,6 +752,8 @@ impl Session {
             qos: u8,
             #[serde(default)]
             ttl: f64,
+            #[serde(default)]
+            retain: bool,
             #[serde(borrow, default)]
             message_id: Option<Cow<'a, str>>,
         }
@@ -580,27 +762,65 @@ impl Session {
         if let Some(id) = &p.message_id {
             validate_message_id(id)?;
         }
-        if p.qos != 0 {
-            return Err(RpcError::invalid_params(format!(
-                "qos={} is not available: this broker delivers at most once (qos=0)",
-                p.qos
-            )));
-        }
+        let qos = read_qos(p.qos)?;
         let ttl = read_ttl(p.ttl)?;
         let payload = Payload::new(p.payload);
         if p.topic.starts_with(REPLY_PREFIX) {
-            return to_raw(&self.router.reply(&p.topic, payload.get()));
+            return Ok(Confirm::Now(to_raw(&self.router.reply(&p.topic, payload.get()))?));
         }
         refuse_reserved(&p.topic)?;
         let published = self.router.publish(Publish {
             message_id: p.message_id.as_deref(),
-            topic: &p.topic,
-            payload: payload.get(),
-            sender: self.client_id.as_deref().unwrap_or_default(),
-            reply_to: None,
             ttl,
-        });
-        to_raw(&published)
+            qos,
+            retain: p.retain,
+            ..Publish::new(&p.topic, payload.get(), self.client_id.as_deref().unwrap_or_default())
+        })?;
+        if qos > 0 && !published.full.is_empty() {
+            return Err(RpcError::new(
+                ErrorCode::QueueFull,
+                format!(
+                    "queue(s) {} full: message {} was not kept there (it went to the other subscribers)",
+                    published.full.iter().map(|q| format!("{q:?}")).collect::<Vec<_>>().join(", "),
+                    published.message_id
+                ),
+            ));
+        }
+        let answer = to_raw(&published)?;
+        match published.stored {
+            None => Ok(Confirm::Now(answer)),
+            Some(stored) => Ok(Confirm::Later(Box::pin(async move {
+                match stored.await {
+                    Ok(Ok(())) => Ok(answer),
+                    Ok(Err(reason)) => Err(RpcError::new(
+                        ErrorCode::StorageFailed,
+                        format!("the message could not be stored: {reason}"),
+                    )),
+                    Err(_) => Err(RpcError::new(
+                        ErrorCode::StorageFailed,
+                        "the store closed before the message was stored",
+                    )),
+                }
+            }))),
+        }
+    }
+
+    fn publish_will(&self, will: &Will) {
+        let Ok(ttl) = read_ttl(will.ttl) else { return };
+        let payload = Payload::new(will.payload.as_deref());
+        let sender = self.client_id.as_deref().unwrap_or_default();
+        let msg = Publish {
+            ttl,
+            qos: will.qos,
+            retain: will.retain,
+            ..Publish::new(&will.topic, payload.get(), sender)
+        };
+        match self.router.publish(msg) {
+            Ok(_) => {
+                tracing::info!(client_id = sender, topic = %will.topic, "published the last will of a client that went away")
+            }
+            Err(error) => tracing::warn!(client_id = sender, "the last will could not be published: {error}"),
+        }
     }
 
     fn request(&mut self, params: Option<&RawValue>) -> Result<PendingResult, RpcError> {
@@ -634,14 +854,7 @@ impl Session {
             ));
         }
         let payload = Payload::new(p.payload);
-        let msg = Publish {
-            message_id: None,
-            topic: &p.topic,
-            payload: payload.get(),
-            sender: self.client_id.as_deref().unwrap_or_default(),
-            reply_to: None,
-            ttl: None,
-        };
+        let msg = Publish::new(&p.topic, payload.get(), self.client_id.as_deref().unwrap_or_default());
         let (_, pending) = self.router.request(msg, Duration::from_secs_f64(timeout))?;
         let in_flight = InFlight::new(&self.in_flight);
         Ok(Box::pin(async move {
@@ -653,6 +866,12 @@ impl Session {
 
 enum Answer {
     Now(RpcResult),
+    Later(PendingResult),
+}
+
+/// When a publish is answered: now, or once the store has it (`qos=1`).
+enum Confirm {
+    Now(Box<RawValue>),
     Later(PendingResult),
 }
 
@@ -683,22 +902,16 @@ impl<'a> Payload<'a> {
     }
 }
 
-fn read_patterns(params: Option<&RawValue>) -> Result<Vec<Arc<str>>, RpcError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Params {
-        patterns: Vec<String>,
-    }
-    let p: Params = jsonrpc::params(params)?;
-    if p.patterns.len() > MAX_PATTERNS_PER_CLIENT {
+fn check_patterns(given: Vec<String>) -> Result<Vec<Arc<str>>, RpcError> {
+    if given.len() > MAX_PATTERNS_PER_CLIENT {
         return Err(RpcError::invalid_params(format!(
             "{} patterns in one call; a client may hold at most {MAX_PATTERNS_PER_CLIENT}",
-            p.patterns.len()
+            given.len()
         )));
     }
-    let mut seen = HashSet::with_capacity(p.patterns.len());
-    let mut patterns: Vec<Arc<str>> = Vec::with_capacity(p.patterns.len());
-    for pattern in p.patterns {
+    let mut seen = HashSet::with_capacity(given.len());
+    let mut patterns: Vec<Arc<str>> = Vec::with_capacity(given.len());
+    for pattern in given {
         parse_pattern(&pattern)?;
         let pattern: Arc<str> = pattern.into();
         if seen.insert(pattern.clone()) {
@@ -716,6 +929,15 @@ fn validate_message_id(id: &str) -> Result<(), RpcError> {
         )));
     }
     Ok(())
+}
+
+fn read_qos(qos: u8) -> Result<u8, RpcError> {
+    if qos > 1 {
+        return Err(RpcError::invalid_params(format!(
+            "qos must be 0 (at most once) or 1 (at least once), got {qos}"
+        )));
+    }
+    Ok(qos)
 }
 
 fn read_ttl(ttl: f64) -> Result<Option<f64>, RpcError> {

@@ -25,6 +25,28 @@ pub struct Delivery<'a> {
     /// Seconds the publisher gave the message to live; absent when unlimited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<f64>,
+    /// 1 for at-least-once messages; absent for 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub qos: u8,
+    /// Set when the message comes from the retained store (a late joiner's catch-up).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retained: bool,
+    /// For deliveries from a queue: which queue, the tag to acknowledge, and how many
+    /// times the message has been delivered (this time included).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub from_queue: Option<FromQueue<'a>>,
+}
+
+/// How a delivery from a queue is acknowledged.
+#[derive(Debug, Serialize)]
+pub struct FromQueue<'a> {
+    pub queue: &'a str,
+    pub delivery: u64,
+    pub delivery_count: u32,
+}
+
+fn is_zero(value: &u8) -> bool {
+    *value == 0
 }
 
 #[derive(Serialize)]
@@ -75,6 +97,9 @@ mod tests {
             timestamp: 1.5,
             reply_to: None,
             ttl: None,
+            qos: 0,
+            retained: false,
+            from_queue: None,
         }
         .encode();
         let text = std::str::from_utf8(&body).unwrap();
@@ -86,6 +111,9 @@ mod tests {
         assert_eq!(value["params"]["id"], "abc-1");
         assert!(value["params"].get("reply_to").is_none());
         assert!(value.get("id").is_none(), "a notification has no id");
+        for absent in ["qos", "retained", "queue", "delivery", "delivery_count"] {
+            assert!(value["params"].get(absent).is_none(), "{absent} is left out when unset");
+        }
     }
 
     #[test]
