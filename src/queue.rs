@@ -506,7 +506,10 @@ pub struct Queues {
 
 impl Queues {
     pub fn new(store: Option<Arc<Store>>) -> Queues {
-        Queues { store, ..Default::default() }
+        // Tags start at a random point so that an acknowledgement a client sends late,
+        // after the broker restarted, cannot settle somebody else's delivery.
+        let next_tag = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8) >> 20;
+        Queues { store, next_tag, ..Default::default() }
     }
 
     pub fn is_empty(&self) -> bool {

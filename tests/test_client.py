@@ -261,8 +261,11 @@ async def test_bad_patterns_raise(make_client):
 
 async def test_qos_and_ttl_are_checked(make_client):
     client = await make_client("c")
-    with pytest.raises(InvalidMessageError, match="qos"):
-        await client.publish("t", 1, qos=1)
+    for qos in (2, -1, True, "1"):
+        with pytest.raises(InvalidMessageError, match="qos"):
+            await client.publish("t", 1, qos=qos)
+    with pytest.raises(InvalidMessageError, match="retain"):
+        await client.publish("t", 1, retain=1)
     with pytest.raises(InvalidMessageError, match="ttl"):
         await client.publish("t", 1, ttl=-1)
 

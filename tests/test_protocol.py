@@ -101,12 +101,15 @@ def test_ttl_is_carried_and_checked(raw):
     assert error_code(pub.call("publish", {"topic": "ev", "ttl": -1})) == -32602
 
 
-def test_qos_other_than_zero_is_refused_clearly(raw):
+def test_qos_other_than_zero_or_one_is_refused_clearly(raw):
     client = raw()
     client.connect("c")
-    response = client.call("publish", {"topic": "ev", "payload": 1, "qos": 1})
-    assert error_code(response) == -32602
-    assert "qos" in response["error"]["message"]
+    for qos in (2, 255, -1, "1"):
+        response = client.call("publish", {"topic": "ev", "payload": 1, "qos": qos})
+        assert error_code(response) == -32602, response
+        assert "qos" in response["error"]["message"]
+    confirmed = client.call("publish", {"topic": "ev", "payload": 1, "qos": 1})
+    assert confirmed["result"]["recipients"] == 0
 
 
 def test_disconnect_answers_then_closes(raw):

@@ -24,7 +24,9 @@ from message_broker.errors import (
     InvalidMessageError,
     NoRespondersError,
     NotConnectedError,
+    QueueFullError,
     RequestTimeoutError,
+    StorageError,
 )
 from message_broker.message import Message
 
@@ -55,6 +57,8 @@ __all__ = [
     "MessageBroker",
     "NoRespondersError",
     "NotConnectedError",
+    "QueueFullError",
     "RequestTimeoutError",
+    "StorageError",
     "__version__",
 ]

@@ -48,6 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=int, help=f"TCP port, 0 for any free one (default {BrokerConfig.port})"
     )
     serve.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="keep durable queues and retained messages in DIR across restarts",
+    )
+    serve.add_argument(
+        "--fsync",
+        action="store_true",
+        default=None,
+        help="sync every commit to disk (survives power loss, slower)",
+    )
+    serve.add_argument(
         "--log-messages", action="store_true", default=None, help="log every published message"
     )
     serve.add_argument(
@@ -210,6 +221,8 @@ def serve(args: argparse.Namespace) -> int:
             for name, value in (
                 ("host", args.host),
                 ("port", args.port),
+                ("data_dir", args.data_dir),
+                ("fsync", args.fsync),
                 ("log_messages", args.log_messages),
             )
             if value is not None

@@ -25,8 +25,13 @@ class Broker:
         log_messages: bool,
         handshake_timeout: float,
         frame_timeout: float,
+        data_dir: str | None = None,
+        fsync: bool = False,
+        queues: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Raises ``ValueError`` naming the first invalid setting."""
+        """Raises ``ValueError`` naming the first invalid setting. The store in
+        ``data_dir`` is opened by ``start``, which raises ``OSError`` when it is
+        unwritable, damaged or in use by another broker."""
 
     def start(self) -> int:
         """Binds and starts serving; returns the bound port. Raises ``OSError`` when the
@@ -89,8 +94,9 @@ class Client:
         max_reconnect_delay: float,
         heartbeat: bool,
         max_pending: int,
+        will: str | None = None,
     ) -> None:
-        """Starts connecting in the background. Takes ownership of the socket handle
+        """Starts connecting in the background. ``will`` is the last will as JSON text. Takes ownership of the socket handle
         (from ``socket.detach()``)."""
 
     @property
@@ -104,6 +110,26 @@ class Client:
         cannot carry, a bad topic or an oversized message, ``BlockingIOError`` when
         the outgoing queue is full (wait for the writable event), ``ConnectionError``
         when the message cannot be queued at all."""
+
+    def publish_with(
+        self, topic: str, payload: Any, ttl: float | None = None, qos: int = 0, retain: bool = False
+    ) -> tuple[str, int | None]:
+        """``publish`` with ``qos`` and ``retain``: (message id, call id). With ``qos=1``
+        the call's response event is the broker's confirmation."""
+
+    def settle(self, generation: int, tags: list[int], ack: bool, requeue: bool = True) -> int:
+        """Acknowledges (``ack``) or rejects deliveries from queues received on
+        connection ``generation``; returns how many were sent (0 for an older
+        connection, whose deliveries the broker already gave back)."""
+
+    def subscribe_queue(
+        self, subscription: int, name: str, patterns: list[str], params: str
+    ) -> int | None:
+        """Consumes from queue ``name`` with the subscribe ``params`` (JSON text);
+        restored on reconnection. Returns the call id, or None when not sent now."""
+
+    def unsubscribe_queue(self, name: str) -> tuple[int | None, int | None]:
+        """Stops consuming from a queue: (its subscription or None, call id or None)."""
 
     def call(self, method: str, params: str) -> int:
         """Sends a call (params as JSON text); returns the call id its response event

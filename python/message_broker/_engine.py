@@ -3,6 +3,7 @@ its event kinds, and turning its events into messages and exceptions."""
 
 from __future__ import annotations
 
+import math
 import socket
 import unicodedata
 from collections.abc import Iterable
@@ -14,7 +15,9 @@ from message_broker.errors import (
     ConnectionLostError,
     InvalidMessageError,
     NoRespondersError,
+    QueueFullError,
     RequestTimeoutError,
+    StorageError,
 )
 from message_broker.message import Message
 
@@ -23,6 +26,7 @@ MESSAGE, RESPONSE, PUBLISH_FAILED, CONNECTED, DISCONNECTED = 0, 1, 2, 3, 4
 CONNECT_FAILED, WRITABLE, CLOSED = 5, 6, 7
 
 TIMEOUT, NO_RESPONDERS, INVALID_PARAMS = -32002, -32003, -32602
+QUEUE_FULL, STORAGE_FAILED = -32011, -32012
 
 # Events taken per drain: large enough to amortise the wake-up, small enough that
 # handing them to Python keeps one turn of the event loop short.
@@ -46,6 +50,32 @@ def publish(engine: _core.Client, topic: str, payload: Any, ttl: float | None = 
         raise InvalidMessageError(str(error)) from None
 
 
+def publish_with(
+    engine: _core.Client, topic: str, payload: Any, ttl: float | None, qos: int, retain: bool
+) -> tuple[str, int | None]:
+    """Like :func:`publish` with qos and retain; returns the message id and, for
+    ``qos=1``, the call whose answer confirms it."""
+    try:
+        return engine.publish_with(topic, payload, ttl, qos, retain)
+    except ValueError as error:
+        raise InvalidMessageError(str(error)) from None
+
+
+def check_publish_options(qos: Any, ttl: Any, retain: Any) -> None:
+    if isinstance(qos, bool) or qos not in (0, 1):
+        raise InvalidMessageError(f"qos must be 0 (at most once) or 1 (at least once), got {qos!r}")
+    if ttl != 0 and (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, (int, float))
+        or not (math.isfinite(ttl) and ttl > 0)
+    ):
+        raise InvalidMessageError(
+            f"ttl must be 0 (no limit) or a positive number of seconds, got {ttl!r}"
+        )
+    if not isinstance(retain, bool):
+        raise InvalidMessageError(f"retain must be True or False, got {retain!r}")
+
+
 def remote_error(code: int, message: str) -> BrokerError:
     if code == TIMEOUT:
         return RequestTimeoutError(message, code)
@@ -55,6 +85,10 @@ def remote_error(code: int, message: str) -> BrokerError:
         return InvalidMessageError(message, code)
     if code == _core.CONNECTION_LOST:
         return ConnectionLostError(message, code)
+    if code == QUEUE_FULL:
+        return QueueFullError(message, code)
+    if code == STORAGE_FAILED:
+        return StorageError(message, code)
     return BrokerError(message, code)
 
 
@@ -86,6 +120,7 @@ def engine_options(
     max_reconnect_delay: float,
     heartbeat: bool,
     max_pending: int,
+    will: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     if connect_retries < 0 or max_pending < 1:
         raise ValueError("connect_retries must be >= 0 and max_pending >= 1")
@@ -99,7 +134,23 @@ def engine_options(
         "max_reconnect_delay": max_reconnect_delay,
         "heartbeat": heartbeat,
         "max_pending": max_pending,
+        "will": None if will is None else encode_will(will),
     }
+
+
+def encode_will(will: dict[str, Any]) -> str:
+    """The ``will`` of ``connect`` as JSON text, checked here so that a mistake shows at
+    the call and not as a refused connection."""
+    if not isinstance(will, dict):
+        raise TypeError(f"will must be a dict with topic and payload, got {will!r}")
+    unknown = set(will) - {"topic", "payload", "qos", "retain", "ttl"}
+    if unknown or not isinstance(will.get("topic"), str):
+        raise ValueError(
+            "will is a dict with a topic (str) and optionally payload, qos, retain and ttl"
+            + (f"; unknown keys: {', '.join(sorted(unknown))}" if unknown else "")
+        )
+    check_publish_options(will.get("qos", 0), will.get("ttl", 0), will.get("retain", False))
+    return encode_payload(will)
 
 
 def open_engine(
@@ -117,7 +168,19 @@ def open_engine(
     return engine, reader
 
 
-def message_from_event(event: tuple[Any, ...]) -> tuple[tuple[int, ...], Message]:
+def message_from_event(
+    event: tuple[Any, ...], engine: _core.Client
+) -> tuple[tuple[int, ...], Message]:
     """The subscriptions a message event belongs to, and the message."""
-    _, subscriptions, topic, payload, sender, message_id, timestamp, reply_to, ttl = event
-    return subscriptions, Message(topic, payload, sender, message_id, timestamp, reply_to, ttl)
+    (_, subscriptions, topic, payload, sender, message_id, timestamp, reply_to, ttl) = event[:9]
+    qos, retained, from_queue = event[9:]
+    message = Message(topic, payload, sender, message_id, timestamp, reply_to, ttl, qos, retained)
+    if from_queue is not None:
+        queue, tag, delivery_count, generation = from_queue
+        message.queue, message.delivery_count = queue, delivery_count
+
+        def settle(ack: bool, requeue: bool) -> None:
+            engine.settle(generation, [tag], ack, requeue)
+
+        message._settle = settle
+    return subscriptions, message

@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import json
 import logging
-import math
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
@@ -126,16 +125,24 @@ class BrokerClient:
         return f"<BrokerClient {self._client_id!r} {self._host}:{self._port} {state}>"
 
     # -- lifecycle ------------------------------------------------------------------------
-    async def connect(self) -> bool:
+    async def connect(self, will: dict[str, Any] | None = None) -> bool:
         """Connects, retrying ``connect_retries`` times with back-off. Returns ``False``
         when the broker cannot be reached or refuses the connection (the reason is
-        logged on ``message_broker.client``)."""
+        logged on ``message_broker.client``).
+
+        ``will`` (``{"topic": ..., "payload": ..., "qos": 0, "retain": False}``) is
+        this client's last will: the broker publishes it if the connection ends
+        without :meth:`disconnect` (a crash, a lost network, a missed heartbeat).
+        """
         if self._core is not None:
             if self._connecting is not None:
                 return await asyncio.shield(self._connecting)
             return self.is_connected
         loop = asyncio.get_running_loop()
-        core, reader = _engine.open_engine(self._client_id, self._host, self._port, self._options)
+        options = self._options
+        if will is not None:
+            options = {**options, "will": _engine.encode_will(will)}
+        core, reader = _engine.open_engine(self._client_id, self._host, self._port, options)
         self._core, self._loop = core, loop
         self._connecting = loop.create_future()
         self._closed = loop.create_future()
@@ -179,34 +186,42 @@ class BrokerClient:
         await self.disconnect()
 
     # -- publishing -----------------------------------------------------------------------
-    async def publish(self, topic: str, payload: Any = None, qos: int = 0, ttl: float = 0) -> str:
+    async def publish(
+        self, topic: str, payload: Any = None, qos: int = 0, ttl: float = 0, retain: bool = False
+    ) -> str:
         """Publishes ``payload`` on ``topic``; returns the message id.
 
-        Returns as soon as the message is queued: it does not wait for the broker. A bad
-        topic, a payload JSON cannot carry or one over the broker's ``max_message_size``
-        raises :class:`InvalidMessageError` here. ``ttl`` (seconds, 0 for none) travels
-        with the message. Only ``qos=0`` (at most once) is available.
+        ``qos=0`` returns as soon as the message is queued, without waiting for the
+        broker. ``qos=1`` (at least once) returns once the broker has stored the message
+        in every durable queue it matches; it raises :class:`QueueFullError` when a
+        queue was full, :class:`StorageError` when the store failed, and
+        :class:`ConnectionLostError` when the connection went before the answer (the
+        message may or may not be stored: publish it again). A ``qos=1`` message
+        published while disconnected is sent, and confirmed, after reconnection.
+
+        ``ttl`` (seconds, 0 for none): once expired, the message is never delivered
+        from a queue or the retained store. ``retain=True`` keeps the message as the
+        topic's current state for later subscribers; an empty payload (``None`` or
+        ``""``) clears it. A bad topic, a payload JSON cannot carry or one over the
+        broker's ``max_message_size`` raises :class:`InvalidMessageError` here.
         """
         core = self._require_core()
-        if qos != 0:
-            raise InvalidMessageError(
-                f"qos={qos} is not available: the broker delivers at most once (qos=0)"
-            )
-        if ttl != 0 and (
-            isinstance(ttl, bool)
-            or not isinstance(ttl, (int, float))
-            or not (math.isfinite(ttl) and ttl > 0)
-        ):
-            raise InvalidMessageError(
-                f"ttl must be 0 (no limit) or a positive number of seconds, got {ttl!r}"
-            )
+        _engine.check_publish_options(qos, ttl, retain)
         while True:
             try:
-                return _engine.publish(core, topic, payload, ttl or None)
+                if qos == 0 and not retain:
+                    return _engine.publish(core, topic, payload, ttl or None)
+                message_id, call = _engine.publish_with(
+                    core, topic, payload, ttl or None, qos, retain
+                )
+                break
             except BlockingIOError:
                 await self._wait_for_room()
             except ConnectionError as error:
                 raise NotConnectedError(str(error)) from None
+        if call is not None:
+            await self._answer(call)
+        return message_id
 
     async def _wait_for_room(self) -> None:
         room = asyncio.get_running_loop().create_future()
@@ -214,18 +229,81 @@ class BrokerClient:
         await room
 
     # -- subscriptions --------------------------------------------------------------------
-    async def subscribe(self, patterns: str | Iterable[str], callback: Callback) -> list[str]:
+    async def subscribe(
+        self,
+        patterns: str | Iterable[str],
+        callback: Callback,
+        *,
+        queue: str | None = None,
+        durable: bool = False,
+        prefetch: int | None = None,
+        max_length: int | None = None,
+        max_deliveries: int | None = None,
+        dead_letter_topic: str | None = None,
+    ) -> list[str]:
         """Calls ``callback`` with every message whose topic matches one of ``patterns``
         (``*``/``+``: one segment, ``#``: any number, last only). Returns the patterns.
 
         ``callback`` may be a function or a coroutine function. It runs on the event
         loop that connected; an exception in it is logged and delivery goes on. A value
-        it returns for a request message is the reply.
+        it returns for a request message is the reply. A retained message of a matching
+        topic is delivered first (``message.retained``).
+
+        ``queue="workers"`` joins a queue group: each matching message goes to exactly
+        one member, in turn among those with room, while plain subscribers still get
+        their own copy. ``durable=True`` makes the queue keep messages while no member
+        is connected (up to ``max_length``, and across broker restarts when the broker
+        has a ``data_dir``); without ``queue`` it is named after this client. Messages
+        from a queue are acknowledged when the callback returns without raising and
+        given back for redelivery when it raises (see :meth:`Message.ack`); after
+        ``max_deliveries`` deliveries they go to ``dead_letter_topic`` (default
+        ``dead_letter.<queue>``). ``prefetch`` bounds the unacknowledged messages this
+        client holds (default 100).
         """
         core = self._require_core()
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
         patterns = pattern_list(patterns)
+        queue_options = {
+            "prefetch": prefetch,
+            "max_length": max_length,
+            "max_deliveries": max_deliveries,
+            "dead_letter_topic": dead_letter_topic,
+        }
+        if queue is None and not durable:
+            if any(value is not None for value in queue_options.values()):
+                raise ValueError(
+                    "prefetch, max_length, max_deliveries and dead_letter_topic apply to "
+                    "queues: give queue= or durable=True"
+                )
+            return await self._subscribe_patterns(core, patterns, callback)
+        name = self._client_id if queue is None else queue
+        if not isinstance(name, str):
+            raise TypeError(f"queue must be a string, got {name!r}")
+        params: dict[str, Any] = {"patterns": patterns, "queue": name, "durable": bool(durable)}
+        params.update({key: value for key, value in queue_options.items() if value is not None})
+        subscription = next(self._subscription_ids)
+        self._callbacks[subscription] = callback
+        try:
+            params_json = _engine.encode_payload(params)
+            call = core.subscribe_queue(subscription, name, patterns, params_json)
+        except ValueError as error:
+            del self._callbacks[subscription]
+            raise InvalidMessageError(str(error)) from None
+        if call is not None:
+            try:
+                await self._answer(call)
+            except ConnectionLostError:
+                pass  # Restored with the rest on reconnection.
+            except BrokerError:
+                core.unsubscribe_queue(name)
+                self._callbacks.pop(subscription, None)
+                raise
+        return patterns
+
+    async def _subscribe_patterns(
+        self, core: _core.Client, patterns: list[str], callback: Callback
+    ) -> list[str]:
         subscription = next(self._subscription_ids)
         self._callbacks[subscription] = callback
         try:
@@ -239,9 +317,26 @@ class BrokerClient:
                 await self._answer(call)
         return patterns
 
-    async def unsubscribe(self, patterns: str | Iterable[str]) -> list[str]:
-        """Stops the given patterns for every callback; returns those that were subscribed."""
+    async def unsubscribe(
+        self, patterns: str | Iterable[str] | None = None, *, queue: str | None = None
+    ) -> list[str]:
+        """Stops the given patterns for every callback; returns those that were subscribed.
+
+        With ``queue``, stops consuming from that queue instead (its unacknowledged
+        messages go back to it; a durable queue keeps its bindings and messages) and
+        returns ``[queue]`` if this client consumed from it.
+        """
         core = self._require_core()
+        if queue is not None:
+            subscription, call = core.unsubscribe_queue(queue)
+            if subscription is not None:
+                self._callbacks.pop(subscription, None)
+            if call is not None:
+                with contextlib.suppress(ConnectionLostError):
+                    await self._answer(call)
+            return [] if subscription is None else [queue]
+        if patterns is None:
+            raise TypeError("unsubscribe() needs patterns or queue=")
         try:
             removed, emptied, call = core.unsubscribe(pattern_list(patterns))
         except ValueError as error:
@@ -253,6 +348,17 @@ class BrokerClient:
             with contextlib.suppress(ConnectionLostError):
                 await self._answer(call)
         return removed
+
+    async def delete_queue(self, name: str) -> int:
+        """Deletes a queue and the messages in it; returns how many it held. Raises
+        :class:`InvalidMessageError` when there is no such queue."""
+        core = self._require_core()
+        try:
+            call = core.call("delete_queue", _engine.encode_payload({"name": name}))
+        except ConnectionError as error:
+            raise NotConnectedError(str(error)) from None
+        answer = _core.loads(await self._answer(call))
+        return int(answer["messages"])
 
     # -- request / response ---------------------------------------------------------------
     async def request(self, topic: str, payload: Any = None, timeout: float = 5.0) -> Any:
@@ -366,9 +472,13 @@ class BrokerClient:
                 waiter.set_result(None)
 
     def _deliver(self, event: tuple[Any, ...]) -> None:
-        subscriptions, message = _engine.message_from_event(event)
+        assert self._core is not None
+        subscriptions, message = _engine.message_from_event(event, self._core)
         topic, reply_to = message.topic, message.reply_to
         answered = False
+        # A message from a queue has one subscription: it is acknowledged when its
+        # callback succeeds and given back when it fails (or has gone meanwhile).
+        succeeded = False
         for subscription in subscriptions:
             callback = self._callbacks.get(subscription)
             if callback is None:
@@ -378,24 +488,30 @@ class BrokerClient:
             except Exception:
                 logger.exception("callback %r failed on a message on %r", callback, topic)
                 continue
-            if result is None:
-                continue
             if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
                 task = asyncio.ensure_future(self._finish(callback, result, message))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-            elif reply_to is not None and not answered:
+                if message.queue is not None:
+                    return  # settled when the coroutine ends
+                continue
+            succeeded = True
+            if result is not None and reply_to is not None and not answered:
                 answered = True
                 self._reply(message, result)
+        if message.queue is not None:
+            message._finish(succeeded, True)
 
     async def _finish(self, callback: Callback, pending: Awaitable[Any], message: Message) -> None:
         try:
             result = await pending
         except Exception:
             logger.exception("callback %r failed on a message on %r", callback, message.topic)
+            message.nack(requeue=True)
             return
         if result is not None and message.reply_to is not None and self._core is not None:
             self._reply(message, result)
+        message.ack()
 
     def _reply(self, message: Message, result: Any) -> None:
         assert message.reply_to is not None and self._core is not None

@@ -27,6 +27,8 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "int": int,
     "float": (int, float),
     "bool": bool,
+    "str | None": (str, type(None)),
+    "list[dict[str, Any]]": list,
 }
 
 
@@ -60,8 +62,19 @@ class BrokerConfig:
     """Seconds a new connection has to send ``connect``."""
     frame_timeout: float = 30.0
     """Seconds a frame may take to arrive once it has started."""
+    data_dir: str | None = None
+    """Directory of the store that keeps durable queues and retained messages across
+    restarts (created if missing). ``None`` keeps them in memory only."""
+    fsync: bool = False
+    """Sync every group commit to disk. Without it a confirmed message survives the
+    broker being killed; with it, also a power failure (at a cost in throughput)."""
+    queues: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Durable queues that exist from the start: tables with ``name`` and ``patterns``,
+    and optionally ``max_length``, ``max_deliveries`` and ``dead_letter_topic``."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.data_dir, os.PathLike):
+            self.data_dir = os.fspath(self.data_dir)
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             expected = _FIELD_TYPES[str(field.type)]
@@ -71,6 +84,9 @@ class BrokerConfig:
                     f"BrokerConfig.{field.name} must be {field.type}, "
                     f"got {type(value).__name__} {value!r}"
                 )
+        for queue in self.queues:
+            if not isinstance(queue, dict):
+                raise TypeError(f"BrokerConfig.queues must hold tables (dicts), got {queue!r}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"BrokerConfig.port must be between 0 and 65535, got {self.port}")
 

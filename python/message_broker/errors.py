@@ -33,3 +33,13 @@ class NoRespondersError(BrokerError):
 class InvalidMessageError(BrokerError, ValueError):
     """A topic, pattern or payload the broker would refuse: an invalid or reserved
     topic, a payload JSON cannot carry, or a message over ``max_message_size``."""
+
+
+class QueueFullError(BrokerError):
+    """A ``qos=1`` message was not kept by a full queue (``QUEUE_FULL``, -32011); the
+    queue's ``max_length`` bounds it. Other subscribers and queues did receive it."""
+
+
+class StorageError(BrokerError):
+    """The broker could not store a ``qos=1`` message, so it is not confirmed
+    (``STORAGE_FAILED``, -32012)."""

@@ -282,7 +282,8 @@ class QtBrokerClient(QObject):
             self._stop()
 
     def _deliver(self, event: tuple[Any, ...]) -> None:
-        subscriptions, message = _engine.message_from_event(event)
+        assert self._engine is not None
+        subscriptions, message = _engine.message_from_event(event, self._engine)
         payload = message.payload
         as_dict = payload if isinstance(payload, dict) else {"value": payload}
         self.message.emit(message)

@@ -38,6 +38,21 @@ pub struct Delivered {
     pub timestamp: f64,
     pub reply_to: Option<String>,
     pub ttl: Option<f64>,
+    pub qos: u8,
+    /// From the retained store: the topic's last known state, not a fresh message.
+    pub retained: bool,
+    /// For a delivery from a queue: how to acknowledge it.
+    pub from_queue: Option<QueueDelivery>,
+}
+
+/// A delivery from a queue, to acknowledge with [`super::Client::settle`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDelivery {
+    pub queue: String,
+    pub tag: u64,
+    pub delivery_count: u32,
+    /// The connection it came on: a later connection cannot settle it.
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -22,11 +22,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, watch};
 
-pub use inbox::{Delivered, Event, Inbox, RemoteError, Waker};
+pub use inbox::{Delivered, Event, Inbox, QueueDelivery, RemoteError, Waker};
 use subscriptions::Subscriptions;
 
 use crate::ids::MessageIds;
@@ -56,6 +57,9 @@ pub struct ClientConfig {
     pub max_pending: usize,
     /// Events waiting for the user before the client stops reading from the broker.
     pub inbox_limit: usize,
+    /// The last will (the `will` object of `connect`, as JSON), published by the
+    /// broker if this client goes away without disconnecting.
+    pub will: Option<Box<RawValue>>,
 }
 
 impl ClientConfig {
@@ -74,6 +78,7 @@ impl ClientConfig {
             heartbeat: true,
             max_pending: 100_000,
             inbox_limit: 100_000,
+            will: None,
         }
     }
 }
@@ -114,9 +119,18 @@ impl Outgoing {
     }
 }
 
+/// A subscription to a queue, restored on reconnection like the patterns.
+struct QueueSubscription {
+    sub: u64,
+    name: String,
+    /// The `subscribe` params, as sent.
+    params: serde_json::Value,
+}
+
 #[derive(Default)]
 struct State {
     outbound: VecDeque<Outgoing>,
+    queues: Vec<QueueSubscription>,
     /// Calls written on the current connection and not answered yet.
     awaiting: HashSet<u64>,
     subscriptions: Subscriptions,
@@ -141,6 +155,9 @@ struct Shared {
     max_message_size: AtomicUsize,
     ids: MessageIds,
     next_call: AtomicU64,
+    /// Counts connections: deliveries from queues can be settled only on the
+    /// connection they came on.
+    generation: AtomicU64,
 }
 
 /// Frame overhead of a publish beyond topic and payload, generously counted.
@@ -210,6 +227,7 @@ impl Client {
             max_message_size: AtomicUsize::new(crate::config::BrokerConfig::default().max_message_size),
             ids: MessageIds::new(),
             next_call: AtomicU64::new(1),
+            generation: AtomicU64::new(0),
         });
         runtime.spawn(task::run(shared.clone()));
         Client { shared }
@@ -237,6 +255,20 @@ impl Client {
     /// Queues a message for `topic`. `payload` must be valid JSON text. Returns the
     /// message id at once.
     pub fn publish(&self, topic: &str, payload: &str, ttl: Option<f64>) -> Result<String, ClientError> {
+        let options = PublishOptions { ttl, ..Default::default() };
+        self.publish_with(topic, payload, &options).map(|(id, _)| id)
+    }
+
+    /// Queues a message with options. With `qos=1` it is sent as a call, answered
+    /// once the broker has stored it: the returned call id's [`Event::Response`]
+    /// is the confirmation. A `qos=1` message queued while disconnected is sent,
+    /// and confirmed, after reconnection.
+    pub fn publish_with(
+        &self,
+        topic: &str,
+        payload: &str,
+        options: &PublishOptions,
+    ) -> Result<(String, Option<u64>), ClientError> {
         validate_topic(topic).map_err(|e| ClientError::InvalidTopic(e.message))?;
         if is_reserved(topic) && !topic.starts_with(REPLY_PREFIX) {
             return Err(ClientError::InvalidTopic(format!(
@@ -249,9 +281,76 @@ impl Client {
             return Err(ClientError::TooLarge { size, max });
         }
         let message_id = self.shared.ids.next();
-        let frame = encode_publish(topic, payload, &message_id, ttl);
-        self.push(Outgoing::new(frame, None, topic.starts_with(REPLY_PREFIX)))?;
-        Ok(message_id)
+        let call = (options.qos > 0).then(|| self.shared.next_call.fetch_add(1, Ordering::Relaxed));
+        let frame = encode_publish(topic, payload, &message_id, options, call);
+        self.push(Outgoing::new(frame, call, call.is_some() || topic.starts_with(REPLY_PREFIX)))?;
+        Ok((message_id, call))
+    }
+
+    /// Acknowledges (`ack`) or rejects deliveries from queues. Deliveries that came on
+    /// an earlier connection are skipped: the broker gave them back to their queue
+    /// when that connection ended. Returns how many were sent.
+    pub fn settle(&self, generation: u64, tags: &[u64], ack: bool, requeue: bool) -> Result<usize, ClientError> {
+        if tags.is_empty() || generation != self.shared.generation.load(Ordering::Acquire) || !self.is_connected() {
+            return Ok(0);
+        }
+        let frame = encode_settle(tags, ack, requeue);
+        match self.push(Outgoing::new(frame, None, false)) {
+            Ok(()) => Ok(tags.len()),
+            // The connection went meanwhile: the broker requeued them.
+            Err(ClientError::NotConnected | ClientError::BufferFull(_)) => Ok(0),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Consumes from queue `name` (subscription `sub`): `params` are the `subscribe`
+    /// params (patterns, queue or durable, and the queue's options). Restored on
+    /// reconnection. Returns the call id when sent now.
+    pub fn subscribe_queue(
+        &self,
+        sub: u64,
+        name: &str,
+        patterns: &[String],
+        params: serde_json::Value,
+    ) -> Result<Option<u64>, ClientError> {
+        validated(patterns)?;
+        {
+            let mut state = self.shared.state.lock();
+            if state.queues.iter().any(|q| q.name == name) {
+                return Err(ClientError::InvalidPattern(format!(
+                    "this client already consumes from queue {name:?}; unsubscribe from it first"
+                )));
+            }
+            state.queues.push(QueueSubscription { sub, name: name.to_owned(), params: params.clone() });
+        }
+        if !self.is_connected() {
+            return Ok(None);
+        }
+        match self.call("subscribe", params) {
+            Ok(call) => Ok(Some(call)),
+            Err(ClientError::NotConnected) => Ok(None),
+            Err(error) => {
+                self.shared.state.lock().queues.retain(|q| q.name != name);
+                Err(error)
+            }
+        }
+    }
+
+    /// Stops consuming from queue `name`; returns its subscription and the call id.
+    pub fn unsubscribe_queue(&self, name: &str) -> Result<(Option<u64>, Option<u64>), ClientError> {
+        let sub = {
+            let mut state = self.shared.state.lock();
+            let at = state.queues.iter().position(|q| q.name == name);
+            at.map(|at| state.queues.remove(at).sub)
+        };
+        if sub.is_none() || !self.is_connected() {
+            return Ok((sub, None));
+        }
+        match self.call("unsubscribe", serde_json::json!({"queue": name})) {
+            Ok(call) => Ok((sub, Some(call))),
+            Err(ClientError::NotConnected) => Ok((sub, None)),
+            Err(error) => Err(error),
+        }
     }
 
     fn push(&self, outgoing: Outgoing) -> Result<(), ClientError> {
@@ -362,7 +461,34 @@ fn validated(patterns: &[String]) -> Result<Vec<Arc<str>>, ClientError> {
         .collect()
 }
 
-fn encode_publish(topic: &str, payload: &str, message_id: &str, ttl: Option<f64>) -> Bytes {
+/// How a message is published.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    pub ttl: Option<f64>,
+    pub qos: u8,
+    pub retain: bool,
+}
+
+fn encode_settle(tags: &[u64], ack: bool, requeue: bool) -> Bytes {
+    let method = if ack { "ack" } else { "nack" };
+    let params = if ack {
+        serde_json::json!({"deliveries": tags})
+    } else {
+        serde_json::json!({"deliveries": tags, "requeue": requeue})
+    };
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({"jsonrpc": "2.0", "method": method, "params": params}))
+            .expect("JSON values serialise"),
+    )
+}
+
+fn encode_publish(
+    topic: &str,
+    payload: &str,
+    message_id: &str,
+    options: &PublishOptions,
+    call: Option<u64>,
+) -> Bytes {
     let topic = serde_json::to_string(topic).expect("strings serialise");
     let mut frame = Vec::with_capacity(96 + topic.len() + payload.len() + 2 * message_id.len());
     frame.extend_from_slice(br#"{"jsonrpc":"2.0","method":"publish","params":{"topic":"#);
@@ -372,11 +498,20 @@ fn encode_publish(topic: &str, payload: &str, message_id: &str, ttl: Option<f64>
     frame.extend_from_slice(br#","message_id":""#);
     frame.extend_from_slice(message_id.as_bytes());
     frame.push(b'"');
-    if let Some(ttl) = ttl {
+    if let Some(ttl) = options.ttl {
         frame.extend_from_slice(format!(r#","ttl":{ttl}"#).as_bytes());
     }
-    // A notification: the broker answers only a refusal, with `publish_failed`.
-    frame.extend_from_slice(b"}}");
+    if options.qos > 0 {
+        frame.extend_from_slice(format!(r#","qos":{}"#, options.qos).as_bytes());
+    }
+    if options.retain {
+        frame.extend_from_slice(br#","retain":true"#);
+    }
+    match call {
+        Some(call) => frame.extend_from_slice(format!(r#"}},"id":{call}}}"#).as_bytes()),
+        // A notification: the broker answers only a refusal, with `publish_failed`.
+        None => frame.extend_from_slice(b"}}"),
+    }
     Bytes::from(frame)
 }
 
@@ -395,7 +530,8 @@ mod tests {
 
     #[test]
     fn publish_frame_is_valid_json() {
-        let frame = encode_publish("a.b", r#"{"x":[1,"é"]}"#, "abc-1", Some(2.5));
+        let options = PublishOptions { ttl: Some(2.5), ..Default::default() };
+        let frame = encode_publish("a.b", r#"{"x":[1,"é"]}"#, "abc-1", &options, None);
         let value: serde_json::Value = serde_json::from_slice(&frame).unwrap();
         assert_eq!(value["method"], "publish");
         assert_eq!(value["params"]["topic"], "a.b");
@@ -403,6 +539,12 @@ mod tests {
         assert_eq!(value["params"]["message_id"], "abc-1");
         assert_eq!(value["params"]["ttl"], 2.5);
         assert!(value.get("id").is_none(), "sent as a notification");
+
+        let options = PublishOptions { qos: 1, retain: true, ..Default::default() };
+        let frame = encode_publish("a.b", "1", "abc-2", &options, Some(7));
+        let value: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+        assert_eq!((value["params"]["qos"].as_u64(), value["params"]["retain"].as_bool()), (Some(1), Some(true)));
+        assert_eq!(value["id"], 7, "qos=1 is a call, answered once stored");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 use tokio::time::timeout;
 
-use super::{Delivered, Event, RemoteError, Shared, backoff};
+use super::{Delivered, Event, QueueDelivery, RemoteError, Shared, backoff, encode_settle};
 use crate::connection::FrameReader;
 use crate::error::ErrorCode;
 use crate::protocol::frame::{Decoded, Framing};
@@ -125,12 +125,13 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
         let (read, mut writer) = stream.into_split();
         let mut reader = FrameReader::new(read, MAX_INBOUND_FRAME, FRAME_TIMEOUT);
 
-        let hello = serde_json::json!({
-            "jsonrpc": "2.0",
-            "method": "connect",
-            "params": {"client_id": config.client_id, "client_type": config.client_type, "version": config.version},
-            "id": CONNECT_ID,
+        let mut params = serde_json::json!({
+            "client_id": config.client_id, "client_type": config.client_type, "version": config.version,
         });
+        if let Some(will) = &config.will {
+            params["will"] = serde_json::from_str(will.get()).expect("the will is JSON");
+        }
+        let hello = serde_json::json!({"jsonrpc": "2.0", "method": "connect", "params": params, "id": CONNECT_ID});
         write_frame(&mut writer, hello.to_string().as_bytes()).await?;
         let accepted = await_internal(shared, &mut reader, CONNECT_ID)
             .await?
@@ -145,6 +146,7 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
         let accepted: Accepted = serde_json::from_str(&accepted)
             .map_err(|e| Failure::Refused(format!("unexpected answer to connect: {e}")))?;
         shared.max_message_size.store(accepted.max_message_size, Ordering::Relaxed);
+        shared.generation.fetch_add(1, Ordering::AcqRel);
 
         let patterns = shared.state.lock().subscriptions.patterns();
         if !patterns.is_empty() {
@@ -157,6 +159,17 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
             write_frame(&mut writer, restore.to_string().as_bytes()).await?;
             if let Err(error) = await_internal(shared, &mut reader, RESUBSCRIBE_ID).await? {
                 tracing::error!(client_id = %config.client_id, "restoring subscriptions failed: {}", error.message);
+            }
+        }
+        let queues: Vec<(String, serde_json::Value)> =
+            shared.state.lock().queues.iter().map(|q| (q.name.clone(), q.params.clone())).collect();
+        for (name, params) in queues {
+            let restore = serde_json::json!({
+                "jsonrpc": "2.0", "method": "subscribe", "params": params, "id": RESUBSCRIBE_ID,
+            });
+            write_frame(&mut writer, restore.to_string().as_bytes()).await?;
+            if let Err(error) = await_internal(shared, &mut reader, RESUBSCRIBE_ID).await? {
+                tracing::error!(client_id = %config.client_id, queue = %name, "restoring a queue subscription failed: {}", error.message);
             }
         }
         let seconds = |s: f64| Duration::try_from_secs_f64(s).unwrap_or(Duration::from_secs(30));
@@ -453,6 +466,16 @@ struct MessageParams<'a> {
     reply_to: Option<String>,
     #[serde(default)]
     ttl: Option<f64>,
+    #[serde(default)]
+    qos: u8,
+    #[serde(default)]
+    retained: bool,
+    #[serde(default)]
+    queue: Option<String>,
+    #[serde(default)]
+    delivery: Option<u64>,
+    #[serde(default)]
+    delivery_count: u32,
 }
 
 fn handle_frame(shared: &Shared, body: &[u8]) -> Handled {
@@ -520,9 +543,30 @@ fn deliver(shared: &Shared, params: Option<&RawValue>) {
             return;
         }
     };
-    let subscriptions = shared.state.lock().subscriptions.matching(&params.topic);
+    let from_queue = match (params.queue, params.delivery) {
+        (Some(queue), Some(tag)) => Some(QueueDelivery {
+            queue,
+            tag,
+            delivery_count: params.delivery_count,
+            generation: shared.generation.load(Ordering::Acquire),
+        }),
+        _ => None,
+    };
+    let subscriptions = {
+        let state = shared.state.lock();
+        match &from_queue {
+            Some(delivery) => state.queues.iter().filter(|q| q.name == delivery.queue).map(|q| q.sub).collect(),
+            None => state.subscriptions.matching(&params.topic),
+        }
+    };
     if subscriptions.is_empty() {
-        // Sent before an unsubscribe reached the broker.
+        // Sent before an unsubscribe reached the broker. A queue's message goes back
+        // to the queue for another consumer.
+        if let Some(delivery) = from_queue {
+            let frame = encode_settle(&[delivery.tag], false, true);
+            shared.state.lock().outbound.push_back(super::Outgoing::new(frame, None, false));
+            shared.writer_wake.notify_one();
+        }
         return;
     }
     shared.inbox.push(Event::Message(Delivered {
@@ -534,5 +578,8 @@ fn deliver(shared: &Shared, params: Option<&RawValue>) {
         timestamp: params.timestamp,
         reply_to: params.reply_to,
         ttl: params.ttl,
+        qos: params.qos,
+        retained: params.retained,
+        from_queue,
     }));
 }

@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use super::runtime;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
+use crate::queue::QueueSpec;
 use crate::server::{self, BrokerHandle};
 
 #[pyclass(module = "message_broker._core", frozen)]
@@ -35,7 +36,7 @@ fn to_py_error(error: BrokerError) -> PyErr {
         BrokerError::Bind { ref source, .. } | BrokerError::Resolve { ref source, .. } => {
             PyOSError::new_err((source.raw_os_error().unwrap_or(0), error.to_string()))
         }
-        BrokerError::Io(_) => PyOSError::new_err(error.to_string()),
+        BrokerError::Io(_) | BrokerError::Store(_) => PyOSError::new_err(error.to_string()),
     }
 }
 
@@ -44,7 +45,8 @@ impl Broker {
     #[new]
     #[pyo3(signature = (
         *, host, port, max_connections, heartbeat_interval, heartbeat_timeout,
-        max_message_size, max_queue_size, max_queue_bytes, log_messages, handshake_timeout, frame_timeout
+        max_message_size, max_queue_size, max_queue_bytes, log_messages, handshake_timeout, frame_timeout,
+        data_dir = None, fsync = false, queues = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -59,7 +61,24 @@ impl Broker {
         log_messages: bool,
         handshake_timeout: f64,
         frame_timeout: f64,
+        data_dir: Option<std::path::PathBuf>,
+        fsync: bool,
+        queues: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let queues: Vec<QueueSpec> = match queues {
+            None => Vec::new(),
+            Some(queues) => {
+                let mut text = Vec::new();
+                super::json::encode(queues, &mut text).map_err(|error| {
+                    PyValueError::new_err(format!("queues cannot be read: {}", error.value(queues.py())))
+                })?;
+                serde_json::from_slice(&text).map_err(|e| {
+                    PyValueError::new_err(format!(
+                        "invalid configuration: queues: {e} (each queue is a table with name, patterns and optionally max_length, max_deliveries, dead_letter_topic)"
+                    ))
+                })?
+            }
+        };
         let config = BrokerConfig {
             host,
             port,
@@ -72,6 +91,9 @@ impl Broker {
             log_messages,
             handshake_timeout: seconds("handshake_timeout", handshake_timeout)?,
             frame_timeout: seconds("frame_timeout", frame_timeout)?,
+            data_dir,
+            fsync,
+            queues,
         };
         config.validate().map_err(to_py_error)?;
         Ok(Broker { config, running: Mutex::new(None), starting: AtomicBool::new(false) })

@@ -14,7 +14,7 @@ use pyo3::types::{PyList, PyTuple};
 use serde_json::value::RawValue;
 
 use super::{json, runtime};
-use crate::client::{self, ClientConfig, ClientError, Event};
+use crate::client::{self, ClientConfig, ClientError, Event, PublishOptions};
 
 #[cfg(unix)]
 type WakeSocket = std::os::unix::net::UnixStream;
@@ -63,6 +63,14 @@ fn to_py_error(error: ClientError) -> PyErr {
     }
 }
 
+fn encode(payload: &Bound<'_, PyAny>) -> PyResult<String> {
+    let mut text = Vec::with_capacity(128);
+    json::encode(payload, &mut text).map_err(|error| {
+        PyValueError::new_err(format!("payload cannot be sent as JSON: {}", error.value(payload.py())))
+    })?;
+    Ok(String::from_utf8(text).expect("JSON text is UTF-8"))
+}
+
 fn seconds(value: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value)
         .map_err(|_| PyValueError::new_err(format!("expected a positive number of seconds, got {value}")))
@@ -88,7 +96,8 @@ impl Client {
     #[new]
     #[pyo3(signature = (
         client_id, host, port, wake_socket_handle, *, client_type, version, connect_timeout,
-        connect_retries, reconnect, reconnect_delay, max_reconnect_delay, heartbeat, max_pending
+        connect_retries, reconnect, reconnect_delay, max_reconnect_delay, heartbeat, max_pending,
+        will = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -105,6 +114,7 @@ impl Client {
         max_reconnect_delay: f64,
         heartbeat: bool,
         max_pending: usize,
+        will: Option<String>,
     ) -> PyResult<Self> {
         let waker = SocketWaker(wake_socket(wake_socket_handle)?);
         let mut config = ClientConfig::new(client_id, host, port);
@@ -117,6 +127,10 @@ impl Client {
         config.max_reconnect_delay = seconds(max_reconnect_delay)?;
         config.heartbeat = heartbeat;
         config.max_pending = max_pending.max(1);
+        config.will = will
+            .map(RawValue::from_string)
+            .transpose()
+            .map_err(|e| PyValueError::new_err(format!("will is not valid JSON: {e}")))?;
         let inner = client::Client::start(config, Box::new(waker), &runtime::handle()?);
         Ok(Client { inner })
     }
@@ -136,12 +150,49 @@ impl Client {
     /// cannot carry.
     #[pyo3(signature = (topic, payload, ttl = None))]
     fn publish(&self, topic: &str, payload: &Bound<'_, PyAny>, ttl: Option<f64>) -> PyResult<String> {
-        let mut text = Vec::with_capacity(128);
-        json::encode(payload, &mut text).map_err(|error| {
-            PyValueError::new_err(format!("payload cannot be sent as JSON: {}", error.value(payload.py())))
-        })?;
-        let text = std::str::from_utf8(&text).expect("JSON text is UTF-8");
-        self.inner.publish(topic, text, ttl).map_err(to_py_error)
+        let text = encode(payload)?;
+        self.inner.publish(topic, &text, ttl).map_err(to_py_error)
+    }
+
+    /// Like `publish`, with `qos` and `retain`; returns (message id, call id or None).
+    /// With qos=1 the call's response is the broker's confirmation.
+    #[pyo3(signature = (topic, payload, ttl = None, qos = 0, retain = false))]
+    fn publish_with(
+        &self,
+        topic: &str,
+        payload: &Bound<'_, PyAny>,
+        ttl: Option<f64>,
+        qos: u8,
+        retain: bool,
+    ) -> PyResult<(String, Option<u64>)> {
+        let text = encode(payload)?;
+        let options = PublishOptions { ttl, qos, retain };
+        self.inner.publish_with(topic, &text, &options).map_err(to_py_error)
+    }
+
+    /// Acknowledges (ack=True) or rejects deliveries from queues received on
+    /// connection `generation`; returns how many were sent.
+    #[pyo3(signature = (generation, tags, ack, requeue = true))]
+    fn settle(&self, generation: u64, tags: Vec<u64>, ack: bool, requeue: bool) -> PyResult<usize> {
+        self.inner.settle(generation, &tags, ack, requeue).map_err(to_py_error)
+    }
+
+    /// Consumes from a queue; `params` are the subscribe params as JSON text.
+    fn subscribe_queue(
+        &self,
+        subscription: u64,
+        name: &str,
+        patterns: Vec<String>,
+        params: &str,
+    ) -> PyResult<Option<u64>> {
+        let params: serde_json::Value = serde_json::from_str(params)
+            .map_err(|e| PyValueError::new_err(format!("params are not valid JSON: {e}")))?;
+        self.inner.subscribe_queue(subscription, name, &patterns, params).map_err(to_py_error)
+    }
+
+    /// Stops consuming from a queue; returns (its subscription or None, call id or None).
+    fn unsubscribe_queue(&self, name: &str) -> PyResult<(Option<u64>, Option<u64>)> {
+        self.inner.unsubscribe_queue(name).map_err(to_py_error)
     }
 
     /// Sends a call with `params` given as JSON text; returns its call id.
@@ -182,6 +233,9 @@ impl Client {
                     m.timestamp,
                     m.reply_to,
                     m.ttl,
+                    m.qos,
+                    m.retained,
+                    m.from_queue.map(|q| (q.queue, q.tag, q.delivery_count, q.generation)),
                 )
                     .into_pyobject(py)?,
                 Event::Response { call, result: Ok(json) } => {
