@@ -27,6 +27,19 @@ SMALL_PAYLOAD: dict[str, Any] = {
 """The ~100 B JSON dict (106 B compact) of the small-message workloads."""
 
 REQUEST_TOPIC = "bench.echo"
+DURABLE_TOPIC = "bench.durable"
+DURABLE_QUEUE = "bench"
+
+
+async def in_window(count: int, window: int, publish_one: Callable[[int], Awaitable[None]]) -> None:
+    """Runs publish_one(0..count-1) with at most `window` of them waiting at once."""
+    next_index = iter(range(count))
+
+    async def worker() -> None:
+        for i in next_index:
+            await publish_one(i)
+
+    await asyncio.gather(*(worker() for _ in range(min(window, count))))
 
 
 @dataclass
@@ -46,6 +59,8 @@ class RoleArgs:
     size: int = 0
     """Encoded payload size in bytes; 0 for the small payload."""
     requests: int = 0
+    window: int = 256
+    """Confirmed publishes a durable publisher keeps in flight at once."""
     warmup: int = 50
     settle: float = 2.0
     """A subscriber that has received something reports after this long without more."""

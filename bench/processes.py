@@ -163,20 +163,24 @@ class Server:
 
 
 async def start_server(
-    group: ProcessGroup, peer: str, *, max_connections: int | None = None
+    group: ProcessGroup, peer: str, *, max_connections: int | None = None, durable: bool = False
 ) -> Server:
     """Starts a broker bound to 127.0.0.1 on a free port. `max_connections` raises our
-    broker's limit (default 100); nats-server's default (64K) is already enough."""
+    broker's limit (default 100); nats-server's default (64K) is already enough.
+    `durable` gives it a store in the work directory: our `--data-dir`, JetStream's
+    file storage (`-js -sd`)."""
     if peer == "ours":
-        return await _start_ours(group, max_connections)
+        return await _start_ours(group, max_connections, durable)
     if peer == "nats":
-        return await _start_nats(group)
+        return await _start_nats(group, durable)
     raise ValueError(f"unknown peer {peer!r}")
 
 
-async def _start_ours(group: ProcessGroup, max_connections: int | None) -> Server:
+async def _start_ours(group: ProcessGroup, max_connections: int | None, durable: bool) -> Server:
     argv = [sys.executable, "-m", "message_broker"]
     argv += ["--host", "127.0.0.1", "--port", "0", "--log-level", "warning"]
+    if durable:
+        argv += ["--data-dir", str(group.workdir / "data")]
     if max_connections is not None:
         config = group.workdir / "broker.toml"
         config.write_text(f"max_connections = {max_connections}\n")
@@ -189,12 +193,14 @@ async def _start_ours(group: ProcessGroup, max_connections: int | None) -> Serve
     return Server("ours", child, match[2], int(match[3]), match[1])
 
 
-async def _start_nats(group: ProcessGroup) -> Server:
+async def _start_nats(group: ProcessGroup, durable: bool) -> Server:
     executable = nats_server_path()
     if executable is None:
         raise BenchError("nats-server is not installed (apt-get install -y nats-server)")
-    # No -js: JetStream stays off. Port -1 picks a free port, written to a ports file.
+    # JetStream only for the durable workload. Port -1 picks a free port, written to a ports file.
     argv = [executable, "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", str(group.workdir)]
+    if durable:
+        argv += ["-js", "-sd", str(group.workdir / "jetstream")]
     child = await group.spawn("nats-server", argv)
     ports_file = group.workdir / f"nats-server_{child.pid}.ports"
     url = await _wait_for_ports_file(child, ports_file)

@@ -71,6 +71,12 @@ FIGURES = [
     Figure("request", "cpu_us_per_msg", "f. CPU us/msg request", digits=2, target=TARGET_CPU),
     Figure("wildcard", "cpu_us_per_msg", "f. CPU us/msg wildcard", digits=2, target=TARGET_CPU),
     Figure("large", "cpu_us_per_msg", "f. CPU us/msg large", digits=2, target=TARGET_CPU),
+    Figure(
+        "durable", "publish_rate", "g. durable qos=1 confirmed/s", target=Target("min_ratio", 2)
+    ),
+    Figure("durable", "rate", "g. durable consume msg/s", target=Target("min_ratio", 2)),
+    Figure("durable", "lost", "g. durable lost", target=TARGET_LOSS),
+    Figure("durable", "cpu_us_per_msg", "g. CPU us/msg durable", digits=2),
     Figure("*", "peak_rss", "f. peak RSS MB (highest of all runs)", scale=MB, digits=1),
     Figure("idle", "idle_rss", "f. idle RSS MB", scale=MB, digits=1, target=Target("below", 20)),
     Figure(

@@ -42,6 +42,7 @@ class Settings:
     large_messages: int = 2_000
     large_size: int = 65_536
     idle_connections: int = 1_000
+    durable_messages: int = 20_000
     settle: float = 2.0
     timeout: float = 120.0
     """Seconds any one wait of a run may take (a publisher's run, a subscriber's)."""
@@ -193,6 +194,42 @@ async def request_reply(group: ProcessGroup, peer: str, settings: Settings) -> M
     }
 
 
+async def durable(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
+    """At-least-once: a consumer on a durable queue (ours) or a durable JetStream
+    consumer on a file stream (NATS); the publisher awaits each confirmation, with
+    up to `window` in flight. Figures: confirmed publishes/s at the publisher, and
+    deliveries/s at the consumer (which acknowledges each one)."""
+    server = await start_server(group, peer, durable=True)
+    count = settings.durable_messages
+    base = _role_args(server, settings)
+    consumer = await spawn_role(
+        group, peer, "durable_consumer", replace(base, expected=count), "consumer"
+    )
+    await consumer.expect("ready", READY_TIMEOUT)
+    cpu_before = cpu_seconds(server.pid)
+    publisher = await spawn_role(
+        group, peer, "durable_publisher", replace(base, count=count), "publisher"
+    )
+    published = await publisher.expect("result", settings.timeout)
+    consumed = await consumer.expect("result", settings.timeout)
+    cpu = cpu_seconds(server.pid) - cpu_before
+    received = consumed["received"]
+    if not received:
+        raise BenchError(f"no message arrived at the consumer ({count} published)")
+    span = consumed["last"] - consumed["first"]
+    return {
+        "published": count,
+        "received": received,
+        "lost": count - received if received < count else 0,
+        "duplicates": max(received - count, 0),
+        "publish_rate": count / published["seconds"],
+        "rate": received / span if span > 0 else 0.0,
+        "cpu_us_per_msg": cpu * 1e6 / count,
+        "peak_rss": peak_rss_bytes(server.pid),
+        "version": server.version,
+    }
+
+
 async def idle_memory(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
     """RSS of an idle broker, then with `idle_connections` silent connections."""
     # Children inherit the limit: the broker, and the role that opens the sockets.
@@ -221,6 +258,7 @@ WORKLOADS: dict[str, Workload] = {
     "wildcard": wildcard,
     "large": large,
     "idle": idle_memory,
+    "durable": durable,
 }
 
 
@@ -272,6 +310,11 @@ async def run_suite(settings: Settings) -> Results:
 def progress(workload: str, peer: str, run: int, runs: int, result: Metrics) -> None:
     if not result["ok"]:
         summary = f"FAILED: {result['error']}"
+    elif "publish_rate" in result:
+        summary = (
+            f"{result['publish_rate']:,.0f} confirmed/s, {result['rate']:,.0f} consumed/s, "
+            f"lost {result['lost']}"
+        )
     elif "rate" in result:
         summary = f"{result['rate']:,.0f} msg/s, lost {result['lost']}"
         if result.get("broker_dropped"):

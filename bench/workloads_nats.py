@@ -14,12 +14,15 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bench.common import (
+    DURABLE_QUEUE,
+    DURABLE_TOPIC,
     REQUEST_TOPIC,
     Role,
     RoleArgs,
     Tracker,
     emit,
     hold_until_deadline,
+    in_window,
     make_payload,
     percentiles_us,
     raise_fd_limit,
@@ -117,10 +120,51 @@ async def idle(args: RoleArgs) -> dict[str, Any]:
             writer.close()
 
 
+DURABLE_STREAM = "BENCH"
+
+
+async def durable_consumer(args: RoleArgs) -> dict[str, Any]:
+    """A JetStream file stream and a durable push consumer; nats-py acknowledges each
+    message when the callback returns."""
+    nc = await _connect(args)
+    js = nc.jetstream()
+    await js.add_stream(name=DURABLE_STREAM, subjects=[DURABLE_TOPIC], storage="file")
+    tracker = Tracker(args.expected)
+
+    async def on_message(msg: Msg) -> None:
+        json.loads(msg.data)
+        tracker.hit()
+
+    await js.subscribe(DURABLE_TOPIC, durable=DURABLE_QUEUE, cb=on_message)
+    await nc.flush(timeout=5)
+    emit("ready")
+    result = await tracker.wait(args)
+    await nc.close()
+    return result
+
+
+async def durable_publisher(args: RoleArgs) -> dict[str, Any]:
+    """JetStream publishes, each awaited until the server's PubAck (stored)."""
+    nc = await _connect(args)
+    js = nc.jetstream()
+    payload = make_payload(args.size)
+
+    async def publish_one(_: int) -> None:
+        await js.publish(DURABLE_TOPIC, json.dumps(payload).encode(), timeout=30)
+
+    started = time.monotonic()
+    await in_window(args.count, args.window, publish_one)
+    seconds = time.monotonic() - started
+    await nc.close()
+    return {"published": args.count, "seconds": seconds}
+
+
 ROLES: dict[str, Role] = {
     "subscriber": subscriber,
     "publisher": publisher,
     "responder": responder,
     "requester": requester,
     "idle": idle,
+    "durable_consumer": durable_consumer,
+    "durable_publisher": durable_publisher,
 }

@@ -10,12 +10,15 @@ import time
 from typing import Any
 
 from bench.common import (
+    DURABLE_QUEUE,
+    DURABLE_TOPIC,
     REQUEST_TOPIC,
     Role,
     RoleArgs,
     Tracker,
     emit,
     hold_until_deadline,
+    in_window,
     make_payload,
     percentiles_us,
     raise_fd_limit,
@@ -57,6 +60,38 @@ async def publisher(args: RoleArgs) -> dict[str, Any]:
     await client.disconnect()
     dropped = status["messages"]["dropped"]  # queues of slow subscribers that overflowed
     return {"published": args.count, "seconds": seconds, "broker_dropped": dropped}
+
+
+async def durable_consumer(args: RoleArgs) -> dict[str, Any]:
+    """Consumes the durable queue; each message is acknowledged when the callback returns."""
+    client = await _connect(args, "dsub")
+    tracker = Tracker(args.expected)
+
+    def on_message(msg: Message) -> None:
+        tracker.hit()
+
+    await client.subscribe(
+        DURABLE_TOPIC, on_message, queue=DURABLE_QUEUE, durable=True, prefetch=1000
+    )
+    emit("ready")
+    result = await tracker.wait(args)
+    await client.disconnect()
+    return result
+
+
+async def durable_publisher(args: RoleArgs) -> dict[str, Any]:
+    """qos=1 publishes, each awaited until the broker confirms it is stored."""
+    client = await _connect(args, "dpub")
+    payload = make_payload(args.size)
+
+    async def publish_one(_: int) -> None:
+        await client.publish(DURABLE_TOPIC, payload, qos=1)
+
+    started = time.monotonic()
+    await in_window(args.count, args.window, publish_one)
+    seconds = time.monotonic() - started
+    await client.disconnect()
+    return {"published": args.count, "seconds": seconds}
 
 
 async def responder(args: RoleArgs) -> dict[str, Any]:
@@ -109,4 +144,6 @@ ROLES: dict[str, Role] = {
     "responder": responder,
     "requester": requester,
     "idle": idle,
+    "durable_consumer": durable_consumer,
+    "durable_publisher": durable_publisher,
 }

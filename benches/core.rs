@@ -97,14 +97,7 @@ fn router(c: &mut Criterion) {
         group.throughput(Throughput::Elements(subscribers as u64));
         group.bench_function(format!("publish to {subscribers}"), |b| {
             b.iter(|| {
-                let published = router.publish(Publish {
-                    message_id: None,
-                    topic: "jobs.activated",
-                    payload: &payload,
-                    sender: "bench",
-                    reply_to: None,
-                    ttl: None,
-                });
+                let published = router.publish(Publish::new("jobs.activated", &payload, "bench")).unwrap();
                 black_box(published);
                 for queue in &mut queues {
                     black_box(queue.try_recv());

@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::json;
 use serde_json::value::{RawValue, to_raw_value};
+use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -228,7 +228,7 @@ struct Will {
     #[serde(default)]
     payload: Option<Box<RawValue>>,
     #[serde(default)]
-    qos: u8,
+    qos: Option<Value>,
     #[serde(default)]
     retain: bool,
     #[serde(default)]
@@ -564,7 +564,7 @@ impl Session {
         if let Some(will) = &p.will {
             validate_topic(&will.topic)?;
             refuse_reserved(&will.topic)?;
-            read_qos(will.qos)?;
+            read_qos(will.qos.as_ref())?;
             read_ttl(will.ttl)?;
         }
         let client_id = p.client_id.unwrap_or_else(|| self.router.anonymous_client_id(self.id));
@@ -749,7 +749,7 @@ impl Session {
             #[serde(borrow, default)]
             payload: Option<&'a RawValue>,
             #[serde(default)]
-            qos: u8,
+            qos: Option<Value>,
             #[serde(default)]
             ttl: f64,
             #[serde(default)]
@@ -762,7 +762,7 @@ impl Session {
         if let Some(id) = &p.message_id {
             validate_message_id(id)?;
         }
-        let qos = read_qos(p.qos)?;
+        let qos = read_qos(p.qos.as_ref())?;
         let ttl = read_ttl(p.ttl)?;
         let payload = Payload::new(p.payload);
         if p.topic.starts_with(REPLY_PREFIX) {
@@ -811,7 +811,7 @@ impl Session {
         let sender = self.client_id.as_deref().unwrap_or_default();
         let msg = Publish {
             ttl,
-            qos: will.qos,
+            qos: read_qos(will.qos.as_ref()).unwrap_or(0),
             retain: will.retain,
             ..Publish::new(&will.topic, payload.get(), sender)
         };
@@ -931,13 +931,15 @@ fn validate_message_id(id: &str) -> Result<(), RpcError> {
     Ok(())
 }
 
-fn read_qos(qos: u8) -> Result<u8, RpcError> {
-    if qos > 1 {
-        return Err(RpcError::invalid_params(format!(
-            "qos must be 0 (at most once) or 1 (at least once), got {qos}"
-        )));
+/// `qos` as given (any JSON, so that a wrong one gets an error that names it).
+fn read_qos(qos: Option<&Value>) -> Result<u8, RpcError> {
+    match qos.map(|q| (q, q.as_u64())) {
+        None => Ok(0),
+        Some((_, Some(level @ (0 | 1)))) => Ok(level as u8),
+        Some((given, _)) => Err(RpcError::invalid_params(format!(
+            "qos must be 0 (at most once) or 1 (at least once), got {given}"
+        ))),
     }
-    Ok(qos)
 }
 
 fn read_ttl(ttl: f64) -> Result<Option<f64>, RpcError> {

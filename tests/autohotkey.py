@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = ROOT / "clients" / "ahk" / "MessageBroker.ahk"
 
 
-def readme_blocks(heading: str) -> list[str]:
-    """The AutoHotkey code blocks of the README section under ``heading``."""
+def readme_blocks(heading: str, language: str = "autohotkey") -> list[str]:
+    """The code blocks in ``language`` of the README section under ``heading``."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```autohotkey\n(.*?)```", section, flags=re.S)
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
 
 
 def missing() -> str | None:

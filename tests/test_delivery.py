@@ -533,3 +533,21 @@ def test_the_command_reports_a_damaged_store_and_exits_1(tmp_path):
     assert result.returncode == 1, result
     assert "damaged" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_the_readme_example_runs_as_written():
+    """The "Delivery guarantees" example, on the default host and port."""
+    from autohotkey import readme_blocks
+
+    (example,) = readme_blocks("## Delivery guarantees", "python")
+    broker = MessageBroker()
+    await broker.start()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", example, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        await broker.stop()
+    assert process.returncode == 0
+    assert out.decode().split("\n")[0] == "{'id': 7} 1"

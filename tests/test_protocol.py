@@ -265,6 +265,8 @@ def test_error_table_is_complete():
         "HEARTBEAT_TIMEOUT": -32008,
         "READ_TIMEOUT": -32009,
         "TOO_MANY_REQUESTS": -32010,
+        "QUEUE_FULL": -32011,
+        "STORAGE_FAILED": -32012,
     }
 
 

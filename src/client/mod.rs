@@ -290,8 +290,17 @@ impl Client {
     /// Acknowledges (`ack`) or rejects deliveries from queues. Deliveries that came on
     /// an earlier connection are skipped: the broker gave them back to their queue
     /// when that connection ended. Returns how many were sent.
-    pub fn settle(&self, generation: u64, tags: &[u64], ack: bool, requeue: bool) -> Result<usize, ClientError> {
-        if tags.is_empty() || generation != self.shared.generation.load(Ordering::Acquire) || !self.is_connected() {
+    pub fn settle(
+        &self,
+        generation: u64,
+        tags: &[u64],
+        ack: bool,
+        requeue: bool,
+    ) -> Result<usize, ClientError> {
+        if tags.is_empty()
+            || generation != self.shared.generation.load(Ordering::Acquire)
+            || !self.is_connected()
+        {
             return Ok(0);
         }
         let frame = encode_settle(tags, ack, requeue);
@@ -543,7 +552,10 @@ mod tests {
         let options = PublishOptions { qos: 1, retain: true, ..Default::default() };
         let frame = encode_publish("a.b", "1", "abc-2", &options, Some(7));
         let value: serde_json::Value = serde_json::from_slice(&frame).unwrap();
-        assert_eq!((value["params"]["qos"].as_u64(), value["params"]["retain"].as_bool()), (Some(1), Some(true)));
+        assert_eq!(
+            (value["params"]["qos"].as_u64(), value["params"]["retain"].as_bool()),
+            (Some(1), Some(true))
+        );
         assert_eq!(value["id"], 7, "qos=1 is a call, answered once stored");
     }
 

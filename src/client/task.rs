@@ -131,7 +131,8 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
         if let Some(will) = &config.will {
             params["will"] = serde_json::from_str(will.get()).expect("the will is JSON");
         }
-        let hello = serde_json::json!({"jsonrpc": "2.0", "method": "connect", "params": params, "id": CONNECT_ID});
+        let hello =
+            serde_json::json!({"jsonrpc": "2.0", "method": "connect", "params": params, "id": CONNECT_ID});
         write_frame(&mut writer, hello.to_string().as_bytes()).await?;
         let accepted = await_internal(shared, &mut reader, CONNECT_ID)
             .await?
@@ -555,7 +556,9 @@ fn deliver(shared: &Shared, params: Option<&RawValue>) {
     let subscriptions = {
         let state = shared.state.lock();
         match &from_queue {
-            Some(delivery) => state.queues.iter().filter(|q| q.name == delivery.queue).map(|q| q.sub).collect(),
+            Some(delivery) => {
+                state.queues.iter().filter(|q| q.name == delivery.queue).map(|q| q.sub).collect()
+            }
             None => state.subscriptions.matching(&params.topic),
         }
     };
