@@ -745,13 +745,18 @@ impl Queues {
     /// dead letter comes from, so that it never loops back into it).
     pub fn enqueue(
         &mut self,
-        message: &Arc<StoredMessage>,
+        topic: &str,
+        message: impl FnOnce() -> Arc<StoredMessage>,
         skip: Option<&str>,
         now: f64,
     ) -> (Enqueued, Vec<DeadLetter>) {
         let mut numbers = Vec::new();
-        self.index.collect(&message.topic, &mut numbers);
+        self.index.collect(topic, &mut numbers);
         let mut enqueued = Enqueued::default();
+        if numbers.is_empty() {
+            return (enqueued, Vec::new());
+        }
+        let message = &message();
         let mut dead_letters = Vec::new();
         for number in numbers {
             let Some(name) = self.by_number.get(&number).cloned() else { continue };
@@ -912,7 +917,7 @@ mod tests {
         queues.join(1, a, join("workers", &["jobs.*"], false, 100), 0.0).unwrap();
         queues.join(2, b, join("workers", &["jobs.*"], false, 100), 0.0).unwrap();
         for n in 0..10 {
-            let (enqueued, _) = queues.enqueue(&message("jobs.x", n, None), None, 0.0);
+            let (enqueued, _) = queues.enqueue("jobs.x", || message("jobs.x", n, None), None, 0.0);
             assert_eq!(enqueued.queued, 1);
         }
         let a_got: Vec<u64> = received(&mut a_rx).iter().map(|r| r.0).collect();
@@ -927,7 +932,7 @@ mod tests {
         let (a, mut rx) = consumer();
         queues.join(1, a, join("q", &["t"], true, 2), 0.0).unwrap();
         for n in 0..5 {
-            queues.enqueue(&message("t", n, None), None, 0.0);
+            queues.enqueue("t", || message("t", n, None), None, 0.0);
         }
         let first = received(&mut rx);
         assert_eq!(first.iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 1]);
@@ -946,7 +951,7 @@ mod tests {
         let (a, mut a_rx) = consumer();
         queues.join(1, a, spec.clone(), 0.0).unwrap();
         for n in 0..3 {
-            queues.enqueue(&message("t", n, None), None, 0.0);
+            queues.enqueue("t", || message("t", n, None), None, 0.0);
         }
         assert_eq!(received(&mut a_rx).len(), 3);
         let (left, dead) = queues.leave(1, None, 0.0);
@@ -978,7 +983,7 @@ mod tests {
         queues.join(1, a.clone(), join("group", &["t"], false, 10), 0.0).unwrap();
         queues.join(1, a, join("durable", &["t"], true, 10), 0.0).unwrap();
         queues.leave(1, None, 0.0);
-        let (enqueued, _) = queues.enqueue(&message("t", 1, None), None, 0.0);
+        let (enqueued, _) = queues.enqueue("t", || message("t", 1, None), None, 0.0);
         assert_eq!(enqueued.queued, 1);
         assert_eq!(queues.status().len(), 1);
         assert_eq!(queues.status()[0]["depth"], 1);
@@ -992,9 +997,9 @@ mod tests {
         let (a, _rx) = consumer();
         queues.join(1, a, spec, 0.0).unwrap();
         queues.leave(1, None, 0.0);
-        queues.enqueue(&message("t", 1, Some(5.0)), None, 0.0);
-        queues.enqueue(&message("t", 2, None), None, 0.0);
-        let (enqueued, _) = queues.enqueue(&message("t", 3, None), None, 0.0);
+        queues.enqueue("t", || message("t", 1, Some(5.0)), None, 0.0);
+        queues.enqueue("t", || message("t", 2, None), None, 0.0);
+        let (enqueued, _) = queues.enqueue("t", || message("t", 3, None), None, 0.0);
         assert_eq!(enqueued.full.len(), 1);
         let dead = queues.tick(200.0);
         assert_eq!(dead.len(), 1);

@@ -376,8 +376,8 @@ impl Router {
     fn publish_skipping(&self, msg: Publish<'_>, skip_queue: Option<&str>) -> Result<Published, RpcError> {
         let message_id = msg.message_id.map_or_else(|| self.ids.next(), str::to_owned);
         let timestamp = unix_now();
-        let keep = msg.retain || self.has_queues.load(Ordering::Acquire);
-        let stored = keep.then(|| {
+        // Copied out of the frame only when a queue or the retained store keeps it.
+        let keep = || {
             Arc::new(StoredMessage {
                 topic: msg.topic.to_owned(),
                 payload: msg.payload.to_owned(),
@@ -388,9 +388,10 @@ impl Router {
                 ttl: msg.ttl,
                 qos: msg.qos,
             })
-        });
-        if msg.retain {
-            self.retain(stored.as_ref().expect("kept when retained"))?;
+        };
+        let retained = msg.retain.then(keep);
+        if let Some(message) = &retained {
+            self.retain(message)?;
         }
         let frame = Delivery {
             topic: msg.topic,
@@ -406,24 +407,25 @@ impl Router {
         }
         .encode();
         let (mut recipients, congested) = self.fan_out(msg.topic, frame);
-        let mut published = Published { message_id, recipients: 0, stored: None, full: Vec::new() };
-        if let Some(stored) = stored.filter(|_| self.has_queues.load(Ordering::Acquire)) {
+        let (mut stored, mut full) = (None, Vec::new());
+        if self.has_queues.load(Ordering::Acquire) {
             let (enqueued, dead, store) = {
                 let mut queues = self.queues.lock();
-                let (enqueued, dead) = queues.enqueue(&stored, skip_queue, timestamp);
+                let message = || retained.clone().unwrap_or_else(keep);
+                let (enqueued, dead) = queues.enqueue(msg.topic, message, skip_queue, timestamp);
                 (enqueued, dead, queues.store().cloned())
             };
             recipients += enqueued.queued;
             if msg.qos > 0 && enqueued.stored > 0 {
-                published.stored = store.map(|store| store.flush());
+                stored = store.map(|store| store.flush());
             }
             if !enqueued.full.is_empty() {
                 tracing::warn!(queues = ?enqueued.full, topic = msg.topic, "queues are full; the message was not kept in them");
             }
-            published.full = enqueued.full;
+            full = enqueued.full;
             self.dead_letter(dead);
         }
-        published.recipients = recipients;
+        let published = Published { message_id, recipients, stored, full };
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         if self.config.log_messages {
             tracing::info!(

@@ -96,8 +96,8 @@ class Client:
         max_pending: int,
         will: str | None = None,
     ) -> None:
-        """Starts connecting in the background. ``will`` is the last will as JSON text. Takes ownership of the socket handle
-        (from ``socket.detach()``)."""
+        """Starts connecting in the background. Takes ownership of the socket handle
+        (from ``socket.detach()``). ``will`` is the last will as JSON text."""
 
     @property
     def is_connected(self) -> bool: ...
