@@ -185,6 +185,18 @@ pub struct QueueStats {
     pub dropped: u64,
 }
 
+impl std::ops::AddAssign for QueueStats {
+    fn add_assign(&mut self, other: QueueStats) {
+        self.enqueued += other.enqueued;
+        self.delivered += other.delivered;
+        self.redelivered += other.redelivered;
+        self.acked += other.acked;
+        self.dead_lettered += other.dead_lettered;
+        self.expired += other.expired;
+        self.dropped += other.dropped;
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Item {
     seq: u64,
@@ -721,14 +733,7 @@ impl Queues {
         for tag in queue.in_flight.keys() {
             self.tags.remove(tag);
         }
-        let (s, r) = (queue.stats, &mut self.retired);
-        r.enqueued += s.enqueued;
-        r.delivered += s.delivered;
-        r.redelivered += s.redelivered;
-        r.acked += s.acked;
-        r.dead_lettered += s.dead_lettered;
-        r.expired += s.expired;
-        r.dropped += s.dropped;
+        self.retired += queue.stats;
         Some(queue)
     }
 
@@ -845,18 +850,11 @@ impl Queues {
 
     /// Broker-wide totals over every queue there ever was.
     pub fn totals(&self) -> QueueStats {
-        let mut t = self.retired;
-        for q in self.queues.values() {
-            let s = q.stats;
-            t.enqueued += s.enqueued;
-            t.delivered += s.delivered;
-            t.redelivered += s.redelivered;
-            t.acked += s.acked;
-            t.dead_lettered += s.dead_lettered;
-            t.expired += s.expired;
-            t.dropped += s.dropped;
+        let mut totals = self.retired;
+        for queue in self.queues.values() {
+            totals += queue.stats;
         }
-        t
+        totals
     }
 }
 

@@ -425,6 +425,10 @@ impl Router {
             full = enqueued.full;
             self.dead_letter(dead);
         }
+        // A retained qos=1 message is confirmed once the retained store has it too.
+        if stored.is_none() && msg.retain && msg.qos > 0 {
+            stored = self.queues.lock().store().map(|store| store.flush());
+        }
         let published = Published { message_id, recipients, stored, full };
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         if self.config.log_messages {

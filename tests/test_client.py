@@ -10,6 +10,7 @@ import textwrap
 import threading
 
 import pytest
+from waiting import eventually
 
 from message_broker import (
     BrokerClient,
@@ -21,14 +22,6 @@ from message_broker import (
     NotConnectedError,
     RequestTimeoutError,
 )
-
-
-async def eventually(condition, timeout: float = 10.0) -> None:
-    """Waits until condition() holds (polling the event loop), failing after `timeout`."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from waiting import eventually
 
 from message_broker import (
     BrokerClient,
@@ -22,13 +23,6 @@ from message_broker import (
 )
 
 CHILD = str(Path(__file__).with_name("delivery_child.py"))
-
-
-async def eventually(condition, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture
