@@ -10,6 +10,9 @@ use crate::queue::QueueSpec;
 
 pub const DEFAULT_HOST: &str = "localhost";
 pub const DEFAULT_PORT: u16 = 15234;
+/// What queues kept in memory may hold together by default: a desktop machine
+/// survives it.
+pub const DEFAULT_MAX_MEMORY: usize = 1 << 30;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BrokerConfig {
@@ -41,6 +44,9 @@ pub struct BrokerConfig {
     pub fsync: bool,
     /// Durable queues that exist from the start.
     pub queues: Vec<QueueSpec>,
+    /// Bytes the queues kept in memory (every queue but the durable ones of a
+    /// `data_dir`) may hold together; past it they refuse new messages.
+    pub max_memory: usize,
 }
 
 impl Default for BrokerConfig {
@@ -60,6 +66,7 @@ impl Default for BrokerConfig {
             data_dir: None,
             fsync: false,
             queues: Vec::new(),
+            max_memory: DEFAULT_MAX_MEMORY,
         }
     }
 }
@@ -86,6 +93,12 @@ impl BrokerConfig {
                 "max_message_size must be at most {} bytes, got {}",
                 u32::MAX,
                 self.max_message_size
+            ));
+        }
+        if self.max_memory < self.max_message_size {
+            return invalid(format!(
+                "max_memory ({}) must be at least max_message_size ({})",
+                self.max_memory, self.max_message_size
             ));
         }
         if self.max_queue_size == 0 {

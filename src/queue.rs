@@ -8,9 +8,16 @@
 //! leaves the queue on its dead-letter topic.
 //!
 //! A queue group (`durable = false`) lives as long as it has consumers. A durable
-//! queue keeps its messages while nobody consumes, up to `max_length`, and with a
-//! [`Store`] survives a restart: every message is written there when it is queued,
-//! and removed when it is acknowledged.
+//! queue keeps its messages while nobody consumes, up to `max_length` and
+//! `max_bytes`, and with a [`Store`] survives a restart: every message is written
+//! there when it is queued, and removed when it is acknowledged.
+//!
+//! Memory stays bounded whatever the backlog. A durable queue with a store keeps
+//! only a window of its next messages in memory ([`WINDOW_COUNT`], [`WINDOW_BYTES`]);
+//! the others stay on disk and are read back in order as consumers take them. Every
+//! other queue lives in memory, and together they may hold at most the broker's
+//! `max_memory`; past it they refuse new messages. What a consumer holds
+//! unacknowledged is bounded by its prefetch and by [`MAX_UNACKED_BYTES`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -24,11 +31,20 @@ use crate::error::{ErrorCode, RpcError};
 use crate::index::{SessionId, SubscriptionIndex};
 use crate::outbox::Outbox;
 use crate::protocol::message::{Delivery, FromQueue};
-use crate::store::{Op, Restored, Store, StoreError};
+use crate::store::{LoadRequest, Loaded, Op, Restored, Store, StoreError};
 use crate::topic::parse_pattern;
 
 /// Default bound on the messages a queue holds (ready and in flight).
 pub const DEFAULT_MAX_LENGTH: usize = 100_000;
+/// Default bound on the bytes a durable queue keeps in the store.
+pub const DEFAULT_MAX_BYTES_STORED: u64 = 4 << 30;
+/// Default bound on the bytes a queue kept in memory holds.
+pub const DEFAULT_MAX_BYTES_IN_MEMORY: u64 = 64 << 20;
+/// The most messages, and bytes, of a stored queue held in memory, ready to go.
+pub const WINDOW_COUNT: usize = 1000;
+pub const WINDOW_BYTES: usize = 8 << 20;
+/// Bytes one consumer may hold unacknowledged (its first delivery always goes).
+pub const MAX_UNACKED_BYTES: usize = 16 << 20;
 /// Default number of deliveries before a message is dead-lettered.
 pub const DEFAULT_MAX_DELIVERIES: u32 = 10;
 /// Default and largest number of unacknowledged deliveries per consumer.
@@ -48,6 +64,9 @@ pub struct QueueSpec {
     pub durable: bool,
     #[serde(default = "max_length_default")]
     pub max_length: usize,
+    /// Bytes the queue may hold; `None` for the default of where it is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
     /// 0 means no limit.
     #[serde(default = "max_deliveries_default")]
     pub max_deliveries: u32,
@@ -72,6 +91,7 @@ impl QueueSpec {
             patterns,
             durable,
             max_length: DEFAULT_MAX_LENGTH,
+            max_bytes: None,
             max_deliveries: DEFAULT_MAX_DELIVERIES,
             dead_letter_topic: None,
         }
@@ -92,10 +112,18 @@ impl QueueSpec {
                 self.name
             )));
         }
+        if self.max_bytes == Some(0) {
+            return Err(RpcError::invalid_params(format!("queue {:?}: max_bytes must be at least 1", self.name)));
+        }
         if let Some(topic) = &self.dead_letter_topic {
             crate::topic::validate_topic(topic)?;
         }
         Ok(())
+    }
+
+    /// The byte bound in force, for a queue kept in the store or in memory.
+    pub fn max_bytes(&self, stored: bool) -> u64 {
+        self.max_bytes.unwrap_or(if stored { DEFAULT_MAX_BYTES_STORED } else { DEFAULT_MAX_BYTES_IN_MEMORY })
     }
 }
 
@@ -136,6 +164,17 @@ impl StoredMessage {
         self.ttl.is_some_and(|ttl| now >= self.timestamp + ttl)
     }
 
+    /// What it costs to keep in memory, near enough: its fields and some overhead.
+    pub fn size(&self) -> usize {
+        const OVERHEAD: usize = 128;
+        self.topic.len()
+            + self.payload.get().len()
+            + self.sender.len()
+            + self.id.len()
+            + self.reply_to.as_ref().map_or(0, String::len)
+            + OVERHEAD
+    }
+
     /// The bytes written to the store.
     pub fn record(&self) -> Bytes {
         Bytes::from(serde_json::to_vec(self).expect("stored messages serialise"))
@@ -172,6 +211,19 @@ pub struct DeadLetter {
     pub payload: Box<RawValue>,
 }
 
+/// The payload of a dead letter: the message and why it left its queue.
+#[derive(Serialize)]
+struct DeadLetterBody<'a> {
+    queue: &'a str,
+    reason: &'static str,
+    delivery_count: u32,
+    topic: &'a str,
+    payload: &'a RawValue,
+    sender: &'a str,
+    id: &'a str,
+    timestamp: f64,
+}
+
 /// Counters of one queue, reported by `status`.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct QueueStats {
@@ -181,8 +233,31 @@ pub struct QueueStats {
     pub acked: u64,
     pub dead_lettered: u64,
     pub expired: u64,
-    /// Refused because the queue was full.
+    /// Refused because the queue was full (by count or bytes) or memory was.
     pub dropped: u64,
+}
+
+/// Why a queue refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// It holds `max_length` messages.
+    MaxLength(usize),
+    /// The message would take it past `max_bytes`.
+    MaxBytes(u64),
+    /// Queues in memory hold the broker's `max_memory`.
+    Memory(usize),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::MaxLength(n) => write!(f, "it holds max_length ({n}) messages"),
+            Refusal::MaxBytes(n) => write!(f, "the message would take it past max_bytes ({n} bytes)"),
+            Refusal::Memory(n) => {
+                write!(f, "the queues kept in memory hold the broker's max_memory ({n} bytes)")
+            }
+        }
+    }
 }
 
 impl std::ops::AddAssign for QueueStats {
@@ -202,6 +277,8 @@ struct Item {
     seq: u64,
     message: Arc<StoredMessage>,
     delivery_count: u32,
+    /// Its size as counted against the queue's bounds.
+    size: usize,
 }
 
 struct Consumer {
@@ -209,6 +286,25 @@ struct Consumer {
     outbox: Outbox,
     prefetch: usize,
     unacked: usize,
+    unacked_bytes: usize,
+}
+
+impl Consumer {
+    fn has_room(&self) -> bool {
+        self.unacked < self.prefetch && (self.unacked == 0 || self.unacked_bytes < MAX_UNACKED_BYTES)
+    }
+}
+
+/// The ready messages of a stored queue that are only on disk: all of them come after
+/// those in memory.
+#[derive(Debug, Default)]
+struct OnDisk {
+    count: usize,
+    bytes: usize,
+    /// The highest sequence number moved into memory so far.
+    after: u64,
+    /// A read is on its way.
+    loading: bool,
 }
 
 struct InFlight {
@@ -221,8 +317,15 @@ pub struct Queue {
     name: Arc<str>,
     /// The queue's key in the binding index.
     number: u64,
+    /// Kept in the store, with only a window of it in memory.
+    stored: bool,
+    /// The next ready messages, in sequence order.
     ready: VecDeque<Item>,
+    ready_bytes: usize,
+    /// What follows `ready`, for a stored queue.
+    on_disk: OnDisk,
     in_flight: HashMap<u64, InFlight>,
+    in_flight_bytes: usize,
     consumers: Vec<Consumer>,
     /// Where the round-robin resumes.
     cursor: usize,
@@ -248,23 +351,35 @@ impl Exit {
     }
 }
 
+/// Bytes held by the queues kept in memory, against the broker's `max_memory`.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    used: usize,
+    limit: usize,
+}
+
 /// What the queue operations need besides the queue itself.
 struct Context<'a> {
     store: Option<&'a Store>,
     tags: &'a mut HashMap<u64, Arc<str>>,
     next_tag: &'a mut u64,
     dead: &'a mut Vec<DeadLetter>,
+    memory: &'a mut Memory,
     now: f64,
 }
 
 impl Queue {
-    fn new(spec: QueueSpec, number: u64) -> Queue {
+    fn new(spec: QueueSpec, number: u64, stored: bool) -> Queue {
         Queue {
             name: spec.name.as_str().into(),
             spec,
             number,
+            stored,
             ready: VecDeque::new(),
+            ready_bytes: 0,
+            on_disk: OnDisk::default(),
             in_flight: HashMap::new(),
+            in_flight_bytes: 0,
             consumers: Vec::new(),
             cursor: 0,
             next_seq: 1,
@@ -273,11 +388,28 @@ impl Queue {
     }
 
     fn len(&self) -> usize {
-        self.ready.len() + self.in_flight.len()
+        self.ready.len() + self.on_disk.count + self.in_flight.len()
+    }
+
+    /// Bytes of every message it holds, wherever they are.
+    fn bytes(&self) -> usize {
+        self.ready_bytes + self.on_disk.bytes + self.in_flight_bytes
+    }
+
+    /// Bytes it holds in memory.
+    fn memory(&self) -> usize {
+        self.ready_bytes + self.in_flight_bytes
     }
 
     fn store<'a>(&self, ctx: &Context<'a>) -> Option<&'a Store> {
-        if self.spec.durable { ctx.store } else { None }
+        if self.stored { ctx.store } else { None }
+    }
+
+    /// Gives back what a message that left the queue held in memory.
+    fn forget(&self, item: &Item, ctx: &mut Context<'_>) {
+        if !self.stored {
+            ctx.memory.used = ctx.memory.used.saturating_sub(item.size);
+        }
     }
 
     fn save_definition(&self, store: Option<&Store>) {
@@ -287,24 +419,107 @@ impl Queue {
         }
     }
 
-    fn enqueue(&mut self, message: &Arc<StoredMessage>, ctx: &mut Context<'_>) -> bool {
-        if self.len() >= self.spec.max_length {
+    fn enqueue(&mut self, message: &Arc<StoredMessage>, ctx: &mut Context<'_>) -> Result<(), Refusal> {
+        let record = self.stored.then(|| message.record());
+        let size = record.as_ref().map_or_else(|| message.size(), Bytes::len);
+        let refusal = if self.len() >= self.spec.max_length {
+            Some(Refusal::MaxLength(self.spec.max_length))
+        } else if (self.bytes() + size) as u64 > self.spec.max_bytes(self.stored) {
+            Some(Refusal::MaxBytes(self.spec.max_bytes(self.stored)))
+        } else if !self.stored && ctx.memory.used + size > ctx.memory.limit {
+            Some(Refusal::Memory(ctx.memory.limit))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
             self.stats.dropped += 1;
-            return false;
+            return Err(refusal);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        if let Some(store) = self.store(ctx) {
-            store.write(Op::Put {
-                queue: self.spec.name.clone(),
-                seq,
-                delivery_count: 0,
-                record: message.record(),
-            });
+        if let (Some(store), Some(record)) = (self.store(ctx), record) {
+            store.write(Op::Put { queue: self.spec.name.clone(), seq, delivery_count: 0, record });
         }
-        self.ready.push_back(Item { seq, message: message.clone(), delivery_count: 0 });
         self.stats.enqueued += 1;
-        true
+        let fits_window = self.on_disk.count == 0
+            && self.ready.len() < WINDOW_COUNT
+            && self.ready_bytes + size <= WINDOW_BYTES;
+        if self.stored && !fits_window {
+            self.on_disk.count += 1;
+            self.on_disk.bytes += size;
+            return Ok(());
+        }
+        if self.stored {
+            self.on_disk.after = seq;
+        } else {
+            ctx.memory.used += size;
+        }
+        self.ready_bytes += size;
+        self.ready.push_back(Item { seq, message: message.clone(), delivery_count: 0, size });
+        Ok(())
+    }
+
+    /// Asks the store for the next messages when the window runs low and somebody
+    /// consumes; [`Queue::loaded`] takes the answer.
+    fn refill(&mut self, ctx: &Context<'_>) {
+        let low = self.ready.len() < WINDOW_COUNT / 2 && self.ready_bytes < WINDOW_BYTES / 2;
+        if self.on_disk.count == 0 || self.on_disk.loading || self.consumers.is_empty() || !low {
+            return;
+        }
+        let Some(store) = self.store(ctx) else { return };
+        store.load(LoadRequest {
+            queue: self.spec.name.clone(),
+            number: self.number,
+            after: self.on_disk.after,
+            max_count: WINDOW_COUNT - self.ready.len(),
+            max_bytes: WINDOW_BYTES - self.ready_bytes,
+        });
+        self.on_disk.loading = true;
+    }
+
+    /// Moves messages read from the store into the window, then hands them out.
+    fn loaded(&mut self, rows: Result<Vec<crate::store::StoredRow>, String>, ctx: &mut Context<'_>) {
+        self.on_disk.loading = false;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) => {
+                // Tried again at the next upkeep tick.
+                tracing::error!(queue = %self.name, %error, "reading queued messages from the store failed");
+                return;
+            }
+        };
+        if rows.is_empty() && self.on_disk.count > 0 {
+            tracing::error!(
+                queue = %self.name,
+                missing = self.on_disk.count,
+                "the store holds fewer messages than the queue counted; the count is corrected"
+            );
+            self.on_disk.count = 0;
+            self.on_disk.bytes = 0;
+        }
+        for row in rows {
+            if row.seq <= self.on_disk.after {
+                continue;
+            }
+            let size = row.record.len();
+            self.on_disk.count = self.on_disk.count.saturating_sub(1);
+            self.on_disk.bytes = self.on_disk.bytes.saturating_sub(size);
+            self.on_disk.after = row.seq;
+            match StoredMessage::from_record(&row.record) {
+                Ok(message) => {
+                    self.ready_bytes += size;
+                    let item = Item { seq: row.seq, message: Arc::new(message), delivery_count: row.delivery_count, size };
+                    self.ready.push_back(item);
+                }
+                Err(error) => {
+                    tracing::error!(queue = %self.name, seq = row.seq, %error, "a stored message cannot be read; it is removed");
+                    if let Some(store) = self.store(ctx) {
+                        store.write(Op::Remove { queue: self.spec.name.clone(), seq: row.seq });
+                    }
+                }
+            }
+        }
+        self.dispatch(ctx);
     }
 
     /// Hands ready messages to consumers with room, round-robin.
@@ -314,11 +529,12 @@ impl Queue {
             let n = self.consumers.len();
             let Some(at) = (0..n)
                 .map(|i| (self.cursor + i) % n)
-                .find(|&c| !blocked[c] && self.consumers[c].unacked < self.consumers[c].prefetch)
+                .find(|&c| !blocked[c] && self.consumers[c].has_room())
             else {
                 break;
             };
             let mut item = self.ready.pop_front().expect("not empty");
+            self.ready_bytes -= item.size;
             if item.message.is_expired(ctx.now) {
                 self.exit(item, Exit::Expired, ctx);
                 continue;
@@ -332,6 +548,8 @@ impl Queue {
             let consumer = &mut self.consumers[at];
             if consumer.outbox.push_credited(frame) {
                 consumer.unacked += 1;
+                consumer.unacked_bytes += item.size;
+                self.in_flight_bytes += item.size;
                 self.cursor = (at + 1) % n;
                 self.stats.delivered += 1;
                 if item.delivery_count > 1 {
@@ -342,10 +560,12 @@ impl Queue {
             } else {
                 // Its connection is closing or its reserve is used up: try the others.
                 item.delivery_count -= 1;
+                self.ready_bytes += item.size;
                 self.ready.push_front(item);
                 blocked[at] = true;
             }
         }
+        self.refill(ctx);
     }
 
     /// Takes a message out of flight for `session`, if it holds it.
@@ -354,10 +574,17 @@ impl Queue {
             Some(flight) if flight.consumer == session => {}
             _ => return None,
         }
+        self.take_in_flight(tag, ctx)
+    }
+
+    /// Takes a delivery out of flight, whoever holds it.
+    fn take_in_flight(&mut self, tag: u64, ctx: &mut Context<'_>) -> Option<Item> {
         let flight = self.in_flight.remove(&tag)?;
         ctx.tags.remove(&tag);
-        if let Some(consumer) = self.consumers.iter_mut().find(|c| c.session == session) {
+        self.in_flight_bytes -= flight.item.size;
+        if let Some(consumer) = self.consumers.iter_mut().find(|c| c.session == flight.consumer) {
             consumer.unacked = consumer.unacked.saturating_sub(1);
+            consumer.unacked_bytes = consumer.unacked_bytes.saturating_sub(flight.item.size);
         }
         Some(flight.item)
     }
@@ -365,6 +592,7 @@ impl Queue {
     fn ack(&mut self, session: SessionId, tag: u64, ctx: &mut Context<'_>) -> bool {
         let Some(item) = self.settle(session, tag, ctx) else { return false };
         self.stats.acked += 1;
+        self.forget(&item, ctx);
         if let Some(store) = self.store(ctx) {
             store.write(Op::Remove { queue: self.spec.name.clone(), seq: item.seq });
         }
@@ -395,6 +623,7 @@ impl Queue {
             });
         }
         let at = self.ready.partition_point(|other| other.seq < item.seq);
+        self.ready_bytes += item.size;
         self.ready.insert(at, item);
     }
 
@@ -402,23 +631,26 @@ impl Queue {
         if let Some(store) = self.store(ctx) {
             store.write(Op::Remove { queue: self.spec.name.clone(), seq: item.seq });
         }
+        self.forget(&item, ctx);
         match exit {
             Exit::Expired => self.stats.expired += 1,
             Exit::Rejected | Exit::TooManyDeliveries => {}
         }
         self.stats.dead_lettered += 1;
         let message = &item.message;
-        let payload = serde_json::value::to_raw_value(&json!({
-            "queue": &*self.name,
-            "reason": exit.reason(),
-            "delivery_count": item.delivery_count,
-            "topic": message.topic,
-            "payload": &message.payload,
-            "sender": message.sender,
-            "id": message.id,
-            "timestamp": message.timestamp,
-        }))
-        .expect("dead letters serialise");
+        // Serialised around the payload as written: going through a `Value` would
+        // re-read it (and fail on numbers serde_json cannot hold).
+        let letter = DeadLetterBody {
+            queue: &self.name,
+            reason: exit.reason(),
+            delivery_count: item.delivery_count,
+            topic: &message.topic,
+            payload: &message.payload,
+            sender: &message.sender,
+            id: &message.id,
+            timestamp: message.timestamp,
+        };
+        let payload = serde_json::value::to_raw_value(&letter).expect("dead letters serialise");
         ctx.dead.push(DeadLetter { queue: self.name.clone(), topic: self.spec.dead_letter_topic(), payload });
     }
 
@@ -436,9 +668,8 @@ impl Queue {
             self.in_flight.iter().filter(|(_, f)| f.consumer == session).map(|(tag, _)| *tag).collect();
         returned.sort_unstable();
         for tag in returned {
-            let flight = self.in_flight.remove(&tag).expect("listed");
-            ctx.tags.remove(&tag);
-            self.requeue(flight.item, ctx);
+            let item = self.take_in_flight(tag, ctx).expect("listed");
+            self.requeue(item, ctx);
         }
         true
     }
@@ -451,6 +682,7 @@ impl Queue {
             std::mem::take(&mut self.ready).into_iter().partition(|item| item.message.is_expired(ctx.now));
         self.ready = kept;
         for item in expired {
+            self.ready_bytes -= item.size;
             self.exit(item, Exit::Expired, ctx);
         }
     }
@@ -461,8 +693,11 @@ impl Queue {
             "name": &*self.name,
             "durable": self.spec.durable,
             "patterns": self.spec.patterns,
-            "depth": self.ready.len(),
+            "depth": self.ready.len() + self.on_disk.count,
             "in_flight": self.in_flight.len(),
+            "bytes": self.bytes(),
+            "in_memory": self.ready.len() + self.in_flight.len(),
+            "memory_bytes": self.memory(),
             "consumers": self.consumers.len(),
             "enqueued": s.enqueued,
             "delivered": s.delivered,
@@ -472,6 +707,7 @@ impl Queue {
             "expired": s.expired,
             "dropped": s.dropped,
             "max_length": self.spec.max_length,
+            "max_bytes": self.spec.max_bytes(self.stored),
             "max_deliveries": self.spec.max_deliveries,
             "dead_letter_topic": self.spec.dead_letter_topic(),
         })
@@ -486,6 +722,7 @@ pub struct Join {
     pub durable: bool,
     pub prefetch: usize,
     pub max_length: Option<usize>,
+    pub max_bytes: Option<u64>,
     pub max_deliveries: Option<u32>,
     pub dead_letter_topic: Option<String>,
 }
@@ -497,12 +734,11 @@ pub struct Enqueued {
     pub queued: usize,
     /// Of those, durable ones backed by the store: a `qos=1` publish waits for it.
     pub stored: usize,
-    /// Queues that were full and refused it.
-    pub full: Vec<Arc<str>>,
+    /// Queues that refused it, and why.
+    pub full: Vec<(Arc<str>, Refusal)>,
 }
 
 /// Every queue of the broker.
-#[derive(Default)]
 pub struct Queues {
     queues: HashMap<Arc<str>, Queue>,
     by_number: HashMap<u64, Arc<str>>,
@@ -514,14 +750,32 @@ pub struct Queues {
     store: Option<Arc<Store>>,
     /// Counters of queues that no longer exist, so broker totals never go back.
     retired: QueueStats,
+    memory: Memory,
 }
 
 impl Queues {
-    pub fn new(store: Option<Arc<Store>>) -> Queues {
+    /// Queues backed by `store` when durable; those kept in memory hold at most
+    /// `max_memory` bytes together.
+    pub fn new(store: Option<Arc<Store>>, max_memory: usize) -> Queues {
         // Tags start at a random point so that an acknowledgement a client sends late,
         // after the broker restarted, cannot settle somebody else's delivery.
         let next_tag = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u8) >> 20;
-        Queues { store, next_tag, ..Default::default() }
+        Queues {
+            queues: HashMap::new(),
+            by_number: HashMap::new(),
+            index: SubscriptionIndex::default(),
+            next_number: 0,
+            tags: HashMap::new(),
+            next_tag,
+            store,
+            retired: QueueStats::default(),
+            memory: Memory { used: 0, limit: max_memory },
+        }
+    }
+
+    /// Bytes held by the queues kept in memory, and their limit.
+    pub fn memory(&self) -> (usize, usize) {
+        (self.memory.used, self.memory.limit)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -546,6 +800,7 @@ impl Queues {
             tags: &mut self.tags,
             next_tag: &mut self.next_tag,
             dead: &mut dead,
+            memory: &mut self.memory,
             now,
         };
         let result = f(queue, &mut ctx);
@@ -558,7 +813,8 @@ impl Queues {
         for pattern in &spec.patterns {
             self.index.insert(number, pattern.as_str().into());
         }
-        let queue = Queue::new(spec, number);
+        let stored = spec.durable && self.store.is_some();
+        let queue = Queue::new(spec, number, stored);
         let name = queue.name.clone();
         self.by_number.insert(number, name.clone());
         queue.save_definition(self.store.as_deref());
@@ -578,13 +834,10 @@ impl Queues {
             let spec: QueueSpec = serde_json::from_str(&stored.definition)
                 .map_err(|e| corrupt(format!("a queue definition cannot be read: {e}")))?;
             let queue = self.insert(spec);
-            for (seq, delivery_count, record) in stored.messages {
-                let message = StoredMessage::from_record(&record).map_err(|e| {
-                    corrupt(format!("message {seq} of queue {:?} cannot be read: {e}", queue.name))
-                })?;
-                queue.ready.push_back(Item { seq, message: Arc::new(message), delivery_count });
-                queue.next_seq = seq + 1;
-            }
+            // Everything stays on disk until consumers take it.
+            queue.on_disk.count = stored.count;
+            queue.on_disk.bytes = stored.bytes;
+            queue.next_seq = stored.last_seq + 1;
         }
         for spec in configured {
             self.configure(spec.clone());
@@ -640,6 +893,10 @@ impl Queues {
                 if let Some(max_length) = join.max_length.filter(|m| *m != queue.spec.max_length) {
                     return conflict("max_length", queue.spec.max_length.to_string(), max_length.to_string());
                 }
+                let max_bytes = queue.spec.max_bytes(queue.stored);
+                if let Some(asked) = join.max_bytes.filter(|m| *m != max_bytes) {
+                    return conflict("max_bytes", max_bytes.to_string(), asked.to_string());
+                }
                 if let Some(max) = join.max_deliveries.filter(|m| *m != queue.spec.max_deliveries) {
                     return conflict(
                         "max_deliveries",
@@ -668,6 +925,7 @@ impl Queues {
                     patterns,
                     durable: join.durable,
                     max_length: join.max_length.unwrap_or(DEFAULT_MAX_LENGTH),
+                    max_bytes: join.max_bytes,
                     max_deliveries: join.max_deliveries.unwrap_or(DEFAULT_MAX_DELIVERIES),
                     dead_letter_topic: join.dead_letter_topic.clone(),
                 };
@@ -680,7 +938,13 @@ impl Queues {
             .with_queue(&join.name, now, |queue, ctx| {
                 match queue.consumers.iter_mut().find(|c| c.session == session) {
                     Some(consumer) => consumer.prefetch = prefetch,
-                    None => queue.consumers.push(Consumer { session, outbox, prefetch, unacked: 0 }),
+                    None => queue.consumers.push(Consumer {
+                        session,
+                        outbox,
+                        prefetch,
+                        unacked: 0,
+                        unacked_bytes: 0,
+                    }),
                 }
                 queue.dispatch(ctx);
             })
@@ -733,6 +997,9 @@ impl Queues {
         for tag in queue.in_flight.keys() {
             self.tags.remove(tag);
         }
+        if !queue.stored {
+            self.memory.used = self.memory.used.saturating_sub(queue.memory());
+        }
         self.retired += queue.stats;
         Some(queue)
     }
@@ -768,20 +1035,20 @@ impl Queues {
             if skip == Some(&*name) {
                 continue;
             }
-            let (taken, dead) = self
+            let ((taken, stored), dead) = self
                 .with_queue(&name, now, |queue, ctx| {
                     let taken = queue.enqueue(message, ctx);
                     queue.dispatch(ctx);
-                    (taken, queue.store(ctx).is_some())
+                    (taken, queue.stored)
                 })
                 .expect("indexed queues exist");
             dead_letters.extend(dead);
             match taken {
-                (true, stored) => {
+                Ok(()) => {
                     enqueued.queued += 1;
                     enqueued.stored += usize::from(stored);
                 }
-                (false, _) => enqueued.full.push(name),
+                Err(refusal) => enqueued.full.push((name, refusal)),
             }
         }
         (enqueued, dead_letters)
@@ -825,6 +1092,16 @@ impl Queues {
             dead_letters.extend(dead);
         }
         (settled, dead_letters)
+    }
+
+    /// Takes messages read back from the store into their queue's window.
+    pub fn loaded(&mut self, loaded: Loaded, now: f64) -> Vec<DeadLetter> {
+        let Some(name) = self.by_number.get(&loaded.number).cloned() else {
+            return Vec::new(); // deleted meanwhile
+        };
+        self.with_queue(&name, now, |queue, ctx| queue.loaded(loaded.rows, ctx))
+            .map(|((), dead)| dead)
+            .unwrap_or_default()
     }
 
     /// Expires what outlived its ttl and retries deliveries that found no room.
@@ -887,6 +1164,7 @@ mod tests {
             durable,
             prefetch,
             max_length: None,
+            max_bytes: None,
             max_deliveries: None,
             dead_letter_topic: None,
         }
@@ -909,7 +1187,7 @@ mod tests {
 
     #[test]
     fn each_message_goes_to_exactly_one_member_in_turn() {
-        let mut queues = Queues::new(None);
+        let mut queues = Queues::new(None, usize::MAX);
         let (a, mut a_rx) = consumer();
         let (b, mut b_rx) = consumer();
         queues.join(1, a, join("workers", &["jobs.*"], false, 100), 0.0).unwrap();
@@ -926,7 +1204,7 @@ mod tests {
 
     #[test]
     fn prefetch_holds_back_until_acknowledged() {
-        let mut queues = Queues::new(None);
+        let mut queues = Queues::new(None, usize::MAX);
         let (a, mut rx) = consumer();
         queues.join(1, a, join("q", &["t"], true, 2), 0.0).unwrap();
         for n in 0..5 {
@@ -943,7 +1221,7 @@ mod tests {
 
     #[test]
     fn a_lost_consumer_hands_back_its_messages_in_order_then_dead_letters() {
-        let mut queues = Queues::new(None);
+        let mut queues = Queues::new(None, usize::MAX);
         let mut spec = join("q", &["t"], true, 10);
         spec.max_deliveries = Some(2);
         let (a, mut a_rx) = consumer();
@@ -975,8 +1253,34 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_letter_carries_any_payload_as_written() {
+        let mut queues = Queues::new(None, usize::MAX);
+        let (a, mut rx) = consumer();
+        queues.join(1, a, join("q", &["t"], false, 10), 0.0).unwrap();
+        let digits = "9".repeat(5000);
+        for text in [digits.as_str(), "1e999", r#""\ud800""#] {
+            let mut odd = Arc::into_inner(message("t", 0, None)).unwrap();
+            odd.payload = RawValue::from_string(text.to_owned()).unwrap();
+            queues.enqueue("t", || Arc::new(odd), None, 0.0);
+            let frame = rx.try_recv().unwrap();
+            // Read without a `Value`, which cannot hold every payload.
+            #[derive(Deserialize)]
+            struct Frame {
+                params: Params,
+            }
+            #[derive(Deserialize)]
+            struct Params {
+                delivery: u64,
+            }
+            let tag = serde_json::from_slice::<Frame>(&frame).unwrap().params.delivery;
+            let (_, dead) = queues.settle(1, &[tag], false, false, 0.0);
+            assert!(dead[0].payload.get().contains(&format!(r#""payload":{text}"#)), "{}", dead[0].payload);
+        }
+    }
+
+    #[test]
     fn a_queue_group_goes_away_with_its_last_member_but_a_durable_queue_stays() {
-        let mut queues = Queues::new(None);
+        let mut queues = Queues::new(None, usize::MAX);
         let (a, _rx) = consumer();
         queues.join(1, a.clone(), join("group", &["t"], false, 10), 0.0).unwrap();
         queues.join(1, a, join("durable", &["t"], true, 10), 0.0).unwrap();
@@ -989,7 +1293,7 @@ mod tests {
 
     #[test]
     fn full_queues_refuse_and_expired_messages_are_never_delivered() {
-        let mut queues = Queues::new(None);
+        let mut queues = Queues::new(None, usize::MAX);
         let mut spec = join("q", &["t"], true, 10);
         spec.max_length = Some(2);
         let (a, _rx) = consumer();
@@ -1008,9 +1312,138 @@ mod tests {
         assert_eq!((totals.expired, totals.dropped), (1, 1));
     }
 
+    fn big(topic: &str, n: u64, size: usize) -> Arc<StoredMessage> {
+        let mut m = Arc::into_inner(message(topic, n, None)).unwrap();
+        m.payload = RawValue::from_string(format!("[{n},\"{}\"]", "x".repeat(size))).unwrap();
+        Arc::new(m)
+    }
+
+    fn payload_number(frame: &[u8]) -> (u64, u64) {
+        let v: Value = serde_json::from_slice(frame).unwrap();
+        (v["params"]["payload"][0].as_u64().unwrap(), v["params"]["delivery"].as_u64().unwrap())
+    }
+
+    /// Consumes everything `queues` hands to session 1, acknowledging each, while
+    /// answering the store's reads; returns the payload numbers in arrival order.
+    async fn drain_with_loads(
+        queues: &mut Queues,
+        rx: &mut OutboxReceiver,
+        loaded: &mut tokio::sync::mpsc::UnboundedReceiver<Loaded>,
+        expected: usize,
+    ) -> Vec<u64> {
+        let mut got = Vec::new();
+        while got.len() < expected {
+            let mut tags = Vec::new();
+            while let Some(frame) = rx.try_recv() {
+                let (n, tag) = payload_number(&frame);
+                // Those past `expected` stay unacknowledged: still the queue's.
+                if got.len() < expected {
+                    tags.push(tag);
+                }
+                got.push(n);
+            }
+            let status = &queues.status()[0];
+            assert!(status["memory_bytes"].as_u64().unwrap() <= (WINDOW_BYTES + MAX_UNACKED_BYTES + 8192) as u64);
+            if tags.is_empty() {
+                let answer = tokio::time::timeout(std::time::Duration::from_secs(10), loaded.recv()).await;
+                queues.loaded(answer.expect("the store answers").unwrap(), 0.0);
+            } else {
+                queues.settle(1, &tags, true, false, 0.0);
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_stored_queue_keeps_a_window_in_memory_and_reads_the_rest_back_in_order() {
+        let dir = std::env::temp_dir().join(format!("mb-queue-window-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let count = 3000u64;
+        {
+            let (store, _) = Store::open(&dir, false).unwrap();
+            let mut queues = Queues::new(Some(Arc::new(store)), usize::MAX);
+            let (a, _rx) = consumer();
+            queues.join(1, a, join("q", &["t"], true, 10), 0.0).unwrap();
+            queues.leave(1, None, 0.0);
+            for n in 0..count {
+                let (enqueued, _) = queues.enqueue("t", || big("t", n, 20_000), None, 0.0);
+                assert_eq!(enqueued.queued, 1);
+            }
+            let status = &queues.status()[0];
+            assert_eq!(status["depth"], count);
+            assert!(status["memory_bytes"].as_u64().unwrap() <= WINDOW_BYTES as u64, "{status}");
+            assert!(status["bytes"].as_u64().unwrap() > count * 20_000);
+            // Half of it consumed before a restart.
+            let mut loaded = queues.store().unwrap().take_loaded().unwrap();
+            let (b, mut rx) = outbox::channel(100, 1 << 30);
+            queues.join(1, b, join("q", &["t"], true, 1000), 0.0).unwrap();
+            let got = drain_with_loads(&mut queues, &mut rx, &mut loaded, 1500).await;
+            assert_eq!(got, (0..got.len() as u64).collect::<Vec<_>>());
+            queues.store().unwrap().flush().await.unwrap().unwrap();
+        }
+        let (store, restored) = Store::open(&dir, false).unwrap();
+        let mut loaded = store.take_loaded().unwrap();
+        let mut queues = Queues::new(Some(Arc::new(store)), usize::MAX);
+        queues.restore(restored, &[], "test").unwrap();
+        let status = &queues.status()[0];
+        assert_eq!((status["depth"].as_u64(), status["memory_bytes"].as_u64()), (Some(count - 1500), Some(0)));
+        let (b, mut rx) = outbox::channel(100, 1 << 30);
+        queues.join(1, b, join("q", &["t"], true, 1000), 0.0).unwrap();
+        let rest = drain_with_loads(&mut queues, &mut rx, &mut loaded, (count - 1500) as usize).await;
+        assert_eq!(rest, (1500..count).collect::<Vec<_>>(), "the unacknowledged ones come back first");
+        assert_eq!(queues.status()[0]["depth"], 0);
+        drop(queues);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn byte_bounds_refuse_with_their_reason() {
+        let mut queues = Queues::new(None, 200_000);
+        let mut spec = join("small", &["s"], true, 10);
+        spec.max_bytes = Some(50_000);
+        let (a, _rx) = consumer();
+        queues.join(1, a.clone(), spec, 0.0).unwrap();
+        queues.join(1, a, join("big", &["b"], true, 10), 0.0).unwrap();
+        queues.leave(1, None, 0.0);
+        let refusals = |queues: &mut Queues, topic: &str, n| {
+            (0..n).filter_map(|i| queues.enqueue(topic, || big(topic, i, 10_000), None, 0.0).0.full.pop()).count()
+        };
+        assert_eq!(refusals(&mut queues, "s", 10), 6, "4 fit in 50,000 bytes");
+        let (enqueued, _) = queues.enqueue("s", || big("s", 0, 10_000), None, 0.0);
+        assert!(matches!(enqueued.full[0].1, Refusal::MaxBytes(50_000)));
+        assert_eq!(refusals(&mut queues, "b", 30), 15, "the broker's max_memory is shared");
+        let (enqueued, _) = queues.enqueue("b", || big("b", 0, 10_000), None, 0.0);
+        assert!(matches!(enqueued.full[0].1, Refusal::Memory(200_000)));
+        assert!(queues.memory().0 <= 200_000);
+        queues.delete("big").unwrap();
+        assert!(queues.memory().0 < 50_000, "a deleted queue gives its memory back");
+        let (a, _rx) = consumer();
+        queues.join(1, a, join("big", &["b"], true, 10), 0.0).unwrap();
+        queues.leave(1, None, 0.0);
+        assert_eq!(refusals(&mut queues, "b", 10), 0, "room again");
+    }
+
+    #[test]
+    fn a_consumer_holds_a_bounded_number_of_bytes_unacknowledged() {
+        let mut queues = Queues::new(None, usize::MAX);
+        let mut spec = join("q", &["t"], true, 1000);
+        spec.max_bytes = Some(1 << 30);
+        let (a, mut rx) = outbox::channel(100, 1 << 30);
+        queues.join(1, a, spec, 0.0).unwrap();
+        for n in 0..100 {
+            queues.enqueue("t", || big("t", n, 1 << 20), None, 0.0);
+        }
+        let mut held = 0;
+        while rx.try_recv().is_some() {
+            held += 1;
+        }
+        let size = big("t", 0, 1 << 20).size();
+        assert_eq!(held, MAX_UNACKED_BYTES.div_ceil(size), "prefetch 1000, but bytes bound it");
+    }
+
     #[test]
     fn joining_with_other_limits_is_refused() {
-        let mut queues = Queues::new(None);
+        let mut queues = Queues::new(None, usize::MAX);
         let (a, _rx) = consumer();
         queues.join(1, a.clone(), join("q", &["t"], true, 10), 0.0).unwrap();
         let error = queues.join(2, a.clone(), join("q", &["t"], false, 10), 0.0).unwrap_err();

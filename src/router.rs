@@ -26,7 +26,7 @@ use crate::ids::MessageIds;
 use crate::index::{SessionId, SubscriptionIndex};
 use crate::outbox::{Offer, Outbox};
 use crate::protocol::message::Delivery;
-use crate::queue::{DeadLetter, Join, Queues, StoredMessage};
+use crate::queue::{DeadLetter, Join, Queues, Refusal, StoredMessage};
 use crate::store::{Op, Store};
 use crate::topic::matches;
 
@@ -123,9 +123,9 @@ pub struct Published {
     /// that went into durable queues backed by one.
     #[serde(skip)]
     pub stored: Option<oneshot::Receiver<Result<(), String>>>,
-    /// Queues that were full and did not take the message.
+    /// Queues that refused the message, and why.
     #[serde(skip)]
-    pub full: Vec<Arc<str>>,
+    pub full: Vec<(Arc<str>, Refusal)>,
 }
 
 pub struct Router {
@@ -145,6 +145,8 @@ pub struct Router {
     has_queues: AtomicBool,
     /// The last retained message of each topic.
     retained: Mutex<BTreeMap<String, Arc<StoredMessage>>>,
+    /// The store behind `queues`, reachable without their lock.
+    store: Option<Arc<Store>>,
 }
 
 fn unix_now() -> f64 {
@@ -158,7 +160,7 @@ fn raw(value: &Value) -> Box<RawValue> {
 impl Router {
     /// A router with everything in memory (`data_dir` is not looked at).
     pub fn new(config: BrokerConfig) -> Arc<Router> {
-        let mut queues = Queues::new(None);
+        let mut queues = Queues::new(None, config.max_memory);
         for spec in &config.queues {
             queues.configure(spec.clone());
         }
@@ -183,7 +185,7 @@ impl Router {
                 })?;
             retained.insert(topic.clone(), Arc::new(message));
         }
-        let mut queues = Queues::new(Some(store));
+        let mut queues = Queues::new(Some(store), config.max_memory);
         let restored_queues = restored.queues.len();
         queues.restore(restored, &config.queues, &path)?;
         tracing::info!(queues = restored_queues, retained = retained.len(), "restored from {path}");
@@ -197,6 +199,7 @@ impl Router {
     ) -> Arc<Router> {
         Arc::new(Router {
             has_queues: AtomicBool::new(!queues.is_empty()),
+            store: queues.store().cloned(),
             queues: Mutex::new(queues),
             retained: Mutex::new(retained),
             config,
@@ -420,7 +423,9 @@ impl Router {
                 stored = store.map(|store| store.flush());
             }
             if !enqueued.full.is_empty() {
-                tracing::warn!(queues = ?enqueued.full, topic = msg.topic, "queues are full; the message was not kept in them");
+                for (queue, why) in &enqueued.full {
+                    tracing::warn!(%queue, topic = msg.topic, "the queue is full ({why}); the message was not kept in it");
+                }
             }
             full = enqueued.full;
             self.dead_letter(dead);
@@ -550,6 +555,17 @@ impl Router {
     /// Deletes a queue with its messages; `None` when there is no such queue.
     pub fn delete_queue(&self, name: &str) -> Option<usize> {
         self.queues.lock().delete(name)
+    }
+
+    /// Takes messages a queue asked the store for (see [`Queues::loaded`]).
+    pub fn loaded(&self, loaded: crate::store::Loaded) {
+        let dead = self.queues.lock().loaded(loaded, unix_now());
+        self.dead_letter(dead);
+    }
+
+    /// The store behind durable queues, if any.
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
     }
 
     /// Periodic upkeep: expires messages past their ttl and retries deliveries that
@@ -726,10 +742,10 @@ impl Router {
         let c = &self.counters;
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         let addr = *self.local_addr.lock();
-        let (queues, totals, data_dir) = {
+        let (queues, totals, data_dir, (memory_used, max_memory)) = {
             let queues = self.queues.lock();
             let data_dir = queues.store().map(|s| s.path().display().to_string());
-            (queues.status(), queues.totals(), data_dir)
+            (queues.status(), queues.totals(), data_dir, queues.memory())
         };
         let retained = self.retained.lock().len();
         json!({
@@ -761,6 +777,10 @@ impl Router {
             "persistence": {
                 "store": data_dir,
                 "fsync": self.config.fsync,
+            },
+            "memory": {
+                "queued_bytes": memory_used,
+                "max_memory": max_memory,
             },
             "connections": {
                 "open": c.connections_open.load(Ordering::Relaxed),

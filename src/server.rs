@@ -127,10 +127,13 @@ async fn serve(listener: TcpListener, router: Arc<Router>, mut stopped: oneshot:
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS));
     let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
     upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Messages of durable queues read back from the store, as their consumers need them.
+    let mut loaded = router.store().and_then(|store| store.take_loaded());
     let reason = loop {
         tokio::select! {
             reason = &mut stopped => break reason.unwrap_or_else(|_| "broker handle dropped".to_owned()),
             _ = upkeep.tick() => router.tick(),
+            Some(answer) = async { loaded.as_mut()?.recv().await }, if loaded.is_some() => router.loaded(answer),
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => admit(stream, peer, &router, &notify_shutdown, &mut connections, &refusals),

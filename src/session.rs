@@ -314,6 +314,10 @@ impl Session {
                     if let Some(end) = self.handle_frame(&body).await {
                         return end;
                     }
+                    // A publisher faster than the disk waits here, before its next frame.
+                    if let Some(store) = router.store() {
+                        store.room().await;
+                    }
                 }
             }
         }
@@ -625,6 +629,8 @@ impl Session {
             #[serde(default)]
             max_length: Option<usize>,
             #[serde(default)]
+            max_bytes: Option<u64>,
+            #[serde(default)]
             max_deliveries: Option<u32>,
             #[serde(default)]
             dead_letter_topic: Option<String>,
@@ -639,11 +645,12 @@ impl Session {
         let Some(name) = queue else {
             if p.prefetch.is_some()
                 || p.max_length.is_some()
+                || p.max_bytes.is_some()
                 || p.max_deliveries.is_some()
                 || p.dead_letter_topic.is_some()
             {
                 return Err(RpcError::invalid_params(
-                    "prefetch, max_length, max_deliveries and dead_letter_topic apply to queues: give \"queue\" or \"durable\"",
+                    "prefetch, max_length, max_bytes, max_deliveries and dead_letter_topic apply to queues: give \"queue\" or \"durable\"",
                 ));
             }
             self.router.subscribe(self.id, &patterns)?;
@@ -659,6 +666,9 @@ impl Session {
         if p.max_length == Some(0) {
             return Err(RpcError::invalid_params("max_length must be at least 1"));
         }
+        if p.max_bytes == Some(0) {
+            return Err(RpcError::invalid_params("max_bytes must be at least 1"));
+        }
         if let Some(topic) = &p.dead_letter_topic {
             validate_topic(topic)?;
         }
@@ -668,6 +678,7 @@ impl Session {
             durable: p.durable,
             prefetch,
             max_length: p.max_length,
+            max_bytes: p.max_bytes,
             max_deliveries: p.max_deliveries,
             dead_letter_topic: p.dead_letter_topic,
         };
@@ -777,11 +788,13 @@ impl Session {
             ..Publish::new(&p.topic, payload.get(), self.client_id.as_deref().unwrap_or_default())
         })?;
         if qos > 0 && !published.full.is_empty() {
+            let refusals: Vec<String> =
+                published.full.iter().map(|(queue, why)| format!("queue {queue:?} is full: {why}")).collect();
             return Err(RpcError::new(
                 ErrorCode::QueueFull,
                 format!(
-                    "queue(s) {} full: message {} was not kept there (it went to the other subscribers)",
-                    published.full.iter().map(|q| format!("{q:?}")).collect::<Vec<_>>().join(", "),
+                    "{}; message {} was not kept there (it went to the other subscribers)",
+                    refusals.join("; "),
                     published.message_id
                 ),
             ));

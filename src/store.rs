@@ -6,18 +6,25 @@
 //! per message. A publisher that needs its message safely stored (`qos=1`) waits for
 //! a [`Store::flush`], which completes after every write queued before it is committed.
 //!
+//! Durable queues keep only a window of their messages in memory; the rest stays
+//! here and is read back in order, by the same thread (so a read always sees every
+//! write queued before it), as consumers take them ([`Store::load`]). Writes that are
+//! queued but not applied yet are bounded too: past [`MAX_PENDING_BYTES`] the
+//! connections that publish wait ([`Store::room`]) instead of memory growing.
+//!
 //! With `fsync = false` a commit survives the broker process being killed (the WAL is
 //! written before the commit returns); with `fsync = true` it also survives a power
 //! failure, at the price of one disk sync per group commit.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, mpsc as async_mpsc, oneshot};
 
 /// The database file inside `data_dir`.
 pub const DB_FILE: &str = "broker.db";
@@ -25,6 +32,8 @@ pub const DB_FILE: &str = "broker.db";
 const SCHEMA_VERSION: i64 = 1;
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 20_000;
+/// Bytes of records queued for the writer past which publishers wait for it.
+pub const MAX_PENDING_BYTES: usize = 32 << 20;
 
 /// Why the store could not be opened or written.
 #[derive(Debug, thiserror::Error)]
@@ -62,17 +71,60 @@ pub enum Op {
     Retain { topic: String, record: Option<Bytes> },
 }
 
+impl Op {
+    /// Bytes this write holds until it is applied.
+    fn size(&self) -> usize {
+        match self {
+            Op::Put { record, .. } | Op::Retain { record: Some(record), .. } => record.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// A read of the messages of a durable queue that follow `after`, in sequence order:
+/// at most `max_count` of them, and no more than `max_bytes` (but at least one).
+#[derive(Debug, Clone)]
+pub struct LoadRequest {
+    pub queue: String,
+    /// The queue's identity in the router, handed back with the result: a queue
+    /// deleted and declared again meanwhile is another queue.
+    pub number: u64,
+    pub after: u64,
+    pub max_count: usize,
+    pub max_bytes: usize,
+}
+
+/// One stored message of a queue.
+#[derive(Debug, PartialEq)]
+pub struct StoredRow {
+    pub seq: u64,
+    pub delivery_count: u32,
+    pub record: Vec<u8>,
+}
+
+/// The answer to a [`LoadRequest`].
+#[derive(Debug)]
+pub struct Loaded {
+    pub number: u64,
+    pub rows: Result<Vec<StoredRow>, String>,
+}
+
 enum Command {
     Write(Op),
     Flush(oneshot::Sender<Result<(), String>>),
+    Load(LoadRequest),
 }
 
-/// A durable queue as found in the database.
+/// A durable queue as found in the database: its definition and how much it holds
+/// (its messages stay on disk until consumers take them).
 #[derive(Debug)]
 pub struct RestoredQueue {
     pub definition: String,
-    /// `(seq, delivery_count, record)` in sequence order.
-    pub messages: Vec<(u64, u32, Vec<u8>)>,
+    pub count: usize,
+    /// The size of its records.
+    pub bytes: usize,
+    /// The highest sequence number in it (0 when empty).
+    pub last_seq: u64,
 }
 
 /// What a previous run left in the database.
@@ -87,6 +139,16 @@ pub struct Store {
     path: PathBuf,
     tx: Mutex<Option<mpsc::Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    backlog: Arc<Backlog>,
+    /// Where the answers to [`Store::load`] arrive, until the broker takes it.
+    loaded: Mutex<Option<async_mpsc::UnboundedReceiver<Loaded>>>,
+}
+
+/// Bytes of writes queued and not applied yet, shared with the writer thread.
+#[derive(Default)]
+struct Backlog {
+    bytes: AtomicUsize,
+    drained: Notify,
 }
 
 impl Store {
@@ -98,12 +160,22 @@ impl Store {
         let db = open_database(&path, fsync)?;
         let restored = restore(&db, &path)?;
         let (tx, rx) = mpsc::channel();
+        let (loaded_tx, loaded_rx) = async_mpsc::unbounded_channel();
+        let backlog = Arc::new(Backlog::default());
+        let writer_backlog = backlog.clone();
         let writer = std::thread::Builder::new()
             .name("broker-store".into())
-            .spawn(move || write_loop(db, rx))
+            .spawn(move || write_loop(db, rx, &writer_backlog, &loaded_tx))
             .map_err(|source| StoreError::Directory { path: dir.to_owned(), source })?;
         tracing::info!(path = %path.display(), queues = restored.queues.len(), retained = restored.retained.len(), "store opened");
-        Ok((Store { path, tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) }, restored))
+        let store = Store {
+            path,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            backlog,
+            loaded: Mutex::new(Some(loaded_rx)),
+        };
+        Ok((store, restored))
     }
 
     pub fn path(&self) -> &Path {
@@ -113,7 +185,35 @@ impl Store {
     /// Queues a write; it is committed with the next group commit.
     pub fn write(&self, op: Op) {
         if let Some(tx) = &*self.tx.lock() {
+            self.backlog.bytes.fetch_add(op.size(), Ordering::Relaxed);
             let _ = tx.send(Command::Write(op));
+        }
+    }
+
+    /// Asks for stored messages of a queue; the answer arrives on [`Store::take_loaded`]'s
+    /// receiver, after every write queued before this call.
+    pub fn load(&self, request: LoadRequest) {
+        if let Some(tx) = &*self.tx.lock() {
+            let _ = tx.send(Command::Load(request));
+        }
+    }
+
+    /// The receiver of the answers to [`Store::load`]; `None` once taken.
+    pub fn take_loaded(&self) -> Option<async_mpsc::UnboundedReceiver<Loaded>> {
+        self.loaded.lock().take()
+    }
+
+    /// Completes once the writes waiting for the disk hold less than
+    /// [`MAX_PENDING_BYTES`]: a connection that publishes waits here before it reads
+    /// its next frame, so a publisher faster than the disk is slowed down by TCP
+    /// instead of filling memory.
+    pub async fn room(&self) {
+        loop {
+            let drained = self.backlog.drained.notified();
+            if self.backlog.bytes.load(Ordering::Relaxed) < MAX_PENDING_BYTES {
+                return;
+            }
+            drained.await;
         }
     }
 
@@ -201,8 +301,12 @@ fn restore(db: &Connection, path: &Path) -> Result<Restored, StoreError> {
         |error: rusqlite::Error| StoreError::Corrupt { path: path.to_owned(), detail: error.to_string() };
     let mut restored = Restored::default();
     let mut queues = db.prepare("SELECT name, definition FROM queues ORDER BY name").map_err(corrupt)?;
-    let mut messages = db
-        .prepare("SELECT seq, delivery_count, record FROM messages WHERE queue = ?1 ORDER BY seq")
+    // Only how much each queue holds: its messages are read when consumers take them.
+    let mut sizes = db
+        .prepare(
+            "SELECT count(*), coalesce(sum(length(record)), 0), coalesce(max(seq), 0)
+             FROM messages WHERE queue = ?1",
+        )
         .map_err(corrupt)?;
     let rows: Vec<(String, String)> = queues
         .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -210,12 +314,12 @@ fn restore(db: &Connection, path: &Path) -> Result<Restored, StoreError> {
         .collect::<Result<_, _>>()
         .map_err(corrupt)?;
     for (name, definition) in rows {
-        let stored = messages
-            .query_map([&name], |row| Ok((row.get::<_, i64>(0)? as u64, row.get::<_, u32>(1)?, row.get(2)?)))
-            .map_err(corrupt)?
-            .collect::<Result<_, _>>()
+        let (count, bytes, last_seq) = sizes
+            .query_row([&name], |row| {
+                Ok((row.get::<_, i64>(0)? as usize, row.get::<_, i64>(1)? as usize, row.get::<_, i64>(2)? as u64))
+            })
             .map_err(corrupt)?;
-        restored.queues.push(RestoredQueue { definition, messages: stored });
+        restored.queues.push(RestoredQueue { definition, count, bytes, last_seq });
     }
     let mut retained = db.prepare("SELECT topic, record FROM retained ORDER BY topic").map_err(corrupt)?;
     restored.retained = retained
@@ -239,7 +343,12 @@ fn restore(db: &Connection, path: &Path) -> Result<Restored, StoreError> {
     Ok(restored)
 }
 
-fn write_loop(mut db: Connection, rx: mpsc::Receiver<Command>) {
+fn write_loop(
+    mut db: Connection,
+    rx: mpsc::Receiver<Command>,
+    backlog: &Backlog,
+    loaded: &async_mpsc::UnboundedSender<Loaded>,
+) {
     let mut batch = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -249,14 +358,26 @@ fn write_loop(mut db: Connection, rx: mpsc::Receiver<Command>) {
                 Err(_) => break,
             }
         }
-        let result = apply(&mut db, &batch).map_err(|error| {
+        let mut reads = Vec::new();
+        let result = apply(&mut db, &batch, &mut reads).map_err(|error| {
             tracing::error!(%error, "writing to the store failed; the writes of this batch are lost");
             error.to_string()
         });
+        let applied: usize = batch.iter().map(|c| if let Command::Write(op) = c { op.size() } else { 0 }).sum();
+        backlog.bytes.fetch_sub(applied, Ordering::Relaxed);
+        backlog.drained.notify_waiters();
         for command in batch.drain(..) {
             if let Command::Flush(done) = command {
                 let _ = done.send(result.clone());
             }
+        }
+        // Answered after the commit: what a read saw is on disk.
+        for (number, rows) in reads {
+            let rows = match &result {
+                Ok(()) => rows,
+                Err(error) => Err(error.clone()),
+            };
+            let _ = loaded.send(Loaded { number, rows });
         }
     }
     // Everything queued is committed; fold the WAL back into the database.
@@ -265,10 +386,41 @@ fn write_loop(mut db: Connection, rx: mpsc::Receiver<Command>) {
     }
 }
 
-fn apply(db: &mut Connection, batch: &[Command]) -> rusqlite::Result<()> {
+/// Reads what a [`LoadRequest`] asks for, inside the batch's transaction.
+fn read(tx: &rusqlite::Transaction<'_>, request: &LoadRequest) -> rusqlite::Result<Vec<StoredRow>> {
+    let mut statement = tx.prepare_cached(
+        "SELECT seq, delivery_count, record FROM messages WHERE queue = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let mut rows = statement.query(params![request.queue, request.after as i64, request.max_count as i64])?;
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    while let Some(row) = rows.next()? {
+        let record: Vec<u8> = row.get(2)?;
+        bytes += record.len();
+        out.push(StoredRow { seq: row.get::<_, i64>(0)? as u64, delivery_count: row.get(1)?, record });
+        if bytes >= request.max_bytes {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn apply(
+    db: &mut Connection,
+    batch: &[Command],
+    reads: &mut Vec<(u64, Result<Vec<StoredRow>, String>)>,
+) -> rusqlite::Result<()> {
     let tx = db.transaction()?;
     for command in batch {
-        let Command::Write(op) = command else { continue };
+        let op = match command {
+            Command::Write(op) => op,
+            Command::Flush(_) => continue,
+            Command::Load(request) => {
+                let rows = read(&tx, request).map_err(|error| error.to_string());
+                reads.push((request.number, rows));
+                continue;
+            }
+        };
         match op {
             Op::SaveQueue { name, definition } => {
                 tx.prepare_cached("INSERT OR REPLACE INTO queues (name, definition) VALUES (?1, ?2)")?
@@ -336,11 +488,44 @@ mod tests {
             store.write(Op::Retain { topic: "a.c".into(), record: None });
             flushed(&store).await;
         }
-        let (_store, restored) = Store::open(&dir, false).unwrap();
+        let (store, restored) = Store::open(&dir, false).unwrap();
         assert_eq!(restored.queues.len(), 1);
-        assert_eq!(restored.queues[0].messages, vec![(1, 0, b"m1".to_vec()), (3, 2, b"m3".to_vec())]);
+        let queue = &restored.queues[0];
+        assert_eq!((queue.count, queue.bytes, queue.last_seq), (2, 4, 3), "sizes only, no messages");
         assert_eq!(restored.retained, vec![("a.b".to_owned(), b"r".to_vec())]);
-        drop(_store);
+        let mut loaded = store.take_loaded().unwrap();
+        store.load(LoadRequest { queue: "q".into(), number: 7, after: 0, max_count: 10, max_bytes: 100 });
+        let answer = loaded.recv().await.unwrap();
+        assert_eq!(answer.number, 7);
+        let rows = answer.rows.unwrap();
+        assert_eq!(rows.iter().map(|r| (r.seq, r.delivery_count)).collect::<Vec<_>>(), vec![(1, 0), (3, 2)]);
+        assert_eq!(rows[1].record, b"m3");
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_load_sees_the_writes_queued_before_it_and_keeps_to_its_bounds() {
+        let dir = temp_dir("load");
+        let (store, _) = Store::open(&dir, false).unwrap();
+        let mut loaded = store.take_loaded().unwrap();
+        for seq in 1..=10 {
+            let record = Bytes::from(vec![b'x'; 100]);
+            store.write(Op::Put { queue: "q".into(), seq, delivery_count: 0, record });
+        }
+        let request = |after, max_count, max_bytes| LoadRequest { queue: "q".into(), number: 1, after, max_count, max_bytes };
+        store.load(request(0, 4, 1 << 20));
+        store.load(request(4, 100, 250));
+        store.load(request(8, 100, 1));
+        store.load(request(10, 100, 1 << 20));
+        let mut seqs = Vec::new();
+        for _ in 0..4 {
+            seqs.push(loaded.recv().await.unwrap().rows.unwrap().iter().map(|r| r.seq).collect::<Vec<_>>());
+        }
+        assert_eq!(seqs, vec![vec![1, 2, 3, 4], vec![5, 6, 7], vec![9], vec![]]);
+        flushed(&store).await;
+        store.room().await;
+        drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

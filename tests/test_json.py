@@ -146,3 +146,38 @@ def test_float_repr_survives():
     for value in (1.0, 3.0, 1e16, 1e22, 2.5e-5, math.pi, -123.0):
         assert isinstance(json.loads(_core.dumps(value)), float)
         assert json.loads(_core.dumps(value)) == value
+
+
+# Texts a publisher may send that serde_json and Python read differently, or that
+# Python reads and Rust strings cannot hold.
+ODD_TEXTS = [
+    "1e999",
+    "-1e400",
+    "1E+400",
+    "1e-400",
+    "-1e-400",
+    "-0",
+    "-0.0",
+    '"\\ud800"',
+    '"\\udfff"',
+    '{"k": "x\\udc00y"}',
+    '["\\udbff\\u0041", "\\ud83c\\udf89"]',
+    '{"a": 1, "a": 2}',
+    "-" + "9" * 30,
+    "9" * 4300,
+    '{"n": 123456789012345678901234567890.5e3}',
+]
+
+
+@pytest.mark.parametrize("text", ODD_TEXTS, ids=lambda t: t[:30])
+def test_loads_reads_odd_texts_as_the_standard_library_does(text):
+    ours, theirs = _core.loads(text), json.loads(text)
+    assert json.dumps(ours) == json.dumps(theirs)
+    assert type(ours) is type(theirs)
+    if isinstance(theirs, float):
+        assert math.copysign(1, ours) == math.copysign(1, theirs)
+
+
+def test_loads_refuses_an_integer_python_cannot_hold_with_a_value_error():
+    with pytest.raises(ValueError, match="4300 digits"):
+        _core.loads("9" * 5000)

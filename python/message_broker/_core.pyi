@@ -28,6 +28,7 @@ class Broker:
         data_dir: str | None = None,
         fsync: bool = False,
         queues: list[dict[str, Any]] | None = None,
+        max_memory: int = ...,
     ) -> None:
         """Raises ``ValueError`` naming the first invalid setting. The store in
         ``data_dir`` is opened by ``start``, which raises ``OSError`` when it is

@@ -3,6 +3,7 @@ its event kinds, and turning its events into messages and exceptions."""
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import unicodedata
@@ -23,10 +24,12 @@ from message_broker.message import Message
 
 # Event kinds (src/python/client.rs).
 MESSAGE, RESPONSE, PUBLISH_FAILED, CONNECTED, DISCONNECTED = 0, 1, 2, 3, 4
-CONNECT_FAILED, WRITABLE, CLOSED = 5, 6, 7
+CONNECT_FAILED, WRITABLE, CLOSED, UNDECODABLE = 5, 6, 7, 8
 
 TIMEOUT, NO_RESPONDERS, INVALID_PARAMS = -32002, -32003, -32602
 QUEUE_FULL, STORAGE_FAILED = -32011, -32012
+
+logger = logging.getLogger("message_broker.client")
 
 # Events taken per drain: large enough to amortise the wake-up, small enough that
 # handing them to Python keeps one turn of the event loop short.
@@ -184,3 +187,22 @@ def message_from_event(
 
         message._settle = settle
     return subscriptions, message
+
+
+def reject_undecodable(event: tuple[Any, ...], engine: _core.Client) -> str:
+    """Handles a message whose payload Python cannot hold (an integer past Python's
+    digit limit): it is logged and never reaches a callback; from a queue it is
+    rejected without requeue, so it goes to the queue's dead-letter topic instead of
+    coming back to the next consumer. Returns the text that was logged."""
+    _, topic, text, sender, message_id, reason, from_queue = event
+    shown = text if len(text) <= 80 else f"{text[:80]}... ({len(text)} characters)"
+    report = (
+        f"message {message_id} on {topic!r} from {sender!r} was not delivered:"
+        f" its payload cannot be turned into a Python value ({reason}): {shown}"
+    )
+    if from_queue is not None:
+        queue, tag, _, generation = from_queue
+        engine.settle(generation, [tag], False, False)
+        report += f"; rejected to the dead-letter topic of queue {queue!r}"
+    logger.warning("%s", report)
+    return report

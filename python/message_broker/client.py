@@ -99,6 +99,7 @@ class BrokerClient:
         self._calls: dict[int, asyncio.Future[str]] = {}
         self._room: list[asyncio.Future[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._undecodable = 0
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -119,6 +120,13 @@ class BrokerClient:
     def is_connected(self) -> bool:
         """True while a connection to the broker is up, this very moment."""
         return self._core is not None and self._core.is_connected
+
+    @property
+    def undecodable_messages(self) -> int:
+        """Messages not delivered because their payload cannot be turned into a Python
+        value (an integer past Python's digit limit). Each is logged; one from a queue
+        goes to the queue's dead-letter topic."""
+        return self._undecodable
 
     def __repr__(self) -> str:
         state = "connected" if self.is_connected else "not connected"
@@ -238,6 +246,7 @@ class BrokerClient:
         durable: bool = False,
         prefetch: int | None = None,
         max_length: int | None = None,
+        max_bytes: int | None = None,
         max_deliveries: int | None = None,
         dead_letter_topic: str | None = None,
     ) -> list[str]:
@@ -252,8 +261,9 @@ class BrokerClient:
         ``queue="workers"`` joins a queue group: each matching message goes to exactly
         one member, in turn among those with room, while plain subscribers still get
         their own copy. ``durable=True`` makes the queue keep messages while no member
-        is connected (up to ``max_length``, and across broker restarts when the broker
-        has a ``data_dir``); without ``queue`` it is named after this client. Messages
+        is connected (up to ``max_length`` messages and ``max_bytes`` bytes, and across
+        broker restarts when the broker has a ``data_dir``, where its backlog stays on
+        disk); without ``queue`` it is named after this client. Messages
         from a queue are acknowledged when the callback returns without raising and
         given back for redelivery when it raises (see :meth:`Message.ack`); after
         ``max_deliveries`` deliveries they go to ``dead_letter_topic`` (default
@@ -267,13 +277,14 @@ class BrokerClient:
         queue_options = {
             "prefetch": prefetch,
             "max_length": max_length,
+            "max_bytes": max_bytes,
             "max_deliveries": max_deliveries,
             "dead_letter_topic": dead_letter_topic,
         }
         if queue is None and not durable:
             if any(value is not None for value in queue_options.values()):
                 raise ValueError(
-                    "prefetch, max_length, max_deliveries and dead_letter_topic apply to "
+                    "prefetch, max_length, max_bytes, max_deliveries and dead_letter_topic apply to "
                     "queues: give queue= or durable=True"
                 )
             return await self._subscribe_patterns(core, patterns, callback)
@@ -408,8 +419,16 @@ class BrokerClient:
             while True:
                 if not await loop.sock_recv(wake, 4096):
                     break
-                if self._dispatch(core.drain(_engine.DRAIN_LIMIT)):
+                try:
+                    events = core.drain(_engine.DRAIN_LIMIT)
+                except Exception:
+                    logger.exception("client %s: events could not be taken", self._client_id)
+                    continue
+                if self._dispatch(events):
                     break
+        except Exception:
+            logger.exception("client %s stopped: its event loop failed", self._client_id)
+            raise
         finally:
             wake.close()
             # The loop is going away (or the client closed): stop the connection too.
@@ -419,34 +438,48 @@ class BrokerClient:
                 self._closed.set_result(None)
 
     def _dispatch(self, events: list[tuple[Any, ...]]) -> bool:
+        """Handles a batch of events; True once the engine has closed. A failure in
+        one event is logged and never costs the others (nor ends the client)."""
+        closed = False
         for event in events:
-            kind = event[0]
-            if kind == _engine.MESSAGE:
-                self._deliver(event)
-            elif kind == _engine.RESPONSE:
-                future = self._calls.pop(event[1], None)
-                if future is not None and not future.done():
-                    if event[2]:
-                        future.set_result(event[3])
-                    else:
-                        future.set_exception(remote_error(*event[3]))
-            elif kind == _engine.PUBLISH_FAILED:
-                logger.warning(
-                    "the broker refused message %s: %s (code %s)", event[1], event[3], event[2]
-                )
-            elif kind == _engine.WRITABLE:
-                self._wake_publishers()
-            elif kind == _engine.CONNECTED:
-                self._settle_connect(True)
-                logger.info("client %s connected to %s:%s", self._client_id, self._host, self._port)
-            elif kind == _engine.DISCONNECTED:
-                logger.info("client %s disconnected: %s", self._client_id, event[1])
-            elif kind == _engine.CONNECT_FAILED:
-                logger.warning("client %s could not connect: %s", self._client_id, event[1])
-                self._settle_connect(False)
-            elif kind == _engine.CLOSED:
-                self._settle_connect(False)
-                return True
+            try:
+                closed = self._handle(event) or closed
+            except Exception:
+                logger.exception("client %s: an event could not be handled", self._client_id)
+        return closed
+
+    def _handle(self, event: tuple[Any, ...]) -> bool:
+        kind = event[0]
+        if kind == _engine.MESSAGE:
+            self._deliver(event)
+        elif kind == _engine.UNDECODABLE:
+            assert self._core is not None
+            self._undecodable += 1
+            _engine.reject_undecodable(event, self._core)
+        elif kind == _engine.RESPONSE:
+            future = self._calls.pop(event[1], None)
+            if future is not None and not future.done():
+                if event[2]:
+                    future.set_result(event[3])
+                else:
+                    future.set_exception(remote_error(*event[3]))
+        elif kind == _engine.PUBLISH_FAILED:
+            logger.warning(
+                "the broker refused message %s: %s (code %s)", event[1], event[3], event[2]
+            )
+        elif kind == _engine.WRITABLE:
+            self._wake_publishers()
+        elif kind == _engine.CONNECTED:
+            self._settle_connect(True)
+            logger.info("client %s connected to %s:%s", self._client_id, self._host, self._port)
+        elif kind == _engine.DISCONNECTED:
+            logger.info("client %s disconnected: %s", self._client_id, event[1])
+        elif kind == _engine.CONNECT_FAILED:
+            logger.warning("client %s could not connect: %s", self._client_id, event[1])
+            self._settle_connect(False)
+        elif kind == _engine.CLOSED:
+            self._settle_connect(False)
+            return True
         return False
 
     def _settle_connect(self, connected: bool) -> None:

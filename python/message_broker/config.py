@@ -70,7 +70,13 @@ class BrokerConfig:
     broker being killed; with it, also a power failure (at a cost in throughput)."""
     queues: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """Durable queues that exist from the start: tables with ``name`` and ``patterns``,
-    and optionally ``max_length``, ``max_deliveries`` and ``dead_letter_topic``."""
+    and optionally ``max_length``, ``max_bytes``, ``max_deliveries`` and
+    ``dead_letter_topic``."""
+    max_memory: int = 1024 * 1024 * 1024
+    """Bytes that queues kept in memory (queue groups, and durable queues without a
+    ``data_dir``) may hold together; past it they refuse new messages (``QueueFullError``
+    for ``qos=1``) instead of the broker running out of memory. Durable queues of a
+    ``data_dir`` keep their backlog on disk and are bounded by their ``max_bytes``."""
 
     def __post_init__(self) -> None:
         if isinstance(self.data_dir, os.PathLike):

@@ -121,6 +121,7 @@ class QtBrokerClient(QObject):
         # broker instead of growing this.
         self._backlog: deque[tuple[Any, ...]] = deque()
         self._slice_scheduled = False
+        self._undecodable = 0
 
     @property
     def client_id(self) -> str:
@@ -129,6 +130,12 @@ class QtBrokerClient(QObject):
     @property
     def is_connected(self) -> bool:
         return self._engine is not None and self._engine.is_connected
+
+    @property
+    def undecodable_messages(self) -> int:
+        """Messages not delivered because their payload cannot be turned into a Python
+        value; each is logged and reported with ``error_occurred``."""
+        return self._undecodable
 
     # -- connection -----------------------------------------------------------------------
     def connect_to_broker(self) -> None:
@@ -257,7 +264,12 @@ class QtBrokerClient(QObject):
                 self._backlog.extend(self._engine.drain(_engine.DRAIN_LIMIT))
                 if not self._backlog:
                     return
-            self._handle(self._backlog.popleft())
+            event = self._backlog.popleft()
+            try:
+                self._handle(event)
+            except Exception:
+                # One event that cannot be handled must not stop the others.
+                logger.exception("client %s: an event could not be handled", self._client_id)
             if time.perf_counter() > deadline:
                 break
         if not self._slice_scheduled:
@@ -268,6 +280,10 @@ class QtBrokerClient(QObject):
         kind = event[0]
         if kind == _engine.MESSAGE:
             self._deliver(event)
+        elif kind == _engine.UNDECODABLE:
+            assert self._engine is not None
+            self._undecodable += 1
+            self.error_occurred.emit(_engine.reject_undecodable(event, self._engine))
         elif kind == _engine.RESPONSE:
             self._answered(event[1], event[2], event[3])
         elif kind == _engine.PUBLISH_FAILED:

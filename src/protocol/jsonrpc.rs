@@ -107,7 +107,9 @@ fn parse_call(raw: &RawValue) -> Parsed<'_> {
             return Err(invalid(None, "id must be a string, a number or null"));
         }
     }
-    if envelope.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+    // Compared as a JSON string, so that an escaped spelling ("2\u002e0") counts too.
+    let version = envelope.jsonrpc.map(|v| serde_json::from_str::<Cow<'_, str>>(v.get()));
+    if !matches!(version, Some(Ok(v)) if v == "2.0") {
         return Err(invalid(id, "\"jsonrpc\" must be exactly \"2.0\""));
     }
     let method = match envelope.method {
@@ -220,6 +222,9 @@ mod tests {
         assert_eq!(call.method, "ping");
         assert_eq!(call.id.unwrap().get(), "1");
         assert!(!call.is_notification());
+
+        let escaped = single(r#"{"jsonrpc":"2\u002e0","method":"ping","id":1}"#).unwrap();
+        assert_eq!(escaped.method, "ping", "an escaped version is the same string");
 
         let call = single(r#"{"jsonrpc":"2.0","method":"ping","id":null}"#).unwrap();
         assert_eq!(call.id.unwrap().get(), "null", "a null id is a request, not a notification");

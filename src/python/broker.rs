@@ -46,7 +46,7 @@ impl Broker {
     #[pyo3(signature = (
         *, host, port, max_connections, heartbeat_interval, heartbeat_timeout,
         max_message_size, max_queue_size, max_queue_bytes, log_messages, handshake_timeout, frame_timeout,
-        data_dir = None, fsync = false, queues = None
+        data_dir = None, fsync = false, queues = None, max_memory = crate::config::DEFAULT_MAX_MEMORY
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -64,6 +64,7 @@ impl Broker {
         data_dir: Option<std::path::PathBuf>,
         fsync: bool,
         queues: Option<&Bound<'_, PyAny>>,
+        max_memory: usize,
     ) -> PyResult<Self> {
         let queues: Vec<QueueSpec> = match queues {
             None => Vec::new(),
@@ -74,7 +75,7 @@ impl Broker {
                 })?;
                 serde_json::from_slice(&text).map_err(|e| {
                     PyValueError::new_err(format!(
-                        "invalid configuration: queues: {e} (each queue is a table with name, patterns and optionally max_length, max_deliveries, dead_letter_topic)"
+                        "invalid configuration: queues: {e} (each queue is a table with name, patterns and optionally max_length, max_bytes, max_deliveries, dead_letter_topic)"
                     ))
                 })?
             }
@@ -94,6 +95,7 @@ impl Broker {
             data_dir,
             fsync,
             queues,
+            max_memory,
         };
         config.validate().map_err(to_py_error)?;
         Ok(Broker { config, running: Mutex::new(None), starting: AtomicBool::new(false) })

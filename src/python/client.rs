@@ -85,6 +85,7 @@ const DISCONNECTED: u8 = 4;
 const CONNECT_FAILED: u8 = 5;
 const WRITABLE: u8 = 6;
 const CLOSED: u8 = 7;
+const UNDECODABLE: u8 = 8;
 
 #[pyclass(module = "message_broker._core", frozen)]
 pub struct Client {
@@ -223,21 +224,35 @@ impl Client {
         let list = PyList::empty(py);
         for event in self.inner.drain(limit) {
             let item: Bound<'py, PyTuple> = match event {
-                Event::Message(m) => (
-                    MESSAGE,
-                    PyTuple::new(py, m.subscriptions)?,
-                    m.topic,
-                    json::decode(py, &m.payload)?,
-                    m.sender,
-                    m.id,
-                    m.timestamp,
-                    m.reply_to,
-                    m.ttl,
-                    m.qos,
-                    m.retained,
-                    m.from_queue.map(|q| (q.queue, q.tag, q.delivery_count, q.generation)),
-                )
-                    .into_pyobject(py)?,
+                Event::Message(m) => match json::decode(py, &m.payload) {
+                    Ok(payload) => (
+                        MESSAGE,
+                        PyTuple::new(py, m.subscriptions)?,
+                        m.topic,
+                        payload,
+                        m.sender,
+                        m.id,
+                        m.timestamp,
+                        m.reply_to,
+                        m.ttl,
+                        m.qos,
+                        m.retained,
+                        m.from_queue.map(|q| (q.queue, q.tag, q.delivery_count, q.generation)),
+                    )
+                        .into_pyobject(py)?,
+                    // One payload Python cannot hold must not cost the other events
+                    // of the batch: it is handed over as text with the reason.
+                    Err(error) => (
+                        UNDECODABLE,
+                        m.topic,
+                        m.payload,
+                        m.sender,
+                        m.id,
+                        error.value(py).to_string(),
+                        m.from_queue.map(|q| (q.queue, q.tag, q.delivery_count, q.generation)),
+                    )
+                        .into_pyobject(py)?,
+                },
                 Event::Response { call, result: Ok(json) } => {
                     (RESPONSE, call, true, json).into_pyobject(py)?
                 }

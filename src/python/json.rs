@@ -118,25 +118,37 @@ fn write_key(key: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<()> {
     Ok(())
 }
 
-/// Parses JSON text (already validated by the broker) into Python objects.
+/// Parses JSON text (already validated by the broker) into Python objects, with the
+/// results `json.loads` gives. The fast path covers what serde_json reads the same
+/// way; the rest (integers beyond 64 bits, numbers beyond float range, lone
+/// surrogates) goes to `json.loads` itself, whose error is the one raised when
+/// Python cannot hold the value either (an integer past its digit limit).
 pub fn decode<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
-    // serde_json reads integers beyond 64 bits as floats; Python keeps them exact.
-    if has_long_digit_run(text) {
-        return py.import("json")?.call_method1("loads", (text,));
+    if !read_differently(text) {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let parsed = PyValueSeed { py }.deserialize(&mut deserializer);
+        if let (Ok(value), Ok(())) = (parsed, deserializer.end()) {
+            return Ok(value);
+        }
     }
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    let value = PyValueSeed { py }
-        .deserialize(&mut deserializer)
-        .map_err(|e| PyValueError::new_err(format!("invalid JSON: {e}")))?;
-    deserializer.end().map_err(|e| PyValueError::new_err(format!("invalid JSON: {e}")))?;
-    Ok(value)
+    py.import("json")?
+        .call_method1("loads", (text,))
+        .map_err(|error| PyValueError::new_err(format!("invalid JSON: {}", error.value(py))))
 }
 
-fn has_long_digit_run(text: &str) -> bool {
+/// Whether `text` may hold a number serde_json reads otherwise than Python: an
+/// integer beyond 64 bits (a float to serde_json, exact in Python) or `-0` (the
+/// float -0.0 to serde_json, the int 0 in Python). Strings may trigger it too; they
+/// then merely take the slower path.
+fn read_differently(text: &str) -> bool {
+    let bytes = text.as_bytes();
     let mut run = 0;
-    for b in text.bytes() {
+    for (at, &b) in bytes.iter().enumerate() {
         run = if b.is_ascii_digit() { run + 1 } else { 0 };
-        if run >= 19 {
+        let negative_zero = b == b'-'
+            && bytes.get(at + 1) == Some(&b'0')
+            && !matches!(bytes.get(at + 2), Some(b'.' | b'e' | b'E'));
+        if run >= 19 || negative_zero {
             return true;
         }
     }
