@@ -113,7 +113,10 @@ impl QueueSpec {
             )));
         }
         if self.max_bytes == Some(0) {
-            return Err(RpcError::invalid_params(format!("queue {:?}: max_bytes must be at least 1", self.name)));
+            return Err(RpcError::invalid_params(format!(
+                "queue {:?}: max_bytes must be at least 1",
+                self.name
+            )));
         }
         if let Some(topic) = &self.dead_letter_topic {
             crate::topic::validate_topic(topic)?;
@@ -508,7 +511,12 @@ impl Queue {
             match StoredMessage::from_record(&row.record) {
                 Ok(message) => {
                     self.ready_bytes += size;
-                    let item = Item { seq: row.seq, message: Arc::new(message), delivery_count: row.delivery_count, size };
+                    let item = Item {
+                        seq: row.seq,
+                        message: Arc::new(message),
+                        delivery_count: row.delivery_count,
+                        size,
+                    };
                     self.ready.push_back(item);
                 }
                 Err(error) => {
@@ -527,9 +535,8 @@ impl Queue {
         let mut blocked = vec![false; self.consumers.len()];
         while !self.ready.is_empty() {
             let n = self.consumers.len();
-            let Some(at) = (0..n)
-                .map(|i| (self.cursor + i) % n)
-                .find(|&c| !blocked[c] && self.consumers[c].has_room())
+            let Some(at) =
+                (0..n).map(|i| (self.cursor + i) % n).find(|&c| !blocked[c] && self.consumers[c].has_room())
             else {
                 break;
             };
@@ -1343,7 +1350,9 @@ mod tests {
                 got.push(n);
             }
             let status = &queues.status()[0];
-            assert!(status["memory_bytes"].as_u64().unwrap() <= (WINDOW_BYTES + MAX_UNACKED_BYTES + 8192) as u64);
+            assert!(
+                status["memory_bytes"].as_u64().unwrap() <= (WINDOW_BYTES + MAX_UNACKED_BYTES + 8192) as u64
+            );
             if tags.is_empty() {
                 let answer = tokio::time::timeout(std::time::Duration::from_secs(10), loaded.recv()).await;
                 queues.loaded(answer.expect("the store answers").unwrap(), 0.0);
@@ -1386,7 +1395,10 @@ mod tests {
         let mut queues = Queues::new(Some(Arc::new(store)), usize::MAX);
         queues.restore(restored, &[], "test").unwrap();
         let status = &queues.status()[0];
-        assert_eq!((status["depth"].as_u64(), status["memory_bytes"].as_u64()), (Some(count - 1500), Some(0)));
+        assert_eq!(
+            (status["depth"].as_u64(), status["memory_bytes"].as_u64()),
+            (Some(count - 1500), Some(0))
+        );
         let (b, mut rx) = outbox::channel(100, 1 << 30);
         queues.join(1, b, join("q", &["t"], true, 1000), 0.0).unwrap();
         let rest = drain_with_loads(&mut queues, &mut rx, &mut loaded, (count - 1500) as usize).await;
@@ -1406,7 +1418,9 @@ mod tests {
         queues.join(1, a, join("big", &["b"], true, 10), 0.0).unwrap();
         queues.leave(1, None, 0.0);
         let refusals = |queues: &mut Queues, topic: &str, n| {
-            (0..n).filter_map(|i| queues.enqueue(topic, || big(topic, i, 10_000), None, 0.0).0.full.pop()).count()
+            (0..n)
+                .filter_map(|i| queues.enqueue(topic, || big(topic, i, 10_000), None, 0.0).0.full.pop())
+                .count()
         };
         assert_eq!(refusals(&mut queues, "s", 10), 6, "4 fit in 50,000 bytes");
         let (enqueued, _) = queues.enqueue("s", || big("s", 0, 10_000), None, 0.0);

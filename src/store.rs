@@ -316,7 +316,11 @@ fn restore(db: &Connection, path: &Path) -> Result<Restored, StoreError> {
     for (name, definition) in rows {
         let (count, bytes, last_seq) = sizes
             .query_row([&name], |row| {
-                Ok((row.get::<_, i64>(0)? as usize, row.get::<_, i64>(1)? as usize, row.get::<_, i64>(2)? as u64))
+                Ok((
+                    row.get::<_, i64>(0)? as usize,
+                    row.get::<_, i64>(1)? as usize,
+                    row.get::<_, i64>(2)? as u64,
+                ))
             })
             .map_err(corrupt)?;
         restored.queues.push(RestoredQueue { definition, count, bytes, last_seq });
@@ -363,7 +367,8 @@ fn write_loop(
             tracing::error!(%error, "writing to the store failed; the writes of this batch are lost");
             error.to_string()
         });
-        let applied: usize = batch.iter().map(|c| if let Command::Write(op) = c { op.size() } else { 0 }).sum();
+        let applied: usize =
+            batch.iter().map(|c| if let Command::Write(op) = c { op.size() } else { 0 }).sum();
         backlog.bytes.fetch_sub(applied, Ordering::Relaxed);
         backlog.drained.notify_waiters();
         for command in batch.drain(..) {
@@ -513,7 +518,13 @@ mod tests {
             let record = Bytes::from(vec![b'x'; 100]);
             store.write(Op::Put { queue: "q".into(), seq, delivery_count: 0, record });
         }
-        let request = |after, max_count, max_bytes| LoadRequest { queue: "q".into(), number: 1, after, max_count, max_bytes };
+        let request = |after, max_count, max_bytes| LoadRequest {
+            queue: "q".into(),
+            number: 1,
+            after,
+            max_count,
+            max_bytes,
+        };
         store.load(request(0, 4, 1 << 20));
         store.load(request(4, 100, 250));
         store.load(request(8, 100, 1));

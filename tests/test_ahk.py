@@ -234,3 +234,40 @@ async def test_the_readme_example_works_as_written(run_script: Any, tmp_path: Pa
         answer = await client.request("scripts.hotkeys.status", {})
         assert answer == {"running": True, "pid": started.payload["pid"]}
         assert script.process.returncode is None, "it stays, waiting for hotkeys"
+
+
+async def test_a_script_survives_payloads_that_are_odd_in_autohotkey(run_script: Any) -> None:
+    """Numbers beyond a float's range, lone surrogates and a 5,000-digit integer, as a
+    raw publisher sends them: each arrives, and the script goes on."""
+    from wire import RawClient
+
+    odd = ["1e999", "-1e400", '"\\ud800"', '"x\\udc00y"', '"\\udbff\\u0041"', "9" * 5000]
+    async with (
+        MessageBroker(BrokerConfig(host="127.0.0.1", port=0)) as broker,
+        BrokerClient("py", host="127.0.0.1", port=broker.port or 0) as client,
+    ):
+        seen: asyncio.Queue[Message] = asyncio.Queue()
+        await client.subscribe("ahk.#", seen.put_nowait)
+        script = await run_script("odd.ahk", str(broker.port))
+        await next_on(seen, "ahk.ready", script)
+        raw = RawClient(broker.port or 0)
+        try:
+            raw.connect("nc")
+            reports = []
+            for text in [*odd, '"good"']:
+                body = (
+                    '{"jsonrpc":"2.0","method":"publish","params":{"topic":"odd.x","payload":%s}}'
+                )
+                raw.send_raw(raw.frame((body % text).encode()))
+                reports.append((await next_on(seen, "ahk.odd", script)).payload)
+        finally:
+            raw.close()
+        assert reports[0] == {"type": "Float", "text": "inf"}, reports
+        assert reports[1] == {"type": "Float", "text": "-inf"}, reports
+        assert reports[2] == {"type": "String", "units": [0xD800]}
+        assert reports[3] == {"type": "String", "units": [0x78, 0xDC00, 0x79]}
+        assert reports[4] == {"type": "String", "units": [0xDBFF, 0x41]}
+        assert reports[5] == {"type": "Float", "text": "inf"}, "beyond 64 bits: a Float"
+        assert reports[6] == {"type": "String", "units": [ord(c) for c in "good"]}
+        await client.publish("odd_quit", {})
+        assert await script.exit_code() == 0, script.lines

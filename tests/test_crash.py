@@ -8,98 +8,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import signal
-import socket
-import sys
-from pathlib import Path
 
 import pytest
 
-from message_broker import BrokerClient, BrokerError, Message
+from message_broker import BrokerError, Message
+
+from broker_process import BrokerProcess, free_port, reconnecting_client
 
 MESSAGES = 10_000
 # Publishes waiting for their confirmation at once.
 WINDOW = 200
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class BrokerProcess:
-    """`python -m message_broker` on a fixed port and data_dir, killed and restarted."""
-
-    def __init__(self, port: int, data_dir: Path, log: Path) -> None:
-        self.port, self.data_dir, self.log = port, data_dir, log
-        config = data_dir.parent / "crash.toml"
-        config.write_text('[[queues]]\nname = "crash"\npatterns = ["crash.#"]\n')
-        self.args = [
-            sys.executable,
-            "-m",
-            "message_broker",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            "--config",
-            str(config),
-            "--log-level",
-            "WARNING",
-        ]
-        self.process: asyncio.subprocess.Process | None = None
-        self.starts = 0
-
-    async def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *self.args, stdout=asyncio.subprocess.PIPE, stderr=log
-            )
-        assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), 30)
-        assert b"listening" in line, (line, self.log.read_text())
-        self.starts += 1
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        await asyncio.wait_for(self.process.wait(), 10)
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), 15)
-            except asyncio.TimeoutError:
-                await self.kill()
-
-
-def client(client_id: str, port: int) -> BrokerClient:
-    return BrokerClient(
-        client_id,
-        host="127.0.0.1",
-        port=port,
-        reconnect_delay=0.02,
-        max_reconnect_delay=0.2,
-        connect_retries=50,
-    )
-
-
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("seed", [11, 23, 37])
 async def test_no_confirmed_message_is_lost_when_the_broker_is_killed(seed, tmp_path):
     rng = random.Random(seed)
-    broker = BrokerProcess(free_port(), tmp_path / "data", tmp_path / "broker.log")
+    config = tmp_path / "crash.toml"
+    config.write_text('[[queues]]\nname = "crash"\npatterns = ["crash.#"]\n')
+    broker = BrokerProcess(free_port(), tmp_path / "data", tmp_path / "broker.log", config)
     await broker.start()
     confirmed: set[int] = set()
     received: list[int] = []
     retries = 0
 
-    consumer = client("consumer", broker.port)
-    publisher = client("publisher", broker.port)
+    consumer = reconnecting_client("consumer", broker.port)
+    publisher = reconnecting_client("publisher", broker.port)
     try:
         assert await consumer.connect()
         assert await publisher.connect()

@@ -200,7 +200,9 @@ def test_the_qt_client_survives_every_odd_payload(qtbot: Any, broker: MessageBro
         for n, text in enumerate(ODD):
             publish_raw(publisher, "odd.qt", text)
             publish_raw(publisher, "odd.qt", json.dumps({"good": n}))
-        qtbot.waitUntil(lambda: any(m.payload == {"good": len(ODD) - 1} for m in got), timeout=10_000)
+        qtbot.waitUntil(
+            lambda: any(m.payload == {"good": len(ODD) - 1} for m in got), timeout=10_000
+        )
     finally:
         publisher.close()
     assert client.is_connected
@@ -209,4 +211,3 @@ def test_the_qt_client_survives_every_odd_payload(qtbot: Any, broker: MessageBro
     assert len(errors) == 1 and "cannot be turned into a Python value" in errors[0]
     with qtbot.waitSignal(client.disconnected, timeout=10_000):
         client.disconnect_from_broker()
-

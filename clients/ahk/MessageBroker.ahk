@@ -645,10 +645,16 @@ class JSON {
         if !RegExMatch(text, "\G-?(?:0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?", &number, at)
             throw ValueError("JSON: unexpected character at " at, -1)
         at += number.Len
+        ; Numbers beyond the range of a Float become inf or -inf, as in Python.
         if number[1] != "" || number[2] != ""
-            return Float(number[0])
+            return JSON._Float(number[0])
         ; Integers beyond 64 bits keep their value approximately, as a Float.
-        return StrLen(number[0]) > 18 ? Float(number[0]) : Integer(number[0])
+        return StrLen(number[0]) > 18 ? JSON._Float(number[0]) : Integer(number[0])
+    }
+
+    static _Float(text) {
+        value := DllCall("msvcrt\strtod", "AStr", text, "Ptr", 0, "Double")
+        return value
     }
 
     static _String(text, &at) {
@@ -671,17 +677,30 @@ class JSON {
                 case "t": out .= "`t"
                 case "u":
                     code := JSON._Hex(text, &at)
-                    ; A surrogate pair written as two escapes is one character.
+                    ; A surrogate pair written as two escapes is one character; a lone
+                    ; surrogate stays one UTF-16 code unit, as it was sent.
                     if code >= 0xD800 && code <= 0xDBFF && SubStr(text, at, 2) == "\u" {
-                        at += 2
-                        low := JSON._Hex(text, &at)
-                        code := 0x10000 + (code - 0xD800 << 10) + (low - 0xDC00)
+                        next := at + 2
+                        low := JSON._Hex(text, &next)
+                        if low >= 0xDC00 && low <= 0xDFFF {
+                            at := next
+                            code := 0x10000 + (code - 0xD800 << 10) + (low - 0xDC00)
+                        }
                     }
-                    out .= Chr(code)
+                    out .= JSON._Char(code)
                 default:
                     throw ValueError("JSON: bad escape \" escape " at character " at - 1, -1)
             }
         }
+    }
+
+    ; Chr() refuses a lone surrogate; a buffer holds any UTF-16 code unit.
+    static _Char(code) {
+        if code < 0xD800 || code > 0xDFFF
+            return Chr(code)
+        unit := Buffer(4, 0)
+        NumPut("UShort", code, unit)
+        return StrGet(unit, 1, "UTF-16")
     }
 
     static _Hex(text, &at) {

@@ -284,8 +284,8 @@ class BrokerClient:
         if queue is None and not durable:
             if any(value is not None for value in queue_options.values()):
                 raise ValueError(
-                    "prefetch, max_length, max_bytes, max_deliveries and dead_letter_topic apply to "
-                    "queues: give queue= or durable=True"
+                    "prefetch, max_length, max_bytes, max_deliveries and dead_letter_topic "
+                    "apply to queues: give queue= or durable=True"
                 )
             return await self._subscribe_patterns(core, patterns, callback)
         name = self._client_id if queue is None else queue
