@@ -41,7 +41,7 @@ pub const DEFAULT_MAX_BYTES_STORED: u64 = 4 << 30;
 /// Default bound on the bytes a queue kept in memory holds.
 pub const DEFAULT_MAX_BYTES_IN_MEMORY: u64 = 64 << 20;
 /// The most messages, and bytes, of a stored queue held in memory, ready to go.
-pub const WINDOW_COUNT: usize = 1000;
+pub const WINDOW_COUNT: usize = 10_000;
 pub const WINDOW_BYTES: usize = 8 << 20;
 /// Bytes one consumer may hold unacknowledged (its first delivery always goes).
 pub const MAX_UNACKED_BYTES: usize = 16 << 20;

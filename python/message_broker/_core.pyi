@@ -149,4 +149,7 @@ class Client:
 
     def drain(self, limit: int = 1000) -> list[tuple[Any, ...]]:
         """Up to ``limit`` events, oldest first; each tuple starts with its kind. When
-        more remain, the wake socket becomes readable again."""
+        more remain, the wake socket becomes readable again. A message whose payload
+        Python cannot hold comes as an ``undecodable`` event (kind 8: topic, payload
+        text, sender, id, reason, queue delivery or None) instead of raising, so the
+        other events of the batch are never lost."""
