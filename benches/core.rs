@@ -12,11 +12,11 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use message_broker::BrokerConfig;
+use message_broker::broker::outbox;
+use message_broker::broker::router::{ClientInfo, Publish, Router, SubscriptionFlags};
 use message_broker::index::SubscriptionIndex;
-use message_broker::outbox;
 use message_broker::protocol::frame::{FrameDecoder, Framing};
 use message_broker::protocol::jsonrpc;
-use message_broker::router::{ClientInfo, Publish, Router};
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
@@ -90,7 +90,7 @@ fn router(c: &mut Criterion) {
             let (outbox, queue) = outbox::channel(1 << 20, usize::MAX);
             let info = ClientInfo { client_id: format!("sub{i}").into(), client_type: None, version: None };
             router.register(session, info, outbox, Arc::new(Notify::new())).unwrap();
-            router.subscribe(session, &["jobs.*".into()]).unwrap();
+            router.subscribe(session, &["jobs.*".into()], SubscriptionFlags::default()).unwrap();
             queues.push(queue);
         }
         let payload = RawValue::from_string(r#"{"job_id":123456,"status":"activated"}"#.into()).unwrap();

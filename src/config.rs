@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::broker::queue::QueueSpec;
 use crate::error::BrokerError;
-use crate::queue::QueueSpec;
 
 pub const DEFAULT_HOST: &str = "localhost";
 pub const DEFAULT_PORT: u16 = 15234;
@@ -57,7 +57,7 @@ impl Default for BrokerConfig {
             max_connections: 100,
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(30),
-            max_message_size: 1024 * 1024,
+            max_message_size: crate::protocol::rules::DEFAULT_MAX_MESSAGE_SIZE,
             max_queue_size: 10_000,
             max_queue_bytes: 64 * 1024 * 1024,
             log_messages: false,

@@ -141,7 +141,7 @@ pub enum BrokerError {
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
     #[error("{0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::broker::store::StoreError),
 }
 
 #[cfg(test)]

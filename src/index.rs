@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::topic::{Segment, parse_pattern};
+use crate::protocol::topic::{Segment, parse_pattern};
 
 /// Identifies one connection for as long as it lives. Keys the index rather than
 /// `client_id`, so a take-over can never mix the old and new connection's state.
@@ -172,7 +172,7 @@ fn dedup_sorted(values: &mut [SessionId]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topic::matches;
+    use crate::protocol::topic::matches;
     use proptest::prelude::*;
 
     fn sessions(index: &SubscriptionIndex, topic: &str) -> Vec<SessionId> {

@@ -1,54 +1,38 @@
 //! message_broker: a local-first pub/sub and request/response broker.
 //!
-//! Clients speak JSON-RPC 2.0 over TCP, one message per frame (a 4-byte big-endian
-//! length followed by UTF-8 JSON), or newline-delimited JSON when the first byte a
-//! client sends is `{` or `[`. The crate is organised one concern per module:
+//! Clients speak JSON-RPC 2.0, one message per frame: over TCP a 4-byte big-endian
+//! length followed by UTF-8 JSON, or newline-delimited JSON when the first byte a
+//! client sends is `{` or `[`; within the process, whole messages over a channel.
+//! The folders show the architecture:
 //!
-//! - [`client`]: a client on the same runtime, the engine of the Python `BrokerClient`.
-//! - [`config`]: [`BrokerConfig`], its defaults and validation.
-//! - [`error`]: the wire error codes and the error types of the core.
-//! - [`protocol`]: framing ([`protocol::frame`]), the JSON-RPC envelope
-//!   ([`protocol::jsonrpc`]) and the encoding of delivered messages ([`protocol::message`]).
-//! - [`topic`]: topic and pattern validation and the reference matcher.
-//! - [`index`]: the subscription trie; a publish costs the depth of the topic, not the
-//!   number of unrelated subscriptions.
-//! - [`outbox`]: the bounded per-client queue of frames to write.
-//! - [`queue`]: queue groups and durable queues: competing consumers, acknowledgements,
-//!   redelivery, dead letters and expiry.
-//! - [`store`]: the SQLite store behind durable queues and retained messages.
-//! - [`router`]: the registry of connected clients, fan-out with per-client bounded
-//!   queues, queues and retained messages, request/reply tracking, counters and system
-//!   topics.
-//! - [`session`]: what one connected client may do: the methods of the protocol.
-//! - [`connection`]: reading frames from and writing coalesced frames to one socket.
-//! - [`server`]: the accept loop, connection limits and graceful shutdown.
-//! - [`shutdown`]: the broadcast signal every task listens to for shutdown.
+//! - [`protocol`]: what travels on the wire, shared by broker and client: framing,
+//!   the JSON-RPC envelope, the methods and their checked params, delivered messages,
+//!   topics and reserved names, limits.
+//! - [`broker`]: the listener, transports, sessions, the router, queues and store.
+//! - [`client`]: the engine behind the Python clients; it depends on [`protocol`]
+//!   only, never on the broker.
+//! - [`index`]: the subscription trie shared by the router and the client; a publish
+//!   costs the depth of the topic, not the number of unrelated subscriptions.
+//! - [`config`], [`error`], [`ids`]: the broker's settings, the error codes and
+//!   types, message ids.
 //!
-//! The Python bindings live in `python` behind the `python` cargo feature, so the
-//! core builds and tests without PyO3.
+//! The Python bindings live in `python` behind the `python` cargo feature, the only
+//! place PyO3 appears, so the core builds and tests without it.
 
+pub mod broker;
 pub mod client;
 pub mod config;
-pub mod connection;
 pub mod error;
 pub mod ids;
 pub mod index;
-pub mod outbox;
 pub mod protocol;
-pub mod queue;
-pub mod router;
-pub mod server;
-pub mod session;
-pub mod shutdown;
-pub mod store;
-pub mod topic;
 
 #[cfg(feature = "python")]
 mod python;
 
+pub use broker::{BrokerHandle, InProcessConnection, start};
 pub use config::BrokerConfig;
 pub use error::{BrokerError, ErrorCode};
-pub use server::{BrokerHandle, start};
 
 /// The broker's version, reported by `connect` and `status`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -32,8 +32,10 @@ use subscriptions::Subscriptions;
 
 use crate::ids::MessageIds;
 use crate::protocol::frame::Framing;
-use crate::router::REPLY_PREFIX;
-use crate::topic::{is_reserved, parse_pattern, validate_topic};
+use crate::protocol::jsonrpc::{self, CallId};
+use crate::protocol::method::{MethodName, PublishCall};
+use crate::protocol::rules::DEFAULT_MAX_MESSAGE_SIZE;
+use crate::protocol::topic::{REPLY_PREFIX, is_reserved, parse_pattern, validate_topic};
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -182,20 +184,6 @@ impl Shared {
 /// The code of a call that failed because the connection was lost before its answer.
 pub const CONNECTION_LOST: i32 = -32099;
 
-#[derive(Serialize)]
-struct Request<'a, P: Serialize> {
-    jsonrpc: &'static str,
-    method: &'a str,
-    params: P,
-    id: u64,
-}
-
-fn encode_call<P: Serialize>(method: &str, params: P, id: u64) -> Bytes {
-    Bytes::from(
-        serde_json::to_vec(&Request { jsonrpc: "2.0", method, params, id }).expect("params serialise"),
-    )
-}
-
 /// What an unsubscribe did.
 #[derive(Debug)]
 pub struct Unsubscribed {
@@ -224,7 +212,7 @@ impl Client {
             writer_wake: Notify::new(),
             closing: watch::channel(false).0,
             connected: AtomicBool::new(false),
-            max_message_size: AtomicUsize::new(crate::config::BrokerConfig::default().max_message_size),
+            max_message_size: AtomicUsize::new(DEFAULT_MAX_MESSAGE_SIZE),
             ids: MessageIds::new(),
             next_call: AtomicU64::new(1),
             generation: AtomicU64::new(0),
@@ -282,7 +270,17 @@ impl Client {
         }
         let message_id = self.shared.ids.next();
         let call = (options.qos > 0).then(|| self.shared.next_call.fetch_add(1, Ordering::Relaxed));
-        let frame = encode_publish(topic, payload, &message_id, options, call);
+        let frame = PublishCall {
+            topic,
+            payload,
+            message_id: &message_id,
+            ttl: options.ttl,
+            qos: options.qos,
+            retain: options.retain,
+            headers: options.headers.as_deref(),
+        }
+        .encode(call);
+        let frame = Bytes::from(frame);
         self.push(Outgoing::new(frame, call, call.is_some() || topic.starts_with(REPLY_PREFIX)))?;
         Ok((message_id, call))
     }
@@ -335,7 +333,7 @@ impl Client {
         if !self.is_connected() {
             return Ok(None);
         }
-        match self.call("subscribe", params) {
+        match self.call(MethodName::Subscribe, params) {
             Ok(call) => Ok(Some(call)),
             Err(ClientError::NotConnected) => Ok(None),
             Err(error) => {
@@ -355,7 +353,7 @@ impl Client {
         if sub.is_none() || !self.is_connected() {
             return Ok((sub, None));
         }
-        match self.call("unsubscribe", serde_json::json!({"queue": name})) {
+        match self.call(MethodName::Unsubscribe, serde_json::json!({"queue": name})) {
             Ok(call) => Ok((sub, Some(call))),
             Err(ClientError::NotConnected) => Ok((sub, None)),
             Err(error) => Err(error),
@@ -410,12 +408,13 @@ impl Client {
 
     /// Sends a call (`request`, `status`, `ping`, ...) whose answer arrives as
     /// [`Event::Response`] with the returned call id. Needs a live connection.
-    pub fn call<P: Serialize>(&self, method: &str, params: P) -> Result<u64, ClientError> {
+    pub fn call<P: Serialize>(&self, method: MethodName, params: P) -> Result<u64, ClientError> {
         if !self.is_connected() {
             return Err(ClientError::NotConnected);
         }
         let call = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
-        self.push(Outgoing::new(encode_call(method, params, call), Some(call), true))?;
+        let frame = jsonrpc::call(method, Some(&params), Some(CallId::Number(call)));
+        self.push(Outgoing::new(Bytes::from(frame), Some(call), true))?;
         Ok(call)
     }
 
@@ -425,18 +424,18 @@ impl Client {
     pub fn subscribe(&self, sub: u64, patterns: &[String]) -> Result<Option<u64>, ClientError> {
         let patterns = validated(patterns)?;
         let new = self.shared.state.lock().subscriptions.add(sub, &patterns);
-        self.sync_patterns("subscribe", &new)
+        self.sync_patterns(MethodName::Subscribe, &new)
     }
 
     /// Removes patterns from every subscription.
     pub fn unsubscribe(&self, patterns: &[String]) -> Result<Unsubscribed, ClientError> {
         let patterns = validated(patterns)?;
         let (removed, emptied) = self.shared.state.lock().subscriptions.remove(&patterns);
-        let call = self.sync_patterns("unsubscribe", &removed)?;
+        let call = self.sync_patterns(MethodName::Unsubscribe, &removed)?;
         Ok(Unsubscribed { removed: removed.iter().map(|p| p.to_string()).collect(), emptied, call })
     }
 
-    fn sync_patterns(&self, method: &str, patterns: &[Arc<str>]) -> Result<Option<u64>, ClientError> {
+    fn sync_patterns(&self, method: MethodName, patterns: &[Arc<str>]) -> Result<Option<u64>, ClientError> {
         if patterns.is_empty() || !self.is_connected() {
             return Ok(None);
         }
@@ -476,52 +475,19 @@ pub struct PublishOptions {
     pub ttl: Option<f64>,
     pub qos: u8,
     pub retain: bool,
+    /// A JSON object of strings, as text, delivered beside the payload.
+    pub headers: Option<String>,
 }
 
 fn encode_settle(tags: &[u64], ack: bool, requeue: bool) -> Bytes {
-    let method = if ack { "ack" } else { "nack" };
-    let params = if ack {
-        serde_json::json!({"deliveries": tags})
-    } else {
-        serde_json::json!({"deliveries": tags, "requeue": requeue})
-    };
-    Bytes::from(
-        serde_json::to_vec(&serde_json::json!({"jsonrpc": "2.0", "method": method, "params": params}))
-            .expect("JSON values serialise"),
-    )
-}
-
-fn encode_publish(
-    topic: &str,
-    payload: &str,
-    message_id: &str,
-    options: &PublishOptions,
-    call: Option<u64>,
-) -> Bytes {
-    let topic = serde_json::to_string(topic).expect("strings serialise");
-    let mut frame = Vec::with_capacity(96 + topic.len() + payload.len() + 2 * message_id.len());
-    frame.extend_from_slice(br#"{"jsonrpc":"2.0","method":"publish","params":{"topic":"#);
-    frame.extend_from_slice(topic.as_bytes());
-    frame.extend_from_slice(br#","payload":"#);
-    frame.extend_from_slice(payload.as_bytes());
-    frame.extend_from_slice(br#","message_id":""#);
-    frame.extend_from_slice(message_id.as_bytes());
-    frame.push(b'"');
-    if let Some(ttl) = options.ttl {
-        frame.extend_from_slice(format!(r#","ttl":{ttl}"#).as_bytes());
+    #[derive(Serialize)]
+    struct Settle<'a> {
+        deliveries: &'a [u64],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        requeue: Option<bool>,
     }
-    if options.qos > 0 {
-        frame.extend_from_slice(format!(r#","qos":{}"#, options.qos).as_bytes());
-    }
-    if options.retain {
-        frame.extend_from_slice(br#","retain":true"#);
-    }
-    match call {
-        Some(call) => frame.extend_from_slice(format!(r#"}},"id":{call}}}"#).as_bytes()),
-        // A notification: the broker answers only a refusal, with `publish_failed`.
-        None => frame.extend_from_slice(b"}}"),
-    }
-    Bytes::from(frame)
+    let (method, requeue) = if ack { (MethodName::Ack, None) } else { (MethodName::Nack, Some(requeue)) };
+    Bytes::from(jsonrpc::call(method, Some(&Settle { deliveries: tags, requeue }), None))
 }
 
 /// Back-off before reconnection attempt `n` (1-based): doubling from the first delay,
@@ -536,28 +502,6 @@ fn backoff(config: &ClientConfig, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn publish_frame_is_valid_json() {
-        let options = PublishOptions { ttl: Some(2.5), ..Default::default() };
-        let frame = encode_publish("a.b", r#"{"x":[1,"é"]}"#, "abc-1", &options, None);
-        let value: serde_json::Value = serde_json::from_slice(&frame).unwrap();
-        assert_eq!(value["method"], "publish");
-        assert_eq!(value["params"]["topic"], "a.b");
-        assert_eq!(value["params"]["payload"]["x"][1], "é");
-        assert_eq!(value["params"]["message_id"], "abc-1");
-        assert_eq!(value["params"]["ttl"], 2.5);
-        assert!(value.get("id").is_none(), "sent as a notification");
-
-        let options = PublishOptions { qos: 1, retain: true, ..Default::default() };
-        let frame = encode_publish("a.b", "1", "abc-2", &options, Some(7));
-        let value: serde_json::Value = serde_json::from_slice(&frame).unwrap();
-        assert_eq!(
-            (value["params"]["qos"].as_u64(), value["params"]["retain"].as_bool()),
-            (Some(1), Some(true))
-        );
-        assert_eq!(value["id"], 7, "qos=1 is a call, answered once stored");
-    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {
@@ -637,8 +581,10 @@ mod end_to_end {
         assert_eq!(message.subscriptions, vec![1]);
 
         // Request / reply through the broker.
-        let call =
-            publisher.client.call("request", serde_json::json!({"topic": "jobs.ask", "payload": 2})).unwrap();
+        let call = publisher
+            .client
+            .call(MethodName::Request, serde_json::json!({"topic": "jobs.ask", "payload": 2}))
+            .unwrap();
         let request = sub.wait(|e| if let Event::Message(m) = e { Some(m.clone()) } else { None }).await;
         sub.client.publish(request.reply_to.as_deref().unwrap(), "4", None).unwrap();
         let answer = publisher

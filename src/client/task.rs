@@ -16,10 +16,11 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 
 use super::{Delivered, Event, QueueDelivery, RemoteError, Shared, backoff, encode_settle};
-use crate::connection::FrameReader;
 use crate::error::ErrorCode;
 use crate::protocol::frame::{Decoded, Framing};
-use crate::protocol::jsonrpc::present;
+use crate::protocol::jsonrpc::{self, CallId, present};
+use crate::protocol::method::MethodName;
+use crate::protocol::reader::FrameReader;
 
 /// Largest frame accepted from the broker (which enforces its own, smaller limit).
 const MAX_INBOUND_FRAME: usize = 64 * 1024 * 1024;
@@ -131,9 +132,8 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
         if let Some(will) = &config.will {
             params["will"] = serde_json::from_str(will.get()).expect("the will is JSON");
         }
-        let hello =
-            serde_json::json!({"jsonrpc": "2.0", "method": "connect", "params": params, "id": CONNECT_ID});
-        write_frame(&mut writer, hello.to_string().as_bytes()).await?;
+        let hello = jsonrpc::call(MethodName::Connect, Some(&params), Some(CallId::Name(CONNECT_ID)));
+        write_frame(&mut writer, &hello).await?;
         let accepted = await_internal(shared, &mut reader, CONNECT_ID)
             .await?
             .map_err(|e| Failure::Refused(format!("the broker refused the connection: {}", e.message)))?;
@@ -151,13 +151,10 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
 
         let patterns = shared.state.lock().subscriptions.patterns();
         if !patterns.is_empty() {
-            let restore = serde_json::json!({
-                "jsonrpc": "2.0",
-                "method": "subscribe",
-                "params": {"patterns": patterns.iter().map(|p| &**p).collect::<Vec<_>>()},
-                "id": RESUBSCRIBE_ID,
-            });
-            write_frame(&mut writer, restore.to_string().as_bytes()).await?;
+            let params = serde_json::json!({"patterns": patterns.iter().map(|p| &**p).collect::<Vec<_>>()});
+            let restore =
+                jsonrpc::call(MethodName::Subscribe, Some(&params), Some(CallId::Name(RESUBSCRIBE_ID)));
+            write_frame(&mut writer, &restore).await?;
             if let Err(error) = await_internal(shared, &mut reader, RESUBSCRIBE_ID).await? {
                 tracing::error!(client_id = %config.client_id, "restoring subscriptions failed: {}", error.message);
             }
@@ -165,10 +162,9 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
         let queues: Vec<(String, serde_json::Value)> =
             shared.state.lock().queues.iter().map(|q| (q.name.clone(), q.params.clone())).collect();
         for (name, params) in queues {
-            let restore = serde_json::json!({
-                "jsonrpc": "2.0", "method": "subscribe", "params": params, "id": RESUBSCRIBE_ID,
-            });
-            write_frame(&mut writer, restore.to_string().as_bytes()).await?;
+            let restore =
+                jsonrpc::call(MethodName::Subscribe, Some(&params), Some(CallId::Name(RESUBSCRIBE_ID)));
+            write_frame(&mut writer, &restore).await?;
             if let Err(error) = await_internal(shared, &mut reader, RESUBSCRIBE_ID).await? {
                 tracing::error!(client_id = %config.client_id, queue = %name, "restoring a queue subscription failed: {}", error.message);
             }
@@ -306,7 +302,7 @@ async fn write_loop(
     heartbeat: Option<Duration>,
     mut closing: watch::Receiver<bool>,
 ) -> Option<End> {
-    let ping = format!(r#"{{"jsonrpc":"2.0","method":"ping","id":"{HEARTBEAT_ID}"}}"#);
+    let ping = jsonrpc::call::<()>(MethodName::Ping, None, Some(CallId::Name(HEARTBEAT_ID)));
     let mut next_ping = heartbeat.map(|interval| tokio::time::Instant::now() + interval);
     let mut buf = BytesMut::new();
     loop {
@@ -334,7 +330,7 @@ async fn write_loop(
             if let (Some(at), Some(interval)) = (next_ping, heartbeat)
                 && tokio::time::Instant::now() >= at
             {
-                Framing::LengthPrefixed.encode(ping.as_bytes(), &mut buf);
+                Framing::LengthPrefixed.encode(&ping, &mut buf);
                 next_ping = Some(tokio::time::Instant::now() + interval);
             }
             if state.want_writable && state.outbound.len() < shared.config.max_pending / 2 {
@@ -401,8 +397,8 @@ async fn goodbye(shared: &Shared, reader: &mut FrameReader<OwnedReadHalf>, write
                 Framing::LengthPrefixed.encode(&outgoing.frame, &mut buf);
             }
         }
-        let bye = format!(r#"{{"jsonrpc":"2.0","method":"disconnect","id":"{DISCONNECT_ID}"}}"#);
-        Framing::LengthPrefixed.encode(bye.as_bytes(), &mut buf);
+        let bye = jsonrpc::call::<()>(MethodName::Disconnect, None, Some(CallId::Name(DISCONNECT_ID)));
+        Framing::LengthPrefixed.encode(&bye, &mut buf);
         write_shared(writer, &buf).await.ok()?;
         loop {
             match reader.next().await {

@@ -7,9 +7,10 @@
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
+use super::method::MethodName;
 use crate::error::{ErrorCode, RpcError};
 
 /// Deepest nesting of arrays and objects accepted in a frame. Parsing is iterative,
@@ -188,6 +189,31 @@ pub fn failure(id: Option<&RawValue>, error: &RpcError) -> Vec<u8> {
         error.code.name(),
     )
     .into_bytes()
+}
+
+/// The id of a call a client makes: a number for the user's calls, a name for the
+/// client's own (`connect`, `heartbeat`, ...), which can never collide with them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum CallId<'a> {
+    Number(u64),
+    Name(&'a str),
+}
+
+#[derive(Serialize)]
+struct CallEnvelope<'a, P: Serialize> {
+    jsonrpc: &'static str,
+    method: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<&'a P>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<CallId<'a>>,
+}
+
+/// A call: a request with `id`, a notification without; `params` may be left out.
+pub fn call<P: Serialize>(method: MethodName, params: Option<&P>, id: Option<CallId<'_>>) -> Vec<u8> {
+    serde_json::to_vec(&CallEnvelope { jsonrpc: "2.0", method: method.as_str(), params, id })
+        .expect("call params always serialise")
 }
 
 /// Joins encoded responses into one batch response.

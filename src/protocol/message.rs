@@ -3,7 +3,7 @@
 //! A published message is encoded once, into a notification that every subscriber
 //! receives as the same shared bytes:
 //! `{"jsonrpc":"2.0","method":"message","params":{"topic","payload","sender","id","timestamp",...}}`.
-//! The payload is copied as the publisher wrote it, never parsed into a tree and
+//! The payload and headers are copied as the publisher wrote it, never parsed into a tree and
 //! re-serialised.
 
 use bytes::Bytes;
@@ -28,6 +28,9 @@ pub struct Delivery<'a> {
     /// 1 for at-least-once messages; absent for 0.
     #[serde(skip_serializing_if = "is_zero")]
     pub qos: u8,
+    /// The publisher's headers, a JSON object of strings, as written; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<&'a RawValue>,
     /// Set when the message comes from the retained store (a late joiner's catch-up).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub retained: bool,
@@ -87,8 +90,9 @@ mod tests {
     use serde_json::{Value, json};
 
     #[test]
-    fn delivery_carries_the_payload_verbatim() {
+    fn delivery_carries_the_payload_and_headers_verbatim() {
         let payload = RawValue::from_string(r#"{"b":1,  "a":[1.50,"é"]}"#.into()).unwrap();
+        let headers = RawValue::from_string(r#"{"trace" : "t-1"}"#.into()).unwrap();
         let body = Delivery {
             topic: "jobs.activated",
             payload: &payload,
@@ -98,12 +102,14 @@ mod tests {
             reply_to: None,
             ttl: None,
             qos: 0,
+            headers: Some(&headers),
             retained: false,
             from_queue: None,
         }
         .encode();
         let text = std::str::from_utf8(&body).unwrap();
         assert!(text.contains(r#""payload":{"b":1,  "a":[1.50,"é"]}"#), "{text}");
+        assert!(text.contains(r#""headers":{"trace" : "t-1"}"#), "{text}");
         let value: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(value["method"], "message");
         assert_eq!(value["params"]["topic"], "jobs.activated");

@@ -1,5 +1,12 @@
-//! The wire protocol: framing, the JSON-RPC 2.0 envelope and delivered messages.
+//! The wire protocol, shared by the broker and the client engine: framing and the
+//! reader that cuts frames out of a byte stream, the JSON-RPC 2.0 envelope, the
+//! methods and their checked params, the encoding of delivered messages, topics with
+//! their reserved and system names, and the limits every field is held to.
 
 pub mod frame;
 pub mod jsonrpc;
 pub mod message;
+pub mod method;
+pub mod reader;
+pub mod rules;
+pub mod topic;

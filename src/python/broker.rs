@@ -10,10 +10,10 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::runtime;
+use crate::broker::queue::QueueSpec;
+use crate::broker::{self, BrokerHandle};
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
-use crate::queue::QueueSpec;
-use crate::server::{self, BrokerHandle};
 
 #[pyclass(module = "message_broker._core", frozen)]
 pub struct Broker {
@@ -108,7 +108,7 @@ impl Broker {
         }
         let started = runtime::handle().and_then(|handle| {
             let config = self.config.clone();
-            py.detach(|| handle.block_on(server::start(config))).map_err(to_py_error)
+            py.detach(|| handle.block_on(broker::start(config))).map_err(to_py_error)
         });
         self.starting.store(false, Ordering::Release);
         let started = started?;

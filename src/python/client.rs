@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 
 use super::{json, runtime};
 use crate::client::{self, ClientConfig, ClientError, Event, PublishOptions};
+use crate::protocol::method::MethodName;
 
 #[cfg(unix)]
 type WakeSocket = std::os::unix::net::UnixStream;
@@ -167,7 +168,7 @@ impl Client {
         retain: bool,
     ) -> PyResult<(String, Option<u64>)> {
         let text = encode(payload)?;
-        let options = PublishOptions { ttl, qos, retain };
+        let options = PublishOptions { ttl, qos, retain, headers: None };
         self.inner.publish_with(topic, &text, &options).map_err(to_py_error)
     }
 
@@ -200,6 +201,7 @@ impl Client {
     fn call(&self, method: &str, params: &str) -> PyResult<u64> {
         let params = RawValue::from_string(params.to_owned())
             .map_err(|e| PyValueError::new_err(format!("params are not valid JSON: {e}")))?;
+        let method = MethodName::find(method).map_err(|e| PyValueError::new_err(e.message))?;
         self.inner.call(method, params).map_err(to_py_error)
     }
 

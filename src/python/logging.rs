@@ -1,5 +1,6 @@
 //! Forwards `tracing` events to Python's `logging`, under logger names that follow the
-//! Rust module path (`message_broker.server`, `message_broker.messages`, ...).
+//! Rust module path (`message_broker.server`, `message_broker.session`,
+//! `message_broker.messages`, ...), with the broker's own folder left out.
 //!
 //! Events are formatted where they happen and queued; a single thread takes the GIL
 //! and hands them to `logging`. A broker thread therefore never waits for the GIL, and
@@ -116,7 +117,7 @@ impl<S: Subscriber> Layer<S> for PythonLogging {
         event.record(&mut text);
         let entry = Entry::Record {
             level: python_level(metadata.level()),
-            logger: metadata.target().replace("::", "."),
+            logger: logger_name(metadata.target()),
             message: text.finish(),
         };
         if let Some(tx) = SENDER.lock().as_ref()
@@ -159,5 +160,17 @@ impl Visit for Message {
         } else {
             let _ = write!(self.fields, " {}={:?}", field.name(), value);
         }
+    }
+}
+
+/// The Python logger of a Rust module. The broker's modules live in `broker/`, but
+/// their loggers keep the names users configure: `message_broker.server` for the
+/// listener, `message_broker.session`, `message_broker.router`, ...
+fn logger_name(target: &str) -> String {
+    let name = target.replace("::", ".");
+    match name.strip_prefix("message_broker.broker") {
+        Some("" | ".listener") => "message_broker.server".to_owned(),
+        Some(rest) if rest.starts_with('.') => format!("message_broker{rest}"),
+        _ => name,
     }
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::RpcError;
-use crate::topic::parse_pattern;
+use crate::protocol::topic::parse_pattern;
 
 /// Default bound on the messages a queue holds (ready and in flight).
 pub const DEFAULT_MAX_LENGTH: usize = 100_000;
@@ -90,7 +90,7 @@ impl QueueSpec {
             )));
         }
         if let Some(topic) = &self.dead_letter_topic {
-            crate::topic::validate_topic(topic)?;
+            crate::protocol::topic::validate_topic(topic)?;
         }
         Ok(())
     }

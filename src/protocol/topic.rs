@@ -15,6 +15,27 @@ pub const MAX_SEGMENTS: usize = 64;
 /// First segments clients cannot publish to: broker events and reply addresses.
 pub const RESERVED_PREFIXES: [&str; 2] = ["system", "_internal"];
 
+/// Reply addresses are `_internal.reply.<n>.<token>`.
+pub const REPLY_PREFIX: &str = "_internal.reply.";
+/// The topic on which requests are answered by the broker itself with its status.
+pub const STATUS_TOPIC: &str = "status";
+/// The `sender` of messages the broker publishes itself.
+pub const BROKER_SENDER: &str = "broker";
+
+/// The topics on which the broker announces what happens to it and its clients.
+pub mod system {
+    /// The broker listens (`host`, `port`).
+    pub const BROKER_READY: &str = "system.broker.ready";
+    /// The broker is stopping (`reason`), before any connection closes.
+    pub const BROKER_SHUTDOWN: &str = "system.broker.shutdown";
+    /// A client connected (`client_id`, `client_type`).
+    pub const CLIENT_CONNECTED: &str = "system.client.connected";
+    /// A client went away (`client_id`, `reason`).
+    pub const CLIENT_DISCONNECTED: &str = "system.client.disconnected";
+    /// A client's queue filled and messages for it are dropped (`client_id`, `dropped`).
+    pub const CLIENT_SLOW: &str = "system.client.slow";
+}
+
 /// One segment of a validated pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Segment<'a> {

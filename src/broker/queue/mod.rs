@@ -28,10 +28,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::broker::outbox::Outbox;
+use crate::broker::store::{Loaded, Op, Restored, Store, StoreError};
 use crate::error::{ErrorCode, RpcError};
 use crate::index::{SessionId, SubscriptionIndex};
-use crate::outbox::Outbox;
-use crate::store::{Loaded, Op, Restored, Store, StoreError};
 use dispatch::{Consumer, Context, Memory, Queue};
 pub use message::{DeadLetter, QueueStats, Refusal, StoredMessage};
 pub use spec::*;
@@ -463,7 +463,7 @@ mod tests {
     use serde_json::value::RawValue;
 
     use super::*;
-    use crate::outbox::{self, OutboxReceiver};
+    use crate::broker::outbox::{self, OutboxReceiver};
 
     fn message(topic: &str, n: u64, ttl: Option<f64>) -> Arc<StoredMessage> {
         Arc::new(StoredMessage {
@@ -475,6 +475,7 @@ mod tests {
             reply_to: None,
             ttl,
             qos: 1,
+            headers: None,
         })
     }
 

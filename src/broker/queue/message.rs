@@ -22,6 +22,8 @@ pub struct StoredMessage {
     pub ttl: Option<f64>,
     #[serde(default)]
     pub qos: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Box<RawValue>>,
 }
 
 impl StoredMessage {
@@ -37,6 +39,7 @@ impl StoredMessage {
             + self.sender.len()
             + self.id.len()
             + self.reply_to.as_ref().map_or(0, String::len)
+            + self.headers.as_ref().map_or(0, |headers| headers.get().len())
             + OVERHEAD
     }
 
@@ -58,6 +61,7 @@ impl StoredMessage {
             id: &self.id,
             timestamp: self.timestamp,
             reply_to: self.reply_to.as_deref(),
+            headers: self.headers.as_deref(),
             ttl: self.ttl,
             qos: self.qos,
             retained,

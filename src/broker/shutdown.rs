@@ -14,10 +14,6 @@ impl Shutdown {
         Shutdown { is_shutdown: false, notify }
     }
 
-    pub fn is_shutdown(&self) -> bool {
-        self.is_shutdown
-    }
-
     /// Waits for the signal. A dropped sender counts as the signal too, so a broker
     /// whose server task is gone never leaves connections behind.
     pub async fn recv(&mut self) {

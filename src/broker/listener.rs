@@ -1,6 +1,7 @@
-//! The TCP server: binds, accepts connections within `max_connections`, and shuts
-//! down gracefully: subscribers hear `system.broker.shutdown` before their
-//! connections close, and every connection task is joined.
+//! The TCP listener: binds, accepts connections within `max_connections`, runs the
+//! broker's upkeep, and shuts down gracefully: subscribers hear
+//! `system.broker.shutdown` before their connections close, and every connection
+//! task is joined.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,20 +9,19 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, lookup_host};
-use tokio::sync::{Semaphore, broadcast, oneshot};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio::time::timeout;
 
-use crate::config::BrokerConfig;
+use super::router::Router;
+use super::session;
+use super::shutdown::Shutdown;
+use super::transport::{ByteStream, Messages, Transport};
 use crate::error::{BrokerError, ErrorCode, RpcError};
 use crate::protocol::frame::Framing;
 use crate::protocol::jsonrpc;
-use crate::router::Router;
-use crate::session;
-use crate::shutdown::Shutdown;
 
 /// How long a graceful stop waits for connections to flush and close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -36,64 +36,9 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Idle time before TCP keepalive probes start: how dead peers that never ping are found.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 
-/// A running broker. Dropping it stops the broker too (without waiting).
-pub struct BrokerHandle {
-    router: Arc<Router>,
-    local_addr: SocketAddr,
-    stop: Option<oneshot::Sender<String>>,
-    task: JoinHandle<()>,
-}
-
-impl BrokerHandle {
-    /// The address the broker listens on (with the real port when 0 was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    pub fn router(&self) -> &Arc<Router> {
-        &self.router
-    }
-
-    /// True once the server task has ended.
-    pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
-    }
-
-    /// Stops the broker: announces `system.broker.shutdown` with `reason`, closes every
-    /// connection after flushing it, and returns when all are closed.
-    pub async fn stop(mut self, reason: &str) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(reason.to_owned());
-        }
-        let _ = (&mut self.task).await;
-    }
-}
-
-/// Binds the listener and starts serving in the background on the current runtime.
-pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
-    config.validate()?;
-    // Opening the store reads it back, which blocks: keep it off the async workers.
-    let host = config.host.clone();
-    let port = config.port;
-    let router = tokio::task::spawn_blocking(move || Router::open(config))
-        .await
-        .map_err(|e| BrokerError::Io(std::io::Error::other(e.to_string())))??;
-    let listener = bind(&host, port).await?;
-    let local_addr = listener.local_addr()?;
-    router.set_local_addr(local_addr);
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(serve(listener, router.clone(), stopped));
-    tracing::info!(%local_addr, "message broker listening");
-    router.publish_system(
-        "system.broker.ready",
-        &json!({"host": local_addr.ip().to_string(), "port": local_addr.port()}),
-    );
-    Ok(BrokerHandle { router, local_addr, stop: Some(stop), task })
-}
-
 /// Binds the first address `host` resolves to that accepts, IPv4 first: `localhost`
 /// means the same loopback address to every client whatever the resolver's order.
-async fn bind(host: &str, port: u16) -> Result<TcpListener, BrokerError> {
+pub(super) async fn bind(host: &str, port: u16) -> Result<TcpListener, BrokerError> {
     let mut addrs: Vec<SocketAddr> = lookup_host((host, port))
         .await
         .map_err(|source| BrokerError::Resolve { host: host.to_owned(), source })?
@@ -121,7 +66,12 @@ impl Drop for OpenConnection {
     }
 }
 
-async fn serve(listener: TcpListener, router: Arc<Router>, mut stopped: oneshot::Receiver<String>) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    mut in_process: mpsc::Receiver<Messages>,
+    router: Arc<Router>,
+    mut stopped: oneshot::Receiver<String>,
+) {
     let (notify_shutdown, _) = broadcast::channel::<()>(1);
     let mut connections = JoinSet::new();
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_PROGRESS));
@@ -135,8 +85,11 @@ async fn serve(listener: TcpListener, router: Arc<Router>, mut stopped: oneshot:
             _ = upkeep.tick() => router.tick(),
             Some(answer) = async { loaded.as_mut()?.recv().await }, if loaded.is_some() => router.loaded(answer),
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some(channel) = in_process.recv() => {
+                admit(channel, "in-process".to_owned(), &router, &notify_shutdown, &mut connections);
+            }
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => admit(stream, peer, &router, &notify_shutdown, &mut connections, &refusals),
+                Ok((stream, peer)) => accept(stream, peer, &router, &notify_shutdown, &mut connections, &refusals),
                 Err(error) => {
                     // Out of file descriptors and the like: wait instead of spinning.
                     tracing::warn!(%error, "accepting a connection failed");
@@ -160,7 +113,7 @@ async fn serve(listener: TcpListener, router: Arc<Router>, mut stopped: oneshot:
     tracing::info!("message broker stopped");
 }
 
-fn admit(
+fn accept(
     stream: TcpStream,
     peer: SocketAddr,
     router: &Arc<Router>,
@@ -181,17 +134,36 @@ fn admit(
         }
         return;
     }
-    router.counters.connections_open.fetch_add(1, Ordering::Relaxed);
-    router.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
-    let open = OpenConnection(router.clone());
     if let Err(error) = configure(&stream) {
         tracing::debug!(%peer, %error, "could not set socket options");
     }
+    admit(ByteStream(stream), peer.to_string(), router, notify_shutdown, connections);
+}
+
+/// Starts a session over `transport`, counted as an open connection while it runs.
+/// An in-process connection over the limit is simply closed: its opener sees the
+/// channel end.
+fn admit<T: Transport>(
+    transport: T,
+    peer: String,
+    router: &Arc<Router>,
+    notify_shutdown: &broadcast::Sender<()>,
+    connections: &mut JoinSet<()>,
+) {
+    let max = router.config().max_connections;
+    if router.counters.connections_open.load(Ordering::Relaxed) >= max {
+        router.counters.connections_rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(peer, max_connections = max, "connection refused: too many connections");
+        return;
+    }
+    router.counters.connections_open.fetch_add(1, Ordering::Relaxed);
+    router.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
+    let open = OpenConnection(router.clone());
     let shutdown = Shutdown::new(notify_shutdown.subscribe());
     let router = router.clone();
     connections.spawn(async move {
         let _open = open;
-        session::run(stream, peer, router, shutdown).await;
+        session::run(transport, &peer, router, shutdown).await;
     });
 }
 

@@ -9,10 +9,10 @@ use serde_json::{Value, json};
 
 use super::message::{DeadLetter, DeadLetterBody, QueueStats, Refusal, StoredMessage};
 use super::spec::{MAX_UNACKED_BYTES, QueueSpec, WINDOW_BYTES, WINDOW_COUNT};
+use crate::broker::outbox::Outbox;
+use crate::broker::store::{LoadRequest, Op, Store, StoredRow as Row};
 use crate::index::SessionId;
-use crate::outbox::Outbox;
 use crate::protocol::message::FromQueue;
-use crate::store::{LoadRequest, Op, Store, StoredRow as Row};
 
 #[derive(Debug, Clone)]
 pub(super) struct Item {

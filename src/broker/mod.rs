@@ -1,0 +1,121 @@
+//! The broker: a listener accepting connections, one session per connection over
+//! its transport, and the router they share, with its queues and store.
+//!
+//! - [`listener`]: the accept loop, connection limits, upkeep and graceful shutdown.
+//! - [`transport`]: the seam between a session and what carries its messages.
+//! - [`connection`]: the coalescing writer of byte-stream transports.
+//! - [`session`]: what one connected client may do, one file per method or group.
+//! - [`router`]: registry, fan-out, retained messages, requests, counters.
+//! - [`outbox`]: the bounded per-client queue of frames to write.
+//! - [`queue`]: queue groups and durable queues.
+//! - [`store`]: the SQLite store behind durable queues and retained messages.
+//! - [`shutdown`]: the broadcast signal every connection listens to.
+
+mod connection;
+mod listener;
+pub mod outbox;
+pub(crate) mod queue;
+pub mod router;
+mod session;
+mod shutdown;
+pub(crate) mod store;
+mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use self::router::Router;
+use self::transport::Messages;
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use crate::protocol::topic::system;
+
+pub use self::queue::QueueSpec;
+pub use self::session::MAX_REQUESTS_IN_FLIGHT;
+
+/// Messages an in-process connection may have in flight towards the broker before
+/// its sender waits.
+const IN_PROCESS_BACKLOG: usize = 64;
+
+/// A running broker. Dropping it stops the broker too (without waiting).
+pub struct BrokerHandle {
+    router: Arc<Router>,
+    local_addr: SocketAddr,
+    in_process: mpsc::Sender<Messages>,
+    stop: Option<oneshot::Sender<String>>,
+    task: JoinHandle<()>,
+}
+
+/// A connection to the broker within the same process: whole JSON-RPC messages in,
+/// whole messages out, with the session, limits and ordering of a TCP connection.
+pub struct InProcessConnection {
+    /// Calls to the broker, one JSON text each.
+    pub to_broker: mpsc::Sender<Bytes>,
+    /// Responses and notifications, one JSON text each; ends when the session ends.
+    pub from_broker: mpsc::Receiver<Bytes>,
+}
+
+impl BrokerHandle {
+    /// The address the broker listens on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// True once the server task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Opens a connection within this process, without a socket. It counts against
+    /// `max_connections` like any other.
+    pub async fn connect_in_process(&self) -> Result<InProcessConnection, BrokerError> {
+        let (to_broker, incoming) = mpsc::channel(IN_PROCESS_BACKLOG);
+        let (outgoing, from_broker) = mpsc::channel(self.router.config().max_queue_size.max(1));
+        self.in_process
+            .send(Messages { incoming, outgoing })
+            .await
+            .map_err(|_| BrokerError::Io(std::io::Error::other("the broker has stopped")))?;
+        Ok(InProcessConnection { to_broker, from_broker })
+    }
+
+    /// Stops the broker: announces `system.broker.shutdown` with `reason`, closes every
+    /// connection after flushing it, and returns when all are closed.
+    pub async fn stop(mut self, reason: &str) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(reason.to_owned());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Binds the listener and starts serving in the background on the current runtime.
+pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
+    config.validate()?;
+    // Opening the store reads it back, which blocks: keep it off the async workers.
+    let host = config.host.clone();
+    let port = config.port;
+    let router = tokio::task::spawn_blocking(move || Router::open(config))
+        .await
+        .map_err(|e| BrokerError::Io(std::io::Error::other(e.to_string())))??;
+    let listener = listener::bind(&host, port).await?;
+    let local_addr = listener.local_addr()?;
+    router.set_local_addr(local_addr);
+    let (stop, stopped) = oneshot::channel();
+    let (in_process, admitted) = mpsc::channel(IN_PROCESS_BACKLOG);
+    let task = tokio::spawn(listener::serve(listener, admitted, router.clone(), stopped));
+    tracing::info!(%local_addr, "message broker listening");
+    router.publish_system(
+        system::BROKER_READY,
+        &json!({"host": local_addr.ip().to_string(), "port": local_addr.port()}),
+    );
+    Ok(BrokerHandle { router, local_addr, in_process, stop: Some(stop), task })
+}

@@ -1,0 +1,281 @@
+//! From frames to method calls: a single call or a batch, answered in order, with
+//! calls that answer later (requests, `qos=1` publishes) awaited without holding up
+//! the connection.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::{RawValue, to_raw_value};
+
+use super::{End, Session};
+use crate::error::{ErrorCode, RpcError};
+use crate::protocol::jsonrpc::{self, Call, Incoming};
+use crate::protocol::message::notification;
+use crate::protocol::method::{Method, MethodName};
+
+pub(super) type RpcResult = Result<Box<RawValue>, RpcError>;
+pub(super) type PendingResult = Pin<Box<dyn Future<Output = RpcResult> + Send>>;
+
+/// What a method call produced.
+pub(super) enum Outcome {
+    Done(RpcResult),
+    /// Answered later (a request waiting for its reply, a publish waiting for the store).
+    Pending(PendingResult),
+    /// Answered, then the connection closes (`disconnect`).
+    Close(RpcResult),
+}
+
+impl Outcome {
+    pub(super) fn from_result(result: Result<Outcome, RpcError>) -> Outcome {
+        result.unwrap_or_else(|error| Outcome::Done(Err(error)))
+    }
+}
+
+impl Session {
+    /// Handles one frame: a single call or a batch. Returns `Some` when the
+    /// connection must close afterwards.
+    pub(super) async fn handle_frame(&mut self, body: &[u8]) -> Option<End> {
+        let incoming = match jsonrpc::parse(body) {
+            Ok(incoming) => incoming,
+            Err(error) => {
+                self.protocol_error();
+                self.respond(jsonrpc::failure(None, &error)).await;
+                return None;
+            }
+        };
+        let call = match incoming {
+            Incoming::Batch(calls) => return self.handle_batch(calls).await,
+            Incoming::Single(Err(rejected)) => {
+                self.protocol_error();
+                self.respond(jsonrpc::failure(rejected.id, &rejected.error)).await;
+                return None;
+            }
+            Incoming::Single(Ok(call)) => call,
+        };
+        let outcome = self.dispatch(&call);
+        let closes = matches!(outcome, Outcome::Close(_));
+        match outcome {
+            Outcome::Done(result) | Outcome::Close(result) => {
+                if let Some(response) = self.encode(&call, result) {
+                    self.respond(response).await;
+                }
+            }
+            // A notification gets no answer, so nothing waits for its reply.
+            Outcome::Pending(pending) => {
+                if let Some(id) = call.id.map(RawValue::to_owned) {
+                    let outbox = self.outbox.clone();
+                    self.spawn(async move {
+                        let result = pending.await;
+                        outbox.send(Bytes::from(encode_result(&id, result))).await;
+                    });
+                }
+            }
+        }
+        closes.then_some(End::Disconnected)
+    }
+
+    async fn handle_batch(&mut self, calls: Vec<jsonrpc::Parsed<'_>>) -> Option<End> {
+        let mut slots = Vec::with_capacity(calls.len());
+        let mut close = false;
+        for call in calls {
+            let call = match call {
+                Ok(call) => call,
+                Err(rejected) => {
+                    self.protocol_error();
+                    slots.push(Slot::Ready(jsonrpc::failure(rejected.id, &rejected.error)));
+                    continue;
+                }
+            };
+            if let Some(slot) = self.batch_slot(&call, &mut close) {
+                slots.push(slot);
+            }
+        }
+        if close {
+            // The connection closes after this batch: requests in it cannot wait.
+            for slot in &mut slots {
+                if let Slot::Waiting(id, _) = slot {
+                    let error =
+                        RpcError::new(ErrorCode::NotConnected, "disconnected before the reply arrived");
+                    *slot = Slot::Ready(jsonrpc::failure(Some(id), &error));
+                }
+            }
+        }
+        if slots.iter().all(|slot| matches!(slot, Slot::Ready(_))) {
+            let responses: Vec<Vec<u8>> = slots.into_iter().filter_map(Slot::ready).collect();
+            if !responses.is_empty() {
+                self.respond(jsonrpc::batch(&responses)).await;
+            }
+        } else {
+            let outbox = self.outbox.clone();
+            self.spawn(async move {
+                let responses = answer_all(slots).await;
+                outbox.send(Bytes::from(jsonrpc::batch(&responses))).await;
+            });
+        }
+        close.then_some(End::Disconnected)
+    }
+
+    /// One call of a batch. Calls after a `disconnect` in the same batch are not
+    /// carried out; requests among them are told so.
+    fn batch_slot(&mut self, call: &Call<'_>, close: &mut bool) -> Option<Slot> {
+        if *close {
+            let error = RpcError::new(
+                ErrorCode::NotConnected,
+                "not carried out: \"disconnect\" came earlier in this batch",
+            );
+            return call.id.map(|id| Slot::Ready(jsonrpc::failure(Some(id), &error)));
+        }
+        match self.dispatch(call) {
+            Outcome::Pending(pending) => call.id.map(|id| Slot::Waiting(id.to_owned(), pending)),
+            Outcome::Close(result) => {
+                *close = true;
+                self.encode(call, result).map(Slot::Ready)
+            }
+            Outcome::Done(result) => self.encode(call, result).map(Slot::Ready),
+        }
+    }
+
+    /// Runs work that answers later (requests waiting for replies). It belongs to the
+    /// session: when the connection ends, whatever still waits is dropped with it.
+    pub(super) fn spawn(&mut self, work: impl Future<Output = ()> + Send + 'static) {
+        while self.waiting.try_join_next().is_some() {}
+        self.waiting.spawn(work);
+    }
+
+    /// The response to a call, or `None` for a notification (whose errors are logged).
+    fn encode(&self, call: &Call<'_>, result: RpcResult) -> Option<Vec<u8>> {
+        if result.is_err() {
+            self.protocol_error();
+        }
+        match call.id {
+            Some(id) => Some(encode_result(id, result)),
+            None => {
+                if let Err(error) = result {
+                    self.notification_failed(call, &error);
+                }
+                None
+            }
+        }
+    }
+
+    /// A notification gets no response, errors included. A publish sent as a
+    /// notification with a `message_id` is still never refused in silence: the
+    /// publisher gets a `publish_failed` notification naming the message.
+    fn notification_failed(&self, call: &Call<'_>, error: &RpcError) {
+        #[derive(Deserialize)]
+        struct Named<'a> {
+            #[serde(borrow, default)]
+            message_id: Option<Cow<'a, str>>,
+        }
+        let named = (call.method == MethodName::Publish.as_str())
+            .then(|| call.params.and_then(|p| serde_json::from_str::<Named<'_>>(p.get()).ok()))
+            .flatten()
+            .and_then(|named| named.message_id);
+        match named {
+            Some(message_id) => {
+                let failed = json!({
+                    "message_id": message_id,
+                    "code": error.code.code(),
+                    "message": error.message,
+                });
+                self.outbox.try_send(notification("publish_failed", &failed));
+            }
+            None => tracing::debug!(
+                client_id = self.client_id.as_deref(),
+                method = %call.method,
+                code = error.code.code(),
+                "notification failed: {}",
+                error.message
+            ),
+        }
+    }
+
+    /// Carries out one call.
+    fn dispatch(&mut self, call: &Call<'_>) -> Outcome {
+        let name = match MethodName::find(&call.method) {
+            Ok(name) => name,
+            Err(error) => return Outcome::Done(Err(error)),
+        };
+        if self.client_id.is_none() && name.needs_connect() {
+            return Outcome::Done(Err(RpcError::new(
+                ErrorCode::NotConnected,
+                format!("call \"connect\" before \"{}\"", name.as_str()),
+            )));
+        }
+        let method = match Method::parse(name, call.params) {
+            Ok(method) => method,
+            Err(error) => return Outcome::Done(Err(error)),
+        };
+        match method {
+            Method::Connect(params) => Outcome::Done(self.connect(params)),
+            Method::Disconnect => Outcome::Close(to_raw(&json!({"disconnected": true}))),
+            Method::Subscribe(params) => Outcome::Done(self.subscribe(params)),
+            Method::Unsubscribe(params) => Outcome::Done(self.unsubscribe(params)),
+            Method::Publish(params) => Outcome::from_result(self.publish(params)),
+            Method::Request(params) => Outcome::from_result(self.request(params).map(Outcome::Pending)),
+            Method::Settle(params) => Outcome::Done(self.settle(params)),
+            Method::DeleteQueue(params) => Outcome::Done(self.delete_queue(params)),
+            Method::Ping => {
+                self.pinged = true;
+                Outcome::Done(to_raw(&json!({"pong": true, "time": unix_now()})))
+            }
+            Method::Status => Outcome::Done(to_raw(&self.router.status())),
+        }
+    }
+}
+
+/// A batch's answer to one of its calls: ready, or waiting for a reply.
+enum Slot {
+    Ready(Vec<u8>),
+    Waiting(Box<RawValue>, PendingResult),
+}
+
+impl Slot {
+    fn ready(self) -> Option<Vec<u8>> {
+        match self {
+            Slot::Ready(response) => Some(response),
+            Slot::Waiting(..) => None,
+        }
+    }
+}
+
+/// Waits for every request of a batch at once; the responses keep the batch's order.
+async fn answer_all(slots: Vec<Slot>) -> Vec<Vec<u8>> {
+    let mut waiting = tokio::task::JoinSet::new();
+    let mut responses: Vec<Option<Vec<u8>>> = Vec::with_capacity(slots.len());
+    for (at, slot) in slots.into_iter().enumerate() {
+        match slot {
+            Slot::Ready(response) => responses.push(Some(response)),
+            Slot::Waiting(id, pending) => {
+                responses.push(None);
+                waiting.spawn(async move { (at, encode_result(&id, pending.await)) });
+            }
+        }
+    }
+    while let Some(done) = waiting.join_next().await {
+        if let Ok((at, response)) = done {
+            responses[at] = Some(response);
+        }
+    }
+    responses.into_iter().flatten().collect()
+}
+
+pub(super) fn to_raw<T: serde::Serialize>(value: &T) -> RpcResult {
+    to_raw_value(value).map_err(|e| RpcError::new(ErrorCode::InternalError, e.to_string()))
+}
+
+fn encode_result(id: &RawValue, result: RpcResult) -> Vec<u8> {
+    match result {
+        Ok(result) => jsonrpc::success(id, &result),
+        Err(error) => jsonrpc::failure(Some(id), &error),
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}

@@ -1,0 +1,258 @@
+//! One client connection: reads messages from its transport, answers the methods of
+//! the protocol, and closes with a reason.
+//!
+//! A request (a call with an `id`) gets exactly one response; a notification gets
+//! none, errors included. The run loop is here; [`dispatch`] turns frames and batches
+//! into method calls, and each method or group of methods has a file of its own.
+
+mod connect;
+mod dispatch;
+mod publish;
+mod queues;
+mod request;
+mod subscribe;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use self::connect::Will;
+use super::connection::AbortOnDrop;
+use super::outbox::{self, Outbox};
+use super::router::Router;
+use super::shutdown::Shutdown;
+use super::transport::{Inbound, Limits, Transport};
+use crate::error::{ErrorCode, RpcError};
+use crate::index::SessionId;
+use crate::protocol::frame::{Decoded, FrameError};
+use crate::protocol::jsonrpc;
+use crate::protocol::reader::ReadError;
+
+pub use self::request::MAX_REQUESTS_IN_FLIGHT;
+
+/// How long a closing connection may take to flush what is queued for it.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    Disconnected,
+    Closed,
+    Lost(String),
+    TakenOver,
+    Shutdown,
+    HeartbeatTimeout(Duration),
+    HandshakeTimeout(Duration),
+    FrameTimeout(Duration),
+    FarTooLarge(FrameError),
+}
+
+impl End {
+    fn reason(&self) -> Cow<'static, str> {
+        match self {
+            End::Disconnected => "client disconnect".into(),
+            End::Closed => "connection closed".into(),
+            End::Lost(why) => format!("connection lost: {why}").into(),
+            End::TakenOver => "taken over".into(),
+            End::Shutdown => "broker shutdown".into(),
+            End::HeartbeatTimeout(_) => "heartbeat timeout".into(),
+            End::HandshakeTimeout(_) => "no connect in time".into(),
+            End::FrameTimeout(_) => "frame timeout".into(),
+            End::FarTooLarge(_) => "frame too large".into(),
+        }
+    }
+
+    /// The error sent to the client just before its connection closes.
+    fn notice(&self) -> Option<RpcError> {
+        let (code, message) = match self {
+            End::Disconnected | End::Closed | End::Lost(_) => return None,
+            End::TakenOver => (
+                ErrorCode::SessionTakenOver,
+                "another connection connected with this client_id; closing this one".into(),
+            ),
+            End::Shutdown => (ErrorCode::ShuttingDown, "the broker is shutting down".into()),
+            End::HeartbeatTimeout(after) => {
+                (ErrorCode::HeartbeatTimeout, format!("no heartbeat for {after:?}; closing the connection"))
+            }
+            End::HandshakeTimeout(after) => {
+                (ErrorCode::ReadTimeout, format!("no connect within {after:?}; closing the connection"))
+            }
+            End::FrameTimeout(after) => (
+                ErrorCode::ReadTimeout,
+                format!("a frame took longer than {after:?} to arrive; closing the connection"),
+            ),
+            End::FarTooLarge(err) => (ErrorCode::MessageTooLarge, err.to_string()),
+        };
+        Some(RpcError::new(code, message))
+    }
+
+    /// A client that went away without saying goodbye leaves its last will. Not
+    /// after a take-over (the client is back) nor at shutdown (the broker is leaving).
+    fn leaves_will(&self) -> bool {
+        matches!(
+            self,
+            End::Closed
+                | End::Lost(_)
+                | End::HeartbeatTimeout(_)
+                | End::FrameTimeout(_)
+                | End::FarTooLarge(_)
+        )
+    }
+}
+
+/// Serves one connection until it ends, then flushes what is queued for it (briefly)
+/// and closes it. `peer` names the connection in logs.
+pub(crate) async fn run<T: Transport>(transport: T, peer: &str, router: Arc<Router>, mut shutdown: Shutdown) {
+    let config = router.config();
+    let (outbox, queue) = outbox::channel(config.max_queue_size, config.max_queue_bytes);
+    let limits = Limits { max_message_size: config.max_message_size, frame_timeout: config.frame_timeout };
+    let (mut inbound, writing) = transport.open(queue, limits);
+    let write_failed = Arc::new(Notify::new());
+    let mut writer = AbortOnDrop(tokio::spawn({
+        let write_failed = write_failed.clone();
+        async move {
+            let written = writing.await;
+            if written.is_err() {
+                write_failed.notify_one();
+            }
+            written
+        }
+    }));
+
+    let mut session = Session {
+        id: router.new_session_id(),
+        router: router.clone(),
+        outbox,
+        client_id: None,
+        evicted: Arc::new(Notify::new()),
+        pinged: false,
+        last_seen: Instant::now(),
+        waiting: JoinSet::new(),
+        in_flight: Arc::default(),
+        will: None,
+    };
+    let end = session.serve(&mut inbound, &mut shutdown, &write_failed).await;
+    let client_id = session.client_id.as_deref();
+    match &end {
+        End::Closed | End::Disconnected | End::Shutdown => {
+            tracing::debug!(peer, client_id, reason = %end.reason(), "connection ended")
+        }
+        _ => tracing::info!(peer, client_id, reason = %end.reason(), "connection ended"),
+    }
+    if let Some(notice) = end.notice() {
+        session.outbox.try_send(Bytes::from(jsonrpc::failure(None, &notice)));
+    }
+    router.unregister(session.id, &end.reason());
+    if end.leaves_will()
+        && let Some(will) = &session.will
+    {
+        session.publish_will(will);
+    }
+    // Dropping the last sender lets the writer flush the queue and close the transport.
+    drop(session);
+    // Bounded: the guard aborts the writer if it has not finished flushing by then.
+    let _ = timeout(FLUSH_ON_CLOSE, &mut writer.0).await;
+}
+
+struct Session {
+    id: SessionId,
+    router: Arc<Router>,
+    outbox: Outbox,
+    client_id: Option<Arc<str>>,
+    evicted: Arc<Notify>,
+    /// Clients that ping are held to `heartbeat_timeout`; others are never dropped
+    /// for being idle (TCP keepalive finds dead peers).
+    pinged: bool,
+    last_seen: Instant,
+    /// Answers still to come; dropping the set (with the session) cancels them.
+    waiting: JoinSet<()>,
+    /// Requests waiting for a reply on this connection.
+    in_flight: Arc<AtomicUsize>,
+    /// Published by the broker if the connection ends without `disconnect`.
+    will: Option<Will>,
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        inbound: &mut impl Inbound,
+        shutdown: &mut Shutdown,
+        write_failed: &Notify,
+    ) -> End {
+        let router = self.router.clone();
+        let config = router.config();
+        let handshake_deadline = Instant::now() + config.handshake_timeout;
+        loop {
+            let deadline = match (&self.client_id, self.pinged) {
+                (None, _) => Some(handshake_deadline),
+                (Some(_), true) => Some(self.last_seen + config.heartbeat_timeout),
+                (Some(_), false) => None,
+            };
+            let read = async {
+                match deadline {
+                    Some(deadline) => timeout_at(deadline, inbound.next()).await.ok(),
+                    None => Some(inbound.next().await),
+                }
+            };
+            let read = tokio::select! {
+                biased;
+                _ = shutdown.recv() => return End::Shutdown,
+                _ = self.evicted.notified() => return End::TakenOver,
+                _ = write_failed.notified() => return End::Lost("writing to the client failed or stalled".into()),
+                read = read => read,
+            };
+            let decoded = match read {
+                None if self.client_id.is_none() => {
+                    return End::HandshakeTimeout(config.handshake_timeout);
+                }
+                None => return End::HeartbeatTimeout(config.heartbeat_timeout),
+                Some(Ok(Some(decoded))) => decoded,
+                Some(Ok(None)) => return End::Closed,
+                Some(Err(ReadError::FrameTimeout(after))) => return End::FrameTimeout(after),
+                Some(Err(ReadError::Framing(err))) => return End::FarTooLarge(err),
+                Some(Err(err)) => return End::Lost(err.to_string()),
+            };
+            self.last_seen = Instant::now();
+            match decoded {
+                Decoded::TooLarge { len } => {
+                    let error = RpcError::new(
+                        ErrorCode::MessageTooLarge,
+                        format!(
+                            "message of {len} bytes exceeds max_message_size ({} bytes); it was discarded",
+                            config.max_message_size
+                        ),
+                    );
+                    self.protocol_error();
+                    self.respond(jsonrpc::failure(None, &error)).await;
+                }
+                Decoded::Frame(body) => {
+                    if let Some(end) = self.handle_frame(&body).await {
+                        return end;
+                    }
+                    // A publisher faster than the disk waits here, before its next frame.
+                    if let Some(store) = router.store() {
+                        store.room().await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn protocol_error(&self) {
+        self.router.counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn respond(&self, body: Vec<u8>) {
+        self.outbox.send(Bytes::from(body)).await;
+    }
+
+    fn sender(&self) -> &str {
+        self.client_id.as_deref().unwrap_or_default()
+    }
+}
