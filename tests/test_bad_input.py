@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from wire import Closed, RawClient, error_code
+from support.wire import Closed, RawClient, error_code
 
 
 def assert_healthy(port: int, name: str = "health") -> None:

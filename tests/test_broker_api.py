@@ -14,7 +14,7 @@ import pytest
 
 from message_broker import BrokerConfig, MessageBroker
 
-from wire import RawClient
+from support.wire import RawClient
 
 
 async def test_async_start_stop_with_ephemeral_port():

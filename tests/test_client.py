@@ -10,7 +10,6 @@ import textwrap
 import threading
 
 import pytest
-from waiting import eventually
 
 from message_broker import (
     BrokerClient,
@@ -22,6 +21,8 @@ from message_broker import (
     NotConnectedError,
     RequestTimeoutError,
 )
+
+from support.waiting import eventually
 
 
 @pytest.fixture

@@ -9,10 +9,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from waiting import eventually
 
 from message_broker import (
     BrokerClient,
@@ -22,7 +20,11 @@ from message_broker import (
     QueueFullError,
 )
 
-CHILD = str(Path(__file__).with_name("delivery_child.py"))
+from support import SUPPORT
+from support.readme import readme_blocks
+from support.waiting import eventually
+
+CHILD = str(SUPPORT / "delivery_child.py")
 
 
 @pytest.fixture
@@ -66,7 +68,7 @@ async def settled_queue(client: BrokerClient, name: str, timeout: float = 10.0) 
 
 
 class Child:
-    """A client process (tests/delivery_child.py) whose output lines are read here."""
+    """A client process (tests/support/delivery_child.py) whose output lines are read here."""
 
     def __init__(self, *args: object) -> None:
         self.process = subprocess.Popen(
@@ -531,8 +533,6 @@ def test_the_command_reports_a_damaged_store_and_exits_1(tmp_path):
 
 async def test_the_readme_example_runs_as_written():
     """The "Delivery guarantees" example, on the default host and port."""
-    from autohotkey import readme_blocks
-
     (example,) = readme_blocks("## Delivery guarantees", "python")
     broker = MessageBroker()
     await broker.start()

@@ -10,7 +10,7 @@ import pytest
 
 from message_broker import ERROR_CODES
 
-from wire import RawClient, error_code
+from support.wire import RawClient, error_code
 
 
 def test_connect_returns_session_details(raw):

@@ -9,7 +9,7 @@ import time
 
 from message_broker import BrokerConfig, MessageBroker
 
-from wire import RawClient, error_code
+from support.wire import RawClient, error_code
 
 
 def test_reading_broker_state_while_it_starts_never_deadlocks():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
-from wire import RawClient, error_code
+from support.wire import RawClient, error_code
 
 
 def connected(raw, name: str, *patterns: str) -> RawClient:
