@@ -106,6 +106,32 @@ def test_stop_when_not_running_is_harmless():
     broker.stop_sync()
 
 
+def test_reading_broker_state_while_it_starts_never_deadlocks():
+    broker = MessageBroker(BrokerConfig(host="127.0.0.1", port=0))
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            _ = broker.is_running, broker.port, repr(broker)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    done = threading.Event()
+
+    def cycle() -> None:
+        for _ in range(30):
+            broker.start_sync()
+            broker.stop_sync()
+        done.set()
+
+    worker = threading.Thread(target=cycle, daemon=True)
+    worker.start()
+    finished = done.wait(60)
+    stop.set()
+    poller.join(10)
+    assert finished, "start/stop deadlocked against a thread reading the broker's state"
+
+
 @pytest.mark.parametrize(
     "changes,error,needle",
     [
