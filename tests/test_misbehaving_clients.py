@@ -313,6 +313,8 @@ def test_heartbeat_timeout_drops_silent_pingers_only(start_broker, lines):
     quiet.connect("quiet")  # never pings, like a simple AutoHotkey script
     frames = pinger.expect_closed()
     assert [error_code(f) for f in frames] == [-32008]
+    # Longer than heartbeat_timeout since quiet connected: a timer, not a message, would
+    # drop it.
     time.sleep(0.5)
     assert quiet.result("status")["client_count"] == 1
     pinger.close()
