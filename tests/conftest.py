@@ -1,19 +1,17 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
 # Qt must know it has no display before any QApplication exists.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from message_broker import BrokerConfig, MessageBroker
 
-from wire import RawClient
+from support.wire import RawClient
 
 
 @pytest.fixture
@@ -59,7 +57,7 @@ def raw(broker: MessageBroker) -> Iterator[Callable[..., RawClient]]:
 def ahk() -> Iterator[Any]:
     """Real AutoHotkey v2 (under Wine where it must be); skipped, saying why, when this
     machine cannot run it, except in CI."""
-    import autohotkey
+    from support import autohotkey
 
     reason = autohotkey.missing()
     if reason is not None:

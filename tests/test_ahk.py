@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autohotkey import LIBRARY, readme_blocks
 
 from message_broker import BrokerClient, BrokerConfig, Message, MessageBroker
+
+from support.autohotkey import LIBRARY
+from support.readme import readme_blocks
 
 SCRIPTS = Path(__file__).parent / "ahk"
 TEXT = 'Grüße "quoted" back\\slash 日本語 🎉\nnew line\ttab'
@@ -239,7 +241,7 @@ async def test_the_readme_example_works_as_written(run_script: Any, tmp_path: Pa
 async def test_a_script_survives_payloads_that_are_odd_in_autohotkey(run_script: Any) -> None:
     """Numbers beyond a float's range, lone surrogates and a 5,000-digit integer, as a
     raw publisher sends them: each arrives, and the script goes on."""
-    from wire import RawClient
+    from support.wire import RawClient
 
     odd = ["1e999", "-1e400", '"\\ud800"', '"x\\udc00y"', '"\\udbff\\u0041"', "9" * 5000]
     async with (

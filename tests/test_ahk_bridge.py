@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autohotkey import LIBRARY, readme_blocks
 
 from message_broker import BrokerClient, BrokerConfig, Message, MessageBroker
 from message_broker.ahk_bridge import AHKBridge
 
-CHILD = Path(__file__).parent / "bridge_child.py"
+from support import SUPPORT
+from support.autohotkey import LIBRARY
+from support.readme import readme_blocks
+
+CHILD = SUPPORT / "bridge_child.py"
 SCRIPTS = Path(__file__).parent / "ahk"
 TEXT = 'Grüße "quoted" back\\slash 日本語 🎉\nnew line'
 

@@ -14,7 +14,7 @@ import pytest
 
 from message_broker import BrokerConfig, MessageBroker
 
-from wire import RawClient
+from support.wire import RawClient
 
 
 async def test_async_start_stop_with_ephemeral_port():
@@ -104,6 +104,32 @@ def test_port_in_use_raises_oserror(broker):
 def test_stop_when_not_running_is_harmless():
     broker = MessageBroker(BrokerConfig(host="127.0.0.1", port=0))
     broker.stop_sync()
+
+
+def test_reading_broker_state_while_it_starts_never_deadlocks():
+    broker = MessageBroker(BrokerConfig(host="127.0.0.1", port=0))
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            _ = broker.is_running, broker.port, repr(broker)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    done = threading.Event()
+
+    def cycle() -> None:
+        for _ in range(30):
+            broker.start_sync()
+            broker.stop_sync()
+        done.set()
+
+    worker = threading.Thread(target=cycle, daemon=True)
+    worker.start()
+    finished = done.wait(60)
+    stop.set()
+    poller.join(10)
+    assert finished, "start/stop deadlocked against a thread reading the broker's state"
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from wire import RawClient
+from support.wire import RawClient
 
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 

@@ -10,7 +10,6 @@ import textwrap
 import threading
 
 import pytest
-from waiting import eventually
 
 from message_broker import (
     BrokerClient,
@@ -22,6 +21,8 @@ from message_broker import (
     NotConnectedError,
     RequestTimeoutError,
 )
+
+from support.waiting import eventually
 
 
 @pytest.fixture
@@ -90,11 +91,19 @@ async def test_exception_in_callback_is_logged_and_delivery_goes_on(make_client,
     await client.subscribe("t", bad)
     await client.subscribe("t", bad_async)
     await client.subscribe("t", good.append)
+    marks: list[Message] = []
+
+    async def mark(msg):
+        marks.append(msg)
+
+    await client.subscribe("t.done", mark)
     with caplog.at_level(logging.ERROR, logger="message_broker.client"):
         for n in range(3):
             await client.publish("t", n)
         await eventually(lambda: len(good) == 3)
-        await asyncio.sleep(0.05)
+        # Delivered after the three, so its coroutine runs after theirs have failed.
+        await client.publish("t.done", "marker")
+        await eventually(lambda: marks)
     assert [m.payload for m in good] == [0, 1, 2]
     errors = [r for r in caplog.records if r.name == "message_broker.client"]
     assert sum("boom 1" in str(r.exc_info[1]) for r in errors) == 1
@@ -120,8 +129,8 @@ async def test_unsubscribe(make_client):
     assert await client.unsubscribe(["a.*", "never.*"]) == ["a.*"]
     await client.publish("a.x", 1)
     await client.publish("b.x", 2)
+    # b.x, published after a.x, is the marker: a.x would have arrived first.
     await eventually(lambda: got)
-    await asyncio.sleep(0.05)
     assert [m.payload for m in got] == [2]
     status = await client.request("status", {})
     assert status["clients"][0]["subscriptions"] == ["b.*"]
@@ -357,6 +366,7 @@ async def test_take_over_does_not_ping_pong(make_client):
     first = await make_client("same-id")
     second = await make_client("same-id")
     await eventually(lambda: not first.is_connected)
+    # A comeback would follow a reconnect timer (reconnect_delay 0.1 s), not a message.
     await asyncio.sleep(0.3)
     assert second.is_connected and not first.is_connected
     status = await second.request("status", {})
@@ -384,9 +394,10 @@ async def test_async_context_manager(broker):
 async def test_pending_request_fails_when_disconnecting(make_client):
     silent = await make_client("silent")
     client = await make_client("client")
-    await silent.subscribe("slow", lambda m: None)
+    arrived: list[Message] = []
+    await silent.subscribe("slow", arrived.append)  # never answers
     pending = asyncio.ensure_future(client.request("slow", {}, timeout=30))
-    await asyncio.sleep(0.05)
+    await eventually(lambda: arrived)
     await client.disconnect()
     with pytest.raises(NotConnectedError):
         await pending

@@ -9,10 +9,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from waiting import eventually
 
 from message_broker import (
     BrokerClient,
@@ -22,7 +20,11 @@ from message_broker import (
     QueueFullError,
 )
 
-CHILD = str(Path(__file__).with_name("delivery_child.py"))
+from support import SUPPORT
+from support.readme import readme_blocks
+from support.waiting import eventually
+
+CHILD = str(SUPPORT / "delivery_child.py")
 
 
 @pytest.fixture
@@ -66,7 +68,7 @@ async def settled_queue(client: BrokerClient, name: str, timeout: float = 10.0) 
 
 
 class Child:
-    """A client process (tests/delivery_child.py) whose output lines are read here."""
+    """A client process (tests/support/delivery_child.py) whose output lines are read here."""
 
     def __init__(self, *args: object) -> None:
         self.process = subprocess.Popen(
@@ -323,11 +325,18 @@ async def test_expired_messages_are_never_delivered_and_are_counted(connect):
     await consumer.unsubscribe(queue="q")
     await pub.publish("t", "short", qos=1, ttl=0.2)
     await pub.publish("t", "long", qos=1, ttl=60)
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(0.4)  # "short" expires
     got: list[Message] = []
-    await consumer.subscribe("t", got.append, queue="q", durable=True)
+    markers: list[Message] = []
+
+    def consume(message: Message) -> None:
+        (markers if message.payload == "marker" else got).append(message)
+
+    await consumer.subscribe("t", consume, queue="q", durable=True)
     await eventually(lambda: got and letters)
-    await asyncio.sleep(0.1)
+    # The queue delivers in order: "short" would come before a message published now.
+    await pub.publish("t", "marker", qos=1)
+    await eventually(lambda: markers)
     assert [m.payload for m in got] == ["long"]
     assert (letters[0].payload["reason"], letters[0].payload["payload"]) == ("expired", "short")
     s = await status(pub)
@@ -372,11 +381,19 @@ async def test_last_will_on_abrupt_close_but_not_on_disconnect(connect, child):
     watcher = await connect("watcher")
     heard: list[Message] = []
     await watcher.subscribe("clients.willy.status", heard.append)
+    gone: list[Message] = []
+    await watcher.subscribe("system.client.disconnected", gone.append)
+    markers: list[Message] = []
+    await watcher.subscribe("test.marker", markers.append)
 
     clean = child("will", watcher.port, "clean")
     assert [await clean.line(), await clean.line()] == ["ready", "done"]
     await eventually(lambda: heard)
-    await asyncio.sleep(0.3)
+    # The broker publishes a will as the connection ends, right after announcing the
+    # disconnection: a marker published once the announcement is here comes after it.
+    await eventually(lambda: any(m.payload["client_id"] == "willy" for m in gone))
+    await watcher.publish("test.marker", None)
+    await eventually(lambda: markers)
     assert [m.payload for m in heard] == [{"online": True}], "no will after disconnect()"
 
     crash = child("will", watcher.port, "crash")
@@ -531,8 +548,6 @@ def test_the_command_reports_a_damaged_store_and_exits_1(tmp_path):
 
 async def test_the_readme_example_runs_as_written():
     """The "Delivery guarantees" example, on the default host and port."""
-    from autohotkey import readme_blocks
-
     (example,) = readme_blocks("## Delivery guarantees", "python")
     broker = MessageBroker()
     await broker.start()

@@ -11,7 +11,7 @@ import pytest
 
 from message_broker import Message
 
-from broker_process import BrokerProcess, free_port, reconnecting_client
+from support.broker_process import BrokerProcess, free_port, reconnecting_client
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads the broker's memory from /proc"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from wire import RawClient
+from support.wire import RawClient
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SEED_PORT = 15234

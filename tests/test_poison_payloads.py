@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from waiting import eventually
 
 from message_broker import BrokerClient, Message, MessageBroker
 
-from wire import RawClient
+from support.waiting import eventually
+from support.wire import RawClient
 
 # JSON texts as a raw client (an `nc` or AutoHotkey publisher) can send them.
 DECODABLE = ["1e999", "-1e400", '"\\ud800"', '{"k": "x\\udc00y"}', '["\\udbff\\u0041"]']

@@ -10,7 +10,7 @@ import pytest
 
 from message_broker import ERROR_CODES
 
-from wire import RawClient, error_code
+from support.wire import RawClient, error_code
 
 
 def test_connect_returns_session_details(raw):
@@ -33,6 +33,16 @@ def test_connect_without_client_id_gets_one(raw):
     assert client_id.startswith("anonymous-")
     status = client.result("status")
     assert client_id in [c["client_id"] for c in status["clients"]]
+
+
+def test_anonymous_ids_never_take_over_a_named_client(raw):
+    named = raw()
+    named.connect("client-2")
+    anonymous = raw()
+    anonymous_id = anonymous.result("connect", {})["client_id"]
+    assert anonymous_id != "client-2"
+    assert named.result("ping")["pong"] is True
+    assert named.result("status")["client_count"] == 2
 
 
 @pytest.mark.parametrize(
@@ -360,6 +370,39 @@ def test_batch_with_request_waits_for_the_reply(raw):
     responses = {r["id"]: r for r in client.recv()}
     assert responses["p"]["result"]["pong"] is True
     assert responses["r"]["result"] == {"echo": 7}
+
+
+def test_batch_with_disconnect_answers_everything_and_closes(raw):
+    silent, client = raw(), raw()
+    silent.connect("silent")
+    silent.subscribe("svc.slow")
+    client.connect("batcher")
+    client.send(
+        [
+            {
+                "jsonrpc": "2.0",
+                "method": "request",
+                "params": {"topic": "svc.slow", "timeout": 30},
+                "id": 10,
+            },
+            {"jsonrpc": "2.0", "method": "disconnect", "id": 11},
+            {"jsonrpc": "2.0", "method": "publish", "params": {"topic": "svc.slow"}, "id": 12},
+        ]
+    )
+    started = time.monotonic()
+    frames = client.expect_closed()
+    assert time.monotonic() - started < 1.5
+    responses = {r["id"]: r for r in frames[0]}
+    assert error_code(responses[10]) == -32001
+    assert responses[11]["result"] == {"disconnected": True}
+    assert error_code(responses[12]) == -32001
+    # The publish after disconnect was not carried out: after the request, the next
+    # message the subscriber sees is a marker published later by someone else.
+    assert silent.next_message()["reply_to"]
+    with RawClient(silent.sock.getpeername()[1]) as marker:
+        marker.connect("marker")
+        marker.publish("svc.slow", "marker")
+    assert silent.next_message()["payload"] == "marker"
 
 
 # -- newline-delimited JSON -------------------------------------------------------------------

@@ -17,7 +17,8 @@ from PySide6.QtCore import QCoreApplication, QThread, QTimer
 from message_broker import BrokerConfig, Message, MessageBroker
 from message_broker.qt_client import QtBrokerClient, QtBrokerHost
 
-from wire import RawClient
+from support import TESTS
+from support.wire import RawClient
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WAIT_MS = 10_000
@@ -129,13 +130,8 @@ def test_10000_messages_in_order_while_the_gui_keeps_ticking(qtbot, qt_client, b
     # The publisher runs in its own process: in this one it would hold the GIL while
     # encoding its batches and stall the GUI thread itself.
     publisher = subprocess.Popen(
-        [
-            sys.executable,
-            str(Path(__file__).parent / "burst_publisher.py"),
-            str(broker.port),
-            "burst",
-            str(count),
-        ],
+        [sys.executable, "-m", "support.burst_publisher", str(broker.port), "burst", str(count)],
+        cwd=TESTS,
     )
     try:
         qtbot.waitUntil(lambda: len(got) >= count, timeout=60_000)

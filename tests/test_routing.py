@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
-from wire import RawClient, error_code
+from support.wire import RawClient, error_code
 
 
 def connected(raw, name: str, *patterns: str) -> RawClient:
@@ -177,6 +177,20 @@ def test_request_reply(raw):
     late = service.result("publish", {"topic": request["reply_to"], "payload": 2})
     assert late["recipients"] == 0
     assert client.result("status")["messages"]["late_replies"] == 1
+
+
+def test_a_guessed_reply_address_cannot_answer_a_request(raw):
+    service, intruder, client = raw(), raw(), raw()
+    service.connect("svc")
+    service.subscribe("svc.q")
+    intruder.connect("intruder")
+    client.connect("client")
+    client.send(client.request_obj("request", {"topic": "svc.q", "payload": 1}, 1))
+    reply_to = service.next_message()["reply_to"]
+    guessed = reply_to.rsplit(".", 1)[0]  # the sequence number without the token
+    assert intruder.result("publish", {"topic": guessed, "payload": "forged"})["recipients"] == 0
+    assert service.result("publish", {"topic": reply_to, "payload": "real"})["recipients"] == 1
+    assert client.wait_response(1)["result"] == "real"
 
 
 def test_request_with_no_responders_fails_at_once(raw):

@@ -1,12 +1,12 @@
 """Publishes N numbered messages as fast as it can, from its own process (so that its
 work never competes with the process under test for the GIL).
 
-    python tests/burst_publisher.py PORT TOPIC COUNT
+    python -m support.burst_publisher PORT TOPIC COUNT    (from tests/)
 """
 
 import sys
 
-from wire import RawClient
+from support.wire import RawClient
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """A client in its own process, for tests that kill it.
 
-python delivery_child.py hold PORT QUEUE   consume QUEUE and never acknowledge
-python delivery_child.py will PORT clean|crash
+python tests/support/delivery_child.py hold PORT QUEUE   consume QUEUE and never acknowledge
+python tests/support/delivery_child.py will PORT clean|crash
 """
 
 from __future__ import annotations

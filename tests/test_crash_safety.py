@@ -13,7 +13,7 @@ import pytest
 
 from message_broker import BrokerError, Message
 
-from broker_process import BrokerProcess, free_port, reconnecting_client
+from support.broker_process import BrokerProcess, free_port, reconnecting_client
 
 MESSAGES = 10_000
 # Publishes waiting for their confirmation at once.

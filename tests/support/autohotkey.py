@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,15 +19,9 @@ from pathlib import Path
 
 from message_broker.ahk_bridge import AHK_ENV, _script_path, find_autohotkey
 
-ROOT = Path(__file__).resolve().parent.parent
-LIBRARY = ROOT / "clients" / "ahk" / "MessageBroker.ahk"
+from support import REPOSITORY
 
-
-def readme_blocks(heading: str, language: str = "autohotkey") -> list[str]:
-    """The code blocks in ``language`` of the README section under ``heading``."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+LIBRARY = REPOSITORY / "clients" / "ahk" / "MessageBroker.ahk"
 
 
 def missing() -> str | None:

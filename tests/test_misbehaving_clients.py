@@ -1,6 +1,6 @@
-"""Bad input and limits. Each case gets a clear error or a closed connection for that
-client only, and is followed by a check that a well-behaved client still publishes and
-receives."""
+"""Clients that misbehave: bad input, limits passed, answers never read, silence. Each
+case gets a clear error or a closed connection for that client only, and is followed by
+a check that a well-behaved client still publishes and receives."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from wire import Closed, RawClient, error_code
+from support.wire import Closed, RawClient, error_code
 
 
 def assert_healthy(port: int, name: str = "health") -> None:
@@ -158,6 +158,17 @@ def test_connection_that_never_connects_is_closed(start_broker):
     assert_healthy(broker.port)
 
 
+def test_line_client_cut_off_in_its_first_line_gets_a_line(start_broker):
+    broker = start_broker(handshake_timeout=0.3)
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=5) as sock:
+        sock.sendall(b'{"jsonrpc":"2.0","method":"connect"')
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    assert data.startswith(b"{") and data.endswith(b"\n"), data
+    assert b"-32009" in data
+
+
 def test_connection_flood_past_max_connections(start_broker):
     broker = start_broker(max_connections=5)
     held = [RawClient(broker.port) for _ in range(5)]
@@ -245,6 +256,53 @@ def test_subscriber_that_never_reads(start_broker):
     stuck.close()
 
 
+def test_large_messages_are_bounded_by_bytes_per_client(start_broker):
+    broker = start_broker(max_message_size=1024 * 1024, max_queue_bytes=4 * 1024 * 1024)
+    stuck = RawClient(broker.port)
+    stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect("stuck")
+    stuck.subscribe("big")
+    pub = RawClient(broker.port)
+    pub.connect("pub")
+    blob = "x" * 900_000
+    for _ in range(40):
+        pub.notify("publish", {"topic": "big", "payload": blob})
+    status = pub.result("status", timeout=30)
+    entry = next(c for c in status["clients"] if c["client_id"] == "stuck")
+    assert entry["queued_bytes"] <= 4 * 1024 * 1024
+    assert entry["dropped"] > 0
+    assert entry["delivered"] + entry["dropped"] == 40
+    stuck.close()
+    pub.close()
+
+
+def test_a_client_that_never_reads_is_cut_off_and_its_id_freed(start_broker):
+    """A client that sends requests but never reads its answers: the broker's writer
+    stalls, and after frame_timeout the connection is closed and its slot freed."""
+    broker = start_broker(frame_timeout=0.5, max_queue_size=100)
+    hog = RawClient(broker.port)
+    hog.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.connect("hog")
+    ping = b'{"jsonrpc":"2.0","method":"ping","id":1}'
+    burst = (struct.pack(">I", len(ping)) + ping) * 1000
+    hog.sock.settimeout(0.2)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            hog.sock.sendall(burst)
+        except TimeoutError:
+            continue  # the broker stopped reading: its answers are not being read
+        except OSError:
+            break  # reset by the broker
+    with RawClient(broker.port) as other:
+        other.connect("observer")
+        while other.result("status")["connections"]["open"] > 1:
+            assert time.monotonic() < deadline, "the stalled connection was never closed"
+            time.sleep(0.05)
+        assert [c["client_id"] for c in other.result("status")["clients"]] == ["observer"]
+    hog.close()
+
+
 @pytest.mark.parametrize("lines", [False, True])
 def test_heartbeat_timeout_drops_silent_pingers_only(start_broker, lines):
     broker = start_broker(heartbeat_interval=0.1, heartbeat_timeout=0.4)
@@ -255,6 +313,8 @@ def test_heartbeat_timeout_drops_silent_pingers_only(start_broker, lines):
     quiet.connect("quiet")  # never pings, like a simple AutoHotkey script
     frames = pinger.expect_closed()
     assert [error_code(f) for f in frames] == [-32008]
+    # Longer than heartbeat_timeout since quiet connected: a timer, not a message, would
+    # drop it.
     time.sleep(0.5)
     assert quiet.result("status")["client_count"] == 1
     pinger.close()
