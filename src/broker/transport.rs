@@ -49,6 +49,9 @@ pub(crate) trait Transport: Send + 'static {
 pub(crate) trait Inbound: Send {
     /// The next message; `None` when the peer closed between messages. Cancel-safe.
     fn next(&mut self) -> impl Future<Output = Result<Option<Decoded>, ReadError>> + Send;
+
+    /// Called once the session has ended, before its closing notice is queued.
+    fn ended(&mut self) {}
 }
 
 /// A byte stream framed as the client's first byte chooses.
@@ -72,17 +75,28 @@ pub(crate) struct StreamInbound<R> {
     framing: Arc<OnceLock<Framing>>,
 }
 
-impl<R: AsyncRead + Unpin + Send> Inbound for StreamInbound<R> {
-    async fn next(&mut self) -> Result<Option<Decoded>, ReadError> {
-        let read = self.reader.next().await;
-        // Known from the first byte on, so even a client cut off inside its first
-        // frame gets its notice in its own framing.
+impl<R: AsyncRead + Unpin + Send> StreamInbound<R> {
+    /// Tells the writer the framing once the client's first byte has shown it.
+    fn share_framing(&self) {
         if self.framing.get().is_none()
             && let Some(detected) = self.reader.framing()
         {
             let _ = self.framing.set(detected);
         }
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send> Inbound for StreamInbound<R> {
+    async fn next(&mut self) -> Result<Option<Decoded>, ReadError> {
+        let read = self.reader.next().await;
+        self.share_framing();
         read
+    }
+
+    /// A client cut off inside its first frame (a read that never returned) still
+    /// gets its notice in its own framing.
+    fn ended(&mut self) {
+        self.share_framing();
     }
 }
 

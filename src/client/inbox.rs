@@ -39,6 +39,8 @@ pub struct Delivered {
     pub reply_to: Option<String>,
     pub ttl: Option<f64>,
     pub qos: u8,
+    /// The publisher's headers, a JSON object of strings, as text.
+    pub headers: Option<String>,
     /// From the retained store: the topic's last known state, not a fresh message.
     pub retained: bool,
     /// For a delivery from a queue: how to acknowledge it.

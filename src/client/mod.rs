@@ -11,6 +11,7 @@
 //! [`Event::PublishFailed`]).
 
 mod inbox;
+mod incoming;
 mod subscriptions;
 mod task;
 

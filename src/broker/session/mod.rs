@@ -138,6 +138,7 @@ pub(crate) async fn run<T: Transport>(transport: T, peer: &str, router: Arc<Rout
         will: None,
     };
     let end = session.serve(&mut inbound, &mut shutdown, &write_failed).await;
+    inbound.ended();
     let client_id = session.client_id.as_deref();
     match &end {
         End::Closed | End::Disconnected | End::Shutdown => {

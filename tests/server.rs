@@ -1,0 +1,258 @@
+//! The broker's methods driven over a real socket with raw frames, and over an
+//! in-process connection, as a client in any language would see them.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use message_broker::{BrokerConfig, BrokerHandle, ErrorCode, InProcessConnection};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// Every wait in these tests is bounded by this.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+async fn broker() -> BrokerHandle {
+    let config = BrokerConfig { host: "127.0.0.1".into(), port: 0, ..Default::default() };
+    message_broker::start(config).await.expect("the broker starts")
+}
+
+/// A client speaking length-prefixed frames.
+struct Framed(TcpStream);
+
+impl Framed {
+    async fn open(broker: &BrokerHandle) -> Framed {
+        Framed(TcpStream::connect(broker.local_addr()).await.unwrap())
+    }
+
+    async fn send(&mut self, message: Value) {
+        let body = message.to_string();
+        self.0.write_all(&(body.len() as u32).to_be_bytes()).await.unwrap();
+        self.0.write_all(body.as_bytes()).await.unwrap();
+    }
+
+    /// The next frame's text, exactly as the broker wrote it.
+    async fn next_text(&mut self) -> String {
+        timeout(PATIENCE, async {
+            let mut len = [0u8; 4];
+            self.0.read_exact(&mut len).await.unwrap();
+            let mut body = vec![0; u32::from_be_bytes(len) as usize];
+            self.0.read_exact(&mut body).await.unwrap();
+            String::from_utf8(body).unwrap()
+        })
+        .await
+        .expect("a frame in time")
+    }
+
+    async fn next(&mut self) -> Value {
+        serde_json::from_str(&self.next_text().await).unwrap()
+    }
+
+    /// Sends a call and returns its response.
+    async fn call(&mut self, id: u64, method: &str, params: Value) -> Value {
+        self.send(json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id})).await;
+        let response = self.next().await;
+        assert_eq!(response["id"], id, "{response}");
+        response
+    }
+
+    async fn connect(broker: &BrokerHandle, client_id: &str) -> Framed {
+        let mut client = Framed::open(broker).await;
+        let response = client.call(0, "connect", json!({"client_id": client_id})).await;
+        assert_eq!(response["result"]["client_id"], client_id, "{response}");
+        client
+    }
+}
+
+fn error_code(response: &Value) -> i64 {
+    response["error"]["code"].as_i64().unwrap_or_else(|| panic!("not an error: {response}"))
+}
+
+#[tokio::test]
+async fn publish_reaches_a_subscriber_with_everything_it_was_sent_with() {
+    let broker = broker().await;
+    let mut subscriber = Framed::connect(&broker, "sub").await;
+    let mut publisher = Framed::connect(&broker, "pub").await;
+    subscriber.call(1, "subscribe", json!({"patterns": ["jobs.*"]})).await;
+    let response = publisher
+        .call(
+            2,
+            "publish",
+            json!({"topic": "jobs.run", "payload": {"n": [1, 2.5, "é"]}, "headers": {"trace": "t-1"}}),
+        )
+        .await;
+    assert_eq!(response["result"]["recipients"], 1, "{response}");
+    let text = subscriber.next_text().await;
+    assert!(text.contains(r#""headers":{"trace":"t-1"}"#), "headers as sent: {text}");
+    let message: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(message["method"], "message");
+    assert_eq!(message["params"]["topic"], "jobs.run");
+    assert_eq!(message["params"]["payload"], json!({"n": [1, 2.5, "é"]}));
+    assert_eq!(message["params"]["sender"], "pub");
+    broker.stop("test over").await;
+}
+
+#[tokio::test]
+async fn calls_before_connect_and_unknown_methods_get_their_errors() {
+    let broker = broker().await;
+    let mut client = Framed::open(&broker).await;
+    let early = client.call(1, "subscribe", json!({"patterns": ["a"]})).await;
+    assert_eq!(error_code(&early), i64::from(ErrorCode::NotConnected.code()));
+    let unknown = client.call(2, "publsh", json!({})).await;
+    assert_eq!(error_code(&unknown), i64::from(ErrorCode::MethodNotFound.code()));
+    assert!(unknown["error"]["message"].as_str().unwrap().contains("delete_queue"));
+    client.call(3, "connect", json!({"client_id": "late"})).await;
+    let bad = client.call(4, "publish", json!({"topic": "a", "headers": {"n": 1}})).await;
+    assert_eq!(error_code(&bad), i64::from(ErrorCode::InvalidParams.code()));
+    broker.stop("test over").await;
+}
+
+#[tokio::test]
+async fn a_request_only_passive_subscribers_hear_has_no_responders() {
+    let broker = broker().await;
+    let mut watcher = Framed::connect(&broker, "watcher").await;
+    let mut asker = Framed::connect(&broker, "asker").await;
+    watcher.call(1, "subscribe", json!({"patterns": ["svc.#"], "passive": true})).await;
+    let response = asker.call(2, "request", json!({"topic": "svc.add", "payload": [1, 2]})).await;
+    assert_eq!(error_code(&response), i64::from(ErrorCode::NoResponders.code()), "{response}");
+    // The passive subscriber saw the request all the same.
+    let seen = watcher.next().await;
+    assert_eq!(seen["params"]["topic"], "svc.add", "{seen}");
+    broker.stop("test over").await;
+}
+
+#[tokio::test]
+async fn no_local_subscriptions_never_hear_their_own_connection() {
+    let broker = broker().await;
+    let mut me = Framed::connect(&broker, "me").await;
+    let mut other = Framed::connect(&broker, "other").await;
+    me.call(1, "subscribe", json!({"patterns": ["chat.*"], "no_local": true})).await;
+    me.call(2, "publish", json!({"topic": "chat.room", "payload": "mine"})).await;
+    // A marker from another connection, after: the first thing heard must be it.
+    other.call(3, "publish", json!({"topic": "chat.room", "payload": "marker"})).await;
+    let heard = me.next().await;
+    assert_eq!(heard["params"]["payload"], "marker", "{heard}");
+    broker.stop("test over").await;
+}
+
+#[tokio::test]
+async fn queue_deliveries_are_acknowledged_or_redelivered() {
+    let broker = broker().await;
+    let mut worker = Framed::connect(&broker, "worker").await;
+    let mut producer = Framed::connect(&broker, "producer").await;
+    worker.call(1, "subscribe", json!({"patterns": ["work"], "queue": "jobs", "prefetch": 1})).await;
+    producer.call(2, "publish", json!({"topic": "work", "payload": 1, "qos": 1})).await;
+    let first = worker.next().await;
+    let tag = first["params"]["delivery"].as_u64().expect("a delivery tag");
+    // The redelivery may come before the answer to the nack: it is queued while the
+    // nack is carried out.
+    worker.send(json!({"jsonrpc": "2.0", "method": "nack", "params": {"deliveries": [tag]}, "id": 3})).await;
+    let (one, two) = (worker.next().await, worker.next().await);
+    let (nacked, again) = if one.get("id").is_some() { (one, two) } else { (two, one) };
+    assert_eq!(nacked["result"]["nacked"], 1, "{nacked}");
+    assert_eq!(
+        (again["params"]["payload"].as_i64(), again["params"]["delivery_count"].as_i64()),
+        (Some(1), Some(2))
+    );
+    let tag = again["params"]["delivery"].as_u64().unwrap();
+    let acked = worker.call(4, "ack", json!({"deliveries": [tag]})).await;
+    assert_eq!(acked["result"]["acked"], 1, "{acked}");
+    let refused = worker.call(5, "ack", json!({"deliveries": [tag], "requeue": true})).await;
+    assert_eq!(error_code(&refused), i64::from(ErrorCode::InvalidParams.code()));
+    broker.stop("test over").await;
+}
+
+#[tokio::test]
+async fn newline_delimited_clients_get_lines_with_headers_kept_on_one_line() {
+    let broker = broker().await;
+    let stream = TcpStream::connect(broker.local_addr()).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let mut next = async || -> Value {
+        let line = timeout(PATIENCE, lines.next_line()).await.expect("a line in time").unwrap().unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    write
+        .write_all(
+            b"{\"jsonrpc\":\"2.0\",\"method\":\"connect\",\"params\":{\"client_id\":\"line\"},\"id\":1}\n",
+        )
+        .await
+        .unwrap();
+    assert_eq!(next().await["result"]["client_id"], "line");
+    write
+        .write_all(
+            b"{\"jsonrpc\":\"2.0\",\"method\":\"subscribe\",\"params\":{\"patterns\":[\"t\"]},\"id\":2}\n",
+        )
+        .await
+        .unwrap();
+    next().await;
+    let mut publisher = Framed::connect(&broker, "framed").await;
+    // Headers written over several lines by a length-prefixed client.
+    let body = "{\"jsonrpc\":\"2.0\",\"method\":\"publish\",\"params\":{\"topic\":\"t\",\"payload\":1,\n\"headers\":{\n\"k\":\"v\"}},\"id\":3}";
+    publisher.0.write_all(&(body.len() as u32).to_be_bytes()).await.unwrap();
+    publisher.0.write_all(body.as_bytes()).await.unwrap();
+    publisher.next().await;
+    let message = next().await;
+    assert_eq!(message["params"]["headers"], json!({"k": "v"}), "{message}");
+    broker.stop("test over").await;
+}
+
+/// An in-process connection runs the same session over a message channel.
+struct InProcess(InProcessConnection);
+
+impl InProcess {
+    async fn call(&mut self, id: u64, method: &str, params: Value) -> Value {
+        let call = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
+        self.0.to_broker.send(Bytes::from(call.to_string())).await.unwrap();
+        let response = self.next().await;
+        assert_eq!(response["id"], id, "{response}");
+        response
+    }
+
+    async fn next(&mut self) -> Value {
+        let message = timeout(PATIENCE, self.0.from_broker.recv()).await.expect("a message in time");
+        serde_json::from_slice(&message.expect("the session is open")).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_session_runs_over_an_in_process_message_channel() {
+    let broker = broker().await;
+    let mut inside = InProcess(broker.connect_in_process().await.unwrap());
+    let accepted = inside.call(1, "connect", json!({"client_id": "inside"})).await;
+    assert_eq!(accepted["result"]["client_id"], "inside");
+    inside.call(2, "subscribe", json!({"patterns": ["news.#"]})).await;
+    let mut outside = Framed::connect(&broker, "outside").await;
+    outside
+        .call(1, "publish", json!({"topic": "news.today", "payload": "hello", "headers": {"lang": "en"}}))
+        .await;
+    let message = inside.next().await;
+    assert_eq!(
+        (message["params"]["payload"].as_str(), message["params"]["headers"]["lang"].as_str()),
+        (Some("hello"), Some("en"))
+    );
+    // Batches, errors and status behave as on a socket.
+    let status = inside.call(3, "status", json!({})).await;
+    assert_eq!(status["result"]["client_count"], 2, "{status}");
+    inside.0.to_broker.send(Bytes::from_static(b"not json")).await.unwrap();
+    assert_eq!(error_code(&inside.next().await), i64::from(ErrorCode::ParseError.code()));
+    let bye = inside.call(4, "disconnect", json!({})).await;
+    assert_eq!(bye["result"]["disconnected"], true);
+    assert!(timeout(PATIENCE, inside.0.from_broker.recv()).await.unwrap().is_none(), "the session ended");
+    broker.stop("test over").await;
+}
+
+#[tokio::test]
+async fn in_process_connections_hear_the_shutdown_like_any_other() {
+    let broker = broker().await;
+    let mut inside = InProcess(broker.connect_in_process().await.unwrap());
+    inside.call(1, "connect", json!({"client_id": "inside"})).await;
+    inside.call(2, "subscribe", json!({"patterns": ["system.broker.*"]})).await;
+    let stopping = tokio::spawn(broker.stop("maintenance"));
+    let announced = inside.next().await;
+    assert_eq!(announced["params"]["topic"], "system.broker.shutdown", "{announced}");
+    let notice = inside.next().await;
+    assert_eq!(error_code(&notice), i64::from(ErrorCode::ShuttingDown.code()));
+    timeout(PATIENCE, stopping).await.expect("the broker stops in time").unwrap();
+}
