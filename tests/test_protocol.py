@@ -502,3 +502,74 @@ def test_a_refused_publish_notification_is_reported(raw):
     assert "reserved" in notice["params"]["message"]
     client.send(client.request_obj("ping", None, "after"))
     assert client.recv()["id"] == "after", "nothing else was sent"
+
+
+def test_headers_are_delivered_as_sent_through_fan_out_queues_and_retained(raw):
+    sub = raw()
+    sub.connect("sub")
+    sub.subscribe("doc.*")
+    worker = raw()
+    worker.connect("worker")
+    worker.result("subscribe", {"patterns": ["doc.#"], "queue": "docs"})
+    pub = raw()
+    pub.connect("pub")
+    headers = {"trace-id": "4bf92f35", "content-type": "text/markdown", "empty": ""}
+    pub.result("publish", {"topic": "doc.new", "payload": "# hi", "headers": headers, "retain": True})
+    assert sub.next_message(topic="doc.new")["headers"] == headers
+    assert worker.next_message(topic="doc.new")["headers"] == headers
+    late = raw()
+    late.connect("late")
+    late.subscribe("doc.#")
+    retained = late.next_message(topic="doc.new")
+    assert (retained["retained"], retained["headers"]) == (True, headers)
+    # No headers, or empty ones, and the delivery carries none.
+    pub.result("publish", {"topic": "doc.plain", "payload": 1, "headers": {}})
+    assert "headers" not in sub.next_message(topic="doc.plain")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"n": 1}, ["a"], "text", {"": "x"}, {"k": "x" * 4097}, {f"h{n}": "v" for n in range(65)}],
+)
+def test_bad_headers_are_refused(raw, headers):
+    pub = raw()
+    pub.connect("pub")
+    response = pub.call("publish", {"topic": "t", "payload": 1, "headers": headers})
+    assert error_code(response) == -32602, response
+
+
+def test_passive_subscribers_never_count_as_responders(raw):
+    logger = raw()
+    logger.connect("logger")
+    logger.result("subscribe", {"patterns": ["svc.#"], "passive": True})
+    asker = raw()
+    asker.connect("asker")
+    assert error_code(asker.call("request", {"topic": "svc.add", "payload": [1, 2]})) == -32003
+    assert logger.next_message(topic="svc.add")["payload"] == [1, 2]
+    # A responder makes the same request answerable; the passive one still sees it.
+    service = raw()
+    service.connect("service")
+    service.subscribe("svc.add")
+    asker.send(asker.request_obj("request", {"topic": "svc.add", "payload": [3, 4]}, id=7))
+    question = service.next_message(topic="svc.add")
+    service.publish(question["reply_to"], 7)
+    assert asker.wait_response(7)["result"] == 7
+    assert logger.next_message(topic="svc.add")["payload"] == [3, 4]
+
+
+def test_no_local_subscriptions_skip_their_own_publishes(raw):
+    me = raw()
+    me.connect("me")
+    me.result("subscribe", {"patterns": ["chat.*"], "no_local": True})
+    other = raw()
+    other.connect("other")
+    assert me.result("publish", {"topic": "chat.room", "payload": "mine"})["recipients"] == 0
+    other.publish("chat.room", "marker")
+    assert me.next_message(topic="chat.room")["payload"] == "marker"
+
+
+def test_flags_belong_to_plain_subscriptions(raw):
+    client = raw()
+    client.connect("c")
+    response = client.call("subscribe", {"patterns": ["a"], "queue": "q", "no_local": True})
+    assert error_code(response) == -32602
