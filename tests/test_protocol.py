@@ -514,7 +514,8 @@ def test_headers_are_delivered_as_sent_through_fan_out_queues_and_retained(raw):
     pub = raw()
     pub.connect("pub")
     headers = {"trace-id": "4bf92f35", "content-type": "text/markdown", "empty": ""}
-    pub.result("publish", {"topic": "doc.new", "payload": "# hi", "headers": headers, "retain": True})
+    params = {"topic": "doc.new", "payload": "# hi", "headers": headers, "retain": True}
+    pub.result("publish", params)
     assert sub.next_message(topic="doc.new")["headers"] == headers
     assert worker.next_message(topic="doc.new")["headers"] == headers
     late = raw()
