@@ -17,7 +17,7 @@ import pytest
 from message_broker import BrokerClient, BrokerConfig, Message, MessageBroker
 from message_broker.ahk_bridge import AHKBridge
 
-from support import SUPPORT
+from support import SUPPORT, TESTS
 from support.autohotkey import LIBRARY
 from support.readme import readme_blocks
 
@@ -61,7 +61,8 @@ async def setup() -> AsyncIterator[Setup]:
         try:
             yield setup
         finally:
-            await bridge.stop()
+            # The bridge of the test: ahk_bridge replaces the first one.
+            await setup.bridge.stop()
 
 
 async def test_a_script_lives_talks_and_ends(setup: Setup) -> None:
@@ -155,6 +156,60 @@ async def test_stop_ends_every_script(setup: Setup) -> None:
     assert all(not s.running and s.exit_code == 0 for s in scripts)
 
 
+async def test_a_script_that_stops_reading_is_a_slow_client_of_the_broker(
+    tmp_path: Path,
+) -> None:
+    """The relay reads a script's connection only as fast as the script reads: the
+    broker's bound for a slow client applies, and nothing is dropped in between."""
+    config = BrokerConfig(host="127.0.0.1", port=0, max_queue_size=50)
+    go = tmp_path / "go"
+    async with (
+        MessageBroker(config) as broker,
+        BrokerClient("ahk_bridge", host="127.0.0.1", port=broker.port or 0) as client,
+        AHKBridge(broker_client=client, executable=[sys.executable], options=[]) as bridge,
+    ):
+        setup = Setup(client, bridge)
+        patterns = ["child.ready", "child.counted", "system.client.slow"]
+        await client.subscribe(patterns, setup.seen.put_nowait)
+        script = await bridge.run_script(CHILD, "stall", str(go), script_id="stall")
+        await setup.next_on("child.ready")
+        # 64 MiB, far more than the pipes and socket buffers between the broker and
+        # the script hold, from another process: this one stays free to read.
+        flood = 4000
+        publisher = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "support.burst_publisher", str(broker.port)],
+            *["child.flood", str(flood), "16384"],
+            cwd=TESTS,
+        )
+        try:
+            assert await asyncio.wait_for(publisher.wait(), 60) == 0
+        finally:
+            if publisher.returncode is None:
+                publisher.kill()
+                await publisher.wait()
+        slow = (await setup.next_on("system.client.slow")).payload
+        assert slow["client_id"] == "ahk_bridge/stall", slow
+        status = await client.request("status", {})
+        (stalled,) = [c for c in status["clients"] if c["client_id"] == "ahk_bridge/stall"]
+        dropped = stalled["dropped"]
+        assert 0 < dropped < flood
+        go.touch()
+        # child.end is itself dropped while the script's queue is full: sent until
+        # the script has caught up and answers.
+        for _ in range(60):
+            await client.publish("child.end", None)
+            try:
+                counted = (await setup.next_on("child.counted", timeout=0.5)).payload
+                break
+            except asyncio.TimeoutError:
+                continue
+        else:
+            raise AssertionError(f"no child.counted; stderr: {list(script.stderr)}")
+        # Whatever the broker did not drop reached the script, in order.
+        assert counted == {"count": flood - dropped, "in_order": True}, (counted, dropped)
+        assert await script.wait(10) == 0
+
+
 # -- real AutoHotkey ---------------------------------------------------------------------
 
 
@@ -196,6 +251,64 @@ async def test_real_autohotkey_under_the_bridge(ahk_bridge: Setup) -> None:
     assert "Missing" in stopped["stderr"], stopped
 
 
+async def queue_status(client: BrokerClient, name: str) -> dict[str, Any]:
+    queues = (await client.request("status", {}))["queues"]
+    return next(queue for queue in queues if queue["name"] == name)
+
+
+async def test_a_bridged_script_confirms_publishes_and_settles_deliveries(
+    ahk_bridge: Setup,
+) -> None:
+    setup, client = ahk_bridge, ahk_bridge.client
+    # A durable queue that stores the script's qos=1 message, and a full one that
+    # refuses it.
+    stored: asyncio.Queue[Message] = asyncio.Queue()
+    await client.subscribe(
+        "bridged.stored", stored.put_nowait, queue="bridged_stored", durable=True
+    )
+    await client.subscribe(
+        "bridged.full", lambda msg: None, queue="bridged_full", durable=True, max_length=1
+    )
+    await client.unsubscribe(queue="bridged_full")
+    await client.publish("bridged.full", "filler", qos=1)
+
+    script = await setup.bridge.run_script(SCRIPTS / "bridged_queue.ahk")
+    ready = (await setup.next_on("bridged.ready")).payload
+    assert ready["refused"] == -32011, ready
+    assert ready["huge"] == -32004, "passed on to the broker, which refuses it"
+    kept = await asyncio.wait_for(stored.get(), 30)
+    assert kept.id == ready["stored"] and kept.payload == {"n": 1}
+
+    # Given back once (nack), then acknowledged: settled on the broker.
+    await client.publish("bridged.work", {"item": 1}, qos=1)
+    acked = (await setup.next_on("bridged.acked")).payload
+    assert acked == {
+        "payload": {"item": 1},
+        "queue": "bridged_work",
+        "counts": [1, 2],
+        "redelivered": 1,
+        "settled": [1, 1],
+    }
+    work = await queue_status(client, "bridged_work")
+    assert (work["acked"], work["redelivered"], work["in_flight"], work["depth"]) == (1, 1, 0, 0)
+
+    # Never settled: in flight while the script runs, back in the queue once it ends.
+    await client.publish("bridged.work", {"item": 2}, qos=1)
+    assert (await setup.next_on("bridged.holding")).payload == {"payload": {"item": 2}}
+    assert (await queue_status(client, "bridged_work"))["in_flight"] == 1
+    await client.publish("bridged.quit", {})
+    stopped = (await setup.next_on("scripts.bridged_queue.stopped")).payload
+    assert stopped["exit_code"] == 0, stopped
+    assert not script.running
+    redelivered: asyncio.Queue[Message] = asyncio.Queue()
+    async with BrokerClient("worker", host=client.host, port=client.port) as worker:
+        await worker.subscribe(
+            "bridged.work", redelivered.put_nowait, queue="bridged_work", durable=True
+        )
+        again = await asyncio.wait_for(redelivered.get(), 10)
+    assert again.payload == {"item": 2} and again.delivery_count == 2
+
+
 async def test_the_readme_bridged_example_works_as_written(
     ahk_bridge: Setup, tmp_path: Path
 ) -> None:
@@ -223,3 +336,32 @@ async def test_the_readme_bridged_example_works_as_written(
     assert not script.running
     stopped = await setup.next_on("scripts.watcher.stopped")
     assert stopped.payload["exit_code"] == script.exit_code
+
+
+async def test_the_readme_queue_example_works_as_written(ahk_bridge: Setup, tmp_path: Path) -> None:
+    setup = ahk_bridge
+    snippet = readme_blocks("### AHKBridge: scripts run by a Python program")[1]
+    shutil.copy(LIBRARY, tmp_path)
+    (tmp_path / "orders.ahk").write_text(textwrap.dedent(snippet), encoding="utf-8")
+    await setup.client.subscribe("shipping.requested", setup.seen.put_nowait)
+    script = await setup.bridge.run_script(tmp_path / "orders.ahk")
+    # The queue exists once the script has subscribed: published until it answers.
+    for n in range(60):
+        await setup.client.publish("orders.new", {"id": n}, qos=1)
+        try:
+            shipping = await setup.next_on("shipping.requested", timeout=0.5)
+            break
+        except asyncio.TimeoutError:
+            continue
+    else:
+        raise AssertionError(f"no shipping.requested; stderr: {list(script.stderr)}")
+    assert shipping.sender == "ahk_bridge/orders" and shipping.payload == {"order": n}
+    # The script handles one order at a time: once the next one is through, the
+    # first one's acknowledgement has reached the broker.
+    await setup.client.publish("orders.new", {"id": "next"}, qos=1)
+    assert (await setup.next_on("shipping.requested")).payload == {"order": "next"}
+    orders = await queue_status(setup.client, "orders")
+    assert orders["acked"] >= 1 and orders["acked"] + orders["in_flight"] == 2, orders
+    assert orders["depth"] == 0, orders
+    await setup.bridge.stop_script("orders", timeout=2)
+    assert not script.running

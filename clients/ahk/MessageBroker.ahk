@@ -406,14 +406,19 @@ class MessageBroker {
     }
 }
 
-; For scripts that message_broker.ahk_bridge.AHKBridge runs: the same calls, over
-; the script's standard output (calls) and standard input (answers and messages). The
-; bridge connects the script; messages are read when the script asks for them:
+; For scripts that message_broker.ahk_bridge.AHKBridge runs: the broker's calls over
+; the script's standard output (calls, one per line) and standard input (answers and
+; messages). The bridge connects the script as "<bridge client id>/<script id>" and
+; passes everything else through, so a script can publish with qos 1, consume queues
+; and settle what they deliver. Messages are read when the script asks for them:
 ;
 ;     broker := BridgedBroker()
 ;     broker.Subscribe("jobs.*")
 ;     while msg := broker.Receive()     ; "" once the bridge closes the input
 ;         broker.Publish("jobs.seen", Map("id", msg.Id))
+;
+; Each call waits for its answer and throws a BrokerError with the broker's message
+; and Code when it refuses.
 class BridgedBroker {
     __New() {
         this.Input := FileOpen("*", "r", "UTF-8")
@@ -421,18 +426,50 @@ class BridgedBroker {
         this.Inbox := []
     }
 
-    Publish(topic, payload := "") {
-        return this._Call("publish", Map("topic", topic, "payload", payload))["message_id"]
+    ; Publishes payload on topic; returns the message id. With qos 1 it returns once
+    ; the broker has stored the message in every durable queue it matches, and throws
+    ; a BrokerError when it could not (Code -32011: a queue was full; -32012: the
+    ; store failed).
+    Publish(topic, payload := "", qos := 0) {
+        params := Map("topic", topic, "payload", payload)
+        if qos
+            params["qos"] := qos
+        return this._Call("publish", params)["message_id"]
     }
 
-    Subscribe(patterns) {
-        patterns := MessageBroker._PatternList(patterns)
-        return this._Call("subscribe", Map("patterns", patterns))["subscribed"]
+    ; Receives the messages whose topic matches one of patterns (a string or an
+    ; Array); returns the patterns. With queue, the patterns bind that queue and the
+    ; script becomes one of its consumers: each message goes to one consumer, and
+    ; stays the script's until it calls Ack or Nack (or ends, when it goes back to the
+    ; queue). durable keeps the queue and its messages while nobody consumes; without
+    ; queue it names the queue after the script's client id.
+    Subscribe(patterns, queue := "", durable := false) {
+        params := Map("patterns", MessageBroker._PatternList(patterns))
+        if queue != ""
+            params["queue"] := queue
+        if durable
+            params["durable"] := JSON.True
+        return this._Call("subscribe", params)["subscribed"]
     }
 
     Unsubscribe(patterns) {
         patterns := MessageBroker._PatternList(patterns)
         return this._Call("unsubscribe", Map("patterns", patterns))["unsubscribed"]
+    }
+
+    ; Acknowledges messages from a queue (one or an Array): the queue forgets them.
+    ; Returns how many were settled (0 for one already settled or given back).
+    Ack(messages) {
+        return this._Call("ack", Map("deliveries", BridgedBroker._Deliveries(messages)))["acked"]
+    }
+
+    ; Gives messages from a queue back (requeue, the default: delivered again, with
+    ; DeliveryCount one higher) or sends them to the queue's dead-letter topic.
+    ; Returns how many were settled.
+    Nack(messages, requeue := true) {
+        params := Map("deliveries", BridgedBroker._Deliveries(messages)
+            , "requeue", requeue ? JSON.True : JSON.False)
+        return this._Call("nack", params)["nacked"]
     }
 
     Request(topic, payload := "", timeout := 5) {
@@ -445,6 +482,9 @@ class BridgedBroker {
         return this.Publish(msg.ReplyTo, payload)
     }
 
+    ; A round trip to the broker. Once a connection has pinged, the broker expects a
+    ; ping every heartbeat_interval and drops it after heartbeat_timeout (30 s)
+    ; without a line: a script that waits in Receive() longer should not ping.
     Ping() {
         return this._Call("ping", Map())
     }
@@ -474,7 +514,9 @@ class BridgedBroker {
                 this.Inbox.Push(BrokerMessage(incoming["params"]))
                 continue
             }
-            if incoming.Get("id", "") != id
+            ; An error with a null id is about a line the broker could not take (one
+            ; too large, say) or the end of the connection: no other answer will come.
+            if incoming.Get("id", "") != id && !(incoming.Has("error") && incoming.Get("id", "") == "")
                 continue
             if incoming.Has("error") {
                 error := incoming["error"]
@@ -494,6 +536,16 @@ class BridgedBroker {
                 return JSON.Load(line)
         }
     }
+
+    static _Deliveries(messages) {
+        tags := []
+        for msg in (messages is Array ? messages : [messages]) {
+            if msg.Delivery = ""
+                throw ValueError("the message on " msg.Topic " is not from a queue", -2)
+            tags.Push(msg.Delivery)
+        }
+        return tags
+    }
 }
 
 ; A delivered message.
@@ -505,9 +557,15 @@ class BrokerMessage {
         this.Id := params.Get("id", "")
         this.Timestamp := params.Get("timestamp", 0)
         this.ReplyTo := params.Get("reply_to", "")
+        ; From a queue: its name, the tag that settles the delivery, and how many
+        ; times the queue has delivered the message, this time included.
+        this.Queue := params.Get("queue", "")
+        this.Delivery := params.Get("delivery", "")
+        this.DeliveryCount := params.Get("delivery_count", 0)
     }
 
     IsRequest => this.ReplyTo != ""
+    Redelivered => this.DeliveryCount > 1
 }
 
 ; An error the broker answered with (Code is its error code), or a lost connection.

@@ -1,16 +1,33 @@
 """``AHKBridge``: runs AutoHotkey scripts (or any program) as child processes and
-connects each to the broker through its standard input and output.
+joins each one's standard streams to a broker connection of its own.
 
-A script writes one JSON-RPC 2.0 message per line on its standard output (``publish``,
-``subscribe``, ``unsubscribe``, ``request``, ``ping``, ``disconnect``, as on a broker
-connection, without ``connect``) and reads the answers and ``message`` notifications,
-one per line, on its standard input. ``clients/ahk/MessageBroker.ahk`` has a
-``BridgedBroker`` class that speaks this. Each script gets a connection of its own,
-named ``<bridge client id>/<script id>``, so its subscriptions end with it.
+The bridge opens a TCP connection per script in the broker's line mode, sends
+``connect`` for it (client id ``<bridge client id>/<script id>``, so its subscriptions,
+queue deliveries and will end with it), then relays: each line the script writes on
+standard output goes to the connection, and what the broker sends goes to the
+script's standard input, unchanged. A script therefore speaks the whole protocol of
+the README (``publish`` with ``qos=1``, queue subscriptions, ``ack``/``nack``,
+``request``, ``status``...), one JSON-RPC message per line, except ``connect``, which
+the bridge has made. ``clients/ahk/MessageBroker.ahk`` has a ``BridgedBroker`` class
+that speaks it.
 
-The bridge publishes ``scripts.<id>.started`` (``pid``) and ``scripts.<id>.stopped``
-(``pid``, ``exit_code``), reports lines that are not JSON-RPC on
-``scripts.<id>.error``, and answers requests on ``scripts.status``.
+Each side is read only as fast as the other takes it: when a script stops reading its
+input, the relay stops reading its connection and the broker's bounds for a slow
+client apply (messages for it dropped and counted in the broker's ``status``,
+``system.client.slow``); when the broker stops reading, the relay stops reading the
+script, whose writes then wait.
+
+The relay looks at each line on its way, for one thing the bridge has always done: a
+line that is not JSON is reported on ``scripts.<id>.error`` and counted in the script's
+``errors``, and goes no further (the broker would answer ``-32700`` with no id, which
+no script waits for); a JSON line that is not a call is reported and counted too, and
+goes on for the broker's ``-32600`` answer. That costs one ``json.loads`` per line;
+nothing is re-encoded. A line longer than the broker's ``max_message_size`` goes on
+unread, as it comes, for the broker's ``-32004`` answer.
+
+The bridge itself publishes ``scripts.<id>.started`` (``pid``) and
+``scripts.<id>.stopped`` (``pid``, ``exit_code``, the last lines of standard error),
+and answers requests on ``scripts.status``.
 """
 
 from __future__ import annotations
@@ -18,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -31,8 +49,9 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from message_broker._script_relay import ScriptRelay
 from message_broker.client import BrokerClient
-from message_broker.errors import BrokerError, InvalidMessageError
+from message_broker.errors import BrokerError
 from message_broker.message import Message
 
 __all__ = ["AHKBridge", "BridgedScript", "find_autohotkey"]
@@ -45,12 +64,11 @@ on Linux, say)."""
 
 STATUS_TOPIC = "scripts.status"
 _SCRIPT_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-_INVALID_REQUEST, _METHOD_NOT_FOUND, _INVALID_PARAMS = -32600, -32601, -32602
-_INTERNAL_ERROR = -32603
 _STDERR_LINES = 20
-# What may wait in a script's standard input before deliveries to it are dropped
-# (and counted): a script that never reads must not grow the bridge without bound.
-_MAX_STDIN_BUFFER = 4 * 1024 * 1024
+# A script's output ends with it, unless a helper process it started (Wine starts
+# some) inherited the pipe: then the bridge waits this long for its last lines.
+_OUTPUT_GRACE = 1.0
+_CONNECT_TIMEOUT = 10.0
 
 
 def find_autohotkey() -> list[str] | None:
@@ -77,7 +95,7 @@ def find_autohotkey() -> list[str] | None:
 class BridgedScript:
     """A script the bridge started: its id, process, and what became of it."""
 
-    def __init__(self, script_id: str, path: str, args: Sequence[str]) -> None:
+    def __init__(self, script_id: str, path: str, args: Sequence[str], ended: asyncio.Event):
         self.script_id = script_id
         self.path = path
         self.args = list(args)
@@ -86,28 +104,18 @@ class BridgedScript:
         self.started_at = time.time()
         self.stopped_at: float | None = None
         self.errors = 0
-        """Lines it wrote that were not JSON-RPC."""
-        self.dropped = 0
-        """Deliveries dropped because it did not read its standard input."""
+        """Lines it wrote that were not JSON-RPC calls."""
         self.stderr: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
-        self._process: asyncio.subprocess.Process | None = None
-        self._client: BrokerClient | None = None
-        self._exited: asyncio.Event = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ended = ended
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self.exit_code is None
-
-    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
-        """Runs one of this script's tasks; they are cancelled when it ends."""
-        task = asyncio.ensure_future(job)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        return self.pid is not None and self.exit_code is None
 
     async def wait(self, timeout: float | None = None) -> int:
-        """Waits for the script to end; returns its exit code."""
-        await asyncio.wait_for(self._exited.wait(), timeout)
+        """Waits for the script to end (and the bridge to be done with it); returns its
+        exit code."""
+        await asyncio.wait_for(self._ended.wait(), timeout)
         assert self.exit_code is not None
         return self.exit_code
 
@@ -121,7 +129,6 @@ class BridgedScript:
             "started_at": self.started_at,
             "stopped_at": self.stopped_at,
             "errors": self.errors,
-            "dropped": self.dropped,
         }
 
     def __repr__(self) -> str:
@@ -130,7 +137,7 @@ class BridgedScript:
 
 
 class AHKBridge:
-    """Runs scripts and relays between their standard streams and the broker.
+    """Runs scripts and joins their standard streams to broker connections.
 
     >>> bridge = AHKBridge(broker_client=client)
     >>> await bridge.start()
@@ -140,7 +147,8 @@ class AHKBridge:
     ``executable`` is the command that runs a script (a string is split like a shell
     would), by default :func:`find_autohotkey`'s; ``options`` go between it and the
     script (``/ErrorStdOut`` makes AutoHotkey report a script that cannot load on
-    standard error instead of in a dialog).
+    standard error instead of in a dialog). Scripts connect to the broker that
+    ``broker_client`` connects to; the bridge's own messages go through it.
     """
 
     def __init__(
@@ -158,6 +166,8 @@ class AHKBridge:
         self._options = list(options)
         self._stop_timeout = stop_timeout
         self._scripts: dict[str, BridgedScript] = {}
+        self._relays: dict[str, ScriptRelay] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._started = False
 
     @property
@@ -176,6 +186,8 @@ class AHKBridge:
         await asyncio.gather(
             *(self.stop_script(s.script_id) for s in self._scripts.values() if s.running)
         )
+        # What is left are the reports of the scripts' last lines: they are quick.
+        await asyncio.gather(*self._tasks)
         if self._started:
             self._started = False
             with contextlib.suppress(BrokerError):
@@ -206,8 +218,9 @@ class AHKBridge:
 
         ``script_id`` defaults to the file name without extension; it names the
         script's topics and may hold letters, digits, ``_`` and ``-``. Raises
-        ``ValueError`` for a bad or running id and ``FileNotFoundError`` for a missing
-        script or AutoHotkey."""
+        ``ValueError`` for a bad or running id, ``FileNotFoundError`` for a missing
+        script or AutoHotkey, and ``ConnectionError`` when the broker refuses the
+        script's connection."""
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no script at {path!r}")
@@ -224,18 +237,15 @@ class AHKBridge:
             raise FileNotFoundError(
                 f"AutoHotkey not found: install it, or set {AHK_ENV} or AHKBridge(executable=...)"
             )
-        script = BridgedScript(script_id, path, args)
-        client = BrokerClient(
-            f"{self._client.client_id}/{script_id}",
-            host=self._client.host,
-            port=self._client.port,
-            client_type="bridged-script",
-        )
-        if not await client.connect():
-            raise ConnectionError(f"script {script_id!r}: cannot connect to the broker")
-        script._client = client
+        ended = asyncio.Event()
+        script = BridgedScript(script_id, path, args, ended)
+        reader, writer, max_line = await self._connect(script_id)
+
+        report = functools.partial(self._report, script)
+        keep_stderr = functools.partial(self._keep_stderr, script)
         try:
-            process = await asyncio.create_subprocess_exec(
+            transport, relay = await asyncio.get_running_loop().subprocess_exec(
+                lambda: ScriptRelay(reader, writer, max_line, report, keep_stderr),
                 *executable,
                 *self._options,
                 _script_path(path, executable),
@@ -243,71 +253,89 @@ class AHKBridge:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                limit=1024 * 1024 + 4096,
             )
         except BaseException:
-            await client.disconnect()
+            writer.close()
             raise
-        script._process, script.pid = process, process.pid
-        self._scripts[script_id] = script
-        logger.info("script %s started (pid %s): %s", script_id, process.pid, path)
+        script.pid = transport.get_pid()
+        self._scripts[script_id], self._relays[script_id] = script, relay
+        logger.info("script %s started (pid %s): %s", script_id, script.pid, path)
         await self._lifecycle(script, "started", path=path, args=list(args))
-        relay = _Relay(self, script, process, client)
-        for job in (relay.read_stdout(), relay.read_stderr(), self._watch(script, process)):
-            script._spawn(job)
+        self._spawn(self._watch(script, relay, ended))
         return script
 
     async def stop_script(self, script_id: str, timeout: float | None = None) -> int:
-        """Ends a script: closes its input, then terminates it, then kills it, waiting
-        ``timeout`` (default ``stop_timeout``) between steps. Returns its exit code."""
+        """Ends a script: ends its connection (the broker sends what it has for the
+        script, then closes, which closes the script's input), then terminates it,
+        then kills it, waiting ``timeout`` (default ``stop_timeout``) between steps.
+        Returns its exit code."""
         script = self._scripts.get(script_id)
         if script is None:
             raise KeyError(f"no script {script_id!r} was run by this bridge")
-        process = script._process
-        if process is None or not script.running:
+        relay = self._relays.get(script_id)
+        if relay is None or not script.running:
             return script.exit_code if script.exit_code is not None else -1
         timeout = self._stop_timeout if timeout is None else timeout
-        for step in ("close", "terminate", "kill"):
-            if step == "close" and process.stdin is not None:
-                process.stdin.close()
-            elif step == "terminate":
-                with contextlib.suppress(ProcessLookupError):
-                    process.terminate()
-            elif step == "kill":
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+        for step in (relay.end_connection, relay.terminate, relay.kill):
+            step()
             with contextlib.suppress(asyncio.TimeoutError):
                 return await script.wait(timeout)
         return await script.wait()
 
-    async def _watch(self, script: BridgedScript, process: asyncio.subprocess.Process) -> None:
-        # Not process.wait(): that also waits for the end of the output, which a helper
-        # process the script started (Wine starts some) may keep open.
-        while process.returncode is None:
-            await asyncio.sleep(0.05)
+    async def _connect(
+        self, script_id: str
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int]:
+        """A line-mode connection to the broker, connected as the script, and the
+        broker's ``max_message_size``."""
+        client_id = f"{self._client.client_id}/{script_id}"
+        params = {"client_id": client_id, "client_type": "bridged-script"}
+        call = {"jsonrpc": "2.0", "method": "connect", "params": params, "id": 1}
+        writer, answer = None, None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self._client.host, self._client.port), _CONNECT_TIMEOUT
+            )
+            writer.write(json.dumps(call).encode() + b"\n")
+            answer = json.loads(await asyncio.wait_for(reader.readline(), _CONNECT_TIMEOUT))
+            return reader, writer, int(answer["result"]["max_message_size"])
+        except (OSError, ValueError, LookupError, TypeError, asyncio.TimeoutError) as error:
+            if writer is not None:
+                writer.close()
+            why = answer["error"] if isinstance(answer, dict) and "error" in answer else error
+            raise ConnectionError(f"script {script_id!r}: not connected: {why!r}") from None
+
+    async def _watch(self, script: BridgedScript, relay: ScriptRelay, ended: asyncio.Event) -> None:
+        await relay.exited.wait()
         # What the script wrote just before it ended is still worth relaying.
-        await asyncio.sleep(0.1)
-        for task in list(script._tasks):
-            if task is not asyncio.current_task():
-                task.cancel()
-        script.exit_code, script.stopped_at = process.returncode, time.time()
-        # Its pipes may still be held open by a helper (see above): close our ends.
-        transport = getattr(process, "_transport", None)
-        if transport is not None:
-            transport.close()
-        if script._client is not None:
-            await script._client.disconnect()
-        log = logger.info if process.returncode == 0 else logger.warning
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(relay.output_ended.wait(), _OUTPUT_GRACE)
+        script.exit_code, script.stopped_at = relay.returncode, time.time()
+        await relay.close(self._stop_timeout)
+        if self._relays.get(script.script_id) is relay:
+            del self._relays[script.script_id]
+        log = logger.info if script.exit_code == 0 else logger.warning
         log(
-            "script %s (pid %s) ended with exit code %s",
-            script.script_id,
-            script.pid,
-            script.exit_code,
+            "script %s (pid %s) ended: exit code %s", script.script_id, script.pid, script.exit_code
         )
         await self._lifecycle(
             script, "stopped", exit_code=script.exit_code, stderr="\n".join(script.stderr)
         )
-        script._exited.set()
+        ended.set()
+
+    def _report(self, script: BridgedScript, problem: str, line: bytes) -> None:
+        script.errors += 1
+        text = line.decode("utf-8", "replace").rstrip()
+        logger.warning("script %s wrote %s: %.200s", script.script_id, problem, text)
+        self._spawn(self._lifecycle(script, "error", error=problem, line=text[:1000]))
+
+    def _keep_stderr(self, script: BridgedScript, line: str) -> None:
+        script.stderr.append(line)
+        logger.warning("script %s: %s", script.script_id, line)
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _lifecycle(self, script: BridgedScript, event: str, **details: Any) -> None:
         payload = {"script_id": script.script_id, "pid": script.pid, **details}
@@ -332,190 +360,3 @@ def _script_path(path: str, executable: Sequence[str]) -> str:
     if sys.platform != "win32" and Path(executable[0]).name.startswith("wine"):
         return "Z:" + str(Path(path).resolve()).replace("/", "\\")
     return path
-
-
-class _Relay:
-    """One script's lines, both ways."""
-
-    def __init__(
-        self,
-        bridge: AHKBridge,
-        script: BridgedScript,
-        process: asyncio.subprocess.Process,
-        client: BrokerClient,
-    ) -> None:
-        self.bridge = bridge
-        self.script = script
-        self.process = process
-        self.client = client
-        self.subscribed: set[str] = set()
-
-    # -- from the script ------------------------------------------------------------------
-    async def read_stdout(self) -> None:
-        stream = self.process.stdout
-        assert stream is not None
-        while True:
-            try:
-                line = await stream.readline()
-            except ValueError:  # longer than the limit: skip to its end
-                await self._report("a line longer than 1 MiB", b"")
-                with contextlib.suppress(ValueError, asyncio.LimitOverrunError):
-                    await stream.readuntil(b"\n")
-                continue
-            if not line:
-                return
-            if line.strip():
-                await self._handle_line(line)
-
-    async def read_stderr(self) -> None:
-        stream = self.process.stderr
-        assert stream is not None
-        async for raw in stream:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if line:
-                self.script.stderr.append(line)
-                logger.warning("script %s: %s", self.script.script_id, line)
-
-    async def _handle_line(self, line: bytes) -> None:
-        try:
-            incoming = json.loads(line)
-        except ValueError as error:
-            await self._report(f"not JSON ({error})", line)
-            return
-        if isinstance(incoming, list) and incoming:
-            answers = [a for a in [await self._handle_call(c) for c in incoming] if a is not None]
-            if answers:
-                self._write(answers)
-            return
-        answer = await self._handle_call(incoming)
-        if answer is not None:
-            self._write(answer)
-
-    async def _handle_call(self, call: Any) -> dict[str, Any] | None:
-        if not isinstance(call, dict) or not isinstance(call.get("method"), str):
-            await self._report("not a JSON-RPC call", json.dumps(call).encode())
-            return _error(None, _INVALID_REQUEST, "expected an object with a method")
-        call_id, method, wants_answer = call.get("id"), call["method"], "id" in call
-        params = call.get("params", {})
-        if method == "request" and wants_answer and isinstance(params, dict):
-            # Requests wait for a reply: the script's other calls go on meanwhile.
-            self.script._spawn(self._request(call_id, params))
-            return None
-        try:
-            if not isinstance(params, dict):
-                raise _CallError(_INVALID_PARAMS, "params must be an object")
-            answer = {
-                "jsonrpc": "2.0",
-                "result": await self._perform(method, params),
-                "id": call_id,
-            }
-        except _CallError as error:
-            answer = _error(call_id, error.code, str(error))
-        except BrokerError as error:
-            code = error.code if error.code is not None else _INTERNAL_ERROR
-            answer = _error(call_id, code, str(error))
-        # A notification gets no answer, not even an error.
-        return answer if wants_answer else None
-
-    async def _perform(self, method: str, params: dict[str, Any]) -> Any:
-        if method == "publish":
-            topic = _param(params, "topic", str)
-            ttl = params.get("ttl", 0)
-            try:
-                message_id = await self.client.publish(topic, params.get("payload"), ttl=ttl)
-            except InvalidMessageError as error:
-                raise _CallError(_INVALID_PARAMS, str(error)) from None
-            return {"message_id": message_id}
-        if method in ("subscribe", "unsubscribe"):
-            patterns = _param(params, "patterns", list)
-            try:
-                if method == "subscribe":
-                    subscribed = await self.client.subscribe(patterns, self._deliver)
-                    self.subscribed.update(subscribed)
-                    return {"subscribed": subscribed}
-                removed = await self.client.unsubscribe(patterns)
-            except (InvalidMessageError, TypeError) as error:
-                raise _CallError(_INVALID_PARAMS, str(error)) from None
-            self.subscribed.difference_update(removed)
-            return {"unsubscribed": removed}
-        if method == "ping":
-            return {"pong": True}
-        if method == "disconnect":
-            if self.subscribed:
-                await self.client.unsubscribe(sorted(self.subscribed))
-                self.subscribed.clear()
-            return {"disconnected": True}
-        if method == "connect":
-            return {"client_id": self.client.client_id}
-        raise _CallError(_METHOD_NOT_FOUND, f"unknown method {method!r}")
-
-    async def _request(self, call_id: Any, params: dict[str, Any]) -> None:
-        try:
-            topic = _param(params, "topic", str)
-            timeout = params.get("timeout", 5.0)
-            result = await self.client.request(topic, params.get("payload"), timeout=timeout)
-        except _CallError as error:
-            self._write(_error(call_id, error.code, str(error)))
-        except (BrokerError, ValueError) as error:
-            code = getattr(error, "code", None) or _INVALID_PARAMS
-            self._write(_error(call_id, code, str(error)))
-        else:
-            self._write({"jsonrpc": "2.0", "result": result, "id": call_id})
-
-    async def _report(self, problem: str, line: bytes) -> None:
-        self.script.errors += 1
-        text = line.decode("utf-8", "replace").rstrip()
-        logger.warning("script %s wrote %s: %.200s", self.script.script_id, problem, text)
-        payload = {"script_id": self.script.script_id, "error": problem, "line": text[:1000]}
-        try:
-            await self.bridge._client.publish(f"scripts.{self.script.script_id}.error", payload)
-        except BrokerError as error:
-            logger.warning("could not report it: %s", error)
-
-    # -- to the script --------------------------------------------------------------------
-    def _deliver(self, message: Message) -> None:
-        params: dict[str, Any] = {
-            "topic": message.topic,
-            "payload": message.payload,
-            "sender": message.sender,
-            "id": message.id,
-            "timestamp": message.timestamp,
-        }
-        if message.reply_to is not None:
-            params["reply_to"] = message.reply_to
-        stdin = self.process.stdin
-        if stdin is not None and stdin.transport.get_write_buffer_size() > _MAX_STDIN_BUFFER:
-            self.script.dropped += 1
-            if self.script.dropped == 1 or self.script.dropped % 1000 == 0:
-                logger.warning(
-                    "script %s does not read its input: %d messages dropped",
-                    self.script.script_id,
-                    self.script.dropped,
-                )
-            return
-        self._write({"jsonrpc": "2.0", "method": "message", "params": params})
-
-    def _write(self, message: Any) -> None:
-        stdin = self.process.stdin
-        if stdin is None or stdin.is_closing():
-            return
-        line = json.dumps(message, ensure_ascii=False, separators=(",", ":")) + "\n"
-        with contextlib.suppress(ConnectionError):
-            stdin.write(line.encode("utf-8"))
-
-
-class _CallError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _param(params: dict[str, Any], name: str, kind: type) -> Any:
-    value = params.get(name)
-    if not isinstance(value, kind):
-        raise _CallError(_INVALID_PARAMS, f"{name} must be a {kind.__name__}, got {value!r}")
-    return value
-
-
-def _error(call_id: Any, code: int, message: str) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": call_id}

@@ -7,6 +7,7 @@ import itertools
 import json
 import sys
 import time
+from pathlib import Path
 
 ids = itertools.count(1)
 inbox: list[dict] = []
@@ -88,4 +89,22 @@ def stubborn() -> None:
         time.sleep(0.1)
 
 
-{"echo": echo, "garbage": garbage, "crash": crash, "stubborn": stubborn}[sys.argv[1]]()
+def stall() -> None:
+    # Reads nothing until the file named by its second argument appears (a minute at
+    # most), then counts what reached it, up to a child.end message.
+    call("subscribe", patterns=["child.flood", "child.end"])
+    call("publish", topic="child.ready", payload="stalling")
+    go = Path(sys.argv[2])
+    for _ in range(1200):
+        if go.exists():
+            break
+        time.sleep(0.05)
+    numbers = []
+    while (message := receive()) is not None and message["topic"] != "child.end":
+        numbers.append(message["payload"]["n"])
+    in_order = numbers == sorted(set(numbers))
+    call("publish", topic="child.counted", payload={"count": len(numbers), "in_order": in_order})
+
+
+modes = {"echo": echo, "garbage": garbage, "crash": crash, "stubborn": stubborn, "stall": stall}
+modes[sys.argv[1]]()
