@@ -223,7 +223,7 @@ struct Session {
 /// A client's last will, given at `connect`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Will {
+pub(crate) struct Will {
     topic: String,
     #[serde(default)]
     payload: Option<Box<RawValue>>,
@@ -566,20 +566,10 @@ impl Session {
         }
         let p: Params = jsonrpc::params(params)?;
         if let Some(will) = &p.will {
-            validate_topic(&will.topic)?;
-            refuse_reserved(&will.topic)?;
-            read_qos(will.qos.as_ref())?;
-            read_ttl(will.ttl)?;
+            validate_will(will)?;
         }
         let client_id = p.client_id.unwrap_or_else(|| self.router.anonymous_client_id(self.id));
-        if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID_LEN {
-            return Err(RpcError::invalid_params(format!(
-                "client_id must be 1 to {MAX_CLIENT_ID_LEN} characters long"
-            )));
-        }
-        if client_id.chars().any(char::is_control) {
-            return Err(RpcError::invalid_params("client_id must not contain control characters"));
-        }
+        validate_client_id(&client_id)?;
         match &self.client_id {
             Some(current) if **current == *client_id => {}
             Some(current) => {
@@ -944,8 +934,30 @@ fn validate_message_id(id: &str) -> Result<(), RpcError> {
     Ok(())
 }
 
+/// A `client_id` the broker accepts (the Python clients check theirs with this too).
+pub(crate) fn validate_client_id(client_id: &str) -> Result<(), RpcError> {
+    if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID_LEN {
+        return Err(RpcError::invalid_params(format!(
+            "client_id must be 1 to {MAX_CLIENT_ID_LEN} characters long"
+        )));
+    }
+    if client_id.chars().any(char::is_control) {
+        return Err(RpcError::invalid_params("client_id must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// A last will the broker accepts at `connect`.
+pub(crate) fn validate_will(will: &Will) -> Result<(), RpcError> {
+    validate_topic(&will.topic)?;
+    refuse_reserved(&will.topic)?;
+    read_qos(will.qos.as_ref())?;
+    read_ttl(will.ttl)?;
+    Ok(())
+}
+
 /// `qos` as given (any JSON, so that a wrong one gets an error that names it).
-fn read_qos(qos: Option<&Value>) -> Result<u8, RpcError> {
+pub(crate) fn read_qos(qos: Option<&Value>) -> Result<u8, RpcError> {
     match qos.map(|q| (q, q.as_u64())) {
         None => Ok(0),
         Some((_, Some(level @ (0 | 1)))) => Ok(level as u8),
@@ -955,7 +967,7 @@ fn read_qos(qos: Option<&Value>) -> Result<u8, RpcError> {
     }
 }
 
-fn read_ttl(ttl: f64) -> Result<Option<f64>, RpcError> {
+pub(crate) fn read_ttl(ttl: f64) -> Result<Option<f64>, RpcError> {
     if !ttl.is_finite() || ttl < 0.0 {
         return Err(RpcError::invalid_params(format!(
             "ttl must be 0 (no limit) or a positive number of seconds, got {ttl}"

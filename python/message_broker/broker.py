@@ -7,7 +7,6 @@ be awaited from asyncio, used as a plain context manager, or started from a Qt a
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import weakref
@@ -40,7 +39,7 @@ class MessageBroker:
 
     def __init__(self, config: BrokerConfig | None = None) -> None:
         self.config = config if config is not None else BrokerConfig()
-        self._server = _core.Broker(**dataclasses.asdict(self.config))
+        self._server = _core.Broker(self.config)
 
     @property
     def port(self) -> int | None:
