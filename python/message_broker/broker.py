@@ -70,8 +70,10 @@ class MessageBroker:
         self._server.stop(reason)
 
     async def start(self) -> None:
-        """Starts listening. Raises ``OSError`` when the address is in use."""
-        self.start_sync()
+        """Starts listening, without blocking the event loop: binding (and opening the
+        store of a ``data_dir``) happens on a worker thread. Raises ``OSError`` when the
+        address is in use."""
+        await asyncio.to_thread(self.start_sync)
 
     async def stop(self, reason: str = "broker stopped") -> None:
         """Stops gracefully (see :meth:`stop_sync`) without blocking the event loop."""
