@@ -76,6 +76,106 @@ def dumps(value: Any) -> str:
 def loads(text: str) -> Any:
     """Like ``json.loads(text)``."""
 
+# -- the status document (the `status` method, `Broker.status_json`) ----------------
+
+class ClientStatus(TypedDict):
+    client_id: str
+    client_type: str | None
+    version: str | None
+    connected_at: float
+    """Seconds since the Unix epoch."""
+    subscriptions: list[str]
+    queued: int
+    """Messages waiting to be written to it."""
+    queued_bytes: int
+    delivered: int
+    dropped: int
+    """Messages dropped for it because its queue was full (a slow consumer)."""
+
+class QueueStatus(TypedDict):
+    name: str
+    durable: bool
+    patterns: list[str]
+    depth: int
+    """Messages waiting for a consumer (on disk included)."""
+    in_flight: int
+    """Delivered and not acknowledged yet."""
+    bytes: int
+    in_memory: int
+    memory_bytes: int
+    consumers: int
+    enqueued: int
+    delivered: int
+    redelivered: int
+    acked: int
+    dead_lettered: int
+    expired: int
+    dropped: int
+    max_length: int
+    max_bytes: int
+    max_deliveries: int
+    dead_letter_topic: str
+
+class MessageCounters(TypedDict):
+    published: int
+    delivered: int
+    dropped: int
+    requests: int
+    replies: int
+    late_replies: int
+    no_responders: int
+    timeouts: int
+    retained: int
+    queued: int
+    acked: int
+    redelivered: int
+    dead_lettered: int
+    expired: int
+    refused_by_full_queues: int
+
+class PersistenceStatus(TypedDict):
+    store: str | None
+    """The store's path, or None when everything is kept in memory."""
+    fsync: bool
+
+class MemoryStatus(TypedDict):
+    queued_bytes: int
+    max_memory: int
+
+class ConnectionCounters(TypedDict):
+    open: int
+    accepted: int
+    rejected: int
+    protocol_errors: int
+
+class Limits(TypedDict):
+    max_connections: int
+    max_message_size: int
+    max_queue_size: int
+    max_queue_bytes: int
+    heartbeat_interval: float
+    heartbeat_timeout: float
+
+class Status(TypedDict):
+    """The broker's status: what ``MessageBroker.status()`` and
+    ``request("status", {})`` return."""
+
+    broker_version: str
+    host: str | None
+    port: int | None
+    uptime: float
+    """Seconds since the broker started."""
+    client_count: int
+    clients: list[ClientStatus]
+    """In the order they connected."""
+    subscription_count: int
+    messages: MessageCounters
+    queues: list[QueueStatus]
+    persistence: PersistenceStatus
+    memory: MemoryStatus
+    connections: ConnectionCounters
+    limits: Limits
+
 # -- the broker -------------------------------------------------------------------------
 
 @final
@@ -109,7 +209,8 @@ class Broker:
         """The bound address while running."""
 
     def status_json(self) -> str:
-        """The ``status`` document as JSON text. Raises ``RuntimeError`` when stopped."""
+        """The ``status`` document (see ``Status``) as JSON text. Raises
+        ``RuntimeError`` when stopped."""
 
 # -- a client ---------------------------------------------------------------------------
 

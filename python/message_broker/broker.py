@@ -11,10 +11,13 @@ import json
 import logging
 import weakref
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from message_broker import _core
 from message_broker.config import BrokerConfig
+
+if TYPE_CHECKING:
+    from message_broker._core import Status
 
 _logger = logging.getLogger("message_broker")
 
@@ -79,9 +82,11 @@ class MessageBroker:
         """Stops gracefully (see :meth:`stop_sync`) without blocking the event loop."""
         await asyncio.to_thread(self.stop_sync, reason)
 
-    def status(self) -> dict[str, Any]:
-        """The broker's status: clients, subscriptions, counters, uptime."""
-        return json.loads(self._server.status_json())
+    def status(self) -> Status:
+        """The broker's status: clients, subscriptions, queues, counters, uptime (the
+        keys are listed in ``message_broker._core.Status``)."""
+        status: Status = json.loads(self._server.status_json())
+        return status
 
     async def __aenter__(self) -> MessageBroker:
         await self.start()
