@@ -236,3 +236,38 @@ def test_scripts_exit_cleanly_with_or_without_stop(stop):
         if result.returncode != 0:
             failures.append((result.returncode, result.stderr[-2000:]))
     assert not failures, failures
+
+
+async def test_start_leaves_the_event_loop_running_while_it_binds(monkeypatch):
+    broker = MessageBroker(BrokerConfig(host="127.0.0.1", port=0))
+    server = broker._server
+    binding, ticked = threading.Event(), threading.Event()
+
+    class BindsOnceTheLoopHasRun:
+        """The extension's broker, whose start waits until the loop has run meanwhile:
+        a start that held the loop would wait in vain, and fail."""
+
+        def start(self) -> int:
+            binding.set()
+            assert ticked.wait(10), "the event loop stood still while the broker started"
+            return server.start()
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(server, name)
+
+    monkeypatch.setattr(broker, "_server", BindsOnceTheLoopHasRun())
+
+    async def tick() -> None:
+        for _ in range(10_000):
+            if binding.is_set():
+                ticked.set()
+                return
+            await asyncio.sleep(0.001)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        await broker.start()
+        assert broker.is_running and ticked.is_set()
+    finally:
+        ticker.cancel()
+        await broker.stop()

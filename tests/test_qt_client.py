@@ -268,3 +268,161 @@ def test_dashboard_example_publishes_and_lists_messages(qtbot):
     assert "the payload is not JSON" in window.messages.item(window.messages.count() - 1).text()
     window.close()
     host.stop()
+
+
+# -- what the asyncio client does too: qos=1, queues, retained messages, last will -----
+
+
+def queue_of(broker: MessageBroker, name: str) -> dict:
+    (queue,) = [q for q in broker.status()["queues"] if q["name"] == name]
+    return queue
+
+
+def test_qos1_is_confirmed_or_refused_by_signals(qtbot, start_broker):
+    broker = start_broker(queues=[{"name": "small", "patterns": ["orders.*"], "max_length": 1}])
+    client = QtBrokerClient("qt", "127.0.0.1", broker.port)
+    with qtbot.waitSignal(client.connected, timeout=WAIT_MS):
+        client.connect_to_broker()
+    try:
+        with qtbot.waitSignal(client.published, timeout=WAIT_MS) as confirmed:
+            first = client.publish("orders.new", {"id": 1}, qos=1)
+        assert confirmed.args == [first]
+        assert queue_of(broker, "small")["depth"] == 1
+        with (
+            qtbot.waitSignal(client.publish_failed, timeout=WAIT_MS) as failed,
+            qtbot.waitSignal(client.error_occurred, timeout=WAIT_MS),
+        ):
+            second = client.publish("orders.new", {"id": 2}, qos=1)
+        assert failed.args[0] == second and "small" in failed.args[1]
+
+        with qtbot.waitSignal(client.queue_deleted, timeout=WAIT_MS) as deleted:
+            client.delete_queue("small")
+        assert deleted.args == ["small", 1]
+        assert broker.status()["queues"] == []
+        with qtbot.waitSignal(client.error_occurred, timeout=WAIT_MS) as error:
+            client.delete_queue("small")
+        assert "small" in error.args[0] and "no queue" in error.args[0]
+        with qtbot.waitSignal(client.error_occurred, timeout=WAIT_MS) as error:
+            assert client.publish("orders.new", 1, qos=2) == ""
+        assert "qos" in error.args[0]
+    finally:
+        with qtbot.waitSignal(client.disconnected, timeout=WAIT_MS):
+            client.disconnect_from_broker()
+
+
+def test_queue_callbacks_acknowledge_and_failures_redeliver(qtbot, qt_client, broker):
+    consumer = qt_client("consumer")
+    publisher = qt_client("pub")
+    seen: list[tuple[str, int]] = []
+    letters: list[Message] = []
+
+    def work(message: Message) -> None:
+        seen.append((message.payload, message.delivery_count))
+        if message.payload == "fails once" and not message.redelivered:
+            raise RuntimeError("given back to the queue")
+        if message.payload == "rejected":
+            message.nack(requeue=False)
+
+    with qtbot.waitSignal(publisher.subscribed, timeout=WAIT_MS):
+        publisher.subscribe("dead_letter.jobs", letters.append)
+    with qtbot.waitSignal(consumer.subscribed, timeout=WAIT_MS) as subscribed:
+        consumer.subscribe("jobs.*", work, queue="jobs", durable=True, max_length=10)
+    assert subscribed.args == [["jobs.*"]]
+    for payload in ("fine", "fails once", "rejected"):
+        with qtbot.waitSignal(publisher.published, timeout=WAIT_MS):
+            publisher.publish("jobs.new", payload, qos=1)
+    qtbot.waitUntil(lambda: len(seen) == 4 and len(letters) == 1, timeout=WAIT_MS)
+    assert sorted(seen) == [("fails once", 1), ("fails once", 2), ("fine", 1), ("rejected", 1)]
+    assert (letters[0].payload["payload"], letters[0].payload["reason"]) == ("rejected", "rejected")
+    qtbot.waitUntil(lambda: queue_of(broker, "jobs")["in_flight"] == 0, timeout=WAIT_MS)
+    queue = queue_of(broker, "jobs")
+    assert (queue["acked"], queue["redelivered"], queue["dead_lettered"]) == (2, 1, 1)
+
+
+def test_queue_messages_without_callback_are_settled_in_slots_or_after_them(
+    qtbot, qt_client, broker
+):
+    consumer = qt_client("consumer")
+    publisher = qt_client("pub")
+    seen: list[tuple[str, int]] = []
+
+    def slot(message: Message) -> None:
+        seen.append((message.payload, message.delivery_count))
+        if message.delivery_count == 1:
+            message.nack()  # back to the queue, delivered again
+
+    consumer.message.connect(slot)
+    with qtbot.waitSignal(consumer.subscribed, timeout=WAIT_MS):
+        consumer.subscribe("tasks.*", queue="tasks")
+    with qtbot.waitSignal(publisher.published, timeout=WAIT_MS):
+        publisher.publish("tasks.one", "again", qos=1)
+    qtbot.waitUntil(lambda: len(seen) == 2, timeout=WAIT_MS)
+    assert seen == [("again", 1), ("again", 2)]
+    qtbot.waitUntil(lambda: queue_of(broker, "tasks")["acked"] == 1, timeout=WAIT_MS)
+    assert queue_of(broker, "tasks")["redelivered"] == 1
+
+
+def test_retained_messages_reach_later_subscribers(qtbot, qt_client):
+    publisher = qt_client("pub")
+    with qtbot.waitSignal(publisher.published, timeout=WAIT_MS):
+        publisher.publish("home.temp", {"c": 21}, qos=1, retain=True)
+    later = qt_client("later")
+    got: list[Message] = []
+    later.message.connect(got.append)
+    with qtbot.waitSignal(later.subscribed, timeout=WAIT_MS):
+        later.subscribe("home.*")
+    qtbot.waitUntil(lambda: len(got) == 1, timeout=WAIT_MS)
+    assert (got[0].topic, got[0].payload, got[0].retained) == ("home.temp", {"c": 21}, True)
+
+
+WILL_CHILD = """
+import sys
+from PySide6.QtCore import QCoreApplication
+from message_broker.qt_client import QtBrokerClient
+
+app = QCoreApplication(sys.argv)
+client = QtBrokerClient("qt_willy", "127.0.0.1", int(sys.argv[1]))
+client.published.connect(lambda message_id: print("ready", flush=True))
+client.connected.connect(
+    lambda: client.publish("clients.qt_willy.status", {"online": True}, qos=1, retain=True)
+)
+client.connect_to_broker(
+    will={"topic": "clients.qt_willy.status", "payload": {"online": False}, "retain": True}
+)
+app.exec()
+"""
+
+
+def test_last_will_is_published_when_the_client_dies(qtbot, qt_client, broker):
+    watcher = qt_client("watcher")
+    heard: list[Message] = []
+    watcher.message.connect(heard.append)
+    with qtbot.waitSignal(watcher.subscribed, timeout=WAIT_MS):
+        watcher.subscribe("clients.*.status")
+    child = subprocess.Popen(
+        [sys.executable, "-c", WILL_CHILD, str(broker.port)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
+        qtbot.waitUntil(lambda: len(heard) == 1, timeout=WAIT_MS)
+        child.kill()
+        qtbot.waitUntil(lambda: len(heard) == 2, timeout=WAIT_MS)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(30)
+    assert [(m.payload, m.sender) for m in heard] == [
+        ({"online": True}, "qt_willy"),
+        ({"online": False}, "qt_willy"),
+    ]
+
+
+def test_a_will_the_broker_would_refuse_fails_the_connection_at_once(qtbot):
+    client = QtBrokerClient("qt", "127.0.0.1", 1)
+    with qtbot.waitSignal(client.connection_failed, timeout=WAIT_MS) as failed:
+        client.connect_to_broker(will={"topic": "system.nope"})
+    assert "reserved" in failed.args[0]
+    assert not client.is_connected

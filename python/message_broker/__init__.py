@@ -19,6 +19,7 @@ from message_broker.config import (
     BrokerConfig,
 )
 from message_broker.errors import (
+    ERROR_CODES,
     BrokerError,
     ConnectionLostError,
     InvalidMessageError,
@@ -36,9 +37,6 @@ __version__: str = _core.__version__
 # extension's threads, all before the interpreter finalizes (see _core.shutdown).
 atexit.register(_core.shutdown)
 atexit.register(stop_running_brokers)
-
-ERROR_CODES: dict[str, int] = dict(_core.error_codes())
-"""The wire error codes by name, e.g. ``ERROR_CODES["NOT_CONNECTED"] == -32001``."""
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",

@@ -1,42 +1,198 @@
 """The compiled core of message_broker. Use the wrappers in the package instead:
-``message_broker.MessageBroker``, ``message_broker.BrokerConfig`` and
-``message_broker.BrokerClient``."""
+``message_broker.MessageBroker``, ``message_broker.BrokerConfig``,
+``message_broker.BrokerClient`` and ``message_broker.qt_client.QtBrokerClient``.
 
-from typing import Any
+Facts live here and the package reads them: the wire error codes, the defaults of
+the broker and of a client, and the rules for client ids and publish options."""
+
+from typing import Any, Final, TypedDict, final
 
 __version__: str
-DEFAULT_PORT: int
 
+# -- facts ------------------------------------------------------------------------------
+
+DEFAULT_HOST: Final[str]
+DEFAULT_PORT: Final[int]
+CONNECTION_LOST: Final[int]
+"""Error code of a call whose connection was lost before the broker answered (not a
+wire code: the client makes it)."""
+
+class BrokerDefaults(TypedDict):
+    """The default of each setting of ``BrokerConfig`` (``queues`` aside: none)."""
+
+    host: str
+    port: int
+    max_connections: int
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    max_message_size: int
+    max_queue_size: int
+    max_queue_bytes: int
+    log_messages: bool
+    handshake_timeout: float
+    frame_timeout: float
+    data_dir: str | None
+    fsync: bool
+    max_memory: int
+
+class ClientDefaults(TypedDict):
+    """The defaults of a client's options."""
+
+    connect_timeout: float
+    connect_retries: int
+    reconnect: bool
+    reconnect_delay: float
+    max_reconnect_delay: float
+    heartbeat: bool
+    max_pending: int
+
+BROKER_DEFAULTS: Final[BrokerDefaults]
+CLIENT_DEFAULTS: Final[ClientDefaults]
+
+def error_codes() -> list[tuple[str, int]]:
+    """The wire error codes as ``(name, code)`` pairs."""
+
+def validate_client_id(client_id: object) -> None:
+    """Raises ``ValueError`` when the broker would refuse ``client_id`` (1 to 256
+    characters, no control characters)."""
+
+def validate_publish_options(qos: object, ttl: object, retain: object) -> None:
+    """Raises ``ValueError`` when the broker would refuse these options of a publish:
+    ``qos`` 0 or 1, ``ttl`` 0 (none) or a positive number of seconds, ``retain`` a
+    bool."""
+
+# -- runtime, logging, JSON -------------------------------------------------------------
+
+def shutdown() -> None:
+    """Stops the extension's runtime and logging thread; registered with ``atexit``."""
+
+def set_log_level(level: int) -> None:
+    """The lowest ``logging`` level forwarded from the core to Python."""
+
+def dumps(value: Any) -> str:
+    """Like ``json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+    allow_nan=False)``, with nesting limited to 128 levels."""
+
+def loads(text: str) -> Any:
+    """Like ``json.loads(text)``."""
+
+# -- the status document (the `status` method, `Broker.status_json`) ----------------
+
+class ClientStatus(TypedDict):
+    client_id: str
+    client_type: str | None
+    version: str | None
+    connected_at: float
+    """Seconds since the Unix epoch."""
+    subscriptions: list[str]
+    queued: int
+    """Messages waiting to be written to it."""
+    queued_bytes: int
+    delivered: int
+    dropped: int
+    """Messages dropped for it because its queue was full (a slow consumer)."""
+
+class QueueStatus(TypedDict):
+    name: str
+    durable: bool
+    patterns: list[str]
+    depth: int
+    """Messages waiting for a consumer (on disk included)."""
+    in_flight: int
+    """Delivered and not acknowledged yet."""
+    bytes: int
+    in_memory: int
+    memory_bytes: int
+    consumers: int
+    enqueued: int
+    delivered: int
+    redelivered: int
+    acked: int
+    dead_lettered: int
+    expired: int
+    dropped: int
+    max_length: int
+    max_bytes: int
+    max_deliveries: int
+    dead_letter_topic: str
+
+class MessageCounters(TypedDict):
+    published: int
+    delivered: int
+    dropped: int
+    requests: int
+    replies: int
+    late_replies: int
+    no_responders: int
+    timeouts: int
+    retained: int
+    queued: int
+    acked: int
+    redelivered: int
+    dead_lettered: int
+    expired: int
+    refused_by_full_queues: int
+
+class PersistenceStatus(TypedDict):
+    store: str | None
+    """The store's path, or None when everything is kept in memory."""
+    fsync: bool
+
+class MemoryStatus(TypedDict):
+    queued_bytes: int
+    max_memory: int
+
+class ConnectionCounters(TypedDict):
+    open: int
+    accepted: int
+    rejected: int
+    protocol_errors: int
+
+class Limits(TypedDict):
+    max_connections: int
+    max_message_size: int
+    max_queue_size: int
+    max_queue_bytes: int
+    heartbeat_interval: float
+    heartbeat_timeout: float
+
+class Status(TypedDict):
+    """The broker's status: what ``MessageBroker.status()`` and
+    ``request("status", {})`` return."""
+
+    broker_version: str
+    host: str | None
+    port: int | None
+    uptime: float
+    """Seconds since the broker started."""
+    client_count: int
+    clients: list[ClientStatus]
+    """In the order they connected."""
+    subscription_count: int
+    messages: MessageCounters
+    queues: list[QueueStatus]
+    persistence: PersistenceStatus
+    memory: MemoryStatus
+    connections: ConnectionCounters
+    limits: Limits
+
+# -- the broker -------------------------------------------------------------------------
+
+@final
 class Broker:
     """The broker server. It runs on the extension's own threads; no asyncio loop is
     needed."""
 
-    def __init__(
-        self,
-        *,
-        host: str,
-        port: int,
-        max_connections: int,
-        heartbeat_interval: float,
-        heartbeat_timeout: float,
-        max_message_size: int,
-        max_queue_size: int,
-        max_queue_bytes: int,
-        log_messages: bool,
-        handshake_timeout: float,
-        frame_timeout: float,
-        data_dir: str | None = None,
-        fsync: bool = False,
-        queues: list[dict[str, Any]] | None = None,
-        max_memory: int = ...,
-    ) -> None:
-        """Raises ``ValueError`` naming the first invalid setting. The store in
-        ``data_dir`` is opened by ``start``, which raises ``OSError`` when it is
-        unwritable, damaged or in use by another broker."""
+    def __init__(self, config: Any) -> None:
+        """Reads ``config`` (a ``message_broker.BrokerConfig``, or any object with its
+        attributes) and checks it: raises ``ValueError`` (or ``TypeError``) naming the
+        first invalid setting. The store in ``data_dir`` is opened by ``start``, which
+        raises ``OSError`` when it is unwritable, damaged or in use by another broker."""
 
     def start(self) -> int:
-        """Binds and starts serving; returns the bound port. Raises ``OSError`` when the
-        address cannot be bound and ``RuntimeError`` when already running."""
+        """Binds and starts serving, without the GIL; returns the bound port. Raises
+        ``OSError`` when the address cannot be bound and ``RuntimeError`` when already
+        running."""
 
     def stop(self, reason: str = "broker stopped") -> None:
         """Announces ``reason`` on ``system.broker.shutdown``, flushes and closes every
@@ -53,41 +209,23 @@ class Broker:
         """The bound address while running."""
 
     def status_json(self) -> str:
-        """The ``status`` document as JSON text. Raises ``RuntimeError`` when stopped."""
+        """The ``status`` document (see ``Status``) as JSON text. Raises
+        ``RuntimeError`` when stopped."""
 
-def shutdown() -> None:
-    """Stops the extension's runtime and logging thread; registered with ``atexit``."""
+# -- a client ---------------------------------------------------------------------------
 
-def set_log_level(level: int) -> None:
-    """The lowest ``logging`` level forwarded from the core to Python."""
-
-def dumps(value: Any) -> str:
-    """Like ``json.dumps(value, ensure_ascii=False, separators=(",", ":"),
-    allow_nan=False)``, with nesting limited to 128 levels."""
-
-def loads(text: str) -> Any:
-    """Like ``json.loads(text)``."""
-
-def error_codes() -> list[tuple[str, int]]:
-    """The wire error codes as ``(name, code)`` pairs."""
-
-CONNECTION_LOST: int
-"""Error code of a call whose connection was lost before the broker answered."""
-
-class Client:
-    """The connection engine behind ``message_broker.BrokerClient``. Its threads never
-    call into Python: events are queued and announced by writing one byte to the
-    socket whose handle was passed in (the loop awaits the other end)."""
+@final
+class ClientOptions:
+    """How a client connects, checked once: raises ``ValueError`` naming the first
+    option that is not valid (``client_id`` by ``validate_client_id``)."""
 
     def __init__(
         self,
         client_id: str,
         host: str,
         port: int,
-        wake_socket_handle: int,
         *,
         client_type: str,
-        version: str,
         connect_timeout: float,
         connect_retries: int,
         reconnect: bool,
@@ -95,10 +233,27 @@ class Client:
         max_reconnect_delay: float,
         heartbeat: bool,
         max_pending: int,
-        will: str | None = None,
+    ) -> None: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+
+@final
+class Client:
+    """The connection engine behind both Python clients. Its threads never call into
+    Python: events are queued and announced by writing one byte to the socket whose
+    handle was passed in (the front awaits the other end)."""
+
+    def __init__(
+        self, options: ClientOptions, wake_socket_handle: int, will: dict[str, Any] | None = None
     ) -> None:
         """Starts connecting in the background. Takes ownership of the socket handle
-        (from ``socket.detach()``). ``will`` is the last will as JSON text."""
+        (from ``socket.detach()``). ``will`` is the last will (``topic``, and optionally
+        ``payload``, ``qos``, ``retain``, ``ttl``): ``TypeError`` when not a dict,
+        ``ValueError`` when the broker would refuse it."""
 
     @property
     def is_connected(self) -> bool: ...
@@ -106,35 +261,27 @@ class Client:
     def max_message_size(self) -> int:
         """The broker's limit, learned when connecting."""
 
-    def publish(self, topic: str, payload: Any, ttl: float | None = None) -> str:
-        """Queues a message; returns its id. Raises ``ValueError`` for a payload JSON
-        cannot carry, a bad topic or an oversized message, ``BlockingIOError`` when
-        the outgoing queue is full (wait for the writable event), ``ConnectionError``
-        when the message cannot be queued at all."""
-
-    def publish_with(
-        self, topic: str, payload: Any, ttl: float | None = None, qos: int = 0, retain: bool = False
+    def publish(
+        self, topic: str, payload: Any, qos: object, ttl: object, retain: object
     ) -> tuple[str, int | None]:
-        """``publish`` with ``qos`` and ``retain``: (message id, call id). With ``qos=1``
-        the call's response event is the broker's confirmation."""
-
-    def settle(self, generation: int, tags: list[int], ack: bool, requeue: bool = True) -> int:
-        """Acknowledges (``ack``) or rejects deliveries from queues received on
-        connection ``generation``; returns how many were sent (0 for an older
-        connection, whose deliveries the broker already gave back)."""
+        """Queues a message: (message id, call id). With ``qos=1`` the call's answer is
+        the broker's confirmation (else the call id is None). Raises ``ValueError`` for
+        options the broker would refuse, a payload JSON cannot carry, a bad topic or an
+        oversized message, ``BlockingIOError`` when the outgoing queue is full (wait for
+        ``Writable``), ``ConnectionError`` when the message cannot be queued at all."""
 
     def subscribe_queue(
-        self, subscription: int, name: str, patterns: list[str], params: str
+        self, subscription: int, name: str, patterns: list[str], params: dict[str, Any]
     ) -> int | None:
-        """Consumes from queue ``name`` with the subscribe ``params`` (JSON text);
-        restored on reconnection. Returns the call id, or None when not sent now."""
+        """Consumes from queue ``name`` with the ``subscribe`` params; restored on
+        reconnection. Returns the call id, or None when not sent now."""
 
     def unsubscribe_queue(self, name: str) -> tuple[int | None, int | None]:
         """Stops consuming from a queue: (its subscription or None, call id or None)."""
 
-    def call(self, method: str, params: str) -> int:
-        """Sends a call (params as JSON text); returns the call id its response event
-        carries. Raises ``ConnectionError`` when not connected."""
+    def call(self, method: str, params: Any) -> int:
+        """Sends a call; returns the call id its answer carries. Raises ``ValueError``
+        for params JSON cannot carry, ``ConnectionError`` when not connected."""
 
     def subscribe(self, subscription: int, patterns: list[str]) -> int | None:
         """Adds patterns to a subscription; returns the call id of the subscribe sent
@@ -145,11 +292,194 @@ class Client:
         call id or None)."""
 
     def close(self) -> None:
-        """Flushes, says goodbye to the broker, and stops; the last event is ``closed``."""
+        """Flushes, says goodbye to the broker, and stops; the last event is ``Closed``."""
 
-    def drain(self, limit: int = 1000) -> list[tuple[Any, ...]]:
-        """Up to ``limit`` events, oldest first; each tuple starts with its kind. When
-        more remain, the wake socket becomes readable again. A message whose payload
-        Python cannot hold comes as an ``undecodable`` event (kind 8: topic, payload
-        text, sender, id, reason, queue delivery or None) instead of raising, so the
-        other events of the batch are never lost."""
+    def drain(self, limit: int = 1000) -> list[Event]:
+        """Up to ``limit`` events, oldest first. When more remain, the wake socket
+        becomes readable again."""
+
+# -- what drain returns -----------------------------------------------------------------
+
+@final
+class Delivery:
+    """A message for this client."""
+
+    @property
+    def message(self) -> Message: ...
+    @property
+    def subscriptions(self) -> tuple[int, ...]:
+        """This client's subscriptions whose patterns match the topic (one, for a
+        delivery from a queue)."""
+
+@final
+class Undecodable:
+    """A message whose payload Python cannot hold (an integer past Python's digit
+    limit), handed over as text instead, so that the rest of the batch is not lost."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def payload_text(self) -> str:
+        """The payload as JSON text, as the broker sent it."""
+
+    @property
+    def sender(self) -> str: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def reason(self) -> str:
+        """Why Python cannot hold it."""
+
+    @property
+    def queue(self) -> str | None: ...
+    def reject(self) -> bool:
+        """From a queue, rejects it without requeue (to the queue's dead-letter topic)
+        and returns True; else returns False."""
+
+@final
+class Answer:
+    """The broker's answer to a call."""
+
+    @property
+    def call(self) -> int: ...
+    @property
+    def result(self) -> str:
+        """The result as JSON text."""
+
+@final
+class CallFailed:
+    """The broker refused a call, or the connection was lost before it answered
+    (``code`` is then ``CONNECTION_LOST``)."""
+
+    @property
+    def call(self) -> int: ...
+    @property
+    def code(self) -> int: ...
+    @property
+    def message(self) -> str: ...
+
+@final
+class PublishFailed:
+    """The broker refused a message published without confirmation."""
+
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def code(self) -> int: ...
+    @property
+    def message(self) -> str: ...
+
+@final
+class Connected:
+    """Connected (or reconnected), with every subscription restored."""
+
+@final
+class Disconnected:
+    """The connection was lost."""
+
+    @property
+    def reason(self) -> str: ...
+    @property
+    def reconnecting(self) -> bool: ...
+
+@final
+class ConnectFailed:
+    """The first connection could not be made; the client has stopped."""
+
+    @property
+    def reason(self) -> str: ...
+
+@final
+class Writable:
+    """Room in the outgoing queue again, after a publish found it full."""
+
+@final
+class Closed:
+    """The client has stopped for good: nothing follows."""
+
+Event = (
+    Delivery
+    | Undecodable
+    | Answer
+    | CallFailed
+    | PublishFailed
+    | Connected
+    | Disconnected
+    | ConnectFailed
+    | Writable
+    | Closed
+)
+
+# -- Message (re-exported as message_broker.Message) ----------------------------------
+
+class Message:
+    """A delivered message.
+
+    ``payload`` is the plain value that was published (dict, list, str, number, bool
+    or None). ``id`` is the id ``publish`` returned to the publisher. Two messages are
+    equal when their attributes are; messages are not hashable.
+
+    A message from a queue (``queue`` is set) is acknowledged automatically when the
+    callback returns without raising, and rejected with requeue when it raises. Call
+    :meth:`ack` or :meth:`nack` to settle it yourself, earlier or differently.
+    """
+
+    topic: str
+    payload: Any
+    sender: str
+    id: str
+    timestamp: float
+    """Seconds since the Unix epoch when the broker accepted the message."""
+    reply_to: str | None
+    """Where the answer to a request goes; ``None`` for plain messages. A callback
+    answers simply by returning a value."""
+    ttl: float | None
+    """Seconds the publisher gave the message to live, when it gave any."""
+    qos: int
+    """1 when it was published at least once (``qos=1``)."""
+    retained: bool
+    """True when it comes from the retained store: the topic's last known state,
+    delivered when the subscription was made."""
+    queue: str | None
+    """The queue it was delivered from, for queue and durable subscriptions."""
+    delivery_count: int
+    """How many times the queue has delivered it, this time included (0 when not from
+    a queue)."""
+
+    def __init__(
+        self,
+        topic: str,
+        payload: Any,
+        sender: str,
+        id: str,
+        timestamp: float = 0.0,
+        reply_to: str | None = None,
+        ttl: float | None = None,
+        qos: int = 0,
+        retained: bool = False,
+        queue: str | None = None,
+        delivery_count: int = 0,
+    ) -> None: ...
+    @property
+    def is_request(self) -> bool: ...
+    @property
+    def redelivered(self) -> bool:
+        """True when a queue delivered it before (to a consumer that did not acknowledge
+        it)."""
+
+    @property
+    def settled(self) -> bool:
+        """True once acknowledged or rejected (always for messages not from a queue)."""
+
+    def ack(self) -> None:
+        """Acknowledges a message from a queue: the queue forgets it. Does nothing for
+        other messages, or when already settled."""
+
+    def nack(self, requeue: bool = True) -> None:
+        """Rejects a message from a queue: ``requeue=True`` gives it back to the queue
+        for another delivery (until ``max_deliveries``), ``False`` sends it to the
+        queue's dead-letter topic."""
+
+    def _finish(self, ack: bool, requeue: bool) -> None:
+        """Settles it unless already settled: what the client does once the callback
+        is done with it."""

@@ -7,15 +7,17 @@ be awaited from asyncio, used as a plain context manager, or started from a Qt a
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import weakref
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from message_broker import _core
 from message_broker.config import BrokerConfig
+
+if TYPE_CHECKING:
+    from message_broker._core import Status
 
 _logger = logging.getLogger("message_broker")
 
@@ -40,7 +42,7 @@ class MessageBroker:
 
     def __init__(self, config: BrokerConfig | None = None) -> None:
         self.config = config if config is not None else BrokerConfig()
-        self._server = _core.Broker(**dataclasses.asdict(self.config))
+        self._server = _core.Broker(self.config)
 
     @property
     def port(self) -> int | None:
@@ -71,16 +73,20 @@ class MessageBroker:
         self._server.stop(reason)
 
     async def start(self) -> None:
-        """Starts listening. Raises ``OSError`` when the address is in use."""
-        self.start_sync()
+        """Starts listening, without blocking the event loop: binding (and opening the
+        store of a ``data_dir``) happens on a worker thread. Raises ``OSError`` when the
+        address is in use."""
+        await asyncio.to_thread(self.start_sync)
 
     async def stop(self, reason: str = "broker stopped") -> None:
         """Stops gracefully (see :meth:`stop_sync`) without blocking the event loop."""
         await asyncio.to_thread(self.stop_sync, reason)
 
-    def status(self) -> dict[str, Any]:
-        """The broker's status: clients, subscriptions, counters, uptime."""
-        return json.loads(self._server.status_json())
+    def status(self) -> Status:
+        """The broker's status: clients, subscriptions, queues, counters, uptime (the
+        keys are listed in ``message_broker._core.Status``)."""
+        status: Status = json.loads(self._server.status_json())
+        return status
 
     async def __aenter__(self) -> MessageBroker:
         await self.start()

@@ -9,16 +9,20 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from message_broker import _core
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - depends on the interpreter
     import tomli as tomllib
 
-DEFAULT_HOST = "localhost"
-DEFAULT_PORT = 15234
-DEFAULT_HEARTBEAT_INTERVAL = 5.0
-DEFAULT_HEARTBEAT_TIMEOUT = 30.0
-DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+# Every default is the broker's own, read from the extension.
+_DEFAULTS = _core.BROKER_DEFAULTS
+DEFAULT_HOST: str = _DEFAULTS["host"]
+DEFAULT_PORT: int = _DEFAULTS["port"]
+DEFAULT_HEARTBEAT_INTERVAL: float = _DEFAULTS["heartbeat_interval"]
+DEFAULT_HEARTBEAT_TIMEOUT: float = _DEFAULTS["heartbeat_timeout"]
+DEFAULT_MAX_MESSAGE_SIZE: int = _DEFAULTS["max_message_size"]
 
 
 # The accepted Python types for each annotation used below.
@@ -36,15 +40,16 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
 class BrokerConfig:
     """How a :class:`~message_broker.MessageBroker` listens and what it allows.
 
-    Values are checked when the broker is created; a bad one raises ``ValueError``
-    naming the field.
+    Types are checked here (``TypeError``); values when the broker is created, by the
+    broker's own rules: a bad one raises ``ValueError`` naming the field. The defaults
+    are the broker's.
     """
 
     host: str = DEFAULT_HOST
     """Interface to listen on; ``localhost`` accepts local clients only."""
     port: int = DEFAULT_PORT
     """TCP port; ``0`` picks a free one (read it back from ``MessageBroker.port``)."""
-    max_connections: int = 100
+    max_connections: int = _DEFAULTS["max_connections"]
     """Clients served at once; one more is refused with ``TOO_MANY_CONNECTIONS``."""
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     """Seconds between the pings clients are asked to send."""
@@ -52,27 +57,27 @@ class BrokerConfig:
     """A client that pings is dropped after this many seconds of silence."""
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     """Largest frame accepted, in bytes."""
-    max_queue_size: int = 10000
+    max_queue_size: int = _DEFAULTS["max_queue_size"]
     """Messages queued for one client before new ones are dropped for it (and counted)."""
-    max_queue_bytes: int = 64 * 1024 * 1024
+    max_queue_bytes: int = _DEFAULTS["max_queue_bytes"]
     """Bytes queued for one client before new messages are dropped for it (and counted)."""
-    log_messages: bool = False
+    log_messages: bool = _DEFAULTS["log_messages"]
     """Log every published message on the ``message_broker.messages`` logger."""
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = _DEFAULTS["handshake_timeout"]
     """Seconds a new connection has to send ``connect``."""
-    frame_timeout: float = 30.0
+    frame_timeout: float = _DEFAULTS["frame_timeout"]
     """Seconds a frame may take to arrive once it has started."""
-    data_dir: str | None = None
+    data_dir: str | None = _DEFAULTS["data_dir"]
     """Directory of the store that keeps durable queues and retained messages across
     restarts (created if missing). ``None`` keeps them in memory only."""
-    fsync: bool = False
+    fsync: bool = _DEFAULTS["fsync"]
     """Sync every group commit to disk. Without it a confirmed message survives the
     broker being killed; with it, also a power failure (at a cost in throughput)."""
     queues: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """Durable queues that exist from the start: tables with ``name`` and ``patterns``,
     and optionally ``max_length``, ``max_bytes``, ``max_deliveries`` and
     ``dead_letter_topic``."""
-    max_memory: int = 1024 * 1024 * 1024
+    max_memory: int = _DEFAULTS["max_memory"]
     """Bytes that queues kept in memory (queue groups, and durable queues without a
     ``data_dir``) may hold together; past it they refuse new messages (``QueueFullError``
     for ``qos=1``) instead of the broker running out of memory. Durable queues of a
@@ -93,8 +98,6 @@ class BrokerConfig:
         for queue in self.queues:
             if not isinstance(queue, dict):
                 raise TypeError(f"BrokerConfig.queues must hold tables (dicts), got {queue!r}")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"BrokerConfig.port must be between 0 and 65535, got {self.port}")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> BrokerConfig:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from message_broker import _core
+
+ERROR_CODES: dict[str, int] = dict(_core.error_codes())
+"""The wire error codes by name, e.g. ``ERROR_CODES["NOT_CONNECTED"] == -32001``."""
+
 
 class BrokerError(Exception):
     """An error from the broker or the client. ``code`` is the wire error code when the
@@ -43,3 +48,20 @@ class QueueFullError(BrokerError):
 class StorageError(BrokerError):
     """The broker could not store a ``qos=1`` message, so it is not confirmed
     (``STORAGE_FAILED``, -32012)."""
+
+
+# The exception raised for each error code the client tells apart; any other code
+# raises BrokerError itself.
+_BY_CODE: dict[int, type[BrokerError]] = {
+    ERROR_CODES["TIMEOUT"]: RequestTimeoutError,
+    ERROR_CODES["NO_RESPONDERS"]: NoRespondersError,
+    ERROR_CODES["INVALID_PARAMS"]: InvalidMessageError,
+    ERROR_CODES["QUEUE_FULL"]: QueueFullError,
+    ERROR_CODES["STORAGE_FAILED"]: StorageError,
+    _core.CONNECTION_LOST: ConnectionLostError,
+}
+
+
+def error_from_code(code: int, message: str) -> BrokerError:
+    """The exception for an error the broker answered with (or a lost connection)."""
+    return _BY_CODE.get(code, BrokerError)(message, code)

@@ -4,7 +4,9 @@ No call blocks the GUI thread and no asyncio loop is needed. The connection runs
 the extension's own threads (connecting, pinging, reconnecting, writing); when it has
 something to report it writes one byte to a socket that a ``QSocketNotifier`` watches
 in the thread that owns the client, and that thread takes the whole batch of events
-and emits the signals. Every signal is therefore emitted in the owner's thread.
+and hands them to the client core it shares with the asyncio client
+(:mod:`message_broker._client_core`), which this module turns into signals. Every
+signal is therefore emitted in the owner's thread.
 
 PySide6 is an optional dependency: ``pip install message-broker[qt]``.
 """
@@ -12,12 +14,11 @@ PySide6 is an optional dependency: ``pip install message-broker[qt]``.
 from __future__ import annotations
 
 import itertools
-import logging
 import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     from PySide6.QtCore import QObject, QSocketNotifier, QTimer, Signal
@@ -26,15 +27,17 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "message_broker.qt_client needs PySide6: pip install 'message-broker[qt]'"
     ) from error
 
-from message_broker import _core, _engine
+from message_broker import _core
+from message_broker._client_core import CLIENT_DEFAULTS, ClientCore, QueueOptions
 from message_broker.broker import MessageBroker
 from message_broker.config import DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
 from message_broker.errors import BrokerError, InvalidMessageError
 from message_broker.message import Message
 
-__all__ = ["QtBrokerClient", "QtBrokerHost"]
+if TYPE_CHECKING:
+    from message_broker._core import Event
 
-logger = logging.getLogger("message_broker.qt_client")
+__all__ = ["QtBrokerClient", "QtBrokerHost"]
 
 ReplyCallback = Callable[[Any, "BrokerError | None"], None]
 
@@ -52,7 +55,10 @@ class QtBrokerClient(QObject):
     >>> broker.connect_to_broker()
 
     Reconnections are reported as ``disconnected`` then ``connected``; subscriptions
-    survive them.
+    survive them. It does what :class:`~message_broker.BrokerClient` does (``qos=1``,
+    retained messages, queue and durable subscriptions with acknowledgements, the last
+    will, ``delete_queue``), reporting outcomes with signals instead of raising: a
+    call that cannot be carried out emits ``error_occurred``.
     """
 
     connected = Signal()
@@ -67,6 +73,14 @@ class QtBrokerClient(QObject):
     payload unchanged."""
     subscribed = Signal(list)
     published = Signal(str)
+    """The message id: at once for ``qos=0``, once the broker has stored the message for
+    ``qos=1``."""
+    publish_failed = Signal(str, str)
+    """(message id, reason): the broker refused the message, or could not confirm a
+    ``qos=1`` one (a full queue, a failed store, a lost connection: publish it again)."""
+    # `object`, not `int`: a Qt int is 32 bits.
+    queue_deleted = Signal(str, object)
+    """(queue name, messages it held) for :meth:`delete_queue`."""
     error_occurred = Signal(str)
 
     message = Signal(object)
@@ -84,20 +98,19 @@ class QtBrokerClient(QObject):
         parent: QObject | None = None,
         *,
         client_type: str = "qt",
-        connect_timeout: float = 5.0,
-        connect_retries: int = 3,
-        reconnect: bool = True,
-        reconnect_delay: float = 0.1,
-        max_reconnect_delay: float = 5.0,
-        heartbeat: bool = True,
-        max_pending: int = 100_000,
+        connect_timeout: float = CLIENT_DEFAULTS["connect_timeout"],
+        connect_retries: int = CLIENT_DEFAULTS["connect_retries"],
+        reconnect: bool = CLIENT_DEFAULTS["reconnect"],
+        reconnect_delay: float = CLIENT_DEFAULTS["reconnect_delay"],
+        max_reconnect_delay: float = CLIENT_DEFAULTS["max_reconnect_delay"],
+        heartbeat: bool = CLIENT_DEFAULTS["heartbeat"],
+        max_pending: int = CLIENT_DEFAULTS["max_pending"],
     ) -> None:
         super().__init__(parent)
-        _engine.check_client_id(client_id)
-        self._client_id = client_id
-        self._host = host
-        self._port = port
-        self._options = _engine.engine_options(
+        options = _core.ClientOptions(
+            client_id,
+            host,
+            port,
             client_type=client_type,
             connect_timeout=connect_timeout,
             connect_retries=connect_retries,
@@ -107,107 +120,150 @@ class QtBrokerClient(QObject):
             heartbeat=heartbeat,
             max_pending=max_pending,
         )
-        self._engine: _core.Client | None = None
+        self._core = ClientCore(options, self, "connect_to_broker()")
         self._wake: socket.socket | None = None
         self._notifier: QSocketNotifier | None = None
-        self._subscription_ids = itertools.count(1)
-        self._callbacks: dict[int, Callable[[Message], Any] | None] = {}
-        self._pending_subscribes: dict[int, list[str]] = {}
-        self._pending_unsubscribes: set[int] = set()
-        self._requests: dict[int, tuple[int, ReplyCallback | None]] = {}
         self._request_numbers = itertools.count(1)
         # Events taken from the engine and not handled yet. The engine is drained again
         # only once this is empty: a GUI that falls behind slows the reading from the
         # broker instead of growing this.
-        self._backlog: deque[tuple[Any, ...]] = deque()
+        self._backlog: deque[Event] = deque()
         self._slice_scheduled = False
-        self._undecodable = 0
 
     @property
     def client_id(self) -> str:
-        return self._client_id
+        return self._core.client_id
 
     @property
     def is_connected(self) -> bool:
-        return self._engine is not None and self._engine.is_connected
+        return self._core.is_connected
 
     @property
     def undecodable_messages(self) -> int:
         """Messages not delivered because their payload cannot be turned into a Python
         value; each is logged and reported with ``error_occurred``."""
-        return self._undecodable
+        return self._core.undecodable
 
     # -- connection -----------------------------------------------------------------------
-    def connect_to_broker(self) -> None:
-        """Starts connecting; ``connected`` or ``connection_failed`` follows."""
-        if self._engine is not None:
+    def connect_to_broker(self, will: dict[str, Any] | None = None) -> None:
+        """Starts connecting; ``connected`` or ``connection_failed`` follows.
+
+        ``will`` (``{"topic": ..., "payload": ..., "qos": 0, "retain": False}``) is the
+        last will, published by the broker if the connection ends without
+        :meth:`disconnect_from_broker`; one the broker would refuse emits
+        ``connection_failed`` at once."""
+        if self._core.running:
             return
-        self._engine, self._wake = _engine.open_engine(
-            self._client_id, self._host, self._port, self._options
-        )
+        try:
+            self._wake = self._core.open(will)
+        except (BrokerError, TypeError) as error:
+            self.connection_failed.emit(f"cannot connect: {error}")
+            return
         self._notifier = QSocketNotifier(self._wake.fileno(), QSocketNotifier.Type.Read, self)
         self._notifier.activated.connect(self._on_events)
 
     def disconnect_from_broker(self) -> None:
         """Sends what is queued, says goodbye and stops; ``disconnected`` follows."""
-        if self._engine is not None:
-            self._engine.close()
+        self._core.close()
 
     # -- messaging ------------------------------------------------------------------------
     def subscribe(
-        self, patterns: str | Iterable[str], callback: Callable[[Message], Any] | None = None
+        self,
+        patterns: str | Iterable[str],
+        callback: Callable[[Message], Any] | None = None,
+        *,
+        queue: str | None = None,
+        durable: bool = False,
+        prefetch: int | None = None,
+        max_length: int | None = None,
+        max_bytes: int | None = None,
+        max_deliveries: int | None = None,
+        dead_letter_topic: str | None = None,
     ) -> None:
-        """Subscribes; matching messages arrive as ``message_received`` (and go to
-        ``callback``, if given: a value it returns answers a request). ``subscribed``
-        follows once the broker holds the patterns."""
-        engine = self._require_engine()
-        if engine is None:
-            return
+        """Subscribes; matching messages arrive as ``message_received`` and ``message``
+        (and go to ``callback``, if given: a value it returns answers a request).
+        ``subscribed`` follows once the broker holds the patterns.
+
+        ``queue``, ``durable`` and the queue's options are those of
+        :meth:`BrokerClient.subscribe <message_broker.BrokerClient.subscribe>`. A
+        message from a queue is acknowledged when the callback returns without raising
+        (without a callback: once the signals have been emitted) and given back when
+        the callback raises; ``message.ack()`` / ``message.nack()`` in a slot settle it
+        first."""
+        options = QueueOptions(
+            queue, durable, prefetch, max_length, max_bytes, max_deliveries, dead_letter_topic
+        )
         try:
-            patterns = _engine.pattern_list(patterns)
-            subscription = next(self._subscription_ids)
-            call = engine.subscribe(subscription, patterns)
-        except (TypeError, ValueError) as error:
+            self._core.subscribe(patterns, callback, options, self._subscribe_done)
+        except (BrokerError, TypeError, ValueError) as error:
             self.error_occurred.emit(f"cannot subscribe: {error}")
-            return
-        self._callbacks[subscription] = callback
-        if call is None:
+
+    def _subscribe_done(self, patterns: list[str], error: BrokerError | None) -> None:
+        if error is None:
             self.subscribed.emit(patterns)
         else:
-            self._pending_subscribes[call] = patterns
+            self.error_occurred.emit(f"cannot subscribe to {patterns}: {error}")
 
-    def unsubscribe(self, patterns: str | Iterable[str]) -> None:
-        engine = self._require_engine()
-        if engine is None:
-            return
+    def unsubscribe(
+        self, patterns: str | Iterable[str] | None = None, *, queue: str | None = None
+    ) -> None:
+        """Stops ``patterns`` for every callback or, with ``queue``, stops consuming from
+        that queue (its unacknowledged messages go back to it)."""
         try:
-            _, emptied, call = engine.unsubscribe(_engine.pattern_list(patterns))
-        except (TypeError, ValueError) as error:
+            if queue is not None:
+                self._core.unsubscribe_queue(queue, self._unsubscribe_done)
+            elif patterns is None:
+                raise TypeError("unsubscribe() needs patterns or queue=")
+            else:
+                self._core.unsubscribe(patterns, self._unsubscribe_done)
+        except (BrokerError, TypeError, ValueError) as error:
             self.error_occurred.emit(f"cannot unsubscribe: {error}")
-            return
-        for subscription in emptied:
-            self._callbacks.pop(subscription, None)
-        if call is not None:
-            self._pending_unsubscribes.add(call)
 
-    def publish(self, topic: str, payload: Any = None, qos: int = 0, ttl: float = 0) -> str:
-        """Queues a message and returns its id (also sent with ``published``). Returns
-        "" and emits ``error_occurred`` when the message cannot be sent."""
-        engine = self._require_engine()
-        if engine is None:
-            return ""
+    def _unsubscribe_done(self, _: list[str], error: BrokerError | None) -> None:
+        if error is not None:
+            self.error_occurred.emit(f"cannot unsubscribe: {error}")
+
+    def publish(
+        self, topic: str, payload: Any = None, qos: int = 0, ttl: float = 0, retain: bool = False
+    ) -> str:
+        """Queues a message and returns its id. ``published`` follows with the id: at
+        once for ``qos=0``; for ``qos=1`` once the broker has stored it in every durable
+        queue it matches, else ``publish_failed``. ``retain=True`` keeps it as the
+        topic's current state; ``ttl`` is in seconds (0 for none). Returns "" and emits
+        ``error_occurred`` when the message cannot be sent."""
         try:
-            if qos != 0:
-                raise InvalidMessageError(f"qos={qos} is not available (qos=0 only)")
-            message_id = _engine.publish(engine, topic, payload, ttl or None)
-        except (BrokerError, ConnectionError) as error:
+            message_id = self._core.publish(topic, payload, qos, ttl, retain, self._confirmed)
+        except BrokerError as error:
             self.error_occurred.emit(f"cannot publish on {topic!r}: {error}")
             return ""
         except BlockingIOError:
             self.error_occurred.emit(f"cannot publish on {topic!r}: the outgoing queue is full")
             return ""
-        self.published.emit(message_id)
+        if qos == 0:
+            self.published.emit(message_id)
         return message_id
+
+    def _confirmed(self, message_id: str, error: BrokerError | None) -> None:
+        if error is None:
+            self.published.emit(message_id)
+        else:
+            self.publish_failed.emit(message_id, str(error))
+            self.error_occurred.emit(f"message {message_id} was not confirmed: {error}")
+
+    def delete_queue(self, name: str) -> None:
+        """Deletes a queue and the messages in it; ``queue_deleted(name, messages)``
+        follows, or ``error_occurred`` (there is no such queue, or no connection)."""
+
+        def done(result: Any, error: BrokerError | None) -> None:
+            if error is None:
+                self.queue_deleted.emit(name, result)
+            else:
+                self.error_occurred.emit(f"cannot delete queue {name!r}: {error}")
+
+        try:
+            self._core.delete_queue(name, done)
+        except BrokerError as error:
+            done(None, error)
 
     def request(
         self,
@@ -220,27 +276,24 @@ class QtBrokerClient(QObject):
         ``reply_received(number, reply)`` or ``request_failed(number, reason)``, and
         ``callback(reply, error)`` is called too, if given (in this thread)."""
         number = next(self._request_numbers)
-        engine = self._require_engine()
+
+        def done(result: Any, error: BrokerError | None) -> None:
+            if error is None:
+                self.reply_received.emit(number, result)
+            else:
+                self.request_failed.emit(number, str(error))
+            if callback is not None:
+                callback(None if error else result, error)
+
         try:
-            if engine is None:
-                raise BrokerError("not connected: call connect_to_broker() first")
-            params = (
-                f'{{"topic":{_engine.encode_payload(topic)},'
-                f'"payload":{_engine.encode_payload(payload)},"timeout":{float(timeout)!r}}}'
-            )
-            call = engine.call("request", params)
-        except (BrokerError, ValueError, ConnectionError) as error:
-            self._fail_request(number, callback, BrokerError(str(error)))
-            return number
-        self._requests[call] = (number, callback)
+            self._core.request(topic, payload, timeout, done)
+        except BrokerError as error:
+            done(None, error)
+        except ValueError as error:
+            done(None, InvalidMessageError(str(error)))
         return number
 
-    def _require_engine(self) -> _core.Client | None:
-        if self._engine is None:
-            self.error_occurred.emit("not connected: call connect_to_broker() first")
-        return self._engine
-
-    # -- events ---------------------------------------------------------------------------
+    # -- the driver of the client core ----------------------------------------------------
     def _on_events(self) -> None:
         wake = self._wake
         if wake is None:
@@ -257,115 +310,60 @@ class QtBrokerClient(QObject):
     def _handle_slice(self) -> None:
         self._slice_scheduled = False
         deadline = time.perf_counter() + SLICE_SECONDS
+        core = self._core
         while True:
             if not self._backlog:
-                if self._engine is None:
-                    return
-                self._backlog.extend(self._engine.drain(_engine.DRAIN_LIMIT))
+                self._backlog.extend(core.take_events())
                 if not self._backlog:
                     return
-            event = self._backlog.popleft()
-            try:
-                self._handle(event)
-            except Exception:
-                # One event that cannot be handled must not stop the others.
-                logger.exception("client %s: an event could not be handled", self._client_id)
+            core.handle((self._backlog.popleft(),))
             if time.perf_counter() > deadline:
                 break
         if not self._slice_scheduled:
             self._slice_scheduled = True
             QTimer.singleShot(0, self._handle_slice)
 
-    def _handle(self, event: tuple[Any, ...]) -> None:
-        kind = event[0]
-        if kind == _engine.MESSAGE:
-            self._deliver(event)
-        elif kind == _engine.UNDECODABLE:
-            assert self._engine is not None
-            self._undecodable += 1
-            self.error_occurred.emit(_engine.reject_undecodable(event, self._engine))
-        elif kind == _engine.RESPONSE:
-            self._answered(event[1], event[2], event[3])
-        elif kind == _engine.PUBLISH_FAILED:
-            self.error_occurred.emit(f"the broker refused message {event[1]}: {event[3]}")
-        elif kind == _engine.CONNECTED:
-            self.connected.emit()
-        elif kind == _engine.DISCONNECTED:
-            self.disconnected.emit()
-        elif kind == _engine.CONNECT_FAILED:
-            self.connection_failed.emit(event[1])
-        elif kind == _engine.CLOSED:
-            self._stop()
+    # Front of the client core (see message_broker._client_core.Front).
+    def _on_connected(self) -> None:
+        self.connected.emit()
 
-    def _deliver(self, event: tuple[Any, ...]) -> None:
-        assert self._engine is not None
-        subscriptions, message = _engine.message_from_event(event, self._engine)
-        payload = message.payload
-        as_dict = payload if isinstance(payload, dict) else {"value": payload}
-        self.message.emit(message)
-        self.message_received.emit(message.topic, as_dict, message.sender, message.id)
-        answered = False
-        for subscription in subscriptions:
-            callback = self._callbacks.get(subscription)
-            if callback is None:
-                continue
-            try:
-                result = callback(message)
-            except Exception:
-                logger.exception("callback %r failed on a message on %r", callback, message.topic)
-                continue
-            if result is not None and message.reply_to is not None and not answered:
-                answered = True
-                self._reply(message, result)
+    def _on_disconnected(self, reason: str, reconnecting: bool) -> None:
+        self.disconnected.emit()
 
-    def _reply(self, message: Message, result: Any) -> None:
-        assert message.reply_to is not None and self._engine is not None
-        try:
-            _engine.publish(self._engine, message.reply_to, result)
-        except (BrokerError, ConnectionError, BlockingIOError) as error:
-            self.error_occurred.emit(f"could not answer the request on {message.topic!r}: {error}")
+    def _on_connect_failed(self, reason: str) -> None:
+        self.connection_failed.emit(reason)
 
-    def _answered(self, call: int, ok: bool, result: Any) -> None:
-        if call in self._pending_subscribes:
-            patterns = self._pending_subscribes.pop(call)
-            if ok or result[0] == _core.CONNECTION_LOST:
-                self.subscribed.emit(patterns)  # restored on reconnection if the link broke
-            else:
-                self.error_occurred.emit(f"cannot subscribe to {patterns}: {result[1]}")
-        elif call in self._pending_unsubscribes:
-            self._pending_unsubscribes.discard(call)
-            if not ok and result[0] != _core.CONNECTION_LOST:
-                self.error_occurred.emit(f"cannot unsubscribe: {result[1]}")
-        elif call in self._requests:
-            number, callback = self._requests.pop(call)
-            if ok:
-                reply = _core.loads(result)
-                self.reply_received.emit(number, reply)
-                if callback is not None:
-                    callback(reply, None)
-            else:
-                self._fail_request(number, callback, _engine.remote_error(*result))
-
-    def _fail_request(
-        self, number: int, callback: ReplyCallback | None, error: BrokerError
-    ) -> None:
-        self.request_failed.emit(number, str(error))
-        if callback is not None:
-            callback(None, error)
-
-    def _stop(self) -> None:
-        pending = list(self._requests.values())
-        self._requests.clear()
-        self._pending_subscribes.clear()
-        self._pending_unsubscribes.clear()
+    def _on_closed(self) -> None:
         if self._notifier is not None:
             self._notifier.setEnabled(False)
             self._notifier.deleteLater()
         if self._wake is not None:
             self._wake.close()
-        self._engine = self._wake = self._notifier = None
-        for number, callback in pending:
-            self._fail_request(number, callback, BrokerError("the client is closed"))
+        self._wake = self._notifier = None
+        self._backlog.clear()
+
+    def _on_writable(self) -> None:
+        pass  # a full queue makes publish fail at once instead of waiting
+
+    def _on_message(self, message: Message) -> None:
+        payload = message.payload
+        self.message.emit(message)
+        self.message_received.emit(
+            message.topic,
+            payload if isinstance(payload, dict) else {"value": payload},
+            message.sender,
+            message.id,
+        )
+
+    def _on_publish_failed(self, message_id: str, error: BrokerError) -> None:
+        self.publish_failed.emit(message_id, str(error))
+        self.error_occurred.emit(f"the broker refused message {message_id}: {error}")
+
+    def _on_problem(self, report: str) -> None:
+        self.error_occurred.emit(report)
+
+    def _defer(self, callback: Callable[[Message], Any], result: Any, message: Message) -> bool:
+        return False  # Qt callbacks are plain functions: what they return is their result
 
 
 class QtBrokerHost(QObject):

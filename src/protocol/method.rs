@@ -133,13 +133,7 @@ impl Connect {
     fn parse(params: Option<&RawValue>) -> Result<Connect, RpcError> {
         let connect: Connect = jsonrpc::params(params)?;
         if let Some(will) = &connect.will {
-            validate_topic(&will.topic)?;
-            rules::publishable(&will.topic)?;
-            rules::qos(will.qos.as_ref())?;
-            rules::ttl(will.ttl)?;
-            if let Some(headers) = &will.headers {
-                rules::headers(headers)?;
-            }
+            will.check()?;
         }
         if let Some(client_id) = &connect.client_id {
             rules::client_id(client_id)?;
@@ -164,6 +158,20 @@ pub struct Will {
     pub ttl: f64,
     #[serde(default)]
     pub headers: Option<Box<RawValue>>,
+}
+
+impl Will {
+    /// A will the broker accepts: what `publish` would accept.
+    pub fn check(&self) -> Result<(), RpcError> {
+        validate_topic(&self.topic)?;
+        rules::publishable(&self.topic)?;
+        rules::qos(self.qos.as_ref())?;
+        rules::ttl(self.ttl)?;
+        if let Some(headers) = &self.headers {
+            rules::headers(headers)?;
+        }
+        Ok(())
+    }
 }
 
 /// `subscribe`: patterns, and with `queue` or `durable` a queue to consume from.

@@ -3,14 +3,12 @@
 //! host it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
-use super::runtime;
-use crate::broker::queue::QueueSpec;
+use super::{options, runtime};
 use crate::broker::{self, BrokerHandle};
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
@@ -22,12 +20,6 @@ pub struct Broker {
     /// Set while `start` waits without the GIL (and without the `running` lock: a
     /// thread holding the GIL may be waiting for that lock).
     starting: AtomicBool,
-}
-
-fn seconds(name: &str, value: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value).map_err(|_| {
-        PyValueError::new_err(format!("{name} must be a positive number of seconds, got {value}"))
-    })
 }
 
 fn to_py_error(error: BrokerError) -> PyErr {
@@ -42,62 +34,10 @@ fn to_py_error(error: BrokerError) -> PyErr {
 
 #[pymethods]
 impl Broker {
+    /// Reads and checks `config`, a `message_broker.BrokerConfig`.
     #[new]
-    #[pyo3(signature = (
-        *, host, port, max_connections, heartbeat_interval, heartbeat_timeout,
-        max_message_size, max_queue_size, max_queue_bytes, log_messages, handshake_timeout, frame_timeout,
-        data_dir = None, fsync = false, queues = None, max_memory = crate::config::DEFAULT_MAX_MEMORY
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        host: String,
-        port: u16,
-        max_connections: usize,
-        heartbeat_interval: f64,
-        heartbeat_timeout: f64,
-        max_message_size: usize,
-        max_queue_size: usize,
-        max_queue_bytes: usize,
-        log_messages: bool,
-        handshake_timeout: f64,
-        frame_timeout: f64,
-        data_dir: Option<std::path::PathBuf>,
-        fsync: bool,
-        queues: Option<&Bound<'_, PyAny>>,
-        max_memory: usize,
-    ) -> PyResult<Self> {
-        let queues: Vec<QueueSpec> = match queues {
-            None => Vec::new(),
-            Some(queues) => {
-                let mut text = Vec::new();
-                super::json::encode(queues, &mut text).map_err(|error| {
-                    PyValueError::new_err(format!("queues cannot be read: {}", error.value(queues.py())))
-                })?;
-                serde_json::from_slice(&text).map_err(|e| {
-                    PyValueError::new_err(format!(
-                        "invalid configuration: queues: {e} (each queue is a table with name, patterns and optionally max_length, max_bytes, max_deliveries, dead_letter_topic)"
-                    ))
-                })?
-            }
-        };
-        let config = BrokerConfig {
-            host,
-            port,
-            max_connections,
-            heartbeat_interval: seconds("heartbeat_interval", heartbeat_interval)?,
-            heartbeat_timeout: seconds("heartbeat_timeout", heartbeat_timeout)?,
-            max_message_size,
-            max_queue_size,
-            max_queue_bytes,
-            log_messages,
-            handshake_timeout: seconds("handshake_timeout", handshake_timeout)?,
-            frame_timeout: seconds("frame_timeout", frame_timeout)?,
-            data_dir,
-            fsync,
-            queues,
-            max_memory,
-        };
-        config.validate().map_err(to_py_error)?;
+    fn new(config: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let config = options::broker_config(config)?;
         Ok(Broker { config, running: Mutex::new(None), starting: AtomicBool::new(false) })
     }
 

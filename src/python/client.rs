@@ -6,16 +6,16 @@
 //! the loop then takes the whole batch with `drain()`.
 
 use std::io::Write;
-use std::time::Duration;
 
-use pyo3::exceptions::{PyBlockingIOError, PyConnectionError, PyValueError};
+use pyo3::exceptions::{PyBlockingIOError, PyConnectionError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyDict, PyList};
 use serde_json::value::RawValue;
 
-use super::{json, runtime};
-use crate::client::{self, ClientConfig, ClientError, Event, PublishOptions};
-use crate::protocol::method::MethodName;
+use super::options::ClientOptions;
+use super::{events, facts, json, runtime};
+use crate::client::{self, ClientError};
+use crate::protocol::method::{MethodName, Will};
 
 #[cfg(unix)]
 type WakeSocket = std::os::unix::net::UnixStream;
@@ -72,67 +72,57 @@ fn encode(payload: &Bound<'_, PyAny>) -> PyResult<String> {
     Ok(String::from_utf8(text).expect("JSON text is UTF-8"))
 }
 
-fn seconds(value: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| PyValueError::new_err(format!("expected a positive number of seconds, got {value}")))
+/// The last will of `connect` as JSON text, checked by the broker's own rules so that a
+/// mistake shows when connecting is asked for, not as a refused connection.
+fn will_json(will: &Bound<'_, PyAny>) -> PyResult<Box<RawValue>> {
+    if !will.is_instance_of::<PyDict>() {
+        return Err(PyTypeError::new_err(format!(
+            "will must be a dict with topic and payload, got {}",
+            will.repr()?
+        )));
+    }
+    let text = encode(will)?;
+    let parsed: Will = serde_json::from_str(&text).map_err(|e| {
+        PyValueError::new_err(format!(
+            "will is a dict with a topic (str) and optionally payload, qos, retain and ttl: {e}"
+        ))
+    })?;
+    parsed.check().map_err(|e| PyValueError::new_err(format!("will: {}", e.message)))?;
+    RawValue::from_string(text).map_err(|e| PyValueError::new_err(format!("will is not valid JSON: {e}")))
 }
 
-// Event kinds as they reach Python (see message_broker/client.py).
-const MESSAGE: u8 = 0;
-const RESPONSE: u8 = 1;
-const PUBLISH_FAILED: u8 = 2;
-const CONNECTED: u8 = 3;
-const DISCONNECTED: u8 = 4;
-const CONNECT_FAILED: u8 = 5;
-const WRITABLE: u8 = 6;
-const CLOSED: u8 = 7;
-const UNDECODABLE: u8 = 8;
+/// Events taken per drain: large enough to amortise the wake-up, small enough that
+/// handing them to Python keeps one turn of the event loop short.
+const DRAIN_LIMIT: usize = 1000;
 
 #[pyclass(module = "message_broker._core", frozen)]
 pub struct Client {
     inner: client::Client,
 }
 
+impl Client {
+    /// Acknowledges (`ack`) or rejects one delivery from a queue received on connection
+    /// `generation`; nothing is sent for an older connection, whose deliveries the
+    /// broker already gave back.
+    pub fn settle(&self, generation: u64, tag: u64, ack: bool, requeue: bool) -> PyResult<()> {
+        self.inner.settle(generation, &[tag], ack, requeue).map(drop).map_err(to_py_error)
+    }
+}
+
 #[pymethods]
 impl Client {
+    /// Starts connecting in the background; takes ownership of the socket handle.
     #[new]
-    #[pyo3(signature = (
-        client_id, host, port, wake_socket_handle, *, client_type, version, connect_timeout,
-        connect_retries, reconnect, reconnect_delay, max_reconnect_delay, heartbeat, max_pending,
-        will = None
-    ))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (options, wake_socket_handle, will = None))]
     fn new(
-        client_id: String,
-        host: String,
-        port: u16,
+        options: &ClientOptions,
         wake_socket_handle: i64,
-        client_type: String,
-        version: String,
-        connect_timeout: f64,
-        connect_retries: u32,
-        reconnect: bool,
-        reconnect_delay: f64,
-        max_reconnect_delay: f64,
-        heartbeat: bool,
-        max_pending: usize,
-        will: Option<String>,
+        will: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        // First, so that the socket is closed whatever fails next.
         let waker = SocketWaker(wake_socket(wake_socket_handle)?);
-        let mut config = ClientConfig::new(client_id, host, port);
-        config.client_type = client_type;
-        config.version = version;
-        config.connect_timeout = seconds(connect_timeout)?;
-        config.connect_retries = connect_retries;
-        config.reconnect = reconnect;
-        config.reconnect_delay = seconds(reconnect_delay)?;
-        config.max_reconnect_delay = seconds(max_reconnect_delay)?;
-        config.heartbeat = heartbeat;
-        config.max_pending = max_pending.max(1);
-        config.will = will
-            .map(RawValue::from_string)
-            .transpose()
-            .map_err(|e| PyValueError::new_err(format!("will is not valid JSON: {e}")))?;
+        let mut config = options.config.clone();
+        config.will = will.map(will_json).transpose()?;
         let inner = client::Client::start(config, Box::new(waker), &runtime::handle()?);
         Ok(Client { inner })
     }
@@ -147,47 +137,30 @@ impl Client {
         self.inner.max_message_size()
     }
 
-    /// Queues a publish of `payload` (any value JSON can carry); returns the message
-    /// id. Raises ValueError for a bad topic, an oversized message or a payload JSON
-    /// cannot carry.
-    #[pyo3(signature = (topic, payload, ttl = None))]
-    fn publish(&self, topic: &str, payload: &Bound<'_, PyAny>, ttl: Option<f64>) -> PyResult<String> {
-        let text = encode(payload)?;
-        self.inner.publish(topic, &text, ttl).map_err(to_py_error)
-    }
-
-    /// Like `publish`, with `qos` and `retain`; returns (message id, call id or None).
-    /// With qos=1 the call's response is the broker's confirmation.
-    #[pyo3(signature = (topic, payload, ttl = None, qos = 0, retain = false))]
-    fn publish_with(
+    /// Queues a message; returns (message id, call id or None). With qos=1 the call's
+    /// answer is the broker's confirmation.
+    fn publish(
         &self,
         topic: &str,
         payload: &Bound<'_, PyAny>,
-        ttl: Option<f64>,
-        qos: u8,
-        retain: bool,
+        qos: &Bound<'_, PyAny>,
+        ttl: &Bound<'_, PyAny>,
+        retain: &Bound<'_, PyAny>,
     ) -> PyResult<(String, Option<u64>)> {
+        let options = facts::publish_options(qos, ttl, retain)?;
         let text = encode(payload)?;
-        let options = PublishOptions { ttl, qos, retain, headers: None };
         self.inner.publish_with(topic, &text, &options).map_err(to_py_error)
     }
 
-    /// Acknowledges (ack=True) or rejects deliveries from queues received on
-    /// connection `generation`; returns how many were sent.
-    #[pyo3(signature = (generation, tags, ack, requeue = true))]
-    fn settle(&self, generation: u64, tags: Vec<u64>, ack: bool, requeue: bool) -> PyResult<usize> {
-        self.inner.settle(generation, &tags, ack, requeue).map_err(to_py_error)
-    }
-
-    /// Consumes from a queue; `params` are the subscribe params as JSON text.
+    /// Consumes from queue `name`; `params` are the `subscribe` params.
     fn subscribe_queue(
         &self,
         subscription: u64,
         name: &str,
         patterns: Vec<String>,
-        params: &str,
+        params: &Bound<'_, PyAny>,
     ) -> PyResult<Option<u64>> {
-        let params: serde_json::Value = serde_json::from_str(params)
+        let params: serde_json::Value = serde_json::from_str(&encode(params)?)
             .map_err(|e| PyValueError::new_err(format!("params are not valid JSON: {e}")))?;
         self.inner.subscribe_queue(subscription, name, &patterns, params).map_err(to_py_error)
     }
@@ -197,9 +170,9 @@ impl Client {
         self.inner.unsubscribe_queue(name).map_err(to_py_error)
     }
 
-    /// Sends a call with `params` given as JSON text; returns its call id.
-    fn call(&self, method: &str, params: &str) -> PyResult<u64> {
-        let params = RawValue::from_string(params.to_owned())
+    /// Sends a call with `params` (any value JSON can carry); returns its call id.
+    fn call(&self, method: &str, params: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let params = RawValue::from_string(encode(params)?)
             .map_err(|e| PyValueError::new_err(format!("params are not valid JSON: {e}")))?;
         let method = MethodName::find(method).map_err(|e| PyValueError::new_err(e.message))?;
         self.inner.call(method, params).map_err(to_py_error)
@@ -219,60 +192,13 @@ impl Client {
         self.inner.close();
     }
 
-    /// Up to `limit` queued events, oldest first, as tuples whose first item is the
-    /// kind. When more remain, the wake socket is written again.
-    #[pyo3(signature = (limit = 1000))]
-    fn drain<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Bound<'py, PyList>> {
-        let list = PyList::empty(py);
-        for event in self.inner.drain(limit) {
-            let item: Bound<'py, PyTuple> = match event {
-                Event::Message(m) => match json::decode(py, &m.payload) {
-                    Ok(payload) => (
-                        MESSAGE,
-                        PyTuple::new(py, m.subscriptions)?,
-                        m.topic,
-                        payload,
-                        m.sender,
-                        m.id,
-                        m.timestamp,
-                        m.reply_to,
-                        m.ttl,
-                        m.qos,
-                        m.retained,
-                        m.from_queue.map(|q| (q.queue, q.tag, q.delivery_count, q.generation)),
-                    )
-                        .into_pyobject(py)?,
-                    // One payload Python cannot hold must not cost the other events
-                    // of the batch: it is handed over as text with the reason.
-                    Err(error) => (
-                        UNDECODABLE,
-                        m.topic,
-                        m.payload,
-                        m.sender,
-                        m.id,
-                        error.value(py).to_string(),
-                        m.from_queue.map(|q| (q.queue, q.tag, q.delivery_count, q.generation)),
-                    )
-                        .into_pyobject(py)?,
-                },
-                Event::Response { call, result: Ok(json) } => {
-                    (RESPONSE, call, true, json).into_pyobject(py)?
-                }
-                Event::Response { call, result: Err(e) } => {
-                    (RESPONSE, call, false, (e.code, e.message)).into_pyobject(py)?
-                }
-                Event::PublishFailed { message_id, error } => {
-                    (PUBLISH_FAILED, message_id, error.code, error.message).into_pyobject(py)?
-                }
-                Event::Connected => (CONNECTED,).into_pyobject(py)?,
-                Event::Disconnected { reason, reconnecting } => {
-                    (DISCONNECTED, reason, reconnecting).into_pyobject(py)?
-                }
-                Event::ConnectFailed { reason } => (CONNECT_FAILED, reason).into_pyobject(py)?,
-                Event::Writable => (WRITABLE,).into_pyobject(py)?,
-                Event::Closed => (CLOSED,).into_pyobject(py)?,
-            };
-            list.append(item)?;
+    /// Up to `limit` queued events, oldest first, as typed event objects. When more
+    /// remain, the wake socket is written again.
+    #[pyo3(signature = (limit = DRAIN_LIMIT))]
+    fn drain<'py>(slf: &Bound<'py, Self>, limit: usize) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(slf.py());
+        for event in slf.get().inner.drain(limit) {
+            list.append(events::to_python(slf, event)?)?;
         }
         Ok(list)
     }

@@ -4,14 +4,24 @@
 //!   `atexit` hook so no Rust thread is inside Python while the interpreter finalizes.
 //! - [`logging`]: `tracing` events forwarded to Python's `logging` from one thread of
 //!   its own, so broker threads never wait for the GIL.
+//! - [`facts`]: error codes, defaults and validation rules, read by Python instead of
+//!   restated there.
+//! - [`options`]: the broker's configuration and a client's options, each crossing as
+//!   one typed object.
 //! - [`broker`]: `Broker`, the server behind `message_broker.MessageBroker`.
-//! - [`client`]: `Client`, the engine behind `message_broker.BrokerClient`.
+//! - [`client`]: `Client`, the engine behind both Python clients.
+//! - [`events`]: the typed events `Client.drain` returns; [`message`]: `Message`,
+//!   built during the drain.
 //! - [`json`]: JSON straight between Python objects and bytes.
 
 mod broker;
 mod client;
+mod events;
+mod facts;
 mod json;
 mod logging;
+mod message;
+mod options;
 mod runtime;
 
 use pyo3::prelude::*;
@@ -20,20 +30,15 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
     m.add("__version__", crate::VERSION)?;
-    m.add("DEFAULT_PORT", crate::config::DEFAULT_PORT)?;
+    facts::register(m)?;
     m.add_class::<broker::Broker>()?;
+    m.add_class::<options::ClientOptions>()?;
     m.add_class::<client::Client>()?;
-    m.add("CONNECTION_LOST", crate::client::CONNECTION_LOST)?;
+    m.add_class::<message::Message>()?;
+    events::register(m)?;
     m.add_function(wrap_pyfunction!(runtime::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(logging::set_log_level, m)?)?;
-    m.add_function(wrap_pyfunction!(error_codes, m)?)?;
     m.add_function(wrap_pyfunction!(json::dumps, m)?)?;
     m.add_function(wrap_pyfunction!(json::loads, m)?)?;
     Ok(())
-}
-
-/// The wire error codes: `{name: code}`.
-#[pyfunction]
-fn error_codes() -> Vec<(&'static str, i32)> {
-    crate::ErrorCode::ALL.iter().map(|c| (c.name(), c.code())).collect()
 }

@@ -1,0 +1,136 @@
+//! What the Python package reads instead of restating it: the wire error codes, the
+//! defaults of the broker's configuration and of a client, and the rules the broker
+//! applies to a client id and to a publish's options.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
+use serde_json::Value;
+
+use crate::client::{ClientConfig, PublishOptions};
+use crate::config::{BrokerConfig, DEFAULT_HOST, DEFAULT_PORT};
+use crate::error::RpcError;
+use crate::protocol::rules;
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("DEFAULT_HOST", DEFAULT_HOST)?;
+    m.add("DEFAULT_PORT", DEFAULT_PORT)?;
+    m.add("CONNECTION_LOST", crate::client::CONNECTION_LOST)?;
+    m.add("BROKER_DEFAULTS", broker_defaults(py)?)?;
+    m.add("CLIENT_DEFAULTS", client_defaults(py)?)?;
+    m.add_function(wrap_pyfunction!(error_codes, m)?)?;
+    m.add_function(wrap_pyfunction!(validate_client_id, m)?)?;
+    m.add_function(wrap_pyfunction!(validate_publish_options, m)?)?;
+    Ok(())
+}
+
+/// The wire error codes as `(name, code)` pairs.
+#[pyfunction]
+fn error_codes() -> Vec<(&'static str, i32)> {
+    crate::ErrorCode::ALL.iter().map(|c| (c.name(), c.code())).collect()
+}
+
+/// The default of every setting of `BrokerConfig` but `queues` (none by default).
+fn broker_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let config = BrokerConfig::default();
+    let defaults = PyDict::new(py);
+    defaults.set_item("host", &config.host)?;
+    defaults.set_item("port", config.port)?;
+    defaults.set_item("max_connections", config.max_connections)?;
+    defaults.set_item("heartbeat_interval", config.heartbeat_interval.as_secs_f64())?;
+    defaults.set_item("heartbeat_timeout", config.heartbeat_timeout.as_secs_f64())?;
+    defaults.set_item("max_message_size", config.max_message_size)?;
+    defaults.set_item("max_queue_size", config.max_queue_size)?;
+    defaults.set_item("max_queue_bytes", config.max_queue_bytes)?;
+    defaults.set_item("log_messages", config.log_messages)?;
+    defaults.set_item("handshake_timeout", config.handshake_timeout.as_secs_f64())?;
+    defaults.set_item("frame_timeout", config.frame_timeout.as_secs_f64())?;
+    defaults.set_item("data_dir", config.data_dir.as_ref().and_then(|dir| dir.to_str()))?;
+    defaults.set_item("fsync", config.fsync)?;
+    defaults.set_item("max_memory", config.max_memory)?;
+    Ok(defaults)
+}
+
+/// The defaults of the options of a client (its type aside, which each front names).
+fn client_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let config = ClientConfig::new("", DEFAULT_HOST, DEFAULT_PORT);
+    let defaults = PyDict::new(py);
+    defaults.set_item("connect_timeout", config.connect_timeout.as_secs_f64())?;
+    defaults.set_item("connect_retries", config.connect_retries)?;
+    defaults.set_item("reconnect", config.reconnect)?;
+    defaults.set_item("reconnect_delay", config.reconnect_delay.as_secs_f64())?;
+    defaults.set_item("max_reconnect_delay", config.max_reconnect_delay.as_secs_f64())?;
+    defaults.set_item("heartbeat", config.heartbeat)?;
+    defaults.set_item("max_pending", config.max_pending)?;
+    Ok(defaults)
+}
+
+fn invalid(error: RpcError) -> PyErr {
+    PyValueError::new_err(error.message)
+}
+
+/// A client id the broker accepts, as a Rust string.
+pub fn client_id(value: &Bound<'_, PyAny>) -> PyResult<String> {
+    let Ok(text) = value.cast::<PyString>() else {
+        return Err(PyValueError::new_err(format!(
+            "client_id must be a string, got {}",
+            value.get_type().name()?
+        )));
+    };
+    let text = text.to_str()?;
+    rules::client_id(text).map_err(invalid)?;
+    Ok(text.to_owned())
+}
+
+/// Raises ValueError when the broker would refuse `client_id`.
+#[pyfunction]
+fn validate_client_id(client_id: &Bound<'_, PyAny>) -> PyResult<()> {
+    self::client_id(client_id).map(drop)
+}
+
+/// `qos`, `ttl` (seconds, 0 for none) and `retain` as the broker reads them.
+pub fn publish_options(
+    qos: &Bound<'_, PyAny>,
+    ttl: &Bound<'_, PyAny>,
+    retain: &Bound<'_, PyAny>,
+) -> PyResult<PublishOptions> {
+    let Ok(retain) = retain.cast::<PyBool>() else {
+        return Err(PyValueError::new_err(format!("retain must be True or False, got {}", retain.repr()?)));
+    };
+    let retain = retain.is_true();
+    Ok(PublishOptions { qos: qos_level(qos)?, ttl: time_to_live(ttl)?, retain, headers: None })
+}
+
+/// Raises ValueError when the broker would refuse these options of a publish.
+#[pyfunction]
+fn validate_publish_options(
+    qos: &Bound<'_, PyAny>,
+    ttl: &Bound<'_, PyAny>,
+    retain: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    publish_options(qos, ttl, retain).map(drop)
+}
+
+/// The broker reads `qos` from JSON: the Python value goes through the same rule, so
+/// that `True` or `1.0` are refused here as they are on the wire.
+fn qos_level(qos: &Bound<'_, PyAny>) -> PyResult<u8> {
+    let given = if let Ok(flag) = qos.cast::<PyBool>() {
+        Value::Bool(flag.is_true())
+    } else if let Some(level) = qos.cast::<PyInt>().ok().and_then(|n| n.extract::<i64>().ok()) {
+        Value::from(level)
+    } else if let Ok(number) = qos.cast::<PyFloat>() {
+        Value::from(number.value())
+    } else {
+        Value::String(qos.str()?.to_str()?.to_owned())
+    };
+    rules::qos(Some(&given)).map_err(invalid)
+}
+
+fn time_to_live(ttl: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+    if ttl.is_instance_of::<PyBool>() || !(ttl.is_instance_of::<PyInt>() || ttl.is_instance_of::<PyFloat>()) {
+        return Err(PyValueError::new_err(format!("ttl must be a number of seconds, got {}", ttl.repr()?)));
+    }
+    // An integer beyond float range is as far beyond the rule.
+    rules::ttl(ttl.extract::<f64>().unwrap_or(f64::INFINITY)).map_err(invalid)
+}

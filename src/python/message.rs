@@ -1,0 +1,257 @@
+//! `Message`: what a subscriber's callback receives, built by `Client.drain` as it
+//! hands a delivery over (no Python code runs per message to make it).
+//!
+//! It keeps the interface the package's dataclass had: the same constructor, public
+//! attributes that can be read and set, equality over the public attributes (and so no
+//! hash), a dataclass-like `repr`, `ack`/`nack` for deliveries from queues.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyString, PyTuple, PyType};
+
+use super::client::Client;
+
+/// A delivery from a queue: how to acknowledge or reject it.
+pub struct QueueSettle {
+    pub client: Py<Client>,
+    pub generation: u64,
+    pub tag: u64,
+}
+
+impl QueueSettle {
+    pub fn send(&self, ack: bool, requeue: bool) -> PyResult<()> {
+        self.client.get().settle(self.generation, self.tag, ack, requeue)
+    }
+}
+
+/// A delivered message.
+///
+/// `payload` is the plain value that was published (dict, list, str, number, bool or
+/// None). `id` is the id `publish` returned to the publisher.
+///
+/// A message from a queue (`queue` is set) is acknowledged automatically when the
+/// callback returns without raising, and rejected with requeue when it raises. Call
+/// `ack()` or `nack()` to settle it yourself, earlier or differently.
+#[pyclass(module = "message_broker", subclass)]
+pub struct Message {
+    #[pyo3(get, set)]
+    topic: Py<PyString>,
+    #[pyo3(get, set)]
+    payload: Py<PyAny>,
+    #[pyo3(get, set)]
+    sender: Py<PyString>,
+    #[pyo3(get, set)]
+    id: Py<PyString>,
+    /// Seconds since the Unix epoch when the broker accepted the message.
+    #[pyo3(get, set)]
+    timestamp: f64,
+    /// Where the answer to a request goes; None for plain messages. A callback answers
+    /// simply by returning a value.
+    #[pyo3(get, set)]
+    reply_to: Option<Py<PyString>>,
+    /// Seconds the publisher gave the message to live, when it gave any.
+    #[pyo3(get, set)]
+    ttl: Option<f64>,
+    /// 1 when it was published at least once (`qos=1`).
+    #[pyo3(get, set)]
+    qos: u8,
+    /// True when it comes from the retained store: the topic's last known state,
+    /// delivered when the subscription was made.
+    #[pyo3(get, set)]
+    retained: bool,
+    /// The queue it was delivered from, for queue and durable subscriptions.
+    #[pyo3(get, set)]
+    queue: Option<Py<PyString>>,
+    /// How many times the queue has delivered it, this time included (0 when not from
+    /// a queue).
+    #[pyo3(get, set)]
+    delivery_count: u32,
+    settle: Option<QueueSettle>,
+    settled: bool,
+}
+
+/// The fields of a delivered message, as the drain has them.
+pub struct Fields {
+    pub topic: Py<PyString>,
+    pub payload: Py<PyAny>,
+    pub sender: Py<PyString>,
+    pub id: Py<PyString>,
+    pub timestamp: f64,
+    pub reply_to: Option<Py<PyString>>,
+    pub ttl: Option<f64>,
+    pub qos: u8,
+    pub retained: bool,
+}
+
+impl Message {
+    pub fn delivered(fields: Fields, from_queue: Option<(Py<PyString>, u32, QueueSettle)>) -> Message {
+        let (queue, delivery_count, settle) = match from_queue {
+            Some((queue, count, settle)) => (Some(queue), count, Some(settle)),
+            None => (None, 0, None),
+        };
+        let Fields { topic, payload, sender, id, timestamp, reply_to, ttl, qos, retained } = fields;
+        Message {
+            topic,
+            payload,
+            sender,
+            id,
+            timestamp,
+            reply_to,
+            ttl,
+            qos,
+            retained,
+            queue,
+            delivery_count,
+            settle,
+            settled: false,
+        }
+    }
+
+    /// The public attributes, in order: what equality and `repr` look at.
+    fn public<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        (
+            &self.topic,
+            &self.payload,
+            &self.sender,
+            &self.id,
+            PyFloat::new(py, self.timestamp),
+            &self.reply_to,
+            self.ttl,
+            self.qos,
+            self.retained,
+            &self.queue,
+            self.delivery_count,
+        )
+            .into_pyobject(py)
+    }
+}
+
+const FIELDS: [&str; 11] = [
+    "topic",
+    "payload",
+    "sender",
+    "id",
+    "timestamp",
+    "reply_to",
+    "ttl",
+    "qos",
+    "retained",
+    "queue",
+    "delivery_count",
+];
+
+#[pymethods]
+impl Message {
+    #[new]
+    #[pyo3(signature = (
+        topic, payload, sender, id, timestamp = 0.0, reply_to = None, ttl = None, qos = 0,
+        retained = false, queue = None, delivery_count = 0
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        topic: Py<PyString>,
+        payload: Py<PyAny>,
+        sender: Py<PyString>,
+        id: Py<PyString>,
+        timestamp: f64,
+        reply_to: Option<Py<PyString>>,
+        ttl: Option<f64>,
+        qos: u8,
+        retained: bool,
+        queue: Option<Py<PyString>>,
+        delivery_count: u32,
+    ) -> Message {
+        Message {
+            topic,
+            payload,
+            sender,
+            id,
+            timestamp,
+            reply_to,
+            ttl,
+            qos,
+            retained,
+            queue,
+            delivery_count,
+            settle: None,
+            settled: false,
+        }
+    }
+
+    #[classattr]
+    fn __match_args__(py: Python<'_>) -> PyResult<Py<PyTuple>> {
+        Ok(PyTuple::new(py, FIELDS)?.unbind())
+    }
+
+    /// Equal messages have equal attributes, like the dataclass it replaces: so it has
+    /// no hash either.
+    #[classattr]
+    const __hash__: Option<Py<PyAny>> = None;
+
+    fn __eq__(&self, py: Python<'_>, other: &Self) -> PyResult<bool> {
+        self.public(py)?.eq(other.public(py)?)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let values = slf.borrow().public(slf.py())?;
+        let mut text = format!("{}(", slf.get_type().name()?);
+        for (i, (name, value)) in FIELDS.iter().zip(values.iter()).enumerate() {
+            if i > 0 {
+                text.push_str(", ");
+            }
+            text.push_str(name);
+            text.push('=');
+            text.push_str(value.repr()?.to_str()?);
+        }
+        text.push(')');
+        Ok(text)
+    }
+
+    /// Pickled and copied by its public attributes (a copy is never settled with the
+    /// broker: only the delivered message is).
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyType>, Bound<'py, PyTuple>)> {
+        Ok((slf.get_type(), slf.borrow().public(slf.py())?))
+    }
+
+    #[getter]
+    fn is_request(&self) -> bool {
+        self.reply_to.is_some()
+    }
+
+    /// True when a queue delivered it before (to a consumer that did not acknowledge it).
+    #[getter]
+    fn redelivered(&self) -> bool {
+        self.delivery_count > 1
+    }
+
+    /// True once acknowledged or rejected (always for messages not from a queue).
+    #[getter]
+    fn settled(&self) -> bool {
+        self.settle.is_none() || self.settled
+    }
+
+    /// Acknowledges a message from a queue: the queue forgets it. Does nothing for
+    /// other messages, or when already settled.
+    fn ack(&mut self) -> PyResult<()> {
+        self._finish(true, false)
+    }
+
+    /// Rejects a message from a queue: `requeue=True` gives it back to the queue for
+    /// another delivery (until `max_deliveries`), False sends it to the queue's
+    /// dead-letter topic.
+    #[pyo3(signature = (requeue = true))]
+    fn nack(&mut self, requeue: bool) -> PyResult<()> {
+        self._finish(false, requeue)
+    }
+
+    /// Settles it unless it is settled already: what the client does once the callback
+    /// is done with it.
+    fn _finish(&mut self, ack: bool, requeue: bool) -> PyResult<()> {
+        match &self.settle {
+            Some(settle) if !self.settled => {
+                self.settled = true;
+                settle.send(ack, requeue)
+            }
+            _ => Ok(()),
+        }
+    }
+}

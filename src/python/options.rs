@@ -1,0 +1,147 @@
+//! The two configurations that cross from Python, each as one typed object: the
+//! package's `BrokerConfig` dataclass, read here by attribute, and `ClientOptions`,
+//! which the clients build once from their keyword arguments.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+use super::{facts, json};
+use crate::broker::QueueSpec;
+use crate::client::ClientConfig;
+use crate::config::BrokerConfig;
+
+fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        PyValueError::new_err(format!("{name} must be a positive number of seconds, got {value}"))
+    })
+}
+
+/// An error about setting `name`, of the same Python type, saying which it is.
+fn about(py: Python<'_>, name: &str, error: PyErr) -> PyErr {
+    let message = format!("{name}: {}", error.value(py));
+    if error.is_instance_of::<PyTypeError>(py) {
+        PyTypeError::new_err(message)
+    } else {
+        PyValueError::new_err(message)
+    }
+}
+
+fn setting<'py, T>(config: &Bound<'py, PyAny>, name: &str) -> PyResult<T>
+where
+    T: for<'a> FromPyObject<'a, 'py, Error = PyErr>,
+{
+    config.getattr(name)?.extract().map_err(|error| about(config.py(), name, error))
+}
+
+fn duration(config: &Bound<'_, PyAny>, name: &str) -> PyResult<Duration> {
+    seconds(name, setting(config, name)?)
+}
+
+/// Reads a `BrokerConfig` (any object with its attributes) and validates it.
+pub fn broker_config(config: &Bound<'_, PyAny>) -> PyResult<BrokerConfig> {
+    let port: i64 = setting(config, "port")?;
+    let broker = BrokerConfig {
+        host: setting(config, "host")?,
+        port: u16::try_from(port)
+            .map_err(|_| PyValueError::new_err(format!("port must be between 0 and 65535, got {port}")))?,
+        max_connections: setting(config, "max_connections")?,
+        heartbeat_interval: duration(config, "heartbeat_interval")?,
+        heartbeat_timeout: duration(config, "heartbeat_timeout")?,
+        max_message_size: setting(config, "max_message_size")?,
+        max_queue_size: setting(config, "max_queue_size")?,
+        max_queue_bytes: setting(config, "max_queue_bytes")?,
+        log_messages: setting(config, "log_messages")?,
+        handshake_timeout: duration(config, "handshake_timeout")?,
+        frame_timeout: duration(config, "frame_timeout")?,
+        data_dir: setting::<Option<PathBuf>>(config, "data_dir")?,
+        fsync: setting(config, "fsync")?,
+        queues: queues(&config.getattr("queues")?)?,
+        max_memory: setting(config, "max_memory")?,
+    };
+    broker.validate().map_err(|error| PyValueError::new_err(error.to_string()))?;
+    Ok(broker)
+}
+
+/// The configured durable queues: a list of tables, read as the TOML file's would be.
+fn queues(queues: &Bound<'_, PyAny>) -> PyResult<Vec<QueueSpec>> {
+    if queues.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut text = Vec::new();
+    json::encode(queues, &mut text).map_err(|error| {
+        PyValueError::new_err(format!("queues cannot be read: {}", error.value(queues.py())))
+    })?;
+    serde_json::from_slice(&text).map_err(|e| {
+        PyValueError::new_err(format!(
+            "invalid configuration: queues: {e} (each queue is a table with name, patterns and optionally max_length, max_bytes, max_deliveries, dead_letter_topic)"
+        ))
+    })
+}
+
+/// How a client connects: checked once, when it is made.
+#[pyclass(module = "message_broker._core", frozen)]
+pub struct ClientOptions {
+    pub config: ClientConfig,
+}
+
+#[pymethods]
+impl ClientOptions {
+    /// Raises ValueError naming the first option that is not valid.
+    #[new]
+    #[pyo3(signature = (
+        client_id, host, port, *, client_type, connect_timeout, connect_retries, reconnect,
+        reconnect_delay, max_reconnect_delay, heartbeat, max_pending
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        client_id: &Bound<'_, PyAny>,
+        host: String,
+        port: i64,
+        client_type: String,
+        connect_timeout: f64,
+        connect_retries: i64,
+        reconnect: bool,
+        reconnect_delay: f64,
+        max_reconnect_delay: f64,
+        heartbeat: bool,
+        max_pending: i64,
+    ) -> PyResult<Self> {
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|&port| port > 0)
+            .ok_or_else(|| PyValueError::new_err(format!("port must be between 1 and 65535, got {port}")))?;
+        let mut config = ClientConfig::new(facts::client_id(client_id)?, host, port);
+        config.client_type = client_type;
+        config.connect_timeout = seconds("connect_timeout", connect_timeout)?;
+        config.connect_retries = u32::try_from(connect_retries).map_err(|_| {
+            PyValueError::new_err(format!("connect_retries must be 0 or more, got {connect_retries}"))
+        })?;
+        config.reconnect = reconnect;
+        config.reconnect_delay = seconds("reconnect_delay", reconnect_delay)?;
+        config.max_reconnect_delay = seconds("max_reconnect_delay", max_reconnect_delay)?;
+        config.heartbeat = heartbeat;
+        config.max_pending =
+            usize::try_from(max_pending).ok().filter(|&pending| pending > 0).ok_or_else(|| {
+                PyValueError::new_err(format!("max_pending must be 1 or more, got {max_pending}"))
+            })?;
+        Ok(ClientOptions { config })
+    }
+
+    #[getter]
+    fn client_id(&self) -> &str {
+        &self.config.client_id
+    }
+
+    #[getter]
+    fn host(&self) -> &str {
+        &self.config.host
+    }
+
+    #[getter]
+    fn port(&self) -> u16 {
+        self.config.port
+    }
+}
