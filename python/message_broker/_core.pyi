@@ -294,9 +294,9 @@ class Client:
     def close(self) -> None:
         """Flushes, says goodbye to the broker, and stops; the last event is ``Closed``."""
 
-    def drain(self, limit: int = 1000) -> list[Event]:
-        """Up to ``limit`` events, oldest first. When more remain, the wake socket
-        becomes readable again."""
+    def drain(self, limit: int = ...) -> list[Event]:
+        """Up to ``limit`` events (by default a batch of 1,000), oldest first. When more
+        remain, the wake socket becomes readable again."""
 
 # -- what drain returns -----------------------------------------------------------------
 
