@@ -9,9 +9,10 @@ import inspect
 import pickle
 
 import pytest
-from waiting import eventually
 
 from message_broker import BrokerClient, BrokerConfig, Message, _core
+
+from support.waiting import eventually
 
 
 def test_defaults_are_the_extensions():
