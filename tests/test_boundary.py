@@ -74,9 +74,12 @@ def test_message_behaves_as_a_value():
     assert repr(message) == (
         "Message(topic='jobs.done', payload={'n': 1}, sender='worker', id='id-1',"
         " timestamp=1.5, reply_to=None, ttl=30.0, qos=0, retained=False, queue=None,"
-        " delivery_count=0)"
+        " delivery_count=0, headers=None)"
     )
     assert pickle.loads(pickle.dumps(message)) == message
+    traced = Message("t", 1, "s", "i", headers={"trace": "x"})
+    assert traced.headers == {"trace": "x"} and traced != Message("t", 1, "s", "i")
+    assert pickle.loads(pickle.dumps(traced)) == traced
     assert copy.copy(message) == message
     match message:
         case Message(topic, payload):

@@ -472,3 +472,67 @@ async def test_disconnect_right_after_a_burst_sends_everything(start_broker):
     status = await sub.request("status", {})
     assert status["connections"]["protocol_errors"] == 0
     await sub.disconnect()
+
+
+async def test_headers_travel_beside_the_payload(make_client):
+    sub = await make_client("sub")
+    pub = await make_client("pub")
+    got: list[Message] = []
+    await sub.subscribe("docs.*", got.append)
+    headers = {"trace-id": "4bf92f35", "content-type": "text/markdown", "note": "grüße"}
+    await pub.publish("docs.new", "# hi", headers=headers)
+    await pub.publish("docs.plain", 1)
+    await eventually(lambda: len(got) == 2)
+    assert (got[0].headers, got[1].headers) == (headers, None)
+    # A request carries them to the responder as well.
+    seen: list[Message] = []
+
+    def answer(msg: Message) -> str:
+        seen.append(msg)
+        return msg.headers["trace-id"] if msg.headers else "none"
+
+    await sub.subscribe("svc.trace", answer)
+    assert await pub.request("svc.trace", None, headers={"trace-id": "t-7"}) == "t-7"
+    assert seen[0].headers == {"trace-id": "t-7"}
+
+
+@pytest.mark.parametrize(
+    "headers, complaint",
+    [
+        ({"n": 1}, "strings"),
+        (["a"], "dict"),
+        ({"": "x"}, "header names"),
+        ({"k": "x" * 4097}, "longer than"),
+        ({f"h{n}": "v" for n in range(65)}, "at most 64"),
+    ],
+)
+async def test_bad_headers_are_refused_before_sending(make_client, headers, complaint):
+    pub = await make_client("pub")
+    with pytest.raises(InvalidMessageError, match=complaint):
+        await pub.publish("t", 1, headers=headers)
+
+
+async def test_passive_and_no_local_subscriptions(make_client):
+    logger_client = await make_client("logger")
+    asker = await make_client("asker")
+    logged: list[Message] = []
+    await logger_client.subscribe("svc.#", logged.append, passive=True)
+    with pytest.raises(NoRespondersError):
+        await asker.request("svc.add", [1, 2])
+    await eventually(lambda: logged)
+    assert logged[0].payload == [1, 2]
+
+    chat = await make_client("chat")
+    mine: list[Message] = []
+    everything: list[Message] = []
+    await chat.subscribe("room.*", mine.append, no_local=True)
+    await chat.subscribe("room.#", everything.append)
+    await chat.publish("room.a", "own")
+    await eventually(lambda: everything)
+    # Published once "own" is back: the marker arrives after it on chat's connection.
+    await asker.publish("room.a", "marker")
+    await eventually(lambda: len(everything) == 2)
+    assert [m.payload for m in everything] == ["own", "marker"]
+    assert [m.payload for m in mine] == ["marker"]
+    with pytest.raises(ValueError, match="plain subscriptions"):
+        await chat.subscribe("jobs", mine.append, queue="q", passive=True)

@@ -74,6 +74,19 @@ def test_every_signal_fires_with_the_seed_types(qtbot, qt_client, broker):
     assert not client.is_connected
 
 
+def test_headers_reach_qt_callbacks(qtbot, qt_client):
+    client = qt_client()
+    got: list[Message] = []
+    with qtbot.waitSignal(client.subscribed, timeout=WAIT_MS):
+        client.subscribe(["docs.*"], got.append)
+    with qtbot.waitSignal(client.message_received, timeout=WAIT_MS):
+        client.publish("docs.new", "# hi", headers={"trace-id": "qt-1"})
+    assert got[0].headers == {"trace-id": "qt-1"}
+    with qtbot.waitSignal(client.error_occurred, timeout=WAIT_MS) as error:
+        assert client.publish("docs.new", 1, headers={"n": 1}) == ""
+    assert "strings" in error.args[0]
+
+
 def test_connection_failed(qtbot):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -72,7 +72,7 @@ class Front(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class QueueOptions:
+class SubscribeOptions:
     """What ``subscribe`` was given beyond the patterns and the callback."""
 
     queue: str | None = None
@@ -82,14 +82,19 @@ class QueueOptions:
     max_bytes: int | None = None
     max_deliveries: int | None = None
     dead_letter_topic: str | None = None
+    passive: bool = False
+    no_local: bool = False
 
     def limits(self) -> dict[str, Any]:
         """The queue's options that were given (the broker's defaults stand for the rest)."""
         return {
             field.name: getattr(self, field.name)
             for field in dataclasses.fields(self)
-            if field.name not in ("queue", "durable") and getattr(self, field.name) is not None
+            if field.name not in _NOT_LIMITS and getattr(self, field.name) is not None
         }
+
+
+_NOT_LIMITS = ("queue", "durable", "passive", "no_local")
 
 
 def pattern_list(patterns: str | Iterable[str]) -> list[str]:
@@ -221,6 +226,7 @@ class ClientCore:
         qos: Any,
         ttl: Any,
         retain: Any,
+        headers: Any,
         confirmed: Done | None = None,
     ) -> str:
         """Queues a message; returns its id. With ``qos=1``, ``confirmed(message_id,
@@ -232,7 +238,7 @@ class ClientCore:
         """
         engine = self.require()
         try:
-            message_id, call = engine.publish(topic, payload, qos, ttl, retain)
+            message_id, call = engine.publish(topic, payload, qos, ttl, retain, headers)
         except ValueError as error:
             raise InvalidMessageError(str(error)) from None
         except ConnectionError as error:
@@ -245,7 +251,7 @@ class ClientCore:
         self,
         patterns: str | Iterable[str],
         callback: Callback | None,
-        options: QueueOptions,
+        options: SubscribeOptions,
         done: Done,
     ) -> list[str]:
         """Calls ``callback`` (if any) with every message matching ``patterns``; returns
@@ -265,12 +271,16 @@ class ClientCore:
                 )
             subscription = self._add_callback(callback)
             try:
-                call = engine.subscribe(subscription, patterns)
+                call = engine.subscribe(
+                    subscription, patterns, bool(options.passive), bool(options.no_local)
+                )
             except ValueError as error:
                 del self._callbacks[subscription]
                 raise InvalidMessageError(str(error)) from None
             self._expect(call, lambda _, error: done(patterns, _succeeded_unless_refused(error)))
             return patterns
+        if options.passive or options.no_local:
+            raise ValueError("passive and no_local apply to plain subscriptions, not to queues")
         name = self.client_id if options.queue is None else options.queue
         if not isinstance(name, str):
             raise TypeError(f"queue must be a string, got {name!r}")
@@ -328,12 +338,17 @@ class ClientCore:
 
         self._calls[call] = answered
 
-    def request(self, topic: str, payload: Any, timeout: float, done: Done) -> None:
+    def request(
+        self, topic: str, payload: Any, timeout: float, done: Done, headers: Any = None
+    ) -> None:
         """Sends a request: ``done(reply payload, None)``, or ``done(topic, error)``.
         Raises at once for what cannot be sent (see :meth:`publish`)."""
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        call = self._call("request", {"topic": topic, "payload": payload, "timeout": timeout})
+        params = {"topic": topic, "payload": payload, "timeout": timeout}
+        if headers:
+            params["headers"] = headers
+        call = self._call("request", params)
 
         def answered(result: str | None, error: BrokerError | None) -> None:
             if error is not None or result is None:
@@ -412,7 +427,7 @@ class ClientCore:
     def _reply(self, message: Message, result: Any) -> None:
         assert message.reply_to is not None
         try:
-            self.require().publish(message.reply_to, result, 0, 0, False)
+            self.require().publish(message.reply_to, result, 0, 0, False, None)
         except (BrokerError, ValueError, ConnectionError, BlockingIOError) as error:
             self._problem(f"could not answer the request on {message.topic!r}: {error}")
 

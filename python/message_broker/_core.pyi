@@ -262,13 +262,20 @@ class Client:
         """The broker's limit, learned when connecting."""
 
     def publish(
-        self, topic: str, payload: Any, qos: object, ttl: object, retain: object
+        self,
+        topic: str,
+        payload: Any,
+        qos: object,
+        ttl: object,
+        retain: object,
+        headers: dict[str, str] | None,
     ) -> tuple[str, int | None]:
         """Queues a message: (message id, call id). With ``qos=1`` the call's answer is
         the broker's confirmation (else the call id is None). Raises ``ValueError`` for
-        options the broker would refuse, a payload JSON cannot carry, a bad topic or an
-        oversized message, ``BlockingIOError`` when the outgoing queue is full (wait for
-        ``Writable``), ``ConnectionError`` when the message cannot be queued at all."""
+        options the broker would refuse, a payload JSON cannot carry, a bad topic,
+        headers that are not a small dict of strings or an oversized message,
+        ``BlockingIOError`` when the outgoing queue is full (wait for ``Writable``),
+        ``ConnectionError`` when the message cannot be queued at all."""
 
     def subscribe_queue(
         self, subscription: int, name: str, patterns: list[str], params: dict[str, Any]
@@ -283,9 +290,14 @@ class Client:
         """Sends a call; returns the call id its answer carries. Raises ``ValueError``
         for params JSON cannot carry, ``ConnectionError`` when not connected."""
 
-    def subscribe(self, subscription: int, patterns: list[str]) -> int | None:
-        """Adds patterns to a subscription; returns the call id of the subscribe sent
-        to the broker, or None when nothing had to be sent now."""
+    def subscribe(
+        self, subscription: int, patterns: list[str], passive: bool, no_local: bool
+    ) -> int | None:
+        """Adds patterns to a subscription with its flags (those of its first call);
+        returns the call id of the last subscribe sent to the broker, or None when
+        nothing had to be sent now. A pattern several subscriptions share is held as
+        the most demanding needs: a responder if any is, own messages if any wants
+        them; ``no_local`` subscriptions never get this client's own messages."""
 
     def unsubscribe(self, patterns: list[str]) -> tuple[list[str], list[int], int | None]:
         """Removes patterns everywhere: (patterns removed, subscriptions left empty,
@@ -445,6 +457,8 @@ class Message:
     delivery_count: int
     """How many times the queue has delivered it, this time included (0 when not from
     a queue)."""
+    headers: dict[str, str] | None
+    """The publisher's headers, as sent; ``None`` when it gave none."""
 
     def __init__(
         self,
@@ -459,6 +473,7 @@ class Message:
         retained: bool = False,
         queue: str | None = None,
         delivery_count: int = 0,
+        headers: dict[str, str] | None = None,
     ) -> None: ...
     @property
     def is_request(self) -> bool: ...

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from message_broker import _core
-from message_broker._client_core import CLIENT_DEFAULTS, ClientCore, QueueOptions
+from message_broker._client_core import CLIENT_DEFAULTS, ClientCore, SubscribeOptions
 from message_broker.config import DEFAULT_HOST, DEFAULT_PORT
 from message_broker.errors import (
     ERROR_CODES,
@@ -177,7 +177,13 @@ class BrokerClient:
 
     # -- publishing -----------------------------------------------------------------------
     async def publish(
-        self, topic: str, payload: Any = None, qos: int = 0, ttl: float = 0, retain: bool = False
+        self,
+        topic: str,
+        payload: Any = None,
+        qos: int = 0,
+        ttl: float = 0,
+        retain: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> str:
         """Publishes ``payload`` on ``topic``; returns the message id.
 
@@ -194,12 +200,14 @@ class BrokerClient:
         topic's current state for later subscribers; an empty payload (``None`` or
         ``""``) clears it. A bad topic, a payload JSON cannot carry or one over the
         broker's ``max_message_size`` raises :class:`InvalidMessageError` here.
+        ``headers`` (a small dict of strings: trace ids, content types) travel beside
+        the payload, as ``Message.headers``.
         """
         self._require_loop()
         confirmed, done = (self._completion()) if qos == 1 else (None, None)
         while True:
             try:
-                message_id = self._core.publish(topic, payload, qos, ttl, retain, done)
+                message_id = self._core.publish(topic, payload, qos, ttl, retain, headers, done)
                 break
             except BlockingIOError:
                 await self._wait_for_room()
@@ -225,6 +233,8 @@ class BrokerClient:
         max_bytes: int | None = None,
         max_deliveries: int | None = None,
         dead_letter_topic: str | None = None,
+        passive: bool = False,
+        no_local: bool = False,
     ) -> list[str]:
         """Calls ``callback`` with every message whose topic matches one of ``patterns``
         (``*``/``+``: one segment, ``#``: any number, last only). Returns the patterns.
@@ -245,12 +255,25 @@ class BrokerClient:
         ``max_deliveries`` deliveries they go to ``dead_letter_topic`` (default
         ``dead_letter.<queue>``). ``prefetch`` bounds the unacknowledged messages this
         client holds (default 100).
+
+        ``passive=True`` receives messages but never counts as a responder: a request
+        that only passive subscribers match fails at once with
+        :class:`NoRespondersError` (for loggers and monitors). ``no_local=True`` never
+        receives this client's own publishes. Both apply to plain subscriptions.
         """
         self._require_loop()
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
-        options = QueueOptions(
-            queue, durable, prefetch, max_length, max_bytes, max_deliveries, dead_letter_topic
+        options = SubscribeOptions(
+            queue,
+            durable,
+            prefetch,
+            max_length,
+            max_bytes,
+            max_deliveries,
+            dead_letter_topic,
+            passive,
+            no_local,
         )
         subscribed, done = self._completion()
         self._core.subscribe(patterns, callback, options, done)
@@ -284,8 +307,15 @@ class BrokerClient:
         return await deleted
 
     # -- request / response ---------------------------------------------------------------
-    async def request(self, topic: str, payload: Any = None, timeout: float = 5.0) -> Any:
-        """Sends a request and returns the first reply's payload.
+    async def request(
+        self,
+        topic: str,
+        payload: Any = None,
+        timeout: float = 5.0,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Sends a request (with ``headers``, if given) and returns the first reply's
+        payload.
 
         Raises :class:`NoRespondersError` at once when nobody is subscribed to
         ``topic``, :class:`RequestTimeoutError` when no reply comes within ``timeout``
@@ -293,7 +323,7 @@ class BrokerClient:
         """
         self._require_loop()
         answer, done = self._completion()
-        self._core.request(topic, payload, timeout, done)
+        self._core.request(topic, payload, timeout, done, headers)
         try:
             return await asyncio.wait_for(answer, timeout + _REQUEST_GRACE)
         except asyncio.TimeoutError:

@@ -28,7 +28,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from message_broker import _core
-from message_broker._client_core import CLIENT_DEFAULTS, ClientCore, QueueOptions
+from message_broker._client_core import CLIENT_DEFAULTS, ClientCore, SubscribeOptions
 from message_broker.broker import MessageBroker
 from message_broker.config import DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
 from message_broker.errors import BrokerError, InvalidMessageError
@@ -179,6 +179,8 @@ class QtBrokerClient(QObject):
         max_bytes: int | None = None,
         max_deliveries: int | None = None,
         dead_letter_topic: str | None = None,
+        passive: bool = False,
+        no_local: bool = False,
     ) -> None:
         """Subscribes; matching messages arrive as ``message_received`` and ``message``
         (and go to ``callback``, if given: a value it returns answers a request).
@@ -189,9 +191,17 @@ class QtBrokerClient(QObject):
         message from a queue is acknowledged when the callback returns without raising
         (without a callback: once the signals have been emitted) and given back when
         the callback raises; ``message.ack()`` / ``message.nack()`` in a slot settle it
-        first."""
-        options = QueueOptions(
-            queue, durable, prefetch, max_length, max_bytes, max_deliveries, dead_letter_topic
+        first. ``passive`` and ``no_local`` are those of ``BrokerClient.subscribe`` too."""
+        options = SubscribeOptions(
+            queue,
+            durable,
+            prefetch,
+            max_length,
+            max_bytes,
+            max_deliveries,
+            dead_letter_topic,
+            passive,
+            no_local,
         )
         try:
             self._core.subscribe(patterns, callback, options, self._subscribe_done)
@@ -224,15 +234,24 @@ class QtBrokerClient(QObject):
             self.error_occurred.emit(f"cannot unsubscribe: {error}")
 
     def publish(
-        self, topic: str, payload: Any = None, qos: int = 0, ttl: float = 0, retain: bool = False
+        self,
+        topic: str,
+        payload: Any = None,
+        qos: int = 0,
+        ttl: float = 0,
+        retain: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> str:
         """Queues a message and returns its id. ``published`` follows with the id: at
         once for ``qos=0``; for ``qos=1`` once the broker has stored it in every durable
         queue it matches, else ``publish_failed``. ``retain=True`` keeps it as the
-        topic's current state; ``ttl`` is in seconds (0 for none). Returns "" and emits
+        topic's current state; ``ttl`` is in seconds (0 for none); ``headers`` (a dict
+        of strings) travel beside the payload. Returns "" and emits
         ``error_occurred`` when the message cannot be sent."""
         try:
-            message_id = self._core.publish(topic, payload, qos, ttl, retain, self._confirmed)
+            message_id = self._core.publish(
+                topic, payload, qos, ttl, retain, headers, self._confirmed
+            )
         except BrokerError as error:
             self.error_occurred.emit(f"cannot publish on {topic!r}: {error}")
             return ""
@@ -271,6 +290,7 @@ class QtBrokerClient(QObject):
         payload: Any = None,
         timeout: float = 5.0,
         callback: ReplyCallback | None = None,
+        headers: dict[str, str] | None = None,
     ) -> int:
         """Sends a request without blocking. Returns its number; the reply arrives as
         ``reply_received(number, reply)`` or ``request_failed(number, reason)``, and
@@ -286,7 +306,7 @@ class QtBrokerClient(QObject):
                 callback(None if error else result, error)
 
         try:
-            self._core.request(topic, payload, timeout, done)
+            self._core.request(topic, payload, timeout, done, headers)
         except BrokerError as error:
             done(None, error)
         except ValueError as error:

@@ -150,7 +150,7 @@ fn deliver(shared: &Shared, params: Option<&RawValue>) {
             Some(delivery) => {
                 state.queues.iter().filter(|q| q.name == delivery.queue).map(|q| q.sub).collect()
             }
-            None => state.subscriptions.matching(&params.topic),
+            None => state.subscriptions.matching(&params.topic, params.sender == shared.config.client_id),
         }
     };
     if subscriptions.is_empty() {

@@ -29,12 +29,12 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, watch};
 
 pub use inbox::{Delivered, Event, Inbox, QueueDelivery, RemoteError, Waker};
-use subscriptions::Subscriptions;
+use subscriptions::{Subscriptions, by_flags};
 
 use crate::ids::MessageIds;
 use crate::protocol::frame::Framing;
 use crate::protocol::jsonrpc::{self, CallId};
-use crate::protocol::method::{MethodName, PublishCall};
+use crate::protocol::method::{MethodName, PublishCall, SubscriptionFlags};
 use crate::protocol::rules::DEFAULT_MAX_MESSAGE_SIZE;
 use crate::protocol::topic::{REPLY_PREFIX, is_reserved, parse_pattern, validate_topic};
 
@@ -184,6 +184,20 @@ impl Shared {
 
 /// The code of a call that failed because the connection was lost before its answer.
 pub const CONNECTION_LOST: i32 = -32099;
+
+/// The params of `subscribe` and `unsubscribe` for plain patterns.
+#[derive(Serialize)]
+pub(crate) struct PatternsParams<'a> {
+    patterns: Vec<&'a str>,
+    #[serde(flatten)]
+    flags: SubscriptionFlags,
+}
+
+impl<'a> PatternsParams<'a> {
+    pub(crate) fn new(patterns: &'a [Arc<str>], flags: SubscriptionFlags) -> Self {
+        PatternsParams { patterns: patterns.iter().map(|p| &**p).collect(), flags }
+    }
+}
 
 /// What an unsubscribe did.
 #[derive(Debug)]
@@ -422,29 +436,42 @@ impl Client {
     /// Adds patterns to subscription `sub`. Returns the call id of the `subscribe`
     /// sent to the broker, or `None` when nothing needed sending now (all patterns
     /// already held, or not connected: they are sent on connect).
-    pub fn subscribe(&self, sub: u64, patterns: &[String]) -> Result<Option<u64>, ClientError> {
+    /// Returns the id of the last `subscribe` call sent (None when the broker already
+    /// holds the patterns as needed, or when disconnected: they are subscribed on
+    /// connection).
+    pub fn subscribe(
+        &self,
+        sub: u64,
+        patterns: &[String],
+        flags: SubscriptionFlags,
+    ) -> Result<Option<u64>, ClientError> {
         let patterns = validated(patterns)?;
-        let new = self.shared.state.lock().subscriptions.add(sub, &patterns);
-        self.sync_patterns(MethodName::Subscribe, &new)
+        let changed = self.shared.state.lock().subscriptions.add(sub, &patterns, flags);
+        let mut call = None;
+        for (flags, patterns) in by_flags(changed) {
+            call = self.sync_patterns(MethodName::Subscribe, &patterns, flags)?.or(call);
+        }
+        Ok(call)
     }
 
     /// Removes patterns from every subscription.
     pub fn unsubscribe(&self, patterns: &[String]) -> Result<Unsubscribed, ClientError> {
         let patterns = validated(patterns)?;
         let (removed, emptied) = self.shared.state.lock().subscriptions.remove(&patterns);
-        let call = self.sync_patterns(MethodName::Unsubscribe, &removed)?;
+        let call = self.sync_patterns(MethodName::Unsubscribe, &removed, SubscriptionFlags::default())?;
         Ok(Unsubscribed { removed: removed.iter().map(|p| p.to_string()).collect(), emptied, call })
     }
 
-    fn sync_patterns(&self, method: MethodName, patterns: &[Arc<str>]) -> Result<Option<u64>, ClientError> {
+    fn sync_patterns(
+        &self,
+        method: MethodName,
+        patterns: &[Arc<str>],
+        flags: SubscriptionFlags,
+    ) -> Result<Option<u64>, ClientError> {
         if patterns.is_empty() || !self.is_connected() {
             return Ok(None);
         }
-        #[derive(Serialize)]
-        struct Patterns<'a> {
-            patterns: Vec<&'a str>,
-        }
-        let params = Patterns { patterns: patterns.iter().map(|p| &**p).collect() };
+        let params = PatternsParams::new(patterns, flags);
         match self.call(method, params) {
             Ok(call) => Ok(Some(call)),
             // Lost the connection meanwhile: the patterns are restored on reconnect.
@@ -573,7 +600,11 @@ mod end_to_end {
         sub.wait(|e| matches!(e, Event::Connected).then_some(())).await;
         publisher.wait(|e| matches!(e, Event::Connected).then_some(())).await;
 
-        let call = sub.client.subscribe(1, &["jobs.*".into()]).unwrap().expect("sent now");
+        let call = sub
+            .client
+            .subscribe(1, &["jobs.*".into()], SubscriptionFlags::default())
+            .unwrap()
+            .expect("sent now");
         sub.wait(|e| matches!(e, Event::Response { call: c, result: Ok(_) } if *c == call).then_some(()))
             .await;
         let id = publisher.client.publish("jobs.done", r#"{"n":1}"#, None).unwrap();

@@ -1,39 +1,61 @@
 //! The client's side of subscriptions: which of the user's subscriptions (one per
-//! `subscribe` call, each with its callback) a message belongs to, and which patterns
-//! the broker must hold for the whole client.
+//! `subscribe` call, each with its callback and flags) a message belongs to, and
+//! which patterns, with which flags, the broker must hold for the whole client.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::index::SubscriptionIndex;
+use crate::protocol::method::SubscriptionFlags;
 
 #[derive(Default)]
 pub struct Subscriptions {
     index: SubscriptionIndex,
-    by_subscription: HashMap<u64, Vec<Arc<str>>>,
-    /// How many subscriptions hold each pattern; the broker holds the pattern while > 0.
-    holders: HashMap<Arc<str>, usize>,
+    by_subscription: HashMap<u64, Held>,
+    /// How many subscriptions hold each pattern (the broker holds it while > 0), and
+    /// the flags the broker holds it with.
+    holders: HashMap<Arc<str>, (usize, SubscriptionFlags)>,
+}
+
+struct Held {
+    patterns: Vec<Arc<str>>,
+    flags: SubscriptionFlags,
 }
 
 impl Subscriptions {
-    /// Adds validated patterns to subscription `sub`; returns the patterns the broker
-    /// does not hold yet.
-    pub fn add(&mut self, sub: u64, patterns: &[Arc<str>]) -> Vec<Arc<str>> {
-        let mut new = Vec::new();
-        let held = self.by_subscription.entry(sub).or_default();
+    /// Adds validated patterns to subscription `sub` (its flags are those of its first
+    /// `subscribe`); returns the patterns the broker must now hold differently: new
+    /// ones, and shared ones whose flags change, with the flags to hold them with.
+    pub fn add(
+        &mut self,
+        sub: u64,
+        patterns: &[Arc<str>],
+        flags: SubscriptionFlags,
+    ) -> Vec<(Arc<str>, SubscriptionFlags)> {
+        let mut changed = Vec::new();
+        let held = self.by_subscription.entry(sub).or_insert_with(|| Held { patterns: Vec::new(), flags });
         for pattern in patterns {
-            if held.contains(pattern) {
+            if held.patterns.contains(pattern) {
                 continue;
             }
-            held.push(pattern.clone());
+            held.patterns.push(pattern.clone());
             self.index.insert(sub, pattern.clone());
-            let holders = self.holders.entry(pattern.clone()).or_insert(0);
-            *holders += 1;
-            if *holders == 1 {
-                new.push(pattern.clone());
+            match self.holders.get_mut(pattern) {
+                None => {
+                    self.holders.insert(pattern.clone(), (1, held.flags));
+                    changed.push((pattern.clone(), held.flags));
+                }
+                Some((holders, shared)) => {
+                    *holders += 1;
+                    let now = shared.shared_with(held.flags);
+                    if now != *shared {
+                        *shared = now;
+                        changed.push((pattern.clone(), now));
+                    }
+                }
             }
         }
-        new
+        changed
     }
 
     /// Removes patterns from every subscription. Returns the patterns that were held
@@ -47,33 +69,51 @@ impl Subscriptions {
                 continue;
             }
             self.by_subscription.retain(|sub, held| {
-                if let Some(at) = held.iter().position(|p| p == pattern) {
-                    held.remove(at);
+                if let Some(at) = held.patterns.iter().position(|p| p == pattern) {
+                    held.patterns.remove(at);
                     self.index.remove(*sub, pattern);
-                    if held.is_empty() {
+                    if held.patterns.is_empty() {
                         emptied.push(*sub);
                     }
                 }
-                !held.is_empty()
+                !held.patterns.is_empty()
             });
             removed.push(pattern.clone());
         }
         (removed, emptied)
     }
 
-    /// Every pattern the broker should hold, for re-subscribing after a reconnect.
-    pub fn patterns(&self) -> Vec<Arc<str>> {
-        let mut patterns: Vec<Arc<str>> = self.holders.keys().cloned().collect();
-        patterns.sort();
+    /// Every pattern the broker should hold, with its flags, for re-subscribing after
+    /// a reconnect.
+    pub fn patterns(&self) -> Vec<(Arc<str>, SubscriptionFlags)> {
+        let mut patterns: Vec<(Arc<str>, SubscriptionFlags)> =
+            self.holders.iter().map(|(pattern, (_, flags))| (pattern.clone(), *flags)).collect();
+        patterns.sort_by(|a, b| a.0.cmp(&b.0));
         patterns
     }
 
-    /// The subscriptions a message on `topic` belongs to.
-    pub fn matching(&self, topic: &str) -> Vec<u64> {
+    /// The subscriptions a message on `topic` belongs to; `own` when this client
+    /// published it, which `no_local` subscriptions never take.
+    pub fn matching(&self, topic: &str, own: bool) -> Vec<u64> {
         let mut out = Vec::new();
         self.index.collect(topic, &mut out);
+        if own {
+            out.retain(|sub| self.by_subscription.get(sub).is_none_or(|held| !held.flags.no_local));
+        }
         out
     }
+}
+
+/// Patterns grouped by the flags they are held with: one `subscribe` per group.
+pub fn by_flags(patterns: Vec<(Arc<str>, SubscriptionFlags)>) -> Vec<(SubscriptionFlags, Vec<Arc<str>>)> {
+    let mut groups: Vec<(SubscriptionFlags, Vec<Arc<str>>)> = Vec::new();
+    for (pattern, flags) in patterns {
+        match groups.iter_mut().find(|(held, _)| *held == flags) {
+            Some((_, group)) => group.push(pattern),
+            None => groups.push((flags, vec![pattern])),
+        }
+    }
+    groups
 }
 
 #[cfg(test)]
@@ -84,16 +124,47 @@ mod tests {
         patterns.iter().map(|&s| s.into()).collect()
     }
 
+    fn plain(patterns: &[&str]) -> Vec<(Arc<str>, SubscriptionFlags)> {
+        p(patterns).into_iter().map(|pattern| (pattern, SubscriptionFlags::default())).collect()
+    }
+
+    const PLAIN: SubscriptionFlags = SubscriptionFlags { passive: false, no_local: false };
+    const PASSIVE: SubscriptionFlags = SubscriptionFlags { passive: true, no_local: false };
+    const NO_LOCAL: SubscriptionFlags = SubscriptionFlags { passive: false, no_local: true };
+
     #[test]
     fn wire_patterns_are_reference_counted() {
         let mut subs = Subscriptions::default();
-        assert_eq!(subs.add(1, &p(&["jobs.*", "a"])), p(&["jobs.*", "a"]));
-        assert_eq!(subs.add(2, &p(&["jobs.*", "b"])), p(&["b"]), "jobs.* is already held");
-        assert_eq!(subs.matching("jobs.x"), vec![1, 2]);
-        assert_eq!(subs.matching("b"), vec![2]);
+        assert_eq!(subs.add(1, &p(&["jobs.*", "a"]), PLAIN), plain(&["jobs.*", "a"]));
+        assert_eq!(subs.add(2, &p(&["jobs.*", "b"]), PLAIN), plain(&["b"]), "jobs.* is already held");
+        assert_eq!(subs.matching("jobs.x", false), vec![1, 2]);
+        assert_eq!(subs.matching("b", false), vec![2]);
         assert_eq!(subs.remove(&p(&["jobs.*", "never"])), (p(&["jobs.*"]), vec![]));
         assert_eq!(subs.remove(&p(&["a"])), (p(&["a"]), vec![1]), "subscription 1 has no pattern left");
-        assert!(subs.matching("jobs.x").is_empty());
-        assert_eq!(subs.patterns(), p(&["b"]));
+        assert!(subs.matching("jobs.x", false).is_empty());
+        assert_eq!(subs.patterns(), plain(&["b"]));
+    }
+
+    #[test]
+    fn a_shared_pattern_is_held_as_its_most_demanding_subscription_needs() {
+        let mut subs = Subscriptions::default();
+        assert_eq!(subs.add(1, &p(&["svc.#"]), PASSIVE), vec![("svc.#".into(), PASSIVE)]);
+        assert_eq!(subs.add(2, &p(&["svc.#"]), PASSIVE), vec![], "still passive");
+        assert_eq!(subs.add(3, &p(&["svc.#"]), PLAIN), vec![("svc.#".into(), PLAIN)], "now a responder");
+        assert_eq!(subs.add(4, &p(&["svc.#"]), NO_LOCAL), vec![], "a plain holder wants its own");
+        assert_eq!(subs.patterns(), plain(&["svc.#"]));
+    }
+
+    #[test]
+    fn no_local_subscriptions_skip_the_clients_own_messages() {
+        let mut subs = Subscriptions::default();
+        subs.add(1, &p(&["chat.*"]), NO_LOCAL);
+        subs.add(2, &p(&["chat.#"]), PLAIN);
+        assert_eq!(subs.matching("chat.room", true), vec![2]);
+        let mut both = subs.matching("chat.room", false);
+        both.sort();
+        assert_eq!(both, vec![1, 2]);
+        let groups = by_flags(subs.patterns());
+        assert_eq!(groups, vec![(PLAIN, p(&["chat.#"])), (NO_LOCAL, p(&["chat.*"]))]);
     }
 }

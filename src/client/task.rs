@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 
 use super::incoming::{Handled, handle_frame};
-use super::{Event, RemoteError, Shared, backoff};
+use super::subscriptions::by_flags;
+use super::{Event, PatternsParams, RemoteError, Shared, backoff};
 use crate::error::ErrorCode;
 use crate::protocol::frame::{Decoded, Framing};
 use crate::protocol::jsonrpc::{self, CallId};
@@ -149,8 +150,8 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
         shared.generation.fetch_add(1, Ordering::AcqRel);
 
         let patterns = shared.state.lock().subscriptions.patterns();
-        if !patterns.is_empty() {
-            let params = serde_json::json!({"patterns": patterns.iter().map(|p| &**p).collect::<Vec<_>>()});
+        for (flags, patterns) in by_flags(patterns) {
+            let params = PatternsParams::new(&patterns, flags);
             let restore =
                 jsonrpc::call(MethodName::Subscribe, Some(&params), Some(CallId::Name(RESUBSCRIBE_ID)));
             write_frame(&mut writer, &restore).await?;

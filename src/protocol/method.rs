@@ -224,6 +224,28 @@ impl Subscribe {
     }
 }
 
+/// How a plain subscription takes messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct SubscriptionFlags {
+    /// Receives messages but never counts as a responder to a request.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub passive: bool,
+    /// Never receives what its own connection publishes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_local: bool,
+}
+
+impl SubscriptionFlags {
+    /// What the broker must hold for a pattern that several subscriptions of one
+    /// client share: a responder if any is, its own messages if any wants them.
+    pub fn shared_with(self, other: SubscriptionFlags) -> SubscriptionFlags {
+        SubscriptionFlags {
+            passive: self.passive && other.passive,
+            no_local: self.no_local && other.no_local,
+        }
+    }
+}
+
 /// `unsubscribe`: patterns, or a queue to stop consuming from.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use super::options::ClientOptions;
 use super::{events, facts, json, runtime};
 use crate::client::{self, ClientError};
-use crate::protocol::method::{MethodName, Will};
+use crate::protocol::method::{MethodName, SubscriptionFlags, Will};
 
 #[cfg(unix)]
 type WakeSocket = std::os::unix::net::UnixStream;
@@ -146,8 +146,10 @@ impl Client {
         qos: &Bound<'_, PyAny>,
         ttl: &Bound<'_, PyAny>,
         retain: &Bound<'_, PyAny>,
+        headers: &Bound<'_, PyAny>,
     ) -> PyResult<(String, Option<u64>)> {
-        let options = facts::publish_options(qos, ttl, retain)?;
+        let mut options = facts::publish_options(qos, ttl, retain)?;
+        options.headers = facts::headers(headers)?;
         let text = encode(payload)?;
         self.inner.publish_with(topic, &text, &options).map_err(to_py_error)
     }
@@ -178,8 +180,16 @@ impl Client {
         self.inner.call(method, params).map_err(to_py_error)
     }
 
-    fn subscribe(&self, subscription: u64, patterns: Vec<String>) -> PyResult<Option<u64>> {
-        self.inner.subscribe(subscription, &patterns).map_err(to_py_error)
+    /// Subscribes `patterns` for `subscription`; `passive` and `no_local` are its flags.
+    fn subscribe(
+        &self,
+        subscription: u64,
+        patterns: Vec<String>,
+        passive: bool,
+        no_local: bool,
+    ) -> PyResult<Option<u64>> {
+        let flags = SubscriptionFlags { passive, no_local };
+        self.inner.subscribe(subscription, &patterns, flags).map_err(to_py_error)
     }
 
     /// Returns (patterns removed, subscriptions left empty, call id or None).

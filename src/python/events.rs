@@ -161,7 +161,13 @@ fn delivery<'py>(client: &Bound<'py, Client>, m: Delivered) -> PyResult<Bound<'p
             return Ok(Bound::new(py, undecodable)?.into_any());
         }
     };
+    // Checked by the broker: an object of strings, which json.loads always reads.
+    let headers = match &m.headers {
+        Some(text) => Some(json::decode(py, text)?.unbind()),
+        None => None,
+    };
     let fields = Fields {
+        headers,
         topic: PyString::new(py, &m.topic).unbind(),
         payload: payload.unbind(),
         sender: PyString::new(py, &m.sender).unbind(),

@@ -102,6 +102,40 @@ pub fn publish_options(
     Ok(PublishOptions { qos: qos_level(qos)?, ttl: time_to_live(ttl)?, retain, headers: None })
 }
 
+/// Headers as the broker reads them: None, or a dict of strings within the limits
+/// (an empty dict is no headers), as JSON text.
+pub fn headers(value: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+    if value.is_none() {
+        return Ok(None);
+    }
+    let Ok(map) = value.cast::<PyDict>() else {
+        return Err(PyValueError::new_err(format!(
+            "headers must be a dict of strings, got {}",
+            value.get_type().name()?
+        )));
+    };
+    if map.is_empty() {
+        return Ok(None);
+    }
+    for (name, text) in map.iter() {
+        if !name.is_instance_of::<PyString>() || !text.is_instance_of::<PyString>() {
+            return Err(PyValueError::new_err(format!(
+                "headers must map strings to strings, got {}: {}",
+                name.repr()?,
+                text.repr()?
+            )));
+        }
+    }
+    let mut text = Vec::new();
+    super::json::encode(map.as_any(), &mut text).map_err(|error| {
+        PyValueError::new_err(format!("headers cannot be sent as JSON: {}", error.value(value.py())))
+    })?;
+    let text = String::from_utf8(text).expect("JSON text is UTF-8");
+    let raw = serde_json::value::RawValue::from_string(text).expect("the encoder writes JSON");
+    rules::headers(&raw).map_err(invalid)?;
+    Ok(Some(raw.get().to_owned()))
+}
+
 /// Raises ValueError when the broker would refuse these options of a publish.
 #[pyfunction]
 fn validate_publish_options(

@@ -65,6 +65,9 @@ pub struct Message {
     /// a queue).
     #[pyo3(get, set)]
     delivery_count: u32,
+    /// The publisher's headers (a dict of strings), or None when it gave none.
+    #[pyo3(get, set)]
+    headers: Option<Py<PyAny>>,
     settle: Option<QueueSettle>,
     settled: bool,
 }
@@ -80,6 +83,7 @@ pub struct Fields {
     pub ttl: Option<f64>,
     pub qos: u8,
     pub retained: bool,
+    pub headers: Option<Py<PyAny>>,
 }
 
 impl Message {
@@ -88,7 +92,7 @@ impl Message {
             Some((queue, count, settle)) => (Some(queue), count, Some(settle)),
             None => (None, 0, None),
         };
-        let Fields { topic, payload, sender, id, timestamp, reply_to, ttl, qos, retained } = fields;
+        let Fields { topic, payload, sender, id, timestamp, reply_to, ttl, qos, retained, headers } = fields;
         Message {
             topic,
             payload,
@@ -101,6 +105,7 @@ impl Message {
             retained,
             queue,
             delivery_count,
+            headers,
             settle,
             settled: false,
         }
@@ -120,12 +125,13 @@ impl Message {
             self.retained,
             &self.queue,
             self.delivery_count,
+            &self.headers,
         )
             .into_pyobject(py)
     }
 }
 
-const FIELDS: [&str; 11] = [
+const FIELDS: [&str; 12] = [
     "topic",
     "payload",
     "sender",
@@ -137,6 +143,7 @@ const FIELDS: [&str; 11] = [
     "retained",
     "queue",
     "delivery_count",
+    "headers",
 ];
 
 #[pymethods]
@@ -144,7 +151,7 @@ impl Message {
     #[new]
     #[pyo3(signature = (
         topic, payload, sender, id, timestamp = 0.0, reply_to = None, ttl = None, qos = 0,
-        retained = false, queue = None, delivery_count = 0
+        retained = false, queue = None, delivery_count = 0, headers = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -159,6 +166,7 @@ impl Message {
         retained: bool,
         queue: Option<Py<PyString>>,
         delivery_count: u32,
+        headers: Option<Py<PyAny>>,
     ) -> Message {
         Message {
             topic,
@@ -172,6 +180,7 @@ impl Message {
             retained,
             queue,
             delivery_count,
+            headers,
             settle: None,
             settled: false,
         }

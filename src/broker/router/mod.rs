@@ -40,11 +40,12 @@ use crate::index::SessionId;
 use crate::protocol::message::Delivery;
 use crate::protocol::topic::{BROKER_SENDER, matches, system};
 
+pub use self::registry::ClientInfo;
 use self::registry::State;
-pub use self::registry::{ClientInfo, SubscriptionFlags};
 use self::requests::AwaitedReply;
 pub use self::requests::PendingReply;
 pub use self::stats::Counters;
+pub use crate::protocol::method::SubscriptionFlags;
 
 /// A message to route.
 #[derive(Debug, Clone, Copy)]

@@ -12,6 +12,7 @@ use super::Router;
 use crate::broker::outbox::Outbox;
 use crate::error::{ErrorCode, RpcError};
 use crate::index::{SessionId, SubscriptionIndex};
+use crate::protocol::method::SubscriptionFlags;
 use crate::protocol::rules::MAX_PATTERNS_PER_CLIENT;
 use crate::protocol::topic::{matches, system};
 
@@ -21,15 +22,6 @@ pub struct ClientInfo {
     pub client_id: Arc<str>,
     pub client_type: Option<String>,
     pub version: Option<String>,
-}
-
-/// How a subscription takes messages.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SubscriptionFlags {
-    /// Receives messages but never counts as a responder to a request.
-    pub passive: bool,
-    /// Never receives what its own connection publishes.
-    pub no_local: bool,
 }
 
 pub(super) struct Entry {
