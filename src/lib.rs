@@ -10,7 +10,7 @@
 //!   topics and reserved names, limits.
 //! - [`broker`]: the listener, transports, sessions, the router, queues and store.
 //! - [`client`]: the engine behind the Python clients; it depends on [`protocol`]
-//!   only, never on the broker.
+//!   (and the shared [`index`], [`ids`] and [`error`]), never on the broker.
 //! - [`index`]: the subscription trie shared by the router and the client; a publish
 //!   costs the depth of the topic, not the number of unrelated subscriptions.
 //! - [`config`], [`error`], [`ids`]: the broker's settings, the error codes and

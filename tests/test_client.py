@@ -536,3 +536,11 @@ async def test_passive_and_no_local_subscriptions(make_client):
     assert [m.payload for m in mine] == ["marker"]
     with pytest.raises(ValueError, match="plain subscriptions"):
         await chat.subscribe("jobs", mine.append, queue="q", passive=True)
+
+
+async def test_headers_count_towards_the_message_size(start_broker):
+    broker = start_broker(max_message_size=2048)
+    async with BrokerClient("pub", host="127.0.0.1", port=broker.port) as pub:
+        await pub.publish("t", "x" * 1000, qos=1)
+        with pytest.raises(InvalidMessageError, match="max_message_size"):
+            await pub.publish("t", "x" * 1000, qos=1, headers={"h": "y" * 1500})

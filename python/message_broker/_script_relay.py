@@ -145,9 +145,13 @@ class ScriptRelay(asyncio.SubprocessProtocol):
             return False
         try:
             incoming = json.loads(line.decode("utf-8"))
-        except (ValueError, RecursionError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             self._report(f"not JSON ({error})", line)
             return False
+        except (ValueError, RecursionError):
+            # Valid JSON Python cannot hold (an integer past its digit limit, deep
+            # nesting): the broker reads it, so it goes through unchecked.
+            return True
         calls = incoming if isinstance(incoming, list) and incoming else [incoming]
         if not all(isinstance(c, dict) and isinstance(c.get("method"), str) for c in calls):
             self._report("not a JSON-RPC call", line)

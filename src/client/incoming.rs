@@ -150,7 +150,11 @@ fn deliver(shared: &Shared, params: Option<&RawValue>) {
             Some(delivery) => {
                 state.queues.iter().filter(|q| q.name == delivery.queue).map(|q| q.sub).collect()
             }
-            None => state.subscriptions.matching(&params.topic, params.sender == shared.config.client_id),
+            // A retained message is the topic's state, whoever set it: never skipped.
+            None => {
+                let own = !params.retained && params.sender == shared.config.client_id;
+                state.subscriptions.matching(&params.topic, own)
+            }
         }
     };
     if subscriptions.is_empty() {

@@ -279,7 +279,8 @@ impl Client {
             )));
         }
         let max = self.max_message_size();
-        let size = payload.len() + topic.len() + PUBLISH_OVERHEAD;
+        let headers = options.headers.as_deref().map_or(0, str::len);
+        let size = payload.len() + topic.len() + headers + PUBLISH_OVERHEAD;
         if size > max {
             return Err(ClientError::TooLarge { size, max });
         }

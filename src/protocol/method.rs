@@ -3,8 +3,10 @@
 //!
 //! A call is read in two steps: its name into a [`MethodName`] (so that a known
 //! method called before `connect` is refused as such, whatever its params), then its
-//! params into a [`Method`], with every field checked against [`super::rules`]. The
-//! session's handlers get values that are already valid.
+//! params into a [`Method`], with the fields of messages (topic, qos, ttl, ids,
+//! headers, timeouts, the will) checked against [`super::rules`]. Patterns and queue
+//! options are checked by the session's subscribe handler, against the index and
+//! the queues' own limits.
 
 use std::borrow::Cow;
 

@@ -88,10 +88,18 @@ pub struct Fields {
 
 impl Message {
     pub fn delivered(fields: Fields, from_queue: Option<(Py<PyString>, u32, QueueSettle)>) -> Message {
-        let (queue, delivery_count, settle) = match from_queue {
-            Some((queue, count, settle)) => (Some(queue), count, Some(settle)),
-            None => (None, 0, None),
-        };
+        match from_queue {
+            Some((queue, count, settle)) => Self::from_parts(fields, Some(queue), count, Some(settle)),
+            None => Self::from_parts(fields, None, 0, None),
+        }
+    }
+
+    fn from_parts(
+        fields: Fields,
+        queue: Option<Py<PyString>>,
+        delivery_count: u32,
+        settle: Option<QueueSettle>,
+    ) -> Message {
         let Fields { topic, payload, sender, id, timestamp, reply_to, ttl, qos, retained, headers } = fields;
         Message {
             topic,
@@ -168,22 +176,8 @@ impl Message {
         delivery_count: u32,
         headers: Option<Py<PyAny>>,
     ) -> Message {
-        Message {
-            topic,
-            payload,
-            sender,
-            id,
-            timestamp,
-            reply_to,
-            ttl,
-            qos,
-            retained,
-            queue,
-            delivery_count,
-            headers,
-            settle: None,
-            settled: false,
-        }
+        let fields = Fields { topic, payload, sender, id, timestamp, reply_to, ttl, qos, retained, headers };
+        Self::from_parts(fields, queue, delivery_count, None)
     }
 
     #[classattr]

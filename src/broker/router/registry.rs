@@ -34,8 +34,10 @@ pub(super) struct Entry {
     /// In subscription order.
     pub(super) patterns: Vec<Arc<str>>,
     flags: HashMap<Arc<str>, SubscriptionFlags>,
-    /// Patterns with any flag set: until there is one, fan-out never looks at flags.
-    flagged: usize,
+    /// Patterns with each flag set: fan-out looks at the flags only when one could
+    /// change the outcome (a passive pattern, or a no_local one for its own messages).
+    passive: usize,
+    no_local: usize,
 }
 
 impl Entry {
@@ -43,7 +45,7 @@ impl Entry {
     /// (`own`: its own connection published it), and if so whether it counts as a
     /// responder.
     pub(super) fn takes(&self, topic: &str, own: bool) -> Option<bool> {
-        if self.flagged == 0 {
+        if self.passive == 0 && (!own || self.no_local == 0) {
             return Some(true);
         }
         let mut takes = None;
@@ -57,6 +59,17 @@ impl Entry {
             takes = Some(false);
         }
         takes
+    }
+
+    /// Counts a pattern's flags in (`added`) or out.
+    fn count(&mut self, flags: SubscriptionFlags, added: bool) {
+        let change = |count: &mut usize, set: bool| match (set, added) {
+            (false, _) => {}
+            (true, true) => *count += 1,
+            (true, false) => *count -= 1,
+        };
+        change(&mut self.passive, flags.passive);
+        change(&mut self.no_local, flags.no_local);
     }
 }
 
@@ -105,7 +118,8 @@ impl Router {
                 evicted,
                 patterns: Vec::new(),
                 flags: HashMap::new(),
-                flagged: 0,
+                passive: 0,
+                no_local: 0,
             };
             state.sessions.insert(session, entry);
             taken_over
@@ -180,16 +194,15 @@ impl Router {
         }
         let mut added = Vec::new();
         for pattern in patterns {
-            let flagged = flags != SubscriptionFlags::default();
             match entry.flags.insert(pattern.clone(), flags) {
                 None => {
                     index.insert(session, pattern.clone());
                     entry.patterns.push(pattern.clone());
                     added.push(pattern.clone());
                 }
-                Some(before) => entry.flagged -= usize::from(before != SubscriptionFlags::default()),
+                Some(before) => entry.count(before, false),
             }
-            entry.flagged += usize::from(flagged);
+            entry.count(flags, true);
         }
         Ok((entry.outbox.clone(), added))
     }
@@ -204,7 +217,7 @@ impl Router {
         let mut removed = Vec::new();
         for pattern in patterns {
             if let Some(flags) = entry.flags.remove(pattern) {
-                entry.flagged -= usize::from(flags != SubscriptionFlags::default());
+                entry.count(flags, false);
                 index.remove(session, pattern);
                 removed.push(pattern.clone());
             }
