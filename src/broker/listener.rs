@@ -86,7 +86,8 @@ pub(super) async fn serve(
             Some(answer) = async { loaded.as_mut()?.recv().await }, if loaded.is_some() => router.loaded(answer),
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             Some(channel) = in_process.recv() => {
-                admit(channel, "in-process".to_owned(), &router, &notify_shutdown, &mut connections);
+                // Over the limit, the channel is dropped: the opener sees it end.
+                let _ = admit(channel, "in-process".to_owned(), &router, &notify_shutdown, &mut connections);
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => accept(stream, peer, &router, &notify_shutdown, &mut connections, &refusals),
@@ -121,40 +122,39 @@ fn accept(
     connections: &mut JoinSet<()>,
     refusals: &Arc<Semaphore>,
 ) {
-    let max = router.config().max_connections;
-    if router.counters.connections_open.load(Ordering::Relaxed) >= max {
-        router.counters.connections_rejected.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%peer, max_connections = max, "connection refused: too many connections");
-        // Explained to a bounded number at a time; in a flood the rest are just closed.
-        if let Ok(permit) = refusals.clone().try_acquire_owned() {
-            tokio::spawn(async move {
-                reject(stream, max).await;
-                drop(permit);
-            });
-        }
-        return;
-    }
     if let Err(error) = configure(&stream) {
         tracing::debug!(%peer, %error, "could not set socket options");
     }
-    admit(ByteStream(stream), peer.to_string(), router, notify_shutdown, connections);
+    let Err(ByteStream(stream)) =
+        admit(ByteStream(stream), peer.to_string(), router, notify_shutdown, connections)
+    else {
+        return;
+    };
+    // Explained to a bounded number at a time; in a flood the rest are just closed.
+    if let Ok(permit) = refusals.clone().try_acquire_owned() {
+        let max = router.config().max_connections;
+        tokio::spawn(async move {
+            reject(stream, max).await;
+            drop(permit);
+        });
+    }
 }
 
 /// Starts a session over `transport`, counted as an open connection while it runs.
-/// An in-process connection over the limit is simply closed: its opener sees the
-/// channel end.
+/// Over `max_connections` the transport is counted as rejected and handed back: a
+/// TCP client is told why, an in-process opener sees its channel end.
 fn admit<T: Transport>(
     transport: T,
     peer: String,
     router: &Arc<Router>,
     notify_shutdown: &broadcast::Sender<()>,
     connections: &mut JoinSet<()>,
-) {
+) -> Result<(), T> {
     let max = router.config().max_connections;
     if router.counters.connections_open.load(Ordering::Relaxed) >= max {
         router.counters.connections_rejected.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(peer, max_connections = max, "connection refused: too many connections");
-        return;
+        return Err(transport);
     }
     router.counters.connections_open.fetch_add(1, Ordering::Relaxed);
     router.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
@@ -165,6 +165,7 @@ fn admit<T: Transport>(
         let _open = open;
         session::run(transport, &peer, router, shutdown).await;
     });
+    Ok(())
 }
 
 fn configure(stream: &TcpStream) -> std::io::Result<()> {

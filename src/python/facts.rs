@@ -133,7 +133,7 @@ pub fn headers(value: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
     let text = String::from_utf8(text).expect("JSON text is UTF-8");
     let raw = serde_json::value::RawValue::from_string(text).expect("the encoder writes JSON");
     rules::headers(&raw).map_err(invalid)?;
-    Ok(Some(raw.get().to_owned()))
+    Ok(Some(Box::<str>::from(raw).into()))
 }
 
 /// Raises ValueError when the broker would refuse these options of a publish.
