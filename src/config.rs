@@ -47,6 +47,15 @@ pub struct BrokerConfig {
     /// Bytes the queues kept in memory (every queue but the durable ones of a
     /// `data_dir`) may hold together; past it they refuse new messages.
     pub max_memory: usize,
+    /// TCP clients must send the broker's token in `connect`. Always the case when the
+    /// broker listens on an address other than loopback, whatever this says.
+    pub require_token: bool,
+    /// Where the runtime file (token, socket path) and the Unix socket go; `None`
+    /// takes `MESSAGE_BROKER_RUNTIME_DIR`, else the user's runtime folder.
+    pub runtime_dir: Option<PathBuf>,
+    /// Also listen on a transport only this user can open: a Unix socket beside the
+    /// runtime file, or a named pipe on Windows. Its clients need no token.
+    pub local_socket: bool,
 }
 
 impl Default for BrokerConfig {
@@ -67,6 +76,9 @@ impl Default for BrokerConfig {
             fsync: false,
             queues: Vec::new(),
             max_memory: DEFAULT_MAX_MEMORY,
+            require_token: false,
+            runtime_dir: None,
+            local_socket: true,
         }
     }
 }
@@ -132,6 +144,11 @@ impl BrokerConfig {
             if !names.insert(&queue.name) {
                 return invalid(format!("queues: queue {:?} is configured twice", queue.name));
             }
+        }
+        if self.runtime_dir.as_ref().is_some_and(|dir| dir.as_os_str().is_empty()) {
+            return invalid(
+                "runtime_dir must not be empty (leave it out for the user's runtime folder)".into(),
+            );
         }
         if self.data_dir.as_ref().is_some_and(|dir| dir.as_os_str().is_empty()) {
             return invalid("data_dir must not be empty (leave it out to keep queues in memory)".into());

@@ -42,10 +42,16 @@ pub enum ErrorCode {
     QueueFull,
     /// The message could not be written to the store, so it is not confirmed.
     StorageFailed,
+    /// A `connect` without the broker's token, or with a wrong one (closes); calls
+    /// before a valid `connect` on a broker that requires a token get it too.
+    Unauthorized,
+    /// The broker's permission rules do not let this client publish to the topic or
+    /// subscribe to the pattern; nothing was delivered or subscribed.
+    PermissionDenied,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::ParseError,
         ErrorCode::InvalidRequest,
         ErrorCode::MethodNotFound,
@@ -63,6 +69,8 @@ impl ErrorCode {
         ErrorCode::TooManyRequests,
         ErrorCode::QueueFull,
         ErrorCode::StorageFailed,
+        ErrorCode::Unauthorized,
+        ErrorCode::PermissionDenied,
     ];
 
     pub const fn code(self) -> i32 {
@@ -84,6 +92,8 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => -32010,
             ErrorCode::QueueFull => -32011,
             ErrorCode::StorageFailed => -32012,
+            ErrorCode::Unauthorized => -32013,
+            ErrorCode::PermissionDenied => -32014,
         }
     }
 
@@ -107,6 +117,8 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "TOO_MANY_REQUESTS",
             ErrorCode::QueueFull => "QUEUE_FULL",
             ErrorCode::StorageFailed => "STORAGE_FAILED",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
         }
     }
 }
@@ -142,6 +154,8 @@ pub enum BrokerError {
     Io(#[from] io::Error),
     #[error("{0}")]
     Store(#[from] crate::broker::store::StoreError),
+    #[error("{0}")]
+    RuntimeFile(#[from] crate::runtime_file::RuntimeFileError),
 }
 
 #[cfg(test)]

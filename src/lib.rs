@@ -15,6 +15,8 @@
 //!   costs the depth of the topic, not the number of unrelated subscriptions.
 //! - [`config`], [`error`], [`ids`]: the broker's settings, the error codes and
 //!   types, message ids.
+//! - [`runtime_file`]: where a running broker tells its user's programs its token
+//!   and local socket, read by broker and client alike.
 //!
 //! The Python bindings live in `python` behind the `python` cargo feature, the only
 //! place PyO3 appears, so the core builds and tests without it.
@@ -26,6 +28,7 @@ pub mod error;
 pub mod ids;
 pub mod index;
 pub mod protocol;
+pub mod runtime_file;
 
 #[cfg(feature = "python")]
 mod python;

@@ -1,29 +1,56 @@
 //! The broker's methods driven over a real socket with raw frames, and over an
 //! in-process connection, as a client in any language would see them.
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use message_broker::{BrokerConfig, BrokerHandle, ErrorCode, InProcessConnection};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::time::timeout;
 
 /// Every wait in these tests is bounded by this.
 const PATIENCE: Duration = Duration::from_secs(5);
 
-async fn broker() -> BrokerHandle {
-    let config = BrokerConfig { host: "127.0.0.1".into(), port: 0, ..Default::default() };
-    message_broker::start(config).await.expect("the broker starts")
+/// A runtime folder of this test's own, short enough for a socket path.
+fn runtime_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("mb-test-{}-{n}", std::process::id()))
 }
 
-/// A client speaking length-prefixed frames.
-struct Framed(TcpStream);
+fn config() -> BrokerConfig {
+    BrokerConfig { host: "127.0.0.1".into(), port: 0, runtime_dir: Some(runtime_dir()), ..Default::default() }
+}
+
+async fn broker() -> BrokerHandle {
+    message_broker::start(config()).await.expect("the broker starts")
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
+/// A client speaking length-prefixed frames, over TCP or the Unix socket.
+struct Framed(Box<dyn Stream>);
 
 impl Framed {
     async fn open(broker: &BrokerHandle) -> Framed {
-        Framed(TcpStream::connect(broker.local_addr()).await.unwrap())
+        Framed(Box::new(TcpStream::connect(broker.local_addr()).await.unwrap()))
+    }
+
+    async fn open_unix(broker: &BrokerHandle) -> Framed {
+        let path = broker.local_socket().expect("a Unix socket");
+        Framed(Box::new(UnixStream::connect(path).await.unwrap()))
+    }
+
+    /// Reads until the broker closes the connection, within the test's patience.
+    async fn expect_closed(&mut self) {
+        let mut rest = Vec::new();
+        timeout(PATIENCE, self.0.read_to_end(&mut rest)).await.expect("closed in time").unwrap();
+        assert!(rest.is_empty(), "nothing more before the close: {rest:?}");
     }
 
     async fn send(&mut self, message: Value) {
@@ -255,4 +282,78 @@ async fn in_process_connections_hear_the_shutdown_like_any_other() {
     let notice = inside.next().await;
     assert_eq!(error_code(&notice), i64::from(ErrorCode::ShuttingDown.code()));
     timeout(PATIENCE, stopping).await.expect("the broker stops in time").unwrap();
+}
+
+#[tokio::test]
+async fn the_protocol_runs_over_the_unix_socket_and_needs_no_token_there() {
+    let broker = message_broker::start(BrokerConfig { require_token: true, ..config() }).await.unwrap();
+    let mut local = Framed::open_unix(&broker).await;
+    let accepted = local.call(1, "connect", json!({"client_id": "local"})).await;
+    assert_eq!(accepted["result"]["client_id"], "local", "{accepted}");
+    local.call(2, "subscribe", json!({"patterns": ["news.*"]})).await;
+    let mut remote = Framed::open(&broker).await;
+    let token = broker.token().to_owned();
+    remote.call(1, "connect", json!({"client_id": "remote", "token": token})).await;
+    remote.call(2, "publish", json!({"topic": "news.today", "payload": "hello"})).await;
+    let message = local.next().await;
+    assert_eq!(
+        (message["params"]["payload"].as_str(), message["params"]["sender"].as_str()),
+        (Some("hello"), Some("remote"))
+    );
+    let status = local.call(3, "status", json!({})).await;
+    let transports = &status["result"]["security"]["transports"];
+    assert_eq!(transports[0]["kind"], "tcp", "{status}");
+    assert_eq!(transports[0]["token_required"], true, "{status}");
+    assert_eq!(transports[1]["kind"], "unix", "{status}");
+    assert_eq!(transports[1]["address"], broker.local_socket().unwrap().as_str(), "{status}");
+    broker.stop("test over").await;
+}
+
+#[tokio::test]
+async fn a_tcp_client_without_the_right_token_is_refused_and_closed() {
+    let broker = message_broker::start(BrokerConfig { require_token: true, ..config() }).await.unwrap();
+    let unauthorized = i64::from(ErrorCode::Unauthorized.code());
+    let mut client = Framed::open(&broker).await;
+    for (id, method) in [(1, "ping"), (2, "status"), (3, "subscribe"), (4, "publish")] {
+        let refused = client.call(id, method, json!({"patterns": ["a"], "topic": "a"})).await;
+        assert_eq!(error_code(&refused), unauthorized, "{method} before connect: {refused}");
+    }
+    let refused = client.call(5, "connect", json!({"client_id": "nobody"})).await;
+    assert_eq!(error_code(&refused), unauthorized, "{refused}");
+    client.expect_closed().await;
+
+    let mut wrong = broker.token().to_owned();
+    let last = if wrong.ends_with('0') { "1" } else { "0" };
+    wrong.replace_range(wrong.len() - 1.., last);
+    let mut guesser = Framed::open(&broker).await;
+    let refused = guesser.call(1, "connect", json!({"client_id": "guesser", "token": wrong})).await;
+    assert_eq!(error_code(&refused), unauthorized, "{refused}");
+    guesser.expect_closed().await;
+
+    let mut owner = Framed::open(&broker).await;
+    let accepted = owner.call(1, "connect", json!({"client_id": "owner", "token": broker.token()})).await;
+    assert_eq!(accepted["result"]["client_id"], "owner", "{accepted}");
+    broker.stop("test over").await;
+}
+
+#[tokio::test]
+async fn the_runtime_file_tells_the_token_and_socket_until_the_broker_stops() {
+    use std::os::unix::fs::PermissionsExt;
+    let broker = broker().await;
+    let path = broker.runtime_file().to_owned();
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(info["token"], broker.token());
+    assert_eq!(info["port"], broker.local_addr().port());
+    assert_eq!(info["socket"], broker.local_socket().unwrap().as_str());
+    assert_eq!(info["require_token"], false);
+    // Loopback without require_token: today's clients that send no token still connect.
+    let mut plain = Framed::connect(&broker, "plain").await;
+    plain.call(1, "ping", json!({})).await;
+    let socket = broker.local_socket().unwrap();
+    broker.stop("test over").await;
+    assert!(!path.exists(), "the runtime file is removed at a clean stop");
+    assert!(!std::path::Path::new(&socket).exists(), "and so is the socket");
+    std::fs::remove_dir(path.parent().unwrap()).unwrap();
 }

@@ -1,7 +1,7 @@
-//! The TCP listener: binds, accepts connections within `max_connections`, runs the
-//! broker's upkeep, and shuts down gracefully: subscribers hear
-//! `system.broker.shutdown` before their connections close, and every connection
-//! task is joined.
+//! The listener: binds TCP, accepts connections (TCP, the local socket, in-process)
+//! within `max_connections`, runs the broker's upkeep, and shuts down gracefully:
+//! subscribers hear `system.broker.shutdown` before their connections close, every
+//! connection task is joined, and the runtime file and socket are removed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +15,8 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
+use super::access::Origin;
+use super::local_socket::LocalListener;
 use super::router::Router;
 use super::session;
 use super::shutdown::Shutdown;
@@ -68,6 +70,7 @@ impl Drop for OpenConnection {
 
 pub(super) async fn serve(
     listener: TcpListener,
+    mut local: Option<LocalListener>,
     mut in_process: mpsc::Receiver<Messages>,
     router: Arc<Router>,
     mut stopped: oneshot::Receiver<String>,
@@ -87,8 +90,20 @@ pub(super) async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             Some(channel) = in_process.recv() => {
                 // Over the limit, the channel is dropped: the opener sees it end.
-                let _ = admit(channel, "in-process".to_owned(), &router, &notify_shutdown, &mut connections);
+                let peer = "in-process".to_owned();
+                let _ = admit(channel, peer, Origin::SameUser, &router, &notify_shutdown, &mut connections);
             }
+            Some(accepted) = async { Some(local.as_mut()?.accept().await) }, if local.is_some() => match accepted {
+                // Over the limit a local client sees its connection close: it is one of
+                // the owner's programs, and the broker's log says why.
+                Ok((stream, peer)) => {
+                    let _ = admit(ByteStream(stream), peer, Origin::SameUser, &router, &notify_shutdown, &mut connections);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a local connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => accept(stream, peer, &router, &notify_shutdown, &mut connections, &refusals),
                 Err(error) => {
@@ -100,6 +115,10 @@ pub(super) async fn serve(
         }
     };
     drop(listener);
+    if let Some(access) = router.access() {
+        access.close(local.as_ref());
+    }
+    drop(local);
     tracing::info!(reason, "message broker shutting down");
     router.begin_shutdown(&reason);
     let _ = notify_shutdown.send(());
@@ -126,7 +145,7 @@ fn accept(
         tracing::debug!(%peer, %error, "could not set socket options");
     }
     let Err(ByteStream(stream)) =
-        admit(ByteStream(stream), peer.to_string(), router, notify_shutdown, connections)
+        admit(ByteStream(stream), peer.to_string(), Origin::Network, router, notify_shutdown, connections)
     else {
         return;
     };
@@ -146,6 +165,7 @@ fn accept(
 fn admit<T: Transport>(
     transport: T,
     peer: String,
+    origin: Origin,
     router: &Arc<Router>,
     notify_shutdown: &broadcast::Sender<()>,
     connections: &mut JoinSet<()>,
@@ -163,7 +183,7 @@ fn admit<T: Transport>(
     let router = router.clone();
     connections.spawn(async move {
         let _open = open;
-        session::run(transport, &peer, router, shutdown).await;
+        session::run(transport, &peer, origin, router, shutdown).await;
     });
     Ok(())
 }

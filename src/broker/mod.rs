@@ -2,6 +2,9 @@
 //! its transport, and the router they share, with its queues and store.
 //!
 //! - [`listener`]: the accept loop, connection limits, upkeep and graceful shutdown.
+//! - [`access`]: who may connect: the token, the runtime file, the local socket.
+//! - [`local_socket`]: the transport only the broker's own user can open.
+//! - [`token`]: the random token of each start, compared in constant time.
 //! - [`transport`]: the seam between a session and what carries its messages.
 //! - [`connection`]: the coalescing writer of byte-stream transports.
 //! - [`session`]: what one connected client may do, one file per method or group.
@@ -11,17 +14,21 @@
 //! - [`store`]: the SQLite store behind durable queues and retained messages.
 //! - [`shutdown`]: the broadcast signal every connection listens to.
 
+mod access;
 mod connection;
 mod listener;
+mod local_socket;
 pub mod outbox;
 pub(crate) mod queue;
 pub mod router;
 mod session;
 mod shutdown;
 pub(crate) mod store;
+mod token;
 mod transport;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,6 +36,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use self::access::Access;
+use self::local_socket::LocalAddress;
 use self::router::Router;
 use self::transport::Messages;
 use crate::config::BrokerConfig;
@@ -70,6 +79,28 @@ impl BrokerHandle {
         &self.router
     }
 
+    /// The token of this start, which TCP clients send when `require_token` is on.
+    pub fn token(&self) -> &str {
+        self.access().token()
+    }
+
+    /// The runtime file that tells this user's programs the token and local socket.
+    pub fn runtime_file(&self) -> &Path {
+        self.access().runtime_file()
+    }
+
+    /// The Unix socket (or, on Windows, the named pipe) only this user can open.
+    pub fn local_socket(&self) -> Option<String> {
+        self.access().local_address().map(|address| match address {
+            LocalAddress::UnixSocket(path) => path.display().to_string(),
+            LocalAddress::NamedPipe(name) => name.clone(),
+        })
+    }
+
+    fn access(&self) -> &Access {
+        self.router.access().expect("a started broker has its access settings")
+    }
+
     /// True once the server task has ended.
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
@@ -108,11 +139,13 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         .map_err(|e| BrokerError::Io(std::io::Error::other(e.to_string())))??;
     let listener = listener::bind(&host, port).await?;
     let local_addr = listener.local_addr()?;
-    router.set_local_addr(local_addr);
+    let (access, local) = Access::open(router.config(), local_addr)?;
+    let local_address = access.local_address().cloned();
+    router.set_access(access);
     let (stop, stopped) = oneshot::channel();
     let (in_process, admitted) = mpsc::channel(IN_PROCESS_BACKLOG);
-    let task = tokio::spawn(listener::serve(listener, admitted, router.clone(), stopped));
-    tracing::info!(%local_addr, "message broker listening");
+    let task = tokio::spawn(listener::serve(listener, local, admitted, router.clone(), stopped));
+    tracing::info!(%local_addr, local = ?local_address, "message broker listening");
     router.publish_system(
         system::BROKER_READY,
         &json!({"host": local_addr.ip().to_string(), "port": local_addr.port()}),

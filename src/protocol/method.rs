@@ -118,7 +118,7 @@ impl<'a> Method<'a> {
 }
 
 /// `connect`: who the client is, and its last will.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Connect {
     #[serde(default)]
@@ -129,6 +129,23 @@ pub struct Connect {
     pub version: Option<String>,
     #[serde(default)]
     pub will: Option<Will>,
+    /// The broker's token (see the runtime file); needed over TCP when the broker
+    /// requires it, checked whenever given.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// Written out by hand so that logs never show the token.
+impl std::fmt::Debug for Connect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connect")
+            .field("client_id", &self.client_id)
+            .field("client_type", &self.client_type)
+            .field("version", &self.version)
+            .field("will", &self.will)
+            .field("token", &self.token.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 impl Connect {

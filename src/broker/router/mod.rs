@@ -18,9 +18,8 @@ mod retained;
 mod stats;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -30,6 +29,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+use super::access::Access;
 use super::outbox::Offer;
 use super::queue::{Queues, Refusal, StoredMessage};
 use super::store::{Store, StoreError};
@@ -105,7 +105,9 @@ pub struct Published {
 
 pub struct Router {
     config: BrokerConfig,
-    local_addr: Mutex<Option<SocketAddr>>,
+    /// Set once the listener is bound; a router without a listener (in tests and
+    /// benchmarks) asks no token.
+    access: OnceLock<Access>,
     state: RwLock<State>,
     /// Requests waiting for a reply, by sequence number.
     replies: Mutex<std::collections::HashMap<u64, AwaitedReply>>,
@@ -177,7 +179,7 @@ impl Router {
             queues: Mutex::new(queues),
             retained: Mutex::new(retained),
             config,
-            local_addr: Mutex::new(None),
+            access: OnceLock::new(),
             state: RwLock::new(State::default()),
             replies: Mutex::new(std::collections::HashMap::new()),
             next_reply: AtomicU64::new(1),
@@ -193,8 +195,12 @@ impl Router {
         &self.config
     }
 
-    pub fn set_local_addr(&self, addr: SocketAddr) {
-        *self.local_addr.lock() = Some(addr);
+    pub(crate) fn set_access(&self, access: Access) {
+        let _ = self.access.set(access);
+    }
+
+    pub(crate) fn access(&self) -> Option<&Access> {
+        self.access.get()
     }
 
     pub fn is_shutting_down(&self) -> bool {

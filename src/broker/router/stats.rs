@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::Router;
 use super::registry::Entry;
+use crate::broker::access::Access;
 
 /// Broker-wide counters, reported by `status`.
 #[derive(Debug, Default)]
@@ -54,7 +55,8 @@ impl Router {
         clients.sort_by_key(|(entry, _)| entry.connected_at);
         let c = &self.counters;
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
-        let addr = *self.local_addr.lock();
+        let access = self.access.get();
+        let addr = access.map(Access::tcp);
         let (queues, totals, data_dir, (memory_used, max_memory)) = {
             let queues = self.queues.lock();
             let data_dir = queues.store().map(|s| s.path().display().to_string());
@@ -87,6 +89,7 @@ impl Router {
                 "refused_by_full_queues": totals.dropped,
             },
             "queues": queues,
+            "security": access.map(Access::status),
             "persistence": {
                 "store": data_dir,
                 "fsync": self.config.fsync,

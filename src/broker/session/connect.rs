@@ -17,6 +17,10 @@ pub(super) use crate::protocol::method::Will;
 
 impl Session {
     pub(super) fn connect(&mut self, params: Connect) -> RpcResult {
+        if let Some(access) = self.router.access() {
+            access.check_token(self.origin, params.token.as_deref())?;
+        }
+        self.owes_token = false;
         let client_id = params.client_id.unwrap_or_else(|| self.router.anonymous_client_id(self.id));
         match &self.client_id {
             Some(current) if **current == *client_id => {}

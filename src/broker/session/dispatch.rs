@@ -13,6 +13,7 @@ use serde_json::json;
 use serde_json::value::{RawValue, to_raw_value};
 
 use super::{End, Session};
+use crate::broker::access;
 use crate::error::{ErrorCode, RpcError};
 use crate::protocol::jsonrpc::{self, Call, Incoming};
 use crate::protocol::message::notification;
@@ -26,8 +27,9 @@ pub(super) enum Outcome {
     Done(RpcResult),
     /// Answered later (a request waiting for its reply, a publish waiting for the store).
     Pending(PendingResult),
-    /// Answered, then the connection closes (`disconnect`).
-    Close(RpcResult),
+    /// Answered, then the connection closes for the reason given (`disconnect`, a
+    /// `connect` with a wrong token).
+    Close(RpcResult, End),
 }
 
 impl Outcome {
@@ -57,13 +59,18 @@ impl Session {
             }
             Incoming::Single(Ok(call)) => call,
         };
-        let outcome = self.dispatch(&call);
-        let closes = matches!(outcome, Outcome::Close(_));
-        match outcome {
-            Outcome::Done(result) | Outcome::Close(result) => {
+        let mut closes = None;
+        match self.dispatch(&call) {
+            Outcome::Done(result) => {
                 if let Some(response) = self.encode(&call, result) {
                     self.respond(response).await;
                 }
+            }
+            Outcome::Close(result, end) => {
+                if let Some(response) = self.encode(&call, result) {
+                    self.respond(response).await;
+                }
+                closes = Some(end);
             }
             // A notification gets no answer, so nothing waits for its reply.
             Outcome::Pending(pending) => {
@@ -76,12 +83,12 @@ impl Session {
                 }
             }
         }
-        closes.then_some(End::Disconnected)
+        closes
     }
 
     async fn handle_batch(&mut self, calls: Vec<jsonrpc::Parsed<'_>>) -> Option<End> {
         let mut slots = Vec::with_capacity(calls.len());
-        let mut close = false;
+        let mut close = None;
         for call in calls {
             let call = match call {
                 Ok(call) => call,
@@ -95,7 +102,7 @@ impl Session {
                 slots.push(slot);
             }
         }
-        if close {
+        if close.is_some() {
             // The connection closes after this batch: requests in it cannot wait.
             for slot in &mut slots {
                 if let Slot::Waiting(id, _) = slot {
@@ -117,23 +124,26 @@ impl Session {
                 outbox.send(Bytes::from(jsonrpc::batch(&responses))).await;
             });
         }
-        close.then_some(End::Disconnected)
+        close
     }
 
-    /// One call of a batch. Calls after a `disconnect` in the same batch are not
-    /// carried out; requests among them are told so.
-    fn batch_slot(&mut self, call: &Call<'_>, close: &mut bool) -> Option<Slot> {
-        if *close {
+    /// One call of a batch. Calls after one that closes the connection (`disconnect`)
+    /// in the same batch are not carried out; requests among them are told so.
+    fn batch_slot(&mut self, call: &Call<'_>, close: &mut Option<End>) -> Option<Slot> {
+        if let Some(end) = close {
             let error = RpcError::new(
                 ErrorCode::NotConnected,
-                "not carried out: \"disconnect\" came earlier in this batch",
+                format!(
+                    "not carried out: the connection closes after an earlier call in this batch ({})",
+                    end.reason()
+                ),
             );
             return call.id.map(|id| Slot::Ready(jsonrpc::failure(Some(id), &error)));
         }
         match self.dispatch(call) {
             Outcome::Pending(pending) => call.id.map(|id| Slot::Waiting(id.to_owned(), pending)),
-            Outcome::Close(result) => {
-                *close = true;
+            Outcome::Close(result, end) => {
+                *close = Some(end);
                 self.encode(call, result).map(Slot::Ready)
             }
             Outcome::Done(result) => self.encode(call, result).map(Slot::Ready),
@@ -201,6 +211,9 @@ impl Session {
             Ok(name) => name,
             Err(error) => return Outcome::Done(Err(error)),
         };
+        if self.owes_token && name != MethodName::Connect {
+            return Outcome::Done(Err(access::unauthorized()));
+        }
         if self.client_id.is_none() && name.needs_connect() {
             return Outcome::Done(Err(RpcError::new(
                 ErrorCode::NotConnected,
@@ -212,8 +225,13 @@ impl Session {
             Err(error) => return Outcome::Done(Err(error)),
         };
         match method {
-            Method::Connect(params) => Outcome::Done(self.connect(params)),
-            Method::Disconnect => Outcome::Close(to_raw(&json!({"disconnected": true}))),
+            Method::Connect(params) => match self.connect(params) {
+                Err(error) if error.code == ErrorCode::Unauthorized => {
+                    Outcome::Close(Err(error), End::Unauthorized)
+                }
+                result => Outcome::Done(result),
+            },
+            Method::Disconnect => Outcome::Close(to_raw(&json!({"disconnected": true})), End::Disconnected),
             Method::Subscribe(params) => Outcome::Done(self.subscribe(params)),
             Method::Unsubscribe(params) => Outcome::Done(self.unsubscribe(params)),
             Method::Publish(params) => Outcome::from_result(self.publish(params)),

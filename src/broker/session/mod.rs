@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use self::connect::Will;
+use super::access::Origin;
 use super::connection::AbortOnDrop;
 use super::outbox::{self, Outbox};
 use super::router::Router;
@@ -51,6 +52,8 @@ enum End {
     HandshakeTimeout(Duration),
     FrameTimeout(Duration),
     FarTooLarge(FrameError),
+    /// A `connect` without the token, or with a wrong one; it was answered why.
+    Unauthorized,
 }
 
 impl End {
@@ -65,13 +68,14 @@ impl End {
             End::HandshakeTimeout(_) => "no connect in time".into(),
             End::FrameTimeout(_) => "frame timeout".into(),
             End::FarTooLarge(_) => "frame too large".into(),
+            End::Unauthorized => "missing or wrong token".into(),
         }
     }
 
     /// The error sent to the client just before its connection closes.
     fn notice(&self) -> Option<RpcError> {
         let (code, message) = match self {
-            End::Disconnected | End::Closed | End::Lost(_) => return None,
+            End::Disconnected | End::Closed | End::Lost(_) | End::Unauthorized => return None,
             End::TakenOver => (
                 ErrorCode::SessionTakenOver,
                 "another connection connected with this client_id; closing this one".into(),
@@ -108,7 +112,13 @@ impl End {
 
 /// Serves one connection until it ends, then flushes what is queued for it (briefly)
 /// and closes it. `peer` names the connection in logs.
-pub(crate) async fn run<T: Transport>(transport: T, peer: &str, router: Arc<Router>, mut shutdown: Shutdown) {
+pub(crate) async fn run<T: Transport>(
+    transport: T,
+    peer: &str,
+    origin: Origin,
+    router: Arc<Router>,
+    mut shutdown: Shutdown,
+) {
     let config = router.config();
     let (outbox, queue) = outbox::channel(config.max_queue_size, config.max_queue_bytes);
     let limits = Limits { max_message_size: config.max_message_size, frame_timeout: config.frame_timeout };
@@ -125,8 +135,11 @@ pub(crate) async fn run<T: Transport>(transport: T, peer: &str, router: Arc<Rout
         }
     }));
 
+    let owes_token = router.access().is_some_and(|access| access.needs_token(origin));
     let mut session = Session {
         id: router.new_session_id(),
+        origin,
+        owes_token,
         router: router.clone(),
         outbox,
         client_id: None,
@@ -163,6 +176,10 @@ pub(crate) async fn run<T: Transport>(transport: T, peer: &str, router: Arc<Rout
 
 struct Session {
     id: SessionId,
+    origin: Origin,
+    /// Set until a `connect` with the right token, on a connection that must send it:
+    /// every other call is refused until then.
+    owes_token: bool,
     router: Arc<Router>,
     outbox: Outbox,
     client_id: Option<Arc<str>>,
