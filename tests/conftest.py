@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -8,6 +10,18 @@ import pytest
 
 # Qt must know it has no display before any QApplication exists.
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+# The suite's brokers, in this process and in the programs it starts, write their
+# runtime files and sockets into a folder of the run's own, never the user's (and a
+# short one: a socket path has at most 107 bytes). A token the user exported is not
+# the suite's brokers' either.
+_RUNTIME_ROOT = tempfile.mkdtemp(prefix="mb-")
+os.environ["MESSAGE_BROKER_RUNTIME_DIR"] = os.path.join(_RUNTIME_ROOT, "run")
+os.environ.pop("MESSAGE_BROKER_TOKEN", None)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_RUNTIME_ROOT, ignore_errors=True)
 
 from message_broker import BrokerConfig, MessageBroker
 
@@ -38,13 +52,23 @@ def broker(start_broker: Callable[..., MessageBroker]) -> MessageBroker:
 
 
 @pytest.fixture
-def raw(broker: MessageBroker) -> Iterator[Callable[..., RawClient]]:
+def transport() -> str:
+    """How `raw` connects: "tcp", or "unix" for the broker's Unix socket. A module
+    parametrizes it to run its tests over both."""
+    return "tcp"
+
+
+@pytest.fixture
+def raw(broker: MessageBroker, transport: str) -> Iterator[Callable[..., RawClient]]:
     """Opens raw connections to `broker`; closes them all afterwards."""
     clients: list[RawClient] = []
 
     def open_client(**kw: Any) -> RawClient:
         assert broker.port is not None
-        client = RawClient(broker.port, **kw)
+        if transport == "unix":
+            client = RawClient(unix=broker.local_socket, **kw)
+        else:
+            client = RawClient(broker.port, **kw)
         clients.append(client)
         return client
 

@@ -1,5 +1,5 @@
 """The wire protocol against a real broker: every method, every error code, batches and
-notifications (JSON-RPC 2.0 to the letter)."""
+notifications (JSON-RPC 2.0 to the letter), over TCP and over the Unix socket."""
 
 from __future__ import annotations
 
@@ -11,6 +11,12 @@ import pytest
 from message_broker import ERROR_CODES
 
 from support.wire import RawClient, error_code
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every test of this module runs over both transports: same framing, same session."""
+    return str(request.param)
 
 
 def test_connect_returns_session_details(raw):
@@ -133,7 +139,7 @@ def test_disconnect_answers_then_closes(raw):
     assert event["payload"] == {"client_id": "leaving", "reason": "client disconnect"}
 
 
-def test_status_reports_clients_subscriptions_and_counters(raw):
+def test_status_reports_clients_subscriptions_and_counters(raw, broker):
     a, b = raw(), raw()
     a.connect("a", client_type="ahk")
     b.connect("b")
@@ -150,7 +156,7 @@ def test_status_reports_clients_subscriptions_and_counters(raw):
     assert status["messages"]["published"] >= 1
     assert status["messages"]["delivered"] >= 1
     assert status["subscription_count"] == 2
-    assert status["port"] == a.sock.getpeername()[1]
+    assert status["port"] == broker.port
 
 
 # -- error codes ------------------------------------------------------------------------
@@ -277,6 +283,8 @@ def test_error_table_is_complete():
         "TOO_MANY_REQUESTS": -32010,
         "QUEUE_FULL": -32011,
         "STORAGE_FAILED": -32012,
+        "UNAUTHORIZED": -32013,
+        "PERMISSION_DENIED": -32014,
     }
 
 
@@ -399,7 +407,7 @@ def test_batch_with_disconnect_answers_everything_and_closes(raw):
     # The publish after disconnect was not carried out: after the request, the next
     # message the subscriber sees is a marker published later by someone else.
     assert silent.next_message()["reply_to"]
-    with RawClient(silent.sock.getpeername()[1]) as marker:
+    with raw() as marker:
         marker.connect("marker")
         marker.publish("svc.slow", "marker")
     assert silent.next_message()["payload"] == "marker"

@@ -7,6 +7,10 @@ are small clients for people at a terminal::
     message-broker sub PATTERN...          print messages as they arrive (--json for machines)
     message-broker request TOPIC JSON      send a request and print the reply
     message-broker status                  the broker's clients and counters, as a table
+
+They find the broker at ``--host``/``--port`` (or ``--url``, which also takes the Unix
+socket), and its token in the broker's runtime file unless ``--token`` or
+``MESSAGE_BROKER_TOKEN`` gives one.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from message_broker import __version__
 from message_broker.broker import MessageBroker
 from message_broker.client import BrokerClient
 from message_broker.config import DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
-from message_broker.errors import BrokerError
+from message_broker.errors import AuthenticationError, BrokerError, NotConnectedError
 from message_broker.message import Message
 
 COMMANDS = ("serve", "pub", "sub", "request", "status")
@@ -37,7 +41,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="message-broker",
-        description="A local message broker: pub/sub and request/response over TCP.",
+        description="A local message broker: pub/sub and request/response over TCP and a "
+        "Unix socket only its user can open.",
     )
     parser.add_argument("--version", action="version", version=f"message-broker {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -62,6 +67,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-messages", action="store_true", default=None, help="log every published message"
     )
     serve.add_argument(
+        "--require-token",
+        action="store_true",
+        default=None,
+        help="TCP clients must send the token of the runtime file (always so off loopback)",
+    )
+    serve.add_argument(
+        "--runtime-dir",
+        metavar="DIR",
+        help="where the runtime file (token) and the Unix socket go "
+        "(default: $MESSAGE_BROKER_RUNTIME_DIR, else the user's runtime folder)",
+    )
+    serve.add_argument(
+        "--no-local-socket",
+        dest="local_socket",
+        action="store_false",
+        default=None,
+        help="do not open the Unix socket (named pipe on Windows)",
+    )
+    serve.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -76,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
         command.add_argument(
             "--port", type=int, default=DEFAULT_PORT, help=f"broker port (default {DEFAULT_PORT})"
+        )
+        command.add_argument(
+            "--url",
+            help="connect to tcp://HOST:PORT or to a Unix socket (unix:///PATH or the path) "
+            "instead of --host and --port",
+        )
+        command.add_argument(
+            "--token",
+            help="the broker's token (default: $MESSAGE_BROKER_TOKEN, else the runtime file "
+            "of a broker on this machine)",
         )
         command.add_argument(
             "--client-id", help="client id (default: message-broker-<command>-<pid>)"
@@ -124,12 +158,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def run_client_command(args: argparse.Namespace) -> int:
     client_id = args.client_id or f"message-broker-{args.command}-{os.getpid()}"
-    client = BrokerClient(client_id, host=args.host, port=args.port, connect_retries=1)
-    if not await client.connect():
-        print(
-            f"message-broker: cannot reach the broker at {args.host}:{args.port}", file=sys.stderr
+    try:
+        client = BrokerClient(
+            client_id,
+            host=args.host,
+            port=args.port,
+            url=args.url,
+            token=args.token,
+            connect_retries=1,
         )
+    except ValueError as error:
+        print(f"message-broker: {error}", file=sys.stderr)
+        return 2
+    try:
+        async with client:
+            return await carry_out(client, args)
+    except AuthenticationError as error:
+        print(f"message-broker: {error}", file=sys.stderr)
         return 1
+    except NotConnectedError:
+        print(f"message-broker: cannot reach the broker at {client.url}", file=sys.stderr)
+        return 1
+
+
+async def carry_out(client: BrokerClient, args: argparse.Namespace) -> int:
     try:
         if args.command == "pub":
             print(await client.publish(args.topic, args.payload))
@@ -144,8 +196,6 @@ async def run_client_command(args: argparse.Namespace) -> int:
     except BrokerError as error:
         print(f"message-broker: {error}", file=sys.stderr)
         return 1
-    finally:
-        await client.disconnect()
 
 
 async def follow(
@@ -224,6 +274,9 @@ def serve(args: argparse.Namespace) -> int:
                 ("data_dir", args.data_dir),
                 ("fsync", args.fsync),
                 ("log_messages", args.log_messages),
+                ("require_token", args.require_token),
+                ("runtime_dir", args.runtime_dir),
+                ("local_socket", args.local_socket),
             )
             if value is not None
         }
@@ -251,6 +304,11 @@ def serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGBREAK, request_stop)
 
     print(f"message-broker {__version__} listening on {broker.host}:{port}", flush=True)
+    if broker.local_socket is not None:
+        print(f"  local socket (this user only, no token): {broker.local_socket}", flush=True)
+    required = broker.status()["security"]["require_token"]
+    token = "required" if required else "sent by clients that find it"
+    print(f"  token for TCP clients ({token}): in {broker.runtime_file}", flush=True)
     # A timed wait, so that signal handlers run promptly on every platform.
     while not stop.wait(0.5):
         pass

@@ -48,7 +48,10 @@ class Front(Protocol):
 
     def _on_connected(self) -> None: ...
     def _on_disconnected(self, reason: str, reconnecting: bool) -> None: ...
-    def _on_connect_failed(self, reason: str) -> None: ...
+    def _on_connect_failed(self, reason: str, code: int | None) -> None:
+        """The first connection failed; ``code`` is the broker's error code when it
+        refused the connect itself (``UNAUTHORIZED`` for a missing or wrong token)."""
+
     def _on_closed(self) -> None:
         """The engine has stopped for good; calls still waiting have failed."""
 
@@ -482,7 +485,7 @@ class ClientCore:
 
     def _connect_failed(self, event: _core.ConnectFailed) -> None:
         logger.warning("client %s could not connect: %s", self.client_id, event.reason)
-        self._front._on_connect_failed(event.reason)
+        self._front._on_connect_failed(event.reason, event.code)
 
     def _closed(self, _: _core.Closed) -> None:
         self.stop()

@@ -5,7 +5,7 @@
 Facts live here and the package reads them: the wire error codes, the defaults of
 the broker and of a client, and the rules for client ids and publish options."""
 
-from typing import Any, Final, TypedDict, final
+from typing import Any, Final, Literal, TypedDict, final
 
 __version__: str
 
@@ -34,6 +34,9 @@ class BrokerDefaults(TypedDict):
     data_dir: str | None
     fsync: bool
     max_memory: int
+    require_token: bool
+    runtime_dir: str | None
+    local_socket: bool
 
 class ClientDefaults(TypedDict):
     """The defaults of a client's options."""
@@ -49,12 +52,27 @@ class ClientDefaults(TypedDict):
 BROKER_DEFAULTS: Final[BrokerDefaults]
 CLIENT_DEFAULTS: Final[ClientDefaults]
 
+TOKEN_ENV: Final[str]
+"""``MESSAGE_BROKER_TOKEN``: the token clients send when given none in code."""
+RUNTIME_DIR_ENV: Final[str]
+"""``MESSAGE_BROKER_RUNTIME_DIR``: overrides the runtime folder of brokers and clients."""
+
 def error_codes() -> list[tuple[str, int]]:
     """The wire error codes as ``(name, code)`` pairs."""
 
+def find_token(host: str, port: int) -> str | None:
+    """The token a client sends to ``host:port`` when given none: ``MESSAGE_BROKER_TOKEN``,
+    else (for a loopback host only) the token in the runtime file of the broker on that
+    port. ``None`` when there is neither."""
+
+def runtime_dir() -> str | None:
+    """The folder brokers write their runtime files to unless configured otherwise:
+    ``MESSAGE_BROKER_RUNTIME_DIR``, else the user's runtime folder."""
+
 def validate_client_id(client_id: object) -> None:
     """Raises ``ValueError`` when the broker would refuse ``client_id`` (1 to 256
-    characters, no control characters)."""
+    characters, no control characters, none of the wildcards ``* + #``; a broker with
+    permission rules also refuses ``.`` there)."""
 
 def validate_publish_options(qos: object, ttl: object, retain: object) -> None:
     """Raises ``ValueError`` when the broker would refuse these options of a publish:
@@ -156,6 +174,19 @@ class Limits(TypedDict):
     heartbeat_interval: float
     heartbeat_timeout: float
 
+class TransportStatus(TypedDict):
+    kind: Literal["tcp", "unix", "pipe"]
+    address: str
+    """``host:port``, the socket path or the pipe name."""
+    token_required: bool
+
+class SecurityStatus(TypedDict):
+    require_token: bool
+    """Whether TCP clients must send the token."""
+    runtime_file: str
+    transports: list[TransportStatus]
+    permission_rules: int
+
 class Status(TypedDict):
     """The broker's status: what ``MessageBroker.status()`` and
     ``request("status", {})`` return."""
@@ -171,6 +202,7 @@ class Status(TypedDict):
     subscription_count: int
     messages: MessageCounters
     queues: list[QueueStatus]
+    security: SecurityStatus
     persistence: PersistenceStatus
     memory: MemoryStatus
     connections: ConnectionCounters
@@ -205,6 +237,15 @@ class Broker:
         """The bound port while running."""
 
     @property
+    def token(self) -> str | None:
+        """The token of this start while running."""
+    @property
+    def runtime_file(self) -> str | None:
+        """The runtime file while running."""
+    @property
+    def local_socket(self) -> str | None:
+        """The Unix socket or named pipe while running, when one is open."""
+    @property
     def bound_host(self) -> str | None:
         """The bound address while running."""
 
@@ -225,6 +266,8 @@ class ClientOptions:
         host: str,
         port: int,
         *,
+        url: str | None = None,
+        token: str | None = None,
         client_type: str,
         connect_timeout: float,
         connect_retries: int,
@@ -239,7 +282,11 @@ class ClientOptions:
     @property
     def host(self) -> str: ...
     @property
-    def port(self) -> int: ...
+    def port(self) -> int:
+        """The port of a TCP client; 0 for a local one."""
+    @property
+    def url(self) -> str:
+        """``tcp://host:port`` or ``unix:///path``."""
 
 @final
 class Client:
@@ -400,6 +447,9 @@ class ConnectFailed:
 
     @property
     def reason(self) -> str: ...
+    @property
+    def code(self) -> int | None:
+        """The broker's error code when it refused the connect itself."""
 
 @final
 class Writable:

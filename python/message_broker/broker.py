@@ -58,6 +58,24 @@ class MessageBroker:
     def is_running(self) -> bool:
         return self._server.is_running
 
+    @property
+    def token(self) -> str | None:
+        """The token of this start while running: TCP clients send it when the broker
+        requires it (``BrokerClient(..., token=broker.token)``)."""
+        return self._server.token
+
+    @property
+    def runtime_file(self) -> str | None:
+        """The runtime file while running: readable by this user alone, it tells this
+        user's programs the port, token and local socket. Removed at a clean stop."""
+        return self._server.runtime_file
+
+    @property
+    def local_socket(self) -> str | None:
+        """The Unix socket (a named pipe on Windows) while running, when one is open:
+        ``BrokerClient(..., url=f"unix://{broker.local_socket}")``."""
+        return self._server.local_socket
+
     def start_sync(self) -> int:
         """Starts listening without asyncio; returns the bound port."""
         _core.set_log_level(_logger.getEffectiveLevel())

@@ -26,6 +26,7 @@ from message_broker.errors import (
     BrokerError,
     NotConnectedError,
     RequestTimeoutError,
+    error_from_code,
 )
 from message_broker.message import Message
 
@@ -54,6 +55,13 @@ class BrokerClient:
     while disconnected are queued (up to ``max_pending``) and sent on reconnection;
     past that, :meth:`publish` raises :class:`NotConnectedError`. Requests need a live
     connection and raise :class:`NotConnectedError` at once without one.
+
+    ``url`` connects elsewhere than ``host:port``: ``"unix:///path/broker-15234.sock"``
+    (or the plain path) for the broker's local socket, which only its own user can
+    open and which needs no token, or ``"tcp://host:port"``. ``token`` is the broker's
+    token; without one the client sends ``MESSAGE_BROKER_TOKEN``, else, for a broker on
+    this machine, the token in that broker's runtime file (read at every connection,
+    so a restarted broker's new token is picked up).
     """
 
     def __init__(
@@ -62,6 +70,8 @@ class BrokerClient:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         *,
+        url: str | None = None,
+        token: str | None = None,
         client_type: str = "python",
         connect_timeout: float = CLIENT_DEFAULTS["connect_timeout"],
         connect_retries: int = CLIENT_DEFAULTS["connect_retries"],
@@ -75,6 +85,8 @@ class BrokerClient:
             client_id,
             host,
             port,
+            url=url,
+            token=token,
             client_type=client_type,
             connect_timeout=connect_timeout,
             connect_retries=connect_retries,
@@ -91,6 +103,8 @@ class BrokerClient:
         self._closed: asyncio.Future[None] | None = None
         self._room: list[asyncio.Future[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Why the broker refused the last connect, raised by ``async with``.
+        self._refused: BrokerError | None = None
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -99,13 +113,18 @@ class BrokerClient:
 
     @property
     def host(self) -> str:
-        """The broker's host, as given."""
+        """The broker's host, as given (the socket path of a ``unix://`` client)."""
         return self._core.options.host
 
     @property
     def port(self) -> int:
-        """The broker's port, as given."""
+        """The broker's port, as given (0 for a ``unix://`` client)."""
         return self._core.options.port
+
+    @property
+    def url(self) -> str:
+        """Where the client connects: ``tcp://host:port`` or ``unix:///path``."""
+        return self._core.options.url
 
     @property
     def is_connected(self) -> bool:
@@ -121,7 +140,7 @@ class BrokerClient:
 
     def __repr__(self) -> str:
         state = "connected" if self.is_connected else "not connected"
-        return f"<BrokerClient {self.client_id!r} {self.host}:{self.port} {state}>"
+        return f"<BrokerClient {self.client_id!r} {self.url} {state}>"
 
     # -- lifecycle ------------------------------------------------------------------------
     async def connect(self, will: dict[str, Any] | None = None) -> bool:
@@ -164,7 +183,9 @@ class BrokerClient:
 
     async def __aenter__(self) -> BrokerClient:
         if not await self.connect():
-            raise NotConnectedError(f"cannot connect to the broker at {self.host}:{self.port}")
+            if self._refused is not None:
+                raise self._refused
+            raise NotConnectedError(f"cannot connect to the broker at {self.url}")
         return self
 
     async def __aexit__(
@@ -388,7 +409,9 @@ class BrokerClient:
     def _on_disconnected(self, reason: str, reconnecting: bool) -> None:
         pass  # logged by the core; the engine reconnects by itself
 
-    def _on_connect_failed(self, reason: str) -> None:
+    def _on_connect_failed(self, reason: str, code: int | None) -> None:
+        if code is not None:
+            self._refused = error_from_code(code, reason)
         self._settle_connect(False)
 
     def _on_closed(self) -> None:

@@ -83,9 +83,23 @@ class BrokerConfig:
     for ``qos=1``) instead of the broker running out of memory. Durable queues of a
     ``data_dir`` keep their backlog on disk and are bounded by their ``max_bytes``."""
 
+    require_token: bool = _DEFAULTS["require_token"]
+    """TCP clients must send the broker's token in ``connect``. Always the case when
+    ``host`` is not a loopback address, whatever this says. Programs of the broker's
+    user find the token in the runtime file; clients of the local socket need none."""
+    runtime_dir: str | None = _DEFAULTS["runtime_dir"]
+    """Where the runtime file ``broker-<port>.json`` (token, socket path) and the Unix
+    socket go. ``None``: ``MESSAGE_BROKER_RUNTIME_DIR``, else the user's runtime folder
+    (``$XDG_RUNTIME_DIR/message-broker`` or ``~/.local/share/message-broker/runtime``)."""
+    local_socket: bool = _DEFAULTS["local_socket"]
+    """Also listen on a socket only this user can open (a Unix socket beside the
+    runtime file; a named pipe on Windows). Its clients need no token."""
+
     def __post_init__(self) -> None:
-        if isinstance(self.data_dir, os.PathLike):
-            self.data_dir = os.fspath(self.data_dir)
+        for name in ("data_dir", "runtime_dir"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, os.fspath(value))
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             expected = _FIELD_TYPES[str(field.type)]

@@ -50,6 +50,19 @@ class StorageError(BrokerError):
     (``STORAGE_FAILED``, -32012)."""
 
 
+class AuthenticationError(NotConnectedError):
+    """The broker refused the connection: it requires its token and got none, or a
+    wrong one (``UNAUTHORIZED``, -32013). Programs of the broker's own user find the
+    token in its runtime file without configuration; others pass ``token=`` or set
+    ``MESSAGE_BROKER_TOKEN``."""
+
+
+class PermissionDeniedError(BrokerError, PermissionError):
+    """The broker's permission rules do not let this client publish to that topic or
+    subscribe to that pattern (``PERMISSION_DENIED``, -32014); nothing was delivered
+    or subscribed."""
+
+
 # The exception raised for each error code the client tells apart; any other code
 # raises BrokerError itself.
 _BY_CODE: dict[int, type[BrokerError]] = {
@@ -58,6 +71,8 @@ _BY_CODE: dict[int, type[BrokerError]] = {
     ERROR_CODES["INVALID_PARAMS"]: InvalidMessageError,
     ERROR_CODES["QUEUE_FULL"]: QueueFullError,
     ERROR_CODES["STORAGE_FAILED"]: StorageError,
+    ERROR_CODES["UNAUTHORIZED"]: AuthenticationError,
+    ERROR_CODES["PERMISSION_DENIED"]: PermissionDeniedError,
     _core.CONNECTION_LOST: ConnectionLostError,
 }
 

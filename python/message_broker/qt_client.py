@@ -97,6 +97,8 @@ class QtBrokerClient(QObject):
         port: int = DEFAULT_PORT,
         parent: QObject | None = None,
         *,
+        url: str | None = None,
+        token: str | None = None,
         client_type: str = "qt",
         connect_timeout: float = CLIENT_DEFAULTS["connect_timeout"],
         connect_retries: int = CLIENT_DEFAULTS["connect_retries"],
@@ -111,6 +113,8 @@ class QtBrokerClient(QObject):
             client_id,
             host,
             port,
+            url=url,
+            token=token,
             client_type=client_type,
             connect_timeout=connect_timeout,
             connect_retries=connect_retries,
@@ -350,7 +354,7 @@ class QtBrokerClient(QObject):
     def _on_disconnected(self, reason: str, reconnecting: bool) -> None:
         self.disconnected.emit()
 
-    def _on_connect_failed(self, reason: str) -> None:
+    def _on_connect_failed(self, reason: str, code: int | None) -> None:
         self.connection_failed.emit(reason)
 
     def _on_closed(self) -> None:

@@ -80,6 +80,8 @@ pub enum Event {
     /// The first connection could not be made; the client has stopped.
     ConnectFailed {
         reason: String,
+        /// The error code when the broker refused the connect itself.
+        code: Option<i32>,
     },
     /// Room in the outgoing queue again, after a publish found it full.
     Writable,

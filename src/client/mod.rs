@@ -12,6 +12,7 @@
 
 mod inbox;
 mod incoming;
+mod stream;
 mod subscriptions;
 mod task;
 
@@ -24,11 +25,12 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, watch};
 
 pub use inbox::{Delivered, Event, Inbox, QueueDelivery, RemoteError, Waker};
+pub use stream::Endpoint;
+use stream::WriteHalf;
 use subscriptions::{Subscriptions, by_flags};
 
 use crate::ids::MessageIds;
@@ -41,8 +43,12 @@ use crate::protocol::topic::{REPLY_PREFIX, is_reserved, parse_pattern, validate_
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub client_id: String,
-    pub host: String,
-    pub port: u16,
+    pub endpoint: Endpoint,
+    /// The broker's token. Without one, a TCP client sends `MESSAGE_BROKER_TOKEN` or
+    /// the token in the runtime file of a broker on this machine (see [`runtime_file`]).
+    ///
+    /// [`runtime_file`]: crate::runtime_file
+    pub token: Option<String>,
     pub client_type: String,
     pub version: String,
     /// Time allowed for one connection attempt, handshake included.
@@ -67,10 +73,15 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     pub fn new(client_id: impl Into<String>, host: impl Into<String>, port: u16) -> Self {
+        Self::to(client_id, Endpoint::Tcp { host: host.into(), port })
+    }
+
+    /// A client of the broker at `endpoint`, with the default settings.
+    pub fn to(client_id: impl Into<String>, endpoint: Endpoint) -> Self {
         ClientConfig {
             client_id: client_id.into(),
-            host: host.into(),
-            port,
+            endpoint,
+            token: None,
             client_type: "rust".into(),
             version: crate::VERSION.into(),
             connect_timeout: Duration::from_secs(5),
@@ -141,7 +152,7 @@ struct State {
     want_writable: bool,
     /// The live connection's write side, shared with the writer task so that a frame
     /// can be written at once by the thread that makes it (see `Client::push`).
-    socket: Option<Arc<OwnedWriteHalf>>,
+    socket: Option<Arc<WriteHalf>>,
     /// The writer task holds frames taken from the queue that are not written yet:
     /// until it is done, new frames must queue behind them.
     writing: bool,
@@ -650,7 +661,7 @@ mod end_to_end {
         };
         let mut client = Harness::start(port, "lonely");
         let reason = client
-            .wait(|e| if let Event::ConnectFailed { reason } = e { Some(reason.clone()) } else { None })
+            .wait(|e| if let Event::ConnectFailed { reason, .. } = e { Some(reason.clone()) } else { None })
             .await;
         assert!(reason.contains("cannot connect"), "{reason}");
         client.wait(|e| matches!(e, Event::Closed).then_some(())).await;

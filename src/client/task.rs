@@ -7,13 +7,11 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 use tokio::time::timeout;
 
 use super::incoming::{Handled, handle_frame};
+use super::stream::{self, Endpoint, ReadHalf, WriteHalf};
 use super::subscriptions::by_flags;
 use super::{Event, PatternsParams, RemoteError, Shared, backoff};
 use crate::error::ErrorCode;
@@ -21,6 +19,7 @@ use crate::protocol::frame::{Decoded, Framing};
 use crate::protocol::jsonrpc::{self, CallId};
 use crate::protocol::method::MethodName;
 use crate::protocol::reader::FrameReader;
+use crate::runtime_file;
 
 /// Largest frame accepted from the broker (which enforces its own, smaller limit).
 const MAX_INBOUND_FRAME: usize = 64 * 1024 * 1024;
@@ -39,8 +38,8 @@ const DISCONNECT_ID: &str = "disconnect";
 const HEARTBEAT_ID: &str = "heartbeat";
 
 struct Connection {
-    reader: FrameReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: FrameReader<ReadHalf>,
+    writer: WriteHalf,
     heartbeat_interval: Duration,
     heartbeat_timeout: Duration,
 }
@@ -48,8 +47,9 @@ struct Connection {
 enum Failure {
     /// Worth another attempt (nobody listening, timeout, connection reset).
     Retry(String),
-    /// The broker refused the connect itself (a bad client_id, ...).
-    Refused(String),
+    /// The broker refused the connect itself (a bad client_id, a wrong token, ...),
+    /// with the error code it answered.
+    Refused { reason: String, code: Option<i32> },
 }
 
 /// Why a connection ended; `last` when the client must not reconnect.
@@ -91,14 +91,14 @@ pub(super) async fn run(shared: Arc<Shared>) {
                     break;
                 }
             }
-            Err(Failure::Refused(reason)) if !ever_connected => {
-                shared.inbox.push(Event::ConnectFailed { reason });
+            Err(Failure::Refused { reason, code }) if !ever_connected => {
+                shared.inbox.push(Event::ConnectFailed { reason, code });
                 break;
             }
-            Err(Failure::Retry(reason) | Failure::Refused(reason)) => {
+            Err(Failure::Retry(reason) | Failure::Refused { reason, .. }) => {
                 failures += 1;
                 if !ever_connected && failures > shared.config.connect_retries {
-                    shared.inbox.push(Event::ConnectFailed { reason });
+                    shared.inbox.push(Event::ConnectFailed { reason, code: None });
                     break;
                 }
                 tracing::debug!(client_id = %shared.config.client_id, %reason, attempt = failures, "connecting failed");
@@ -119,11 +119,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
 async fn connect(shared: &Shared) -> Result<Connection, Failure> {
     let config = &shared.config;
     let attempt = async {
-        let stream = TcpStream::connect((config.host.as_str(), config.port))
+        let (read, writer) = stream::connect(&config.endpoint)
             .await
-            .map_err(|e| Failure::Retry(format!("cannot connect to {}:{}: {e}", config.host, config.port)))?;
-        let _ = stream.set_nodelay(true);
-        let (read, mut writer) = stream.into_split();
+            .map_err(|e| Failure::Retry(format!("cannot connect to {}: {e}", config.endpoint)))?;
         let mut reader = FrameReader::new(read, MAX_INBOUND_FRAME, FRAME_TIMEOUT);
 
         let mut params = serde_json::json!({
@@ -132,11 +130,21 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
         if let Some(will) = &config.will {
             params["will"] = serde_json::from_str(will.get()).expect("the will is JSON");
         }
+        // Read at every attempt: a broker that restarted has a new token.
+        let token = config.token.clone().or_else(|| match &config.endpoint {
+            Endpoint::Tcp { host, port } => runtime_file::find_token(host, *port),
+            Endpoint::Local(_) => None,
+        });
+        if let Some(token) = token {
+            params["token"] = token.into();
+        }
         let hello = jsonrpc::call(MethodName::Connect, Some(&params), Some(CallId::Name(CONNECT_ID)));
-        write_frame(&mut writer, &hello).await?;
-        let accepted = await_internal(shared, &mut reader, CONNECT_ID)
-            .await?
-            .map_err(|e| Failure::Refused(format!("the broker refused the connection: {}", e.message)))?;
+        write_frame(&writer, &hello).await?;
+        let accepted =
+            await_internal(shared, &mut reader, CONNECT_ID).await?.map_err(|e| Failure::Refused {
+                reason: format!("the broker refused the connection: {}", e.message),
+                code: Some(e.code),
+            })?;
 
         #[derive(Deserialize)]
         struct Accepted {
@@ -144,8 +152,10 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
             heartbeat_timeout: f64,
             max_message_size: usize,
         }
-        let accepted: Accepted = serde_json::from_str(&accepted)
-            .map_err(|e| Failure::Refused(format!("unexpected answer to connect: {e}")))?;
+        let accepted: Accepted = serde_json::from_str(&accepted).map_err(|e| Failure::Refused {
+            reason: format!("unexpected answer to connect: {e}"),
+            code: None,
+        })?;
         shared.max_message_size.store(accepted.max_message_size, Ordering::Relaxed);
         shared.generation.fetch_add(1, Ordering::AcqRel);
 
@@ -154,7 +164,7 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
             let params = PatternsParams::new(&patterns, flags);
             let restore =
                 jsonrpc::call(MethodName::Subscribe, Some(&params), Some(CallId::Name(RESUBSCRIBE_ID)));
-            write_frame(&mut writer, &restore).await?;
+            write_frame(&writer, &restore).await?;
             if let Err(error) = await_internal(shared, &mut reader, RESUBSCRIBE_ID).await? {
                 tracing::error!(client_id = %config.client_id, "restoring subscriptions failed: {}", error.message);
             }
@@ -164,7 +174,7 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
         for (name, params) in queues {
             let restore =
                 jsonrpc::call(MethodName::Subscribe, Some(&params), Some(CallId::Name(RESUBSCRIBE_ID)));
-            write_frame(&mut writer, &restore).await?;
+            write_frame(&writer, &restore).await?;
             if let Err(error) = await_internal(shared, &mut reader, RESUBSCRIBE_ID).await? {
                 tracing::error!(client_id = %config.client_id, queue = %name, "restoring a queue subscription failed: {}", error.message);
             }
@@ -178,14 +188,11 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
         })
     };
     timeout(config.connect_timeout, attempt).await.unwrap_or_else(|_| {
-        Err(Failure::Retry(format!(
-            "no answer from {}:{} within {:?}",
-            config.host, config.port, config.connect_timeout
-        )))
+        Err(Failure::Retry(format!("no answer from {} within {:?}", config.endpoint, config.connect_timeout)))
     })
 }
 
-async fn write_frame(writer: &mut OwnedWriteHalf, body: &[u8]) -> Result<(), Failure> {
+async fn write_frame(writer: &WriteHalf, body: &[u8]) -> Result<(), Failure> {
     let mut buf = BytesMut::new();
     Framing::LengthPrefixed.encode(body, &mut buf);
     writer.write_all(&buf).await.map_err(|e| Failure::Retry(format!("write failed: {e}")))
@@ -194,7 +201,7 @@ async fn write_frame(writer: &mut OwnedWriteHalf, body: &[u8]) -> Result<(), Fai
 /// Reads until the answer to the task's own call `id`, handling what comes before it.
 async fn await_internal(
     shared: &Shared,
-    reader: &mut FrameReader<OwnedReadHalf>,
+    reader: &mut FrameReader<ReadHalf>,
     id: &str,
 ) -> Result<Result<String, RemoteError>, Failure> {
     loop {
@@ -244,11 +251,7 @@ async fn serve(shared: &Arc<Shared>, connection: Connection, closing: &mut watch
     }
 }
 
-async fn read_loop(
-    shared: &Shared,
-    reader: &mut FrameReader<OwnedReadHalf>,
-    heartbeat_timeout: Duration,
-) -> End {
+async fn read_loop(shared: &Shared, reader: &mut FrameReader<ReadHalf>, heartbeat_timeout: Duration) -> End {
     let mut notice: Option<RemoteError> = None;
     loop {
         // A consumer that falls behind slows the reading, not the memory.
@@ -298,7 +301,7 @@ async fn read_loop(
 /// no write is under way, `Some` when writing failed.
 async fn write_loop(
     shared: &Shared,
-    writer: &OwnedWriteHalf,
+    writer: &WriteHalf,
     heartbeat: Option<Duration>,
     mut closing: watch::Receiver<bool>,
 ) -> Option<End> {
@@ -360,7 +363,7 @@ async fn write_loop(
             }
             continue;
         }
-        let written = write_shared(writer, &buf).await;
+        let written = writer.write_all(&buf).await;
         shared.state.lock().writing = false;
         if let Err(error) = written {
             return Some(End::retry(format!("write failed: {error}")));
@@ -372,21 +375,8 @@ async fn write_loop(
     }
 }
 
-/// Writes all of `buf` through a write half shared with threads that write directly.
-async fn write_shared(writer: &OwnedWriteHalf, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        writer.writable().await?;
-        match writer.try_write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(())
-}
-
 /// A clean disconnect: write what is queued, tell the broker, wait for its answer.
-async fn goodbye(shared: &Shared, reader: &mut FrameReader<OwnedReadHalf>, writer: &OwnedWriteHalf) {
+async fn goodbye(shared: &Shared, reader: &mut FrameReader<ReadHalf>, writer: &WriteHalf) {
     let farewell = async {
         let queued: Vec<super::Outgoing> = shared.state.lock().outbound.drain(..).collect();
         let mut buf = BytesMut::new();
@@ -399,7 +389,7 @@ async fn goodbye(shared: &Shared, reader: &mut FrameReader<OwnedReadHalf>, write
         }
         let bye = jsonrpc::call::<()>(MethodName::Disconnect, None, Some(CallId::Name(DISCONNECT_ID)));
         Framing::LengthPrefixed.encode(&bye, &mut buf);
-        write_shared(writer, &buf).await.ok()?;
+        writer.write_all(&buf).await.ok()?;
         loop {
             match reader.next().await {
                 Ok(Some(Decoded::Frame(body))) => {

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyPermissionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::{options, runtime};
@@ -28,7 +28,12 @@ fn to_py_error(error: BrokerError) -> PyErr {
         BrokerError::Bind { ref source, .. } | BrokerError::Resolve { ref source, .. } => {
             PyOSError::new_err((source.raw_os_error().unwrap_or(0), error.to_string()))
         }
-        BrokerError::Io(_) | BrokerError::Store(_) => PyOSError::new_err(error.to_string()),
+        BrokerError::RuntimeFile(ref refused) if refused.is_insecure() => {
+            PyPermissionError::new_err(error.to_string())
+        }
+        BrokerError::Io(_) | BrokerError::Store(_) | BrokerError::RuntimeFile(_) => {
+            PyOSError::new_err(error.to_string())
+        }
     }
 }
 
@@ -84,6 +89,24 @@ impl Broker {
     #[getter]
     fn bound_host(&self) -> Option<String> {
         self.running.lock().as_ref().map(|h| h.local_addr().ip().to_string())
+    }
+
+    /// The token of this start while running, else None.
+    #[getter]
+    fn token(&self) -> Option<String> {
+        self.running.lock().as_ref().map(|h| h.token().to_owned())
+    }
+
+    /// The runtime file while running, else None.
+    #[getter]
+    fn runtime_file(&self) -> Option<String> {
+        self.running.lock().as_ref().map(|h| h.runtime_file().display().to_string())
+    }
+
+    /// The local socket (Unix socket or named pipe) while running, if one is open.
+    #[getter]
+    fn local_socket(&self) -> Option<String> {
+        self.running.lock().as_ref().and_then(|h| h.local_socket())
     }
 
     /// The broker's status as JSON text (the same document as the `status` method).

@@ -91,6 +91,8 @@ pub struct Disconnected {
 #[pyclass(module = "message_broker._core", frozen, get_all)]
 pub struct ConnectFailed {
     reason: String,
+    /// The error code when the broker refused the connect itself, else None.
+    code: Option<i32>,
 }
 
 /// Room in the outgoing queue again, after a publish found it full.
@@ -131,7 +133,7 @@ pub fn to_python<'py>(client: &Bound<'py, Client>, event: Event) -> PyResult<Bou
         Event::Disconnected { reason, reconnecting } => {
             Bound::new(py, Disconnected { reason, reconnecting })?.into_any()
         }
-        Event::ConnectFailed { reason } => Bound::new(py, ConnectFailed { reason })?.into_any(),
+        Event::ConnectFailed { reason, code } => Bound::new(py, ConnectFailed { reason, code })?.into_any(),
         Event::Writable => Bound::new(py, Writable {})?.into_any(),
         Event::Closed => Bound::new(py, Closed {})?.into_any(),
     })

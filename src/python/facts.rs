@@ -11,6 +11,7 @@ use crate::client::{ClientConfig, PublishOptions};
 use crate::config::{BrokerConfig, DEFAULT_HOST, DEFAULT_PORT};
 use crate::error::RpcError;
 use crate::protocol::rules;
+use crate::runtime_file;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -19,7 +20,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CONNECTION_LOST", crate::client::CONNECTION_LOST)?;
     m.add("BROKER_DEFAULTS", broker_defaults(py)?)?;
     m.add("CLIENT_DEFAULTS", client_defaults(py)?)?;
+    m.add("TOKEN_ENV", runtime_file::TOKEN_ENV)?;
+    m.add("RUNTIME_DIR_ENV", runtime_file::RUNTIME_DIR_ENV)?;
     m.add_function(wrap_pyfunction!(error_codes, m)?)?;
+    m.add_function(wrap_pyfunction!(find_token, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime_dir, m)?)?;
     m.add_function(wrap_pyfunction!(validate_client_id, m)?)?;
     m.add_function(wrap_pyfunction!(validate_publish_options, m)?)?;
     Ok(())
@@ -29,6 +34,19 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[pyfunction]
 fn error_codes() -> Vec<(&'static str, i32)> {
     crate::ErrorCode::ALL.iter().map(|c| (c.name(), c.code())).collect()
+}
+
+/// The token a client sends to `host:port` when given none: `MESSAGE_BROKER_TOKEN`,
+/// else the runtime file of a broker of this user on this machine.
+#[pyfunction]
+fn find_token(host: &str, port: u16) -> Option<String> {
+    runtime_file::find_token(host, port)
+}
+
+/// The folder where brokers write their runtime files unless configured otherwise.
+#[pyfunction]
+fn runtime_dir() -> Option<std::path::PathBuf> {
+    runtime_file::default_dir()
 }
 
 /// The default of every setting of `BrokerConfig` but `queues` (none by default).
@@ -49,6 +67,9 @@ fn broker_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     defaults.set_item("data_dir", config.data_dir.as_ref().and_then(|dir| dir.to_str()))?;
     defaults.set_item("fsync", config.fsync)?;
     defaults.set_item("max_memory", config.max_memory)?;
+    defaults.set_item("require_token", config.require_token)?;
+    defaults.set_item("runtime_dir", config.runtime_dir.as_ref().and_then(|dir| dir.to_str()))?;
+    defaults.set_item("local_socket", config.local_socket)?;
     Ok(defaults)
 }
 

@@ -169,7 +169,9 @@ impl Visit for Message {
 fn logger_name(target: &str) -> String {
     let name = target.replace("::", ".");
     match name.strip_prefix("message_broker.broker") {
+        // The listeners, TCP and local, are the server.
         Some("" | ".listener") => "message_broker.server".to_owned(),
+        Some(rest) if rest.starts_with(".local_socket") => "message_broker.server".to_owned(),
         Some(rest) if rest.starts_with('.') => format!("message_broker{rest}"),
         _ => name,
     }

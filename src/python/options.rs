@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 
 use super::{facts, json};
 use crate::broker::QueueSpec;
-use crate::client::ClientConfig;
+use crate::client::{ClientConfig, Endpoint};
 use crate::config::BrokerConfig;
 
 fn seconds(name: &str, value: f64) -> PyResult<Duration> {
@@ -60,6 +60,9 @@ pub fn broker_config(config: &Bound<'_, PyAny>) -> PyResult<BrokerConfig> {
         fsync: setting(config, "fsync")?,
         queues: queues(&config.getattr("queues")?)?,
         max_memory: setting(config, "max_memory")?,
+        require_token: setting(config, "require_token")?,
+        runtime_dir: setting::<Option<PathBuf>>(config, "runtime_dir")?,
+        local_socket: setting(config, "local_socket")?,
     };
     broker.validate().map_err(|error| PyValueError::new_err(error.to_string()))?;
     Ok(broker)
@@ -92,14 +95,16 @@ impl ClientOptions {
     /// Raises ValueError naming the first option that is not valid.
     #[new]
     #[pyo3(signature = (
-        client_id, host, port, *, client_type, connect_timeout, connect_retries, reconnect,
-        reconnect_delay, max_reconnect_delay, heartbeat, max_pending
+        client_id, host, port, *, url = None, token = None, client_type, connect_timeout,
+        connect_retries, reconnect, reconnect_delay, max_reconnect_delay, heartbeat, max_pending
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         client_id: &Bound<'_, PyAny>,
         host: String,
         port: i64,
+        url: Option<&str>,
+        token: Option<String>,
         client_type: String,
         connect_timeout: f64,
         connect_retries: i64,
@@ -109,11 +114,20 @@ impl ClientOptions {
         heartbeat: bool,
         max_pending: i64,
     ) -> PyResult<Self> {
-        let port = u16::try_from(port)
-            .ok()
-            .filter(|&port| port > 0)
-            .ok_or_else(|| PyValueError::new_err(format!("port must be between 1 and 65535, got {port}")))?;
-        let mut config = ClientConfig::new(facts::client_id(client_id)?, host, port);
+        let endpoint = match url {
+            Some(url) => Endpoint::parse(url).map_err(PyValueError::new_err)?,
+            None => {
+                let port = u16::try_from(port).ok().filter(|&port| port > 0).ok_or_else(|| {
+                    PyValueError::new_err(format!("port must be between 1 and 65535, got {port}"))
+                })?;
+                Endpoint::Tcp { host, port }
+            }
+        };
+        if token.as_deref().is_some_and(str::is_empty) {
+            return Err(PyValueError::new_err("token must not be empty (leave it out to find it)"));
+        }
+        let mut config = ClientConfig::to(facts::client_id(client_id)?, endpoint);
+        config.token = token;
         config.client_type = client_type;
         config.connect_timeout = seconds("connect_timeout", connect_timeout)?;
         config.connect_retries = u32::try_from(connect_retries).map_err(|_| {
@@ -135,13 +149,27 @@ impl ClientOptions {
         &self.config.client_id
     }
 
+    /// The host of a TCP client; the socket path of a local one.
     #[getter]
-    fn host(&self) -> &str {
-        &self.config.host
+    fn host(&self) -> String {
+        match &self.config.endpoint {
+            Endpoint::Tcp { host, .. } => host.clone(),
+            Endpoint::Local(path) => path.display().to_string(),
+        }
     }
 
+    /// The port of a TCP client; 0 for a local one.
     #[getter]
     fn port(&self) -> u16 {
-        self.config.port
+        match &self.config.endpoint {
+            Endpoint::Tcp { port, .. } => *port,
+            Endpoint::Local(_) => 0,
+        }
+    }
+
+    /// Where the client connects, as `tcp://host:port` or `unix:///path`.
+    #[getter]
+    fn url(&self) -> String {
+        self.config.endpoint.url()
     }
 }

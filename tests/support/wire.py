@@ -18,18 +18,26 @@ class Closed(Exception):
 
 
 class RawClient:
-    """One TCP connection speaking length-prefixed (default) or newline-delimited JSON."""
+    """One connection speaking length-prefixed (default) or newline-delimited JSON:
+    TCP to ``host:port``, or the broker's Unix socket at ``unix``."""
 
     def __init__(
         self,
-        port: int,
+        port: int | None = None,
         host: str = "127.0.0.1",
         *,
+        unix: str | None = None,
         lines: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if unix is not None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(unix)
+        else:
+            assert port is not None, "a TCP client needs a port"
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.lines = lines
         self.timeout = timeout
         self._buf = b""
