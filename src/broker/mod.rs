@@ -10,6 +10,7 @@
 //! - [`session`]: what one connected client may do, one file per method or group.
 //! - [`router`]: registry, fan-out, retained messages, requests, counters.
 //! - [`outbox`]: the bounded per-client queue of frames to write.
+//! - [`permissions`]: the topics each client may publish to and subscribe to.
 //! - [`queue`]: queue groups and durable queues.
 //! - [`store`]: the SQLite store behind durable queues and retained messages.
 //! - [`shutdown`]: the broadcast signal every connection listens to.
@@ -19,6 +20,8 @@ mod connection;
 mod listener;
 mod local_socket;
 pub mod outbox;
+#[allow(dead_code)] // wired into sessions by the security work
+pub(crate) mod permissions;
 pub(crate) mod queue;
 pub mod router;
 mod session;
