@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::broker::permissions::PermissionRule;
 use crate::broker::queue::QueueSpec;
 use crate::error::BrokerError;
 
@@ -56,6 +57,8 @@ pub struct BrokerConfig {
     /// Also listen on a transport only this user can open: a Unix socket beside the
     /// runtime file, or a named pipe on Windows. Its clients need no token.
     pub local_socket: bool,
+    /// Which topics each client may publish to and subscribe to; none: all of them.
+    pub permissions: Vec<PermissionRule>,
 }
 
 impl Default for BrokerConfig {
@@ -79,6 +82,7 @@ impl Default for BrokerConfig {
             require_token: false,
             runtime_dir: None,
             local_socket: true,
+            permissions: Vec::new(),
         }
     }
 }
@@ -144,6 +148,9 @@ impl BrokerConfig {
             if !names.insert(&queue.name) {
                 return invalid(format!("queues: queue {:?} is configured twice", queue.name));
             }
+        }
+        for rule in &self.permissions {
+            rule.validate().map_err(|e| BrokerError::InvalidConfig(format!("permissions: {e}")))?;
         }
         if self.runtime_dir.as_ref().is_some_and(|dir| dir.as_os_str().is_empty()) {
             return invalid(

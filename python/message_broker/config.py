@@ -95,6 +95,13 @@ class BrokerConfig:
     """Also listen on a socket only this user can open (a Unix socket beside the
     runtime file; a named pipe on Windows). Its clients need no token."""
 
+    permissions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Which topics each client may publish to and subscribe to: rules like
+    ``{"client": "sensor-*", "publish": {"allow": ["sensors.{client}.#"]},
+    "subscribe": {"deny": ["secrets.#"]}}``. ``client`` is a glob on client ids; allow
+    and deny entries are patterns where ``{client}`` is the client's id. Deny wins; a
+    client no rule names may do anything; replies to requests are always allowed."""
+
     def __post_init__(self) -> None:
         for name in ("data_dir", "runtime_dir"):
             value = getattr(self, name)
@@ -109,16 +116,18 @@ class BrokerConfig:
                     f"BrokerConfig.{field.name} must be {field.type}, "
                     f"got {type(value).__name__} {value!r}"
                 )
-        for queue in self.queues:
-            if not isinstance(queue, dict):
-                raise TypeError(f"BrokerConfig.queues must hold tables (dicts), got {queue!r}")
+        for name in ("queues", "permissions"):
+            for table in getattr(self, name):
+                if not isinstance(table, dict):
+                    raise TypeError(f"BrokerConfig.{name} must hold tables (dicts), got {table!r}")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> BrokerConfig:
         """Reads a TOML (``.toml``) or JSON (``.json``) file.
 
-        The keys are this class's fields, at the top level or in a ``[broker]`` table.
-        Unknown keys raise ``ValueError``.
+        The keys are this class's fields, at the top level or in a ``[broker]`` table
+        (tables such as ``[[queues]]`` and ``[[permissions]]`` may follow it). Unknown
+        keys raise ``ValueError``.
         """
         path = os.fspath(path)
         with open(path, "rb") as f:
@@ -131,7 +140,13 @@ class BrokerConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a table of settings")
         if isinstance(data.get("broker"), dict):
-            data = data["broker"]
+            # Tables written after [broker] (such as [[permissions]]) sit at the top
+            # level in TOML: they count as settings too, never silently dropped.
+            outside = {key: value for key, value in data.items() if key != "broker"}
+            both = sorted(outside.keys() & data["broker"].keys())
+            if both:
+                raise ValueError(f"{path}: {', '.join(both)} given both in [broker] and outside it")
+            data = {**data["broker"], **outside}
         return cls.from_dict(data, source=path)
 
     @classmethod

@@ -14,9 +14,11 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::local_socket::{LocalAddress, LocalListener};
+use super::permissions::{ClientPermissions, Denied, Permissions};
 use super::token::Token;
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, ErrorCode, RpcError};
+use crate::protocol::rules;
 use crate::runtime_file::{self, RuntimeDir, RuntimeInfo};
 
 /// How a connection reached the broker, which decides whether it needs the token.
@@ -35,6 +37,7 @@ pub(crate) struct Access {
     tcp: SocketAddr,
     local: Option<LocalAddress>,
     runtime_file: PathBuf,
+    permissions: Permissions,
 }
 
 impl Access {
@@ -74,7 +77,8 @@ impl Access {
                 return Err(error.into());
             }
         };
-        let access = Access { token, require_token, tcp, local: address, runtime_file };
+        let permissions = Permissions::new(config.permissions.clone());
+        let access = Access { token, require_token, tcp, local: address, runtime_file, permissions };
         Ok((access, local))
     }
 
@@ -114,6 +118,17 @@ impl Access {
         }
     }
 
+    /// What the client `client_id` may publish and subscribe to, resolved once when it
+    /// connects. A client id must then be one topic segment (see
+    /// [`rules::segment_client_id`]).
+    pub(crate) fn permissions_for(&self, client_id: &str) -> Result<ClientPermissions, RpcError> {
+        if self.permissions.is_empty() {
+            return Ok(ClientPermissions::default());
+        }
+        rules::segment_client_id(client_id)?;
+        Ok(self.permissions.for_client(client_id))
+    }
+
     /// The broker's transports and whether they need the token, for `status`.
     pub(crate) fn status(&self) -> Value {
         let mut transports = vec![json!({
@@ -138,6 +153,7 @@ impl Access {
             "require_token": self.require_token,
             "runtime_file": self.runtime_file.display().to_string(),
             "transports": transports,
+            "permission_rules": self.permissions.len(),
         })
     }
 
@@ -148,6 +164,11 @@ impl Access {
             local.remove();
         }
     }
+}
+
+/// The answer to a call the permission rules refuse.
+pub(crate) fn denied(denied: Denied) -> RpcError {
+    RpcError::new(ErrorCode::PermissionDenied, denied.to_string())
 }
 
 /// The answer to calls on a connection that still owes the token.

@@ -20,8 +20,7 @@ mod connection;
 mod listener;
 mod local_socket;
 pub mod outbox;
-#[allow(dead_code)] // wired into sessions by the security work
-pub(crate) mod permissions;
+pub mod permissions;
 pub(crate) mod queue;
 pub mod router;
 mod session;

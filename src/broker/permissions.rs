@@ -36,16 +36,16 @@ pub struct PermissionRule {
     pub client: String,
     /// The topics the client may publish to (and send requests to).
     #[serde(default)]
-    pub publish: Option<Access>,
+    pub publish: Option<AllowDeny>,
     /// The patterns the client may subscribe to.
     #[serde(default)]
-    pub subscribe: Option<Access>,
+    pub subscribe: Option<AllowDeny>,
 }
 
 /// The allow and deny entries of one action: patterns, with `{client}` for the id.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Access {
+pub struct AllowDeny {
     /// `None`: this rule does not restrict by allow. `Some(vec![])`: nothing is allowed.
     #[serde(default)]
     pub allow: Option<Vec<String>>,
@@ -119,6 +119,11 @@ impl Permissions {
     /// True when there are no rules: every client is unrestricted.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// How many rules there are.
+    pub fn len(&self) -> usize {
+        self.rules.len()
     }
 
     /// What the client with this id may do: the entries of every rule whose glob matches
@@ -299,7 +304,7 @@ struct Entries {
 }
 
 impl Entries {
-    fn add(&mut self, access: &Access, client_id: &str) {
+    fn add(&mut self, access: &AllowDeny, client_id: &str) {
         if let Some(allow) = &access.allow {
             let compiled = allow.iter().map(|entry| Entry::compile(entry, client_id));
             self.allow.get_or_insert_default().extend(compiled);
@@ -423,14 +428,14 @@ mod tests {
     use crate::protocol::topic::{matches, parse_pattern};
     use proptest::prelude::*;
 
-    fn access(allow: Option<&[&str]>, deny: &[&str]) -> Access {
-        Access {
+    fn access(allow: Option<&[&str]>, deny: &[&str]) -> AllowDeny {
+        AllowDeny {
             allow: allow.map(|entries| entries.iter().map(|e| e.to_string()).collect()),
             deny: deny.iter().map(|e| e.to_string()).collect(),
         }
     }
 
-    fn rule(client: &str, publish: Option<Access>, subscribe: Option<Access>) -> PermissionRule {
+    fn rule(client: &str, publish: Option<AllowDeny>, subscribe: Option<AllowDeny>) -> PermissionRule {
         PermissionRule { client: client.into(), publish, subscribe }
     }
 
@@ -723,12 +728,12 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(parsed, rule("sensor-*", Some(access(None, &["secrets.#"])), None));
-        let parsed: Access = serde_json::from_value(serde_json::json!({"allow": []})).unwrap();
+        let parsed: AllowDeny = serde_json::from_value(serde_json::json!({"allow": []})).unwrap();
         assert_eq!(parsed, access(Some(&[]), &[]));
         let unknown =
             serde_json::from_value::<PermissionRule>(serde_json::json!({"client": "*", "publsh": {}}));
         assert!(unknown.unwrap_err().to_string().contains("publsh"));
-        let unknown = serde_json::from_value::<Access>(serde_json::json!({"alow": ["a"]}));
+        let unknown = serde_json::from_value::<AllowDeny>(serde_json::json!({"alow": ["a"]}));
         assert!(unknown.unwrap_err().to_string().contains("alow"));
     }
 
@@ -859,7 +864,7 @@ mod tests {
             let topic = topic.join(".");
             let rule = PermissionRule {
                 client: "*".into(),
-                publish: Some(Access { allow: allow.clone(), deny: deny.clone() }),
+                publish: Some(AllowDeny { allow: allow.clone(), deny: deny.clone() }),
                 subscribe: None,
             };
             let expected = deny.iter().all(|d| !matches(d, &topic))

@@ -9,7 +9,6 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
 use super::{facts, json};
-use crate::broker::QueueSpec;
 use crate::client::{ClientConfig, Endpoint};
 use crate::config::BrokerConfig;
 
@@ -58,30 +57,37 @@ pub fn broker_config(config: &Bound<'_, PyAny>) -> PyResult<BrokerConfig> {
         frame_timeout: duration(config, "frame_timeout")?,
         data_dir: setting::<Option<PathBuf>>(config, "data_dir")?,
         fsync: setting(config, "fsync")?,
-        queues: queues(&config.getattr("queues")?)?,
+        queues: tables(&config.getattr("queues")?, "queues", QUEUE_FIELDS)?,
         max_memory: setting(config, "max_memory")?,
         require_token: setting(config, "require_token")?,
         runtime_dir: setting::<Option<PathBuf>>(config, "runtime_dir")?,
         local_socket: setting(config, "local_socket")?,
+        permissions: tables(&config.getattr("permissions")?, "permissions", PERMISSION_FIELDS)?,
     };
     broker.validate().map_err(|error| PyValueError::new_err(error.to_string()))?;
     Ok(broker)
 }
 
-/// The configured durable queues: a list of tables, read as the TOML file's would be.
-fn queues(queues: &Bound<'_, PyAny>) -> PyResult<Vec<QueueSpec>> {
-    if queues.is_none() {
+const QUEUE_FIELDS: &str = "each queue is a table with name, patterns and optionally max_length, max_bytes, max_deliveries, dead_letter_topic";
+const PERMISSION_FIELDS: &str = "each rule is a table with client (a glob on client ids) and optionally \
+     publish and subscribe, each a table with allow and deny lists of patterns";
+
+/// A setting that is a list of tables (the durable queues, the permission rules),
+/// read as the TOML file's would be.
+fn tables<T: serde::de::DeserializeOwned>(
+    value: &Bound<'_, PyAny>,
+    name: &str,
+    fields: &str,
+) -> PyResult<Vec<T>> {
+    if value.is_none() {
         return Ok(Vec::new());
     }
     let mut text = Vec::new();
-    json::encode(queues, &mut text).map_err(|error| {
-        PyValueError::new_err(format!("queues cannot be read: {}", error.value(queues.py())))
+    json::encode(value, &mut text).map_err(|error| {
+        PyValueError::new_err(format!("{name} cannot be read: {}", error.value(value.py())))
     })?;
-    serde_json::from_slice(&text).map_err(|e| {
-        PyValueError::new_err(format!(
-            "invalid configuration: queues: {e} (each queue is a table with name, patterns and optionally max_length, max_bytes, max_deliveries, dead_letter_topic)"
-        ))
-    })
+    serde_json::from_slice(&text)
+        .map_err(|e| PyValueError::new_err(format!("invalid configuration: {name}: {e} ({fields})")))
 }
 
 /// How a client connects: checked once, when it is made.

@@ -8,6 +8,8 @@ use serde_json::json;
 use super::Session;
 use super::dispatch::{RpcResult, to_raw};
 use super::publish::Payload;
+use crate::broker::access;
+use crate::broker::permissions::ClientPermissions;
 use crate::broker::router::{ClientInfo, Publish};
 use crate::error::RpcError;
 use crate::protocol::method::Connect;
@@ -17,11 +19,19 @@ pub(super) use crate::protocol::method::Will;
 
 impl Session {
     pub(super) fn connect(&mut self, params: Connect) -> RpcResult {
-        if let Some(access) = self.router.access() {
+        let access = self.router.access();
+        if let Some(access) = access {
             access.check_token(self.origin, params.token.as_deref())?;
         }
         self.owes_token = false;
         let client_id = params.client_id.unwrap_or_else(|| self.router.anonymous_client_id(self.id));
+        let permissions = match access {
+            Some(access) => access.permissions_for(&client_id)?,
+            None => ClientPermissions::default(),
+        };
+        if let Some(will) = &params.will {
+            permissions.may_publish(&will.topic).map_err(access::denied)?;
+        }
         match &self.client_id {
             Some(current) if **current == *client_id => {}
             Some(current) => {
@@ -40,6 +50,7 @@ impl Session {
                 self.client_id = Some(client_id);
             }
         }
+        self.permissions = permissions;
         if params.will.is_some() {
             self.will = params.will;
         }

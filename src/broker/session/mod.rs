@@ -26,6 +26,7 @@ use self::connect::Will;
 use super::access::Origin;
 use super::connection::AbortOnDrop;
 use super::outbox::{self, Outbox};
+use super::permissions::ClientPermissions;
 use super::router::Router;
 use super::shutdown::Shutdown;
 use super::transport::{Inbound, Limits, Transport};
@@ -149,6 +150,7 @@ pub(crate) async fn run<T: Transport>(
         waiting: JoinSet::new(),
         in_flight: Arc::default(),
         will: None,
+        permissions: ClientPermissions::default(),
     };
     let end = session.serve(&mut inbound, &mut shutdown, &write_failed).await;
     inbound.ended();
@@ -194,6 +196,8 @@ struct Session {
     in_flight: Arc<AtomicUsize>,
     /// Published by the broker if the connection ends without `disconnect`.
     will: Option<Will>,
+    /// What the permission rules let this client do, resolved at `connect`.
+    permissions: ClientPermissions,
 }
 
 impl Session {

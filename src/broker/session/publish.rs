@@ -4,6 +4,7 @@
 
 use super::Session;
 use super::dispatch::{Outcome, to_raw};
+use crate::broker::access;
 use crate::broker::router::Publish;
 use crate::error::{ErrorCode, RpcError};
 use crate::protocol::message::single_line;
@@ -19,6 +20,7 @@ impl Session {
             return Ok(Outcome::Done(to_raw(&self.router.reply(&params.topic, payload.get()))));
         }
         rules::publishable(&params.topic)?;
+        self.permissions.may_publish(&params.topic).map_err(access::denied)?;
         let headers = Payload::new(params.headers);
         let published = self.router.publish(Publish {
             message_id: params.message_id.as_deref(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::Session;
 use super::dispatch::{PendingResult, to_raw};
 use super::publish::Payload;
+use crate::broker::access;
 use crate::broker::router::Publish;
 use crate::error::{ErrorCode, RpcError};
 use crate::protocol::method;
@@ -24,6 +25,7 @@ impl Session {
             return Ok(Box::pin(async move { status }));
         }
         rules::publishable(&params.topic)?;
+        self.permissions.may_publish(&params.topic).map_err(access::denied)?;
         if self.in_flight.load(Ordering::Relaxed) >= MAX_REQUESTS_IN_FLIGHT {
             return Err(RpcError::new(
                 ErrorCode::TooManyRequests,

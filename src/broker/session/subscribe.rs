@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::Session;
 use super::dispatch::{RpcResult, to_raw};
+use crate::broker::access;
 use crate::broker::queue::{DEFAULT_PREFETCH, Join, MAX_PREFETCH, validate_queue_name};
 use crate::broker::router::SubscriptionFlags;
 use crate::error::RpcError;
@@ -21,6 +22,10 @@ impl Session {
     /// the client, which keeps its messages while it is away).
     pub(super) fn subscribe(&mut self, p: Subscribe) -> RpcResult {
         let patterns = check_patterns(p.patterns)?;
+        // All or nothing: one refused pattern and none is subscribed.
+        for pattern in &patterns {
+            self.permissions.may_subscribe(pattern).map_err(access::denied)?;
+        }
         let queue = match (p.queue, p.durable) {
             (Some(queue), _) => Some(queue),
             (None, true) => self.client_id.as_deref().map(str::to_owned),
