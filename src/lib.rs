@@ -15,6 +15,8 @@
 //!   costs the depth of the topic, not the number of unrelated subscriptions.
 //! - [`config`], [`error`], [`ids`]: the broker's settings, the error codes and
 //!   types, message ids.
+//! - `windows_acl` (Windows only): owner-only access control for the runtime folder
+//!   and file, and the ownership check behind the named pipe's client end.
 //!
 //! The Python bindings live in `python` behind the `python` cargo feature, the only
 //! place PyO3 appears, so the core builds and tests without it.
@@ -26,6 +28,9 @@ pub mod error;
 pub mod ids;
 pub mod index;
 pub mod protocol;
+#[cfg(windows)]
+#[allow(dead_code)] // wired in by the transport work
+mod windows_acl;
 
 #[cfg(feature = "python")]
 mod python;

@@ -2,6 +2,7 @@
 //! its transport, and the router they share, with its queues and store.
 //!
 //! - [`listener`]: the accept loop, connection limits, upkeep and graceful shutdown.
+//! - `named_pipe` (Windows only): the acceptor of the broker's owner-only named pipe.
 //! - [`transport`]: the seam between a session and what carries its messages.
 //! - [`connection`]: the coalescing writer of byte-stream transports.
 //! - [`session`]: what one connected client may do, one file per method or group.
@@ -13,6 +14,9 @@
 
 mod connection;
 mod listener;
+#[cfg(windows)]
+#[allow(dead_code)] // wired in by the transport work
+mod named_pipe;
 pub mod outbox;
 pub(crate) mod queue;
 pub mod router;

@@ -12,6 +12,9 @@
 
 mod inbox;
 mod incoming;
+#[cfg(windows)]
+#[allow(dead_code)] // wired in by the transport work
+pub(crate) mod pipe;
 mod subscriptions;
 mod task;
 
