@@ -16,6 +16,26 @@ PYTHON_PATHS = ["python", "tests", "noxfile.py"] + [
 # `cargo test` builds the core without the Python feature; a target directory of its
 # own keeps it from rebuilding what maturin builds with the feature on.
 CORE_TARGET = {"CARGO_TARGET_DIR": os.path.join("target", "core")}
+# The Windows-only code (named pipe, owner-only ACLs) is checked from Linux too.
+WINDOWS = "x86_64-pc-windows-gnu"
+WINDOWS_TARGET = {"CARGO_TARGET_DIR": os.path.join("target", "windows")}
+_apt_updated = False
+
+
+def apt_install(session: nox.Session, *packages: str) -> bool:
+    """Installs Debian packages (as root, with apt-get); False when this machine can't."""
+    import shutil
+
+    global _apt_updated
+    if not shutil.which("apt-get") or os.geteuid() != 0:
+        return False
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    if not _apt_updated:
+        session.run("apt-get", "update", "-qq", external=True, env=env)
+        _apt_updated = True
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
+    session.run(*install, external=True, env=env)
+    return True
 
 
 @nox.session
@@ -35,14 +55,8 @@ def install_wine(session: nox.Session) -> None:
 
     if sys.platform == "win32" or (shutil.which("wine") and shutil.which("Xvfb")):
         return
-    if not shutil.which("apt-get") or os.geteuid() != 0:
+    if not apt_install(session, "wine", "wine64", "xvfb", "xauth"):
         session.warn("Wine is missing: the AutoHotkey tests will be skipped")
-        return
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    session.run("apt-get", "update", "-qq", external=True, env=env)
-    packages = ["wine", "wine64", "xvfb", "xauth"]
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
-    session.run(*install, external=True, env=env)
 
 
 @nox.session
@@ -56,6 +70,31 @@ def lint(session: nox.Session) -> None:
     clippy = ["cargo", "clippy", "--locked", "--all-targets"]
     session.run(*clippy, "--", "-D", "warnings", external=True, env=CORE_TARGET)
     session.run(*clippy, "--features", "python", "--", "-D", "warnings", external=True)
+    if windows_toolchain(session):
+        windows = [*clippy, "--target", WINDOWS, "--", "-D", "warnings"]
+        session.run(*windows, external=True, env=WINDOWS_TARGET)
+
+
+def windows_toolchain(session: nox.Session) -> bool:
+    """The Windows target and a MinGW C compiler (SQLite's bundled build needs one),
+    installed when missing; where they cannot be, the check is skipped, loudly."""
+    import shutil
+    import subprocess
+
+    listed = subprocess.run(
+        ["rustup", "target", "list", "--installed"], capture_output=True, text=True, check=False
+    )
+    if WINDOWS not in listed.stdout.split():
+        added = subprocess.run(["rustup", "target", "add", WINDOWS], check=False)
+        if added.returncode != 0:
+            session.warn(f"SKIPPED the Windows check: the {WINDOWS} target cannot be installed")
+            return False
+    if not shutil.which("x86_64-w64-mingw32-gcc") and not apt_install(
+        session, "gcc-mingw-w64-x86-64"
+    ):
+        session.warn("SKIPPED the Windows check: no MinGW C compiler (x86_64-w64-mingw32-gcc)")
+        return False
+    return True
 
 
 @nox.session

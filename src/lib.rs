@@ -17,6 +17,8 @@
 //!   types, message ids.
 //! - [`runtime_file`]: where a running broker tells its user's programs its token
 //!   and local socket, read by broker and client alike.
+//! - `windows_acl` (Windows only): owner-only access control for the runtime folder
+//!   and file, and the ownership check behind the named pipe's client end.
 //!
 //! The Python bindings live in `python` behind the `python` cargo feature, the only
 //! place PyO3 appears, so the core builds and tests without it.
@@ -29,6 +31,8 @@ pub mod ids;
 pub mod index;
 pub mod protocol;
 pub mod runtime_file;
+#[cfg(windows)]
+mod windows_acl;
 
 #[cfg(feature = "python")]
 mod python;

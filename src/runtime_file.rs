@@ -50,6 +50,13 @@ pub enum RuntimeFileError {
     TooOpen { path: PathBuf, mode: u32, wanted: u32 },
     #[error("{} belongs to another user; the broker's runtime files must be its own", path.display())]
     NotOwned { path: PathBuf },
+    #[cfg(windows)]
+    #[error(
+        "{} grants access to other users; the broker keeps its token there and needs it \
+         open to its owner alone: remove it, and the broker creates it owner-only",
+        path.display()
+    )]
+    SharedAcl { path: PathBuf },
     #[error("{} is not a {expected}", path.display())]
     WrongKind { path: PathBuf, expected: &'static str },
     #[error("{}: {source}", path.display())]
@@ -59,7 +66,12 @@ pub enum RuntimeFileError {
 impl RuntimeFileError {
     /// True when the folder or file is refused for its owner or mode, not for an I/O failure.
     pub fn is_insecure(&self) -> bool {
-        matches!(self, RuntimeFileError::TooOpen { .. } | RuntimeFileError::NotOwned { .. })
+        match self {
+            RuntimeFileError::TooOpen { .. } | RuntimeFileError::NotOwned { .. } => true,
+            #[cfg(windows)]
+            RuntimeFileError::SharedAcl { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -280,7 +292,7 @@ fn check_private(path: &Path, kind: Kind) -> Result<(), RuntimeFileError> {
         return Err(RuntimeFileError::WrongKind { path: path.to_owned(), expected });
     }
     if !crate::windows_acl::is_owner_only(path).map_err(io_error(path))? {
-        return Err(RuntimeFileError::TooOpen { path: path.to_owned(), mode: 0, wanted: 0 });
+        return Err(RuntimeFileError::SharedAcl { path: path.to_owned() });
     }
     Ok(())
 }

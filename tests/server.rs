@@ -9,7 +9,7 @@ use bytes::Bytes;
 use message_broker::{BrokerConfig, BrokerHandle, ErrorCode, InProcessConnection};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 /// Every wait in these tests is bounded by this.
@@ -41,9 +41,10 @@ impl Framed {
         Framed(Box::new(TcpStream::connect(broker.local_addr()).await.unwrap()))
     }
 
+    #[cfg(unix)]
     async fn open_unix(broker: &BrokerHandle) -> Framed {
         let path = broker.local_socket().expect("a Unix socket");
-        Framed(Box::new(UnixStream::connect(path).await.unwrap()))
+        Framed(Box::new(tokio::net::UnixStream::connect(path).await.unwrap()))
     }
 
     /// Reads until the broker closes the connection, within the test's patience.
@@ -284,6 +285,7 @@ async fn in_process_connections_hear_the_shutdown_like_any_other() {
     timeout(PATIENCE, stopping).await.expect("the broker stops in time").unwrap();
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn the_protocol_runs_over_the_unix_socket_and_needs_no_token_there() {
     let broker = message_broker::start(BrokerConfig { require_token: true, ..config() }).await.unwrap();
@@ -336,6 +338,7 @@ async fn a_tcp_client_without_the_right_token_is_refused_and_closed() {
     broker.stop("test over").await;
 }
 
+#[cfg(unix)]
 #[tokio::test]
 async fn the_runtime_file_tells_the_token_and_socket_until_the_broker_stops() {
     use std::os::unix::fs::PermissionsExt;

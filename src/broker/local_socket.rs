@@ -11,6 +11,7 @@ use crate::runtime_file::RuntimeDir;
 /// Where the same-user transport can be reached.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum LocalAddress {
+    #[cfg_attr(not(unix), allow(dead_code))]
     UnixSocket(PathBuf),
     #[cfg_attr(not(windows), allow(dead_code))]
     NamedPipe(String),
@@ -18,6 +19,8 @@ pub(crate) enum LocalAddress {
 
 #[cfg(unix)]
 pub(crate) use self::unix::LocalListener;
+#[cfg(windows)]
+pub(crate) use self::windows::LocalListener;
 
 #[cfg(unix)]
 mod unix {
@@ -110,5 +113,41 @@ mod unix {
                 tracing::warn!(path = %self.path.display(), %error, "could not remove the Unix socket");
             }
         }
+    }
+}
+
+#[cfg(windows)]
+mod windows {
+    use tokio::net::windows::named_pipe::NamedPipeServer;
+
+    use super::*;
+    use crate::broker::named_pipe::{PipeAcceptor, pipe_name};
+
+    /// The broker's named pipe: its DACL admits this user alone (see [`PipeAcceptor`]).
+    pub(crate) struct LocalListener {
+        acceptor: PipeAcceptor,
+        name: String,
+    }
+
+    impl LocalListener {
+        /// Opens `\\.\pipe\message-broker-<port>`; the runtime folder holds no file
+        /// for it. A name someone else holds stops the start.
+        pub(crate) fn bind(_runtime: &RuntimeDir, port: u16) -> Result<LocalListener, BrokerError> {
+            let name = pipe_name(port);
+            let acceptor = PipeAcceptor::bind(&name)
+                .map_err(|source| BrokerError::Bind { addr: name.clone(), source })?;
+            Ok(LocalListener { acceptor, name })
+        }
+
+        pub(crate) fn address(&self) -> LocalAddress {
+            LocalAddress::NamedPipe(self.name.clone())
+        }
+
+        pub(crate) async fn accept(&mut self) -> io::Result<(NamedPipeServer, String)> {
+            Ok((self.acceptor.accept().await?, "named pipe".to_owned()))
+        }
+
+        /// A pipe leaves nothing behind once its last instance is closed.
+        pub(crate) fn remove(&self) {}
     }
 }

@@ -5,6 +5,7 @@
 //! - [`access`]: who may connect: the token, the runtime file, the local socket.
 //! - [`local_socket`]: the transport only the broker's own user can open.
 //! - [`token`]: the random token of each start, compared in constant time.
+//! - `named_pipe` (Windows only): the acceptor of the broker's owner-only named pipe.
 //! - [`transport`]: the seam between a session and what carries its messages.
 //! - [`connection`]: the coalescing writer of byte-stream transports.
 //! - [`session`]: what one connected client may do, one file per method or group.
@@ -19,6 +20,8 @@ mod access;
 mod connection;
 mod listener;
 mod local_socket;
+#[cfg(windows)]
+mod named_pipe;
 pub mod outbox;
 pub mod permissions;
 pub(crate) mod queue;

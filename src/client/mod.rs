@@ -12,6 +12,8 @@
 
 mod inbox;
 mod incoming;
+#[cfg(windows)]
+pub(crate) mod pipe;
 mod stream;
 mod subscriptions;
 mod task;

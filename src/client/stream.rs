@@ -1,5 +1,6 @@
 //! Where the client connects and the two halves of the connection: TCP, or the
-//! broker's local socket (a Unix socket) that only its own user can open.
+//! broker's local socket (a Unix socket; a named pipe on Windows) that only its own
+//! user can open.
 //!
 //! The write half is shared: the task writes through it, and so do threads that
 //! publish directly while nothing is queued, which is why it offers `try_write` and
@@ -9,9 +10,13 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
+#[cfg(windows)]
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
+#[cfg(windows)]
+use tokio::net::windows::named_pipe::NamedPipeClient;
 use tokio::net::{TcpStream, tcp};
 #[cfg(unix)]
 use tokio::net::{UnixStream, unix};
@@ -23,7 +28,8 @@ pub enum Endpoint {
         host: String,
         port: u16,
     },
-    /// The broker's Unix socket (its path is in the runtime file and in `status`).
+    /// The broker's Unix socket, or on Windows its named pipe (the path or name is in
+    /// the runtime file and in `status`).
     Local(PathBuf),
 }
 
@@ -40,12 +46,17 @@ pub(crate) enum ReadHalf {
     Tcp(tcp::OwnedReadHalf),
     #[cfg(unix)]
     Unix(unix::OwnedReadHalf),
+    /// A pipe does not split: both halves share it, and it closes with the last.
+    #[cfg(windows)]
+    Pipe(Arc<NamedPipeClient>),
 }
 
 pub(crate) enum WriteHalf {
     Tcp(tcp::OwnedWriteHalf),
     #[cfg(unix)]
     Unix(unix::OwnedWriteHalf),
+    #[cfg(windows)]
+    Pipe(Arc<NamedPipeClient>),
 }
 
 /// Opens a connection to `endpoint`.
@@ -62,11 +73,11 @@ pub(crate) async fn connect(endpoint: &Endpoint) -> io::Result<(ReadHalf, WriteH
             let (read, write) = UnixStream::connect(path).await?.into_split();
             Ok((ReadHalf::Unix(read), WriteHalf::Unix(write)))
         }
-        #[cfg(not(unix))]
-        Endpoint::Local(path) => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("{}: local sockets are not supported on this platform", path.display()),
-        )),
+        #[cfg(windows)]
+        Endpoint::Local(path) => {
+            let pipe = Arc::new(super::pipe::connect_pipe(&path.to_string_lossy()).await?);
+            Ok((ReadHalf::Pipe(pipe.clone()), WriteHalf::Pipe(pipe)))
+        }
     }
 }
 
@@ -76,6 +87,18 @@ impl AsyncRead for ReadHalf {
             ReadHalf::Tcp(read) => Pin::new(read).poll_read(cx, buf),
             #[cfg(unix)]
             ReadHalf::Unix(read) => Pin::new(read).poll_read(cx, buf),
+            #[cfg(windows)]
+            ReadHalf::Pipe(pipe) => loop {
+                std::task::ready!(pipe.poll_read_ready(cx))?;
+                match pipe.try_read(buf.initialize_unfilled()) {
+                    Ok(n) => {
+                        buf.advance(n);
+                        return Poll::Ready(Ok(()));
+                    }
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => return Poll::Ready(Err(error)),
+                }
+            },
         }
     }
 }
@@ -87,6 +110,8 @@ impl WriteHalf {
             WriteHalf::Tcp(write) => write.try_write(buf),
             #[cfg(unix)]
             WriteHalf::Unix(write) => write.try_write(buf),
+            #[cfg(windows)]
+            WriteHalf::Pipe(pipe) => pipe.try_write(buf),
         }
     }
 
@@ -96,6 +121,8 @@ impl WriteHalf {
             WriteHalf::Tcp(write) => write.writable().await,
             #[cfg(unix)]
             WriteHalf::Unix(write) => write.writable().await,
+            #[cfg(windows)]
+            WriteHalf::Pipe(pipe) => pipe.writable().await,
         }
     }
 
@@ -158,12 +185,16 @@ impl Endpoint {
         match self {
             Endpoint::Tcp { host, port } if host.contains(':') => format!("tcp://[{host}]:{port}"),
             Endpoint::Tcp { host, port } => format!("tcp://{host}:{port}"),
+            #[cfg(unix)]
             Endpoint::Local(path) => format!("unix://{}", path.display()),
+            // A pipe name such as \\.\pipe\message-broker-15234 is its own address.
+            #[cfg(windows)]
+            Endpoint::Local(path) => path.display().to_string(),
         }
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 
