@@ -20,12 +20,13 @@ os.environ["MESSAGE_BROKER_RUNTIME_DIR"] = os.path.join(_RUNTIME_ROOT, "run")
 os.environ.pop("MESSAGE_BROKER_TOKEN", None)
 
 
+from message_broker import BrokerConfig, MessageBroker  # noqa: E402
+
+from support.wire import RawClient  # noqa: E402
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_RUNTIME_ROOT, ignore_errors=True)
-
-from message_broker import BrokerConfig, MessageBroker
-
-from support.wire import RawClient
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ def test_defaults_are_the_extensions():
     assert {field.name for field in dataclasses.fields(BrokerConfig)} == {
         *_core.BROKER_DEFAULTS,
         "queues",
+        "permissions",
     }
     parameters = inspect.signature(BrokerClient).parameters
     for name, default in _core.CLIENT_DEFAULTS.items():

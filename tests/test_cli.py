@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,6 +254,41 @@ def test_client_command_errors(broker):
     reserved = cli("pub", "--port", port, "--host", "127.0.0.1", "system.x", "1")
     assert reserved.returncode == 1
     assert "reserved" in reserved.stderr
+
+
+def test_commands_find_the_token_and_take_the_unix_socket(start_broker):
+    guarded = start_broker(require_token=True)
+    port = str(guarded.port)
+    # No --token: the command reads the runtime file, as any program of this user.
+    found = cli("status", "--port", port, "--host", "127.0.0.1")
+    assert found.returncode == 0, found.stderr
+    assert f"tcp 127.0.0.1:{port} (token required)" in found.stdout
+    assert f"unix {guarded.local_socket} (no token)" in found.stdout
+    for url in (f"unix://{guarded.local_socket}", guarded.local_socket):
+        local = cli("pub", "--url", url, "t", "1")
+        assert local.returncode == 0, local.stderr
+    wrong = cli("pub", "--port", port, "--host", "127.0.0.1", "--token", "ab" * 32, "t", "1")
+    assert wrong.returncode == 1
+    assert "wrong token" in wrong.stderr
+    bad_url = cli("status", "--url", "tcp://127.0.0.1")
+    assert bad_url.returncode == 2
+    assert "needs a port" in bad_url.stderr
+
+
+def test_serve_says_where_the_socket_and_token_are(run_broker):
+    runtime = Path(tempfile.mkdtemp(prefix="mb-"))
+    try:
+        broker = run_broker("--port", "0", "--require-token", "--runtime-dir", str(runtime / "r"))
+        code, out, _ = broker.stop()
+        assert code == 0
+        assert f"local socket (this user only, no token): {runtime}/r/broker-" in out
+        assert f"token for TCP clients (required): in {runtime}/r/broker-{broker.port}.json" in out
+        assert not (runtime / "r" / f"broker-{broker.port}.json").exists()
+        plain = run_broker("--port", "0", "--no-local-socket", "--runtime-dir", str(runtime / "r"))
+        _, out, _ = plain.stop()
+        assert "local socket" not in out
+    finally:
+        shutil.rmtree(runtime)
 
 
 def test_client_command_without_a_broker():

@@ -237,8 +237,16 @@ def format_status(status: dict[str, Any]) -> str:
         f"broker {status['broker_version']} on {status['host']}:{status['port']}, "
         f"up {status['uptime']:.0f} s, {status['client_count']} client(s)",
         "messages: " + ", ".join(f"{name} {value}" for name, value in messages.items()),
-        "",
     ]
+    security = status.get("security")
+    if security:
+        needs = {True: "token required", False: "no token"}
+        transports = (
+            f"{t['kind']} {t['address']} ({needs[t['token_required']]})"
+            for t in security["transports"]
+        )
+        lines.append("transports: " + ", ".join(transports))
+    lines.append("")
     header = ("CLIENT", "TYPE", "QUEUED", "DELIVERED", "DROPPED", "SUBSCRIPTIONS")
     rows = [
         (

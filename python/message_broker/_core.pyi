@@ -18,7 +18,8 @@ CONNECTION_LOST: Final[int]
 wire code: the client makes it)."""
 
 class BrokerDefaults(TypedDict):
-    """The default of each setting of ``BrokerConfig`` (``queues`` aside: none)."""
+    """The default of each setting of ``BrokerConfig`` (``queues`` and ``permissions``
+    aside: none)."""
 
     host: str
     port: int
@@ -71,8 +72,8 @@ def runtime_dir() -> str | None:
 
 def validate_client_id(client_id: object) -> None:
     """Raises ``ValueError`` when the broker would refuse ``client_id`` (1 to 256
-    characters, no control characters, none of the wildcards ``* + #``; a broker with
-    permission rules also refuses ``.`` there)."""
+    characters, no control characters; a broker with permission rules also refuses
+    ``* + # .`` there: a client id is one topic segment)."""
 
 def validate_publish_options(qos: object, ttl: object, retain: object) -> None:
     """Raises ``ValueError`` when the broker would refuse these options of a publish:

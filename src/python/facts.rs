@@ -49,7 +49,8 @@ fn runtime_dir() -> Option<std::path::PathBuf> {
     runtime_file::default_dir()
 }
 
-/// The default of every setting of `BrokerConfig` but `queues` (none by default).
+/// The default of every setting of `BrokerConfig` but the lists of tables, `queues`
+/// and `permissions` (none by default).
 fn broker_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let config = BrokerConfig::default();
     let defaults = PyDict::new(py);
