@@ -108,6 +108,16 @@ async def test_a_service_under_a_deny_all_publish_rule_still_answers_requests(ru
         assert len(failures) == 1
 
 
+def test_a_dead_letter_topic_the_rules_refuse_refuses_the_queue(ruled):
+    with connected(ruled, "sensor-4") as sensor:
+        queue = {"patterns": ["commands.sensor-4.run"], "queue": "runs"}
+        refused = sensor.call("subscribe", {**queue, "dead_letter_topic": "alarms.all"})
+        assert error_code(refused) == DENIED
+        assert "alarms.all" in refused["error"]["message"]
+        allowed = {**queue, "dead_letter_topic": "sensors.sensor-4.dead"}
+        assert sensor.result("subscribe", allowed)
+
+
 def test_a_will_the_rules_refuse_refuses_the_connect(ruled):
     with RawClient(ruled.port) as sensor:
         will = {"topic": "alarms.sensor-9", "payload": "gone"}

@@ -51,6 +51,8 @@ impl Session {
         }
         if let Some(topic) = &p.dead_letter_topic {
             validate_topic(topic)?;
+            // The broker publishes there on this client's behalf: only where it may.
+            self.permissions.may_publish(topic).map_err(access::denied)?;
         }
         let join = Join {
             name: name.clone(),
