@@ -21,7 +21,9 @@ pub struct BrokerConfig {
     pub host: String,
     /// TCP port; 0 picks a free one (read it back from the running broker).
     pub port: u16,
-    /// Connections served at once; one more gets `TOO_MANY_CONNECTIONS` and is closed.
+    /// TCP connections served at once; one more gets `TOO_MANY_CONNECTIONS` and is
+    /// closed. The same-user transports (local socket, in-process) have as many again
+    /// of their own, so that no one on the machine can lock the owner out.
     pub max_connections: usize,
     /// How often clients are asked to ping (sent to them in the `connect` result).
     pub heartbeat_interval: Duration,

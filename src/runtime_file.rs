@@ -20,7 +20,7 @@ pub const TOKEN_ENV: &str = "MESSAGE_BROKER_TOKEN";
 pub const RUNTIME_DIR_ENV: &str = "MESSAGE_BROKER_RUNTIME_DIR";
 
 /// What a running broker tells the programs of its user.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuntimeInfo {
     pub port: u16,
     /// The address the TCP listener is bound to.
@@ -34,6 +34,21 @@ pub struct RuntimeInfo {
     pub version: String,
     /// Whether a TCP client must send the token.
     pub require_token: bool,
+}
+
+/// Never printed by accident: the token is left out.
+impl std::fmt::Debug for RuntimeInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeInfo")
+            .field("port", &self.port)
+            .field("host", &self.host)
+            .field("pid", &self.pid)
+            .field("socket", &self.socket)
+            .field("pipe", &self.pipe)
+            .field("version", &self.version)
+            .field("require_token", &self.require_token)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the runtime folder or file could not be used.
@@ -132,17 +147,59 @@ pub fn read(port: u16) -> Option<RuntimeInfo> {
     serde_json::from_str(&text).ok()
 }
 
-/// The token a client sends to `host:port` when given none: `MESSAGE_BROKER_TOKEN`,
-/// else the runtime file of a broker on this machine. A broker elsewhere is never
-/// sent the local broker's token.
-pub fn find_token(host: &str, port: u16) -> Option<String> {
-    if let Some(token) = std::env::var(TOKEN_ENV).ok().filter(|token| !token.is_empty()) {
-        return Some(token);
+/// `MESSAGE_BROKER_TOKEN`, when set.
+pub fn env_token() -> Option<String> {
+    std::env::var(TOKEN_ENV).ok().filter(|token| !token.is_empty())
+}
+
+/// A broker of this user on this machine, as its runtime file tells it.
+#[derive(Clone, PartialEq)]
+pub struct LocalBroker {
+    /// Where it listens: the address to connect to, so that the token goes to it and
+    /// to nobody else.
+    pub address: IpAddr,
+    pub token: String,
+}
+
+/// Never printed by accident: logs show that a token was found, not what it is.
+impl std::fmt::Debug for LocalBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBroker").field("address", &self.address).field("token", &"..").finish()
     }
+}
+
+/// The broker of this user on `port` that `host` names, from its runtime file: for
+/// `localhost` the loopback address the broker is bound to, for a loopback address
+/// only when the broker is bound to it. Another user may listen on the other loopback
+/// address of the same port (`::1` beside `127.0.0.1`), so the token is only ever
+/// sent to the address the broker itself wrote down. A broker elsewhere is never
+/// sent the local broker's token.
+pub fn find_local(host: &str, port: u16) -> Option<LocalBroker> {
     if !is_loopback(host) {
         return None;
     }
-    read(port).map(|info| info.token)
+    let info = read(port)?;
+    let bound: IpAddr = info.host.parse().ok()?;
+    let named = host.trim_start_matches('[').trim_end_matches(']');
+    let address = match named.parse::<IpAddr>() {
+        Ok(asked) if asked == bound => asked,
+        // Bound to every address of a family: this loopback address reaches it.
+        Ok(asked) if bound.is_unspecified() && asked.is_ipv4() == bound.is_ipv4() => asked,
+        Ok(_) => return None,
+        // `localhost`: where the broker listens, in the family it listens in.
+        Err(_) if bound.is_loopback() => bound,
+        Err(_) if bound.is_unspecified() && bound.is_ipv4() => IpAddr::from([127, 0, 0, 1]),
+        Err(_) if bound.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        Err(_) => return None,
+    };
+    Some(LocalBroker { address, token: info.token })
+}
+
+/// The token a client sends to `host:port` when given none: `MESSAGE_BROKER_TOKEN`,
+/// else the token of the broker of this user bound to that address (see
+/// [`find_local`], whose address a client should connect to).
+pub fn find_token(host: &str, port: u16) -> Option<String> {
+    env_token().or_else(|| find_local(host, port).map(|local| local.token))
 }
 
 /// True for `localhost` and loopback addresses: hosts that are this machine.
@@ -265,10 +322,11 @@ fn check_private(path: &Path, kind: Kind) -> Result<(), RuntimeFileError> {
 #[cfg(windows)]
 fn create_private_dir(path: &Path) -> Result<(), RuntimeFileError> {
     match fs::create_dir(path) {
-        Err(error) if error.kind() != io::ErrorKind::AlreadyExists => return Err(io_error(path)(error)),
-        _ => {}
+        // Made by someone else meanwhile: checked next, never taken over.
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(io_error(path)(error)),
+        Ok(()) => crate::windows_acl::restrict_to_owner(path).map_err(io_error(path)),
     }
-    crate::windows_acl::restrict_to_owner(path).map_err(io_error(path))
 }
 
 #[cfg(windows)]

@@ -30,6 +30,13 @@ async fn broker() -> BrokerHandle {
     message_broker::start(config()).await.expect("the broker starts")
 }
 
+/// Stops the broker and removes its runtime folder (emptied by the stop).
+async fn finish(broker: BrokerHandle) {
+    let folder = broker.runtime_file().parent().unwrap().to_owned();
+    broker.stop("test over").await;
+    std::fs::remove_dir(&folder).unwrap();
+}
+
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
 
@@ -118,7 +125,7 @@ async fn publish_reaches_a_subscriber_with_everything_it_was_sent_with() {
     assert_eq!(message["params"]["topic"], "jobs.run");
     assert_eq!(message["params"]["payload"], json!({"n": [1, 2.5, "é"]}));
     assert_eq!(message["params"]["sender"], "pub");
-    broker.stop("test over").await;
+    finish(broker).await;
 }
 
 #[tokio::test]
@@ -133,7 +140,7 @@ async fn calls_before_connect_and_unknown_methods_get_their_errors() {
     client.call(3, "connect", json!({"client_id": "late"})).await;
     let bad = client.call(4, "publish", json!({"topic": "a", "headers": {"n": 1}})).await;
     assert_eq!(error_code(&bad), i64::from(ErrorCode::InvalidParams.code()));
-    broker.stop("test over").await;
+    finish(broker).await;
 }
 
 #[tokio::test]
@@ -147,7 +154,7 @@ async fn a_request_only_passive_subscribers_hear_has_no_responders() {
     // The passive subscriber saw the request all the same.
     let seen = watcher.next().await;
     assert_eq!(seen["params"]["topic"], "svc.add", "{seen}");
-    broker.stop("test over").await;
+    finish(broker).await;
 }
 
 #[tokio::test]
@@ -161,7 +168,7 @@ async fn no_local_subscriptions_never_hear_their_own_connection() {
     other.call(3, "publish", json!({"topic": "chat.room", "payload": "marker"})).await;
     let heard = me.next().await;
     assert_eq!(heard["params"]["payload"], "marker", "{heard}");
-    broker.stop("test over").await;
+    finish(broker).await;
 }
 
 #[tokio::test]
@@ -188,7 +195,7 @@ async fn queue_deliveries_are_acknowledged_or_redelivered() {
     assert_eq!(acked["result"]["acked"], 1, "{acked}");
     let refused = worker.call(5, "ack", json!({"deliveries": [tag], "requeue": true})).await;
     assert_eq!(error_code(&refused), i64::from(ErrorCode::InvalidParams.code()));
-    broker.stop("test over").await;
+    finish(broker).await;
 }
 
 #[tokio::test]
@@ -223,7 +230,7 @@ async fn newline_delimited_clients_get_lines_with_headers_kept_on_one_line() {
     publisher.next().await;
     let message = next().await;
     assert_eq!(message["params"]["headers"], json!({"k": "v"}), "{message}");
-    broker.stop("test over").await;
+    finish(broker).await;
 }
 
 /// An in-process connection runs the same session over a message channel.
@@ -268,7 +275,7 @@ async fn a_session_runs_over_an_in_process_message_channel() {
     let bye = inside.call(4, "disconnect", json!({})).await;
     assert_eq!(bye["result"]["disconnected"], true);
     assert!(timeout(PATIENCE, inside.0.from_broker.recv()).await.unwrap().is_none(), "the session ended");
-    broker.stop("test over").await;
+    finish(broker).await;
 }
 
 #[tokio::test]
@@ -277,12 +284,14 @@ async fn in_process_connections_hear_the_shutdown_like_any_other() {
     let mut inside = InProcess(broker.connect_in_process().await.unwrap());
     inside.call(1, "connect", json!({"client_id": "inside"})).await;
     inside.call(2, "subscribe", json!({"patterns": ["system.broker.*"]})).await;
+    let folder = broker.runtime_file().parent().unwrap().to_owned();
     let stopping = tokio::spawn(broker.stop("maintenance"));
     let announced = inside.next().await;
     assert_eq!(announced["params"]["topic"], "system.broker.shutdown", "{announced}");
     let notice = inside.next().await;
     assert_eq!(error_code(&notice), i64::from(ErrorCode::ShuttingDown.code()));
     timeout(PATIENCE, stopping).await.expect("the broker stops in time").unwrap();
+    std::fs::remove_dir(&folder).unwrap();
 }
 
 #[cfg(unix)]
@@ -308,7 +317,7 @@ async fn the_protocol_runs_over_the_unix_socket_and_needs_no_token_there() {
     assert_eq!(transports[0]["token_required"], true, "{status}");
     assert_eq!(transports[1]["kind"], "unix", "{status}");
     assert_eq!(transports[1]["address"], broker.local_socket().unwrap().as_str(), "{status}");
-    broker.stop("test over").await;
+    finish(broker).await;
 }
 
 #[tokio::test]
@@ -335,7 +344,7 @@ async fn a_tcp_client_without_the_right_token_is_refused_and_closed() {
     let mut owner = Framed::open(&broker).await;
     let accepted = owner.call(1, "connect", json!({"client_id": "owner", "token": broker.token()})).await;
     assert_eq!(accepted["result"]["client_id"], "owner", "{accepted}");
-    broker.stop("test over").await;
+    finish(broker).await;
 }
 
 #[cfg(unix)]

@@ -279,14 +279,18 @@ def test_serve_says_where_the_socket_and_token_are(run_broker):
     runtime = Path(tempfile.mkdtemp(prefix="mb-"))
     try:
         broker = run_broker("--port", "0", "--require-token", "--runtime-dir", str(runtime / "r"))
-        code, out, _ = broker.stop()
+        assert broker.proc.stdout is not None
+        socket_line, token_line = broker.proc.stdout.readline(), broker.proc.stdout.readline()
+        assert f"local socket (this user only, no token): {runtime}/r/broker-" in socket_line
+        runtime_file = runtime / "r" / f"broker-{broker.port}.json"
+        assert f"token for TCP clients (required): in {runtime_file}" in token_line
+        code, _, _ = broker.stop()
         assert code == 0
-        assert f"local socket (this user only, no token): {runtime}/r/broker-" in out
-        assert f"token for TCP clients (required): in {runtime}/r/broker-{broker.port}.json" in out
-        assert not (runtime / "r" / f"broker-{broker.port}.json").exists()
+        assert not runtime_file.exists()
         plain = run_broker("--port", "0", "--no-local-socket", "--runtime-dir", str(runtime / "r"))
-        _, out, _ = plain.stop()
-        assert "local socket" not in out
+        assert plain.proc.stdout is not None
+        assert "local socket" not in plain.proc.stdout.readline()
+        plain.stop()
     finally:
         shutil.rmtree(runtime)
 

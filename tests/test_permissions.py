@@ -188,3 +188,52 @@ async def test_eventually_is_bounded():
     # The helper this module relies on gives up rather than hanging.
     with pytest.raises(AssertionError):
         await eventually(lambda: False, timeout=0.2)
+
+
+def test_joining_a_queue_needs_leave_to_receive_all_it_is_bound_to(ruled):
+    with connected(ruled, "owner") as owner, connected(ruled, "svc-spy") as spy:
+        owner.result("subscribe", {"patterns": ["secrets.keys"], "queue": "vault"})
+        # The spy asks only for an allowed pattern, but the queue delivers secrets.
+        refused = spy.call("subscribe", {"patterns": ["jobs.x"], "queue": "vault"})
+        assert error_code(refused) == DENIED
+        assert "secrets.keys" in refused["error"]["message"]
+        refused = spy.call("subscribe", {"patterns": [], "queue": "vault"})
+        assert error_code(refused) == DENIED
+
+
+def test_a_binding_an_existing_consumer_may_not_receive_is_refused(ruled):
+    with connected(ruled, "sensor-6") as worker, connected(ruled, "owner") as owner:
+        queue = {
+            "patterns": ["commands.sensor-6.run"],
+            "queue": "work",
+            "dead_letter_topic": "sensors.sensor-6.dead",
+        }
+        worker.result("subscribe", queue)
+        refused = owner.call("subscribe", {"patterns": ["secrets.#"], "queue": "work"})
+        assert error_code(refused) == DENIED
+        assert "consumer" in refused["error"]["message"]
+        status = {q["name"]: q for q in ruled.status()["queues"]}
+        assert status["work"]["patterns"] == ["commands.sensor-6.run"]
+
+
+def test_the_default_dead_letter_topic_obeys_the_publish_rules_too(ruled):
+    with connected(ruled, "sensor-5") as sensor:
+        queue = {"patterns": ["commands.sensor-5.run"], "queue": "runs"}
+        refused = sensor.call("subscribe", queue)
+        assert error_code(refused) == DENIED
+        assert "dead_letter.runs" in refused["error"]["message"]
+
+
+def test_no_client_can_make_the_broker_dead_letter_onto_system_topics(broker):
+    with connected(broker, "anyone") as client:
+        queue = {"patterns": ["a"], "queue": "q", "dead_letter_topic": "system.broker.shutdown"}
+        refused = client.call("subscribe", queue)
+        assert error_code(refused) == ERROR_CODES["INVALID_PARAMS"]
+        assert "reserved" in refused["error"]["message"]
+
+
+def test_deleting_a_queue_needs_leave_to_receive_what_it_holds(ruled):
+    with connected(ruled, "owner") as owner, connected(ruled, "svc-spy") as spy:
+        owner.result("subscribe", {"patterns": ["secrets.keys"], "queue": "vault", "durable": True})
+        assert error_code(spy.call("delete_queue", {"name": "vault"})) == DENIED
+        assert owner.result("delete_queue", {"name": "vault"})["deleted"] is True

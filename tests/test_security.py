@@ -3,12 +3,14 @@ file, `require_token`, the Unix socket, and what another user on the machine can
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import stat
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -338,3 +340,63 @@ def test_the_readme_security_example_configures_a_broker_that_runs():
         security = broker.status()["security"]
         assert security["require_token"] is True
         assert security["permission_rules"] == 2
+
+
+def test_the_token_goes_only_to_the_address_the_broker_is_bound_to(guarded):
+    # Another user listens on the broker's port at another loopback address (as one
+    # could on ::1 beside 127.0.0.1): a client aimed there must not hand it the token.
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.2", guarded.port))
+        squatter.listen()
+        squatter.settimeout(10)
+        client = BrokerClient("victim", "127.0.0.2", guarded.port, connect_retries=0)
+        connecting = threading.Thread(target=asyncio.run, args=(client.connect(),))
+        connecting.start()
+        try:
+            conn, _ = squatter.accept()
+            with conn:
+                conn.settimeout(10)
+                first = conn.recv(65536)
+        finally:
+            connecting.join(30)
+    assert b'"connect"' in first and b"victim" in first
+    assert b"token" not in first
+    assert (guarded.token or "").encode() not in first
+
+
+async def test_localhost_reaches_the_address_the_broker_wrote_down(guarded):
+    async with BrokerClient("by-name", "localhost", guarded.port) as client:
+        assert (await client.request("status", {}))["security"]["require_token"] is True
+
+
+def test_a_second_connect_on_a_proven_connection_needs_no_token_again(guarded):
+    with RawClient(guarded.port) as client:
+        client.result("connect", {"client_id": "owner", "token": guarded.token})
+        assert client.result("connect", {"client_id": "owner"})["client_id"] == "owner"
+        assert client.result("ping")["pong"] is True
+
+
+def test_tcp_clients_cannot_use_up_the_local_sockets_connections(start_broker):
+    broker = start_broker(max_connections=2, require_token=True)
+    held = [RawClient(broker.port) for _ in range(2)]
+    try:
+        with RawClient(broker.port) as third:
+            assert error_code(third.recv()) == ERROR_CODES["TOO_MANY_CONNECTIONS"]
+        with RawClient(unix=broker.local_socket) as owner:
+            assert owner.result("connect", {"client_id": "owner"})["client_id"] == "owner"
+    finally:
+        for client in held:
+            client.close()
+
+
+def test_a_second_broker_on_the_same_port_keeps_off_the_first_ones_socket(
+    start_broker, runtime_dir
+):
+    first = start_broker(runtime_dir=str(runtime_dir))
+    second = MessageBroker(
+        BrokerConfig(host="127.0.0.2", port=first.port or 0, runtime_dir=str(runtime_dir))
+    )
+    with pytest.raises(OSError, match="another broker"):
+        second.start_sync()
+    with RawClient(unix=first.local_socket) as client:
+        assert client.result("connect", {"client_id": "still-here"})

@@ -31,7 +31,7 @@ from message_broker import __version__
 from message_broker.broker import MessageBroker
 from message_broker.client import BrokerClient
 from message_broker.config import DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
-from message_broker.errors import AuthenticationError, BrokerError, NotConnectedError
+from message_broker.errors import BrokerError, NotConnectedError
 from message_broker.message import Message
 
 COMMANDS = ("serve", "pub", "sub", "request", "status")
@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--token",
             help="the broker's token (default: $MESSAGE_BROKER_TOKEN, else the runtime file "
-            "of a broker on this machine)",
+            "of a broker on this machine); other users can see a command line, so prefer "
+            "the environment variable",
         )
         command.add_argument(
             "--client-id", help="client id (default: message-broker-<command>-<pid>)"
@@ -173,11 +174,11 @@ async def run_client_command(args: argparse.Namespace) -> int:
     try:
         async with client:
             return await carry_out(client, args)
-    except AuthenticationError as error:
-        print(f"message-broker: {error}", file=sys.stderr)
-        return 1
-    except NotConnectedError:
-        print(f"message-broker: cannot reach the broker at {client.url}", file=sys.stderr)
+    except NotConnectedError as error:
+        # Refused by the broker (a wrong token, a bad client id) or not reached at all.
+        unreached = f"cannot reach the broker at {client.url}"
+        reason = str(error) if error.code is not None else unreached
+        print(f"message-broker: {reason}", file=sys.stderr)
         return 1
 
 

@@ -158,6 +158,7 @@ class BrokerClient:
                 return await asyncio.shield(self._connecting)
             return self.is_connected
         loop = asyncio.get_running_loop()
+        self._refused = None
         wake = self._core.open(will)
         self._loop = loop
         self._connecting = loop.create_future()
@@ -410,8 +411,10 @@ class BrokerClient:
         pass  # logged by the core; the engine reconnects by itself
 
     def _on_connect_failed(self, reason: str, code: int | None) -> None:
-        if code is not None:
+        if code == ERROR_CODES["UNAUTHORIZED"]:
             self._refused = error_from_code(code, reason)
+        elif code is not None:
+            self._refused = NotConnectedError(reason, code)
         self._settle_connect(False)
 
     def _on_closed(self) -> None:

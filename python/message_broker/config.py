@@ -50,7 +50,9 @@ class BrokerConfig:
     port: int = DEFAULT_PORT
     """TCP port; ``0`` picks a free one (read it back from ``MessageBroker.port``)."""
     max_connections: int = _DEFAULTS["max_connections"]
-    """Clients served at once; one more is refused with ``TOO_MANY_CONNECTIONS``."""
+    """TCP clients served at once; one more is refused with ``TOO_MANY_CONNECTIONS``. The
+    local socket (and clients in this process) have as many again of their own, so no
+    one on the machine can lock the broker's user out."""
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     """Seconds between the pings clients are asked to send."""
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT

@@ -49,6 +49,14 @@ impl Access {
         tcp: SocketAddr,
     ) -> Result<(Access, Option<LocalListener>), BrokerError> {
         let runtime = RuntimeDir::prepare(config.runtime_dir.as_deref())?;
+        if config.runtime_dir.is_some() && runtime_file::default_dir().as_deref() != Some(runtime.path()) {
+            tracing::warn!(
+                runtime_dir = %runtime.path().display(),
+                "clients look for the token elsewhere: give them {}={} (or the token)",
+                runtime_file::RUNTIME_DIR_ENV,
+                runtime.path().display()
+            );
+        }
         let local = if config.local_socket { Some(LocalListener::bind(&runtime, tcp.port())?) } else { None };
         let token = Token::generate()?;
         let require_token = config.require_token || !tcp.ip().is_loopback();

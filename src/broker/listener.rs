@@ -59,12 +59,16 @@ pub(super) async fn bind(host: &str, port: u16) -> Result<TcpListener, BrokerErr
     }))
 }
 
-/// Decrements the open-connection count when a connection task ends, however it ends.
-struct OpenConnection(Arc<Router>);
+/// Decrements the open-connection counts when a connection task ends, however it ends.
+struct OpenConnection(Arc<Router>, Origin);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
+        let counters = &self.0.counters;
+        counters.connections_open.fetch_sub(1, Ordering::Relaxed);
+        if self.1 == Origin::SameUser {
+            counters.same_user_open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -161,7 +165,9 @@ fn accept(
 
 /// Starts a session over `transport`, counted as an open connection while it runs.
 /// Over `max_connections` the transport is counted as rejected and handed back: a
-/// TCP client is told why, an in-process opener sees its channel end.
+/// TCP client is told why, an in-process opener sees its channel end. TCP and the
+/// same-user transports each have `max_connections` of their own: connections that
+/// anyone on the machine can open never use up the owner's.
 fn admit<T: Transport>(
     transport: T,
     peer: String,
@@ -171,14 +177,23 @@ fn admit<T: Transport>(
     connections: &mut JoinSet<()>,
 ) -> Result<(), T> {
     let max = router.config().max_connections;
-    if router.counters.connections_open.load(Ordering::Relaxed) >= max {
+    let counters = &router.counters;
+    let same_user = counters.same_user_open.load(Ordering::Relaxed);
+    let open = match origin {
+        Origin::SameUser => same_user,
+        Origin::Network => counters.connections_open.load(Ordering::Relaxed).saturating_sub(same_user),
+    };
+    if open >= max {
         router.counters.connections_rejected.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(peer, max_connections = max, "connection refused: too many connections");
         return Err(transport);
     }
-    router.counters.connections_open.fetch_add(1, Ordering::Relaxed);
-    router.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
-    let open = OpenConnection(router.clone());
+    counters.connections_open.fetch_add(1, Ordering::Relaxed);
+    if origin == Origin::SameUser {
+        counters.same_user_open.fetch_add(1, Ordering::Relaxed);
+    }
+    counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
+    let open = OpenConnection(router.clone(), origin);
     let shutdown = Shutdown::new(notify_shutdown.subscribe());
     let router = router.clone();
     connections.spawn(async move {

@@ -58,8 +58,16 @@ mod unix {
                 )));
             }
             match std::fs::symlink_metadata(&path) {
-                // The TCP port is ours, so no live broker owns a socket of that port.
+                // Another broker of this user on the same port at another address
+                // (127.0.0.1 and ::1) would answer: that one keeps its socket.
                 Ok(metadata) if metadata.file_type().is_socket() => {
+                    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                        return Err(bind_error(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            "another broker of this user serves this socket (the same port on another address?)",
+                        )));
+                    }
+                    // Nobody answers: left behind by a broker that was killed.
                     std::fs::remove_file(&path).map_err(bind_error)?
                 }
                 Ok(_) => {

@@ -112,7 +112,7 @@ impl BrokerHandle {
     }
 
     /// Opens a connection within this process, without a socket. It counts against
-    /// `max_connections` like any other.
+    /// `max_connections` of the same-user transports, like a local socket connection.
     pub async fn connect_in_process(&self) -> Result<InProcessConnection, BrokerError> {
         let (to_broker, incoming) = mpsc::channel(IN_PROCESS_BACKLOG);
         let (outgoing, from_broker) = mpsc::channel(self.router.config().max_queue_size.max(1));

@@ -42,7 +42,8 @@ use crate::protocol::method::{MethodName, PublishCall, SubscriptionFlags};
 use crate::protocol::rules::DEFAULT_MAX_MESSAGE_SIZE;
 use crate::protocol::topic::{REPLY_PREFIX, is_reserved, parse_pattern, validate_topic};
 
-#[derive(Debug, Clone)]
+/// How a client connects. Not `Debug`: it holds the token.
+#[derive(Clone)]
 pub struct ClientConfig {
     pub client_id: String,
     pub endpoint: Endpoint,

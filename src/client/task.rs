@@ -119,9 +119,26 @@ pub(super) async fn run(shared: Arc<Shared>) {
 async fn connect(shared: &Shared) -> Result<Connection, Failure> {
     let config = &shared.config;
     let attempt = async {
-        let (read, writer) = stream::connect(&config.endpoint)
+        // Read at every attempt: a broker that restarted has a new token. A token from
+        // the runtime file goes only to the address the broker wrote there.
+        let (endpoint, token) = match (&config.endpoint, config.token.clone()) {
+            (endpoint, Some(token)) => (endpoint.clone(), Some(token)),
+            (Endpoint::Tcp { host, port }, None) => match runtime_file::env_token() {
+                Some(token) => (config.endpoint.clone(), Some(token)),
+                None => match runtime_file::find_local(host, *port) {
+                    Some(local) => {
+                        (Endpoint::Tcp { host: local.address.to_string(), port: *port }, Some(local.token))
+                    }
+                    None => (config.endpoint.clone(), None),
+                },
+            },
+            // The local socket needs no token, and one meant for another broker would
+            // only get the connection refused.
+            (Endpoint::Local(_), None) => (config.endpoint.clone(), None),
+        };
+        let (read, writer) = stream::connect(&endpoint)
             .await
-            .map_err(|e| Failure::Retry(format!("cannot connect to {}: {e}", config.endpoint)))?;
+            .map_err(|e| Failure::Retry(format!("cannot connect to {endpoint}: {e}")))?;
         let mut reader = FrameReader::new(read, MAX_INBOUND_FRAME, FRAME_TIMEOUT);
 
         let mut params = serde_json::json!({
@@ -130,11 +147,6 @@ async fn connect(shared: &Shared) -> Result<Connection, Failure> {
         if let Some(will) = &config.will {
             params["will"] = serde_json::from_str(will.get()).expect("the will is JSON");
         }
-        // Read at every attempt: a broker that restarted has a new token.
-        let token = config.token.clone().or_else(|| match &config.endpoint {
-            Endpoint::Tcp { host, port } => runtime_file::find_token(host, *port),
-            Endpoint::Local(_) => None,
-        });
         if let Some(token) = token {
             params["token"] = token.into();
         }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::message::{DeadLetter, DeadLetterBody, QueueStats, Refusal, StoredMessage};
 use super::spec::{MAX_UNACKED_BYTES, QueueSpec, WINDOW_BYTES, WINDOW_COUNT};
 use crate::broker::outbox::Outbox;
+use crate::broker::permissions::ClientPermissions;
 use crate::broker::store::{LoadRequest, Op, Store, StoredRow as Row};
 use crate::index::SessionId;
 use crate::protocol::message::FromQueue;
@@ -25,6 +26,9 @@ pub(super) struct Item {
 
 pub(super) struct Consumer {
     pub(super) session: SessionId,
+    /// What the consumer's client may subscribe to: a binding added to the queue later
+    /// must be one it may receive.
+    pub(super) permissions: Arc<ClientPermissions>,
     pub(super) outbox: Outbox,
     pub(super) prefetch: usize,
     pub(super) unacked: usize,

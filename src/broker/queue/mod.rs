@@ -28,7 +28,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::broker::access::denied;
 use crate::broker::outbox::Outbox;
+use crate::broker::permissions::ClientPermissions;
 use crate::broker::store::{Loaded, Op, Restored, Store, StoreError};
 use crate::error::{ErrorCode, RpcError};
 use crate::index::{SessionId, SubscriptionIndex};
@@ -47,6 +49,8 @@ pub struct Join {
     pub max_bytes: Option<u64>,
     pub max_deliveries: Option<u32>,
     pub dead_letter_topic: Option<String>,
+    /// What the joining client may do (unrestricted on a broker without rules).
+    pub permissions: Arc<ClientPermissions>,
 }
 
 /// Where a message went among the queues.
@@ -233,6 +237,7 @@ impl Queues {
                 }
                 let new: Vec<String> =
                     patterns.into_iter().filter(|p| !queue.spec.patterns.contains(p)).collect();
+                check_permissions(&join, &queue.spec, &new, &queue.consumers)?;
                 if !new.is_empty() {
                     for pattern in &new {
                         self.index.insert(queue.number, pattern.as_str().into());
@@ -252,6 +257,7 @@ impl Queues {
                     dead_letter_topic: join.dead_letter_topic.clone(),
                 };
                 spec.validate()?;
+                check_permissions(&join, &spec, &[], &[])?;
                 self.insert(spec);
             }
         }
@@ -262,6 +268,7 @@ impl Queues {
                     Some(consumer) => consumer.prefetch = prefetch,
                     None => queue.consumers.push(Consumer {
                         session,
+                        permissions: join.permissions.clone(),
                         outbox,
                         prefetch,
                         unacked: 0,
@@ -327,12 +334,20 @@ impl Queues {
     }
 
     /// Deletes a queue and the messages in it; returns how many messages it held.
-    pub fn delete(&mut self, name: &str) -> Option<usize> {
-        let queue = self.remove(name)?;
+    /// Deletes a queue with its messages, when `by` may subscribe to everything it is
+    /// bound to (the messages it throws away are ones it could have read).
+    pub fn delete(&mut self, name: &str, by: &ClientPermissions) -> Result<Option<usize>, RpcError> {
+        let Some(queue) = self.queues.get(name) else {
+            return Ok(None);
+        };
+        for pattern in &queue.spec.patterns {
+            by.may_subscribe(pattern).map_err(denied)?;
+        }
+        let queue = self.remove(name).expect("looked up above");
         if let (true, Some(store)) = (queue.spec.durable, &self.store) {
             store.write(Op::DeleteQueue { name: name.to_owned() });
         }
-        Some(queue.len())
+        Ok(Some(queue.len()))
     }
 
     /// Offers a message to every queue bound to its topic, except `skip` (the queue a
@@ -457,6 +472,35 @@ impl Queues {
     }
 }
 
+/// A consumer receives whatever its queue is bound to, and the broker dead-letters
+/// on its behalf: on a broker with permission rules, joining must be allowed for all
+/// of it, and a new binding for every consumer already there.
+fn check_permissions(
+    join: &Join,
+    spec: &QueueSpec,
+    new: &[String],
+    consumers: &[Consumer],
+) -> Result<(), RpcError> {
+    for pattern in spec.patterns.iter().chain(new) {
+        join.permissions.may_subscribe(pattern).map_err(denied)?;
+    }
+    join.permissions.may_publish(&spec.dead_letter_topic()).map_err(denied)?;
+    for consumer in consumers {
+        for pattern in new {
+            consumer.permissions.may_subscribe(pattern).map_err(|refused| {
+                RpcError::new(
+                    ErrorCode::PermissionDenied,
+                    format!(
+                        "binding {pattern:?} to queue {:?} would deliver it to a consumer that may not receive it ({refused})",
+                        spec.name
+                    ),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;
@@ -493,6 +537,7 @@ mod tests {
             max_bytes: None,
             max_deliveries: None,
             dead_letter_topic: None,
+            permissions: Arc::default(),
         }
     }
 
@@ -748,7 +793,7 @@ mod tests {
         let (enqueued, _) = queues.enqueue("b", || big("b", 0, 10_000), None, 0.0);
         assert!(matches!(enqueued.full[0].1, Refusal::Memory(200_000)));
         assert!(queues.memory().0 <= 200_000);
-        queues.delete("big").unwrap();
+        queues.delete("big", &ClientPermissions::default()).unwrap().unwrap();
         assert!(queues.memory().0 < 50_000, "a deleted queue gives its memory back");
         let (a, _rx) = consumer();
         queues.join(1, a, join("big", &["b"], true, 10), 0.0).unwrap();

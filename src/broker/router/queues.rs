@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{Publish, Router, unix_now};
+use crate::broker::permissions::ClientPermissions;
 use crate::broker::queue::{DeadLetter, Join};
 use crate::broker::store::{Loaded, Store};
 use crate::error::RpcError;
@@ -39,9 +40,10 @@ impl Router {
         settled
     }
 
-    /// Deletes a queue with its messages; `None` when there is no such queue.
-    pub fn delete_queue(&self, name: &str) -> Option<usize> {
-        self.queues.lock().delete(name)
+    /// Deletes a queue with its messages, when `by` may subscribe to all it is bound
+    /// to; `None` when there is no such queue.
+    pub fn delete_queue(&self, name: &str, by: &ClientPermissions) -> Result<Option<usize>, RpcError> {
+        self.queues.lock().delete(name, by)
     }
 
     /// Takes messages a queue asked the store for.

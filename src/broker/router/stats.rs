@@ -24,6 +24,9 @@ pub struct Counters {
     pub connections_accepted: AtomicU64,
     pub connections_rejected: AtomicU64,
     pub connections_open: AtomicUsize,
+    /// Of those, the ones over the local socket or in-process: they have a budget of
+    /// their own, so that TCP clients can never lock the owner out.
+    pub same_user_open: AtomicUsize,
     pub protocol_errors: AtomicU64,
 }
 

@@ -20,7 +20,8 @@ pub(super) use crate::protocol::method::Will;
 impl Session {
     pub(super) fn connect(&mut self, params: Connect) -> RpcResult {
         let access = self.router.access();
-        if let Some(access) = access {
+        // A connection that has proven itself need not again; a token given is checked.
+        if let Some(access) = access.filter(|_| self.owes_token || params.token.is_some()) {
             access.check_token(self.origin, params.token.as_deref())?;
         }
         self.owes_token = false;
@@ -50,7 +51,7 @@ impl Session {
                 self.client_id = Some(client_id);
             }
         }
-        self.permissions = permissions;
+        self.permissions = Arc::new(permissions);
         if params.will.is_some() {
             self.will = params.will;
         }

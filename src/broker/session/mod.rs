@@ -150,7 +150,7 @@ pub(crate) async fn run<T: Transport>(
         waiting: JoinSet::new(),
         in_flight: Arc::default(),
         will: None,
-        permissions: ClientPermissions::default(),
+        permissions: Arc::default(),
     };
     let end = session.serve(&mut inbound, &mut shutdown, &write_failed).await;
     inbound.ended();
@@ -197,7 +197,7 @@ struct Session {
     /// Published by the broker if the connection ends without `disconnect`.
     will: Option<Will>,
     /// What the permission rules let this client do, resolved at `connect`.
-    permissions: ClientPermissions,
+    permissions: Arc<ClientPermissions>,
 }
 
 impl Session {

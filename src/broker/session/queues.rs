@@ -18,7 +18,7 @@ impl Session {
     }
 
     pub(super) fn delete_queue(&mut self, params: DeleteQueue) -> RpcResult {
-        match self.router.delete_queue(&params.name) {
+        match self.router.delete_queue(&params.name, &self.permissions)? {
             Some(messages) => to_raw(&json!({"deleted": true, "messages": messages})),
             None => Err(RpcError::invalid_params(format!("there is no queue {:?}", params.name))),
         }

@@ -12,7 +12,7 @@ use crate::broker::queue::{DEFAULT_PREFETCH, Join, MAX_PREFETCH, validate_queue_
 use crate::broker::router::SubscriptionFlags;
 use crate::error::RpcError;
 use crate::protocol::method::{Subscribe, Unsubscribe};
-use crate::protocol::rules::MAX_PATTERNS_PER_CLIENT;
+use crate::protocol::rules::{self, MAX_PATTERNS_PER_CLIENT};
 use crate::protocol::topic::{parse_pattern, validate_topic};
 
 impl Session {
@@ -51,8 +51,9 @@ impl Session {
         }
         if let Some(topic) = &p.dead_letter_topic {
             validate_topic(topic)?;
-            // The broker publishes there on this client's behalf: only where it may.
-            self.permissions.may_publish(topic).map_err(access::denied)?;
+            // The broker publishes there on this client's behalf: never on its own
+            // system topics (nor, with permission rules, where the client may not).
+            rules::publishable(topic)?;
         }
         let join = Join {
             name: name.clone(),
@@ -63,6 +64,7 @@ impl Session {
             max_bytes: p.max_bytes,
             max_deliveries: p.max_deliveries,
             dead_letter_topic: p.dead_letter_topic,
+            permissions: self.permissions.clone(),
         };
         self.router.join_queue(self.id, join)?;
         to_raw(&json!({
