@@ -48,8 +48,14 @@ class Setup:
 
 
 @pytest.fixture
-async def setup() -> AsyncIterator[Setup]:
-    config = BrokerConfig(host="127.0.0.1", port=0)
+def require_token() -> bool:
+    """Whether the broker of `setup` requires its token; a test parametrizes it."""
+    return False
+
+
+@pytest.fixture
+async def setup(require_token: bool) -> AsyncIterator[Setup]:
+    config = BrokerConfig(host="127.0.0.1", port=0, require_token=require_token)
     async with (
         MessageBroker(config) as broker,
         BrokerClient("ahk_bridge", host="127.0.0.1", port=broker.port or 0) as client,
@@ -210,6 +216,45 @@ async def test_a_script_that_stops_reading_is_a_slow_client_of_the_broker(
         assert await script.wait(10) == 0
 
 
+@pytest.mark.parametrize("require_token", [True])
+async def test_scripts_connect_to_a_broker_that_requires_its_token(setup: Setup) -> None:
+    """With no configuration: the bridge sends the token its client finds."""
+    await setup.bridge.run_script(CHILD, "echo", script_id="tokened")
+    assert (await setup.next_on("child.ready")).sender == "ahk_bridge/tokened"
+
+
+async def test_scripts_connect_with_the_token_given_to_the_bridge_client(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = BrokerConfig(host="127.0.0.1", port=0, require_token=True)
+    async with MessageBroker(config) as broker:
+        # Nothing to find: the token given to the client is the only one.
+        monkeypatch.setenv("MESSAGE_BROKER_RUNTIME_DIR", str(tmp_path))
+        port = broker.port or 0
+        async with (
+            BrokerClient("ahk_bridge", host="127.0.0.1", port=port, token=broker.token) as client,
+            AHKBridge(broker_client=client, executable=[sys.executable], options=[]) as bridge,
+        ):
+            setup = Setup(client, bridge)
+            await client.subscribe("child.ready", setup.seen.put_nowait)
+            await bridge.run_script(CHILD, "echo", script_id="given")
+            assert (await setup.next_on("child.ready")).sender == "ahk_bridge/given"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the local socket is a Unix socket")
+async def test_scripts_connect_over_the_local_socket_when_the_bridge_client_does() -> None:
+    config = BrokerConfig(host="127.0.0.1", port=0, require_token=True)
+    async with (
+        MessageBroker(config) as broker,
+        BrokerClient("ahk_bridge", url=f"unix://{broker.local_socket}") as client,
+        AHKBridge(broker_client=client, executable=[sys.executable], options=[]) as bridge,
+    ):
+        setup = Setup(client, bridge)
+        await client.subscribe("child.ready", setup.seen.put_nowait)
+        await bridge.run_script(CHILD, "echo", script_id="local")
+        assert (await setup.next_on("child.ready")).sender == "ahk_bridge/local"
+
+
 # -- real AutoHotkey ---------------------------------------------------------------------
 
 
@@ -249,6 +294,19 @@ async def test_real_autohotkey_under_the_bridge(ahk_bridge: Setup) -> None:
     stopped = (await setup.next_on("scripts.broken.stopped")).payload
     assert stopped["exit_code"] == 2 and stopped["pid"] == broken.pid
     assert "Missing" in stopped["stderr"], stopped
+
+
+@pytest.mark.parametrize("require_token", [True])
+async def test_real_autohotkey_under_the_bridge_of_a_broker_that_requires_its_token(
+    ahk_bridge: Setup,
+) -> None:
+    setup = ahk_bridge
+    await setup.bridge.run_script(SCRIPTS / "bridged.ahk")
+    assert (await setup.next_on("bridged.ready")).sender == "ahk_bridge/bridged"
+    await setup.client.publish("bridged.in", {"text": TEXT})
+    assert (await setup.next_on("bridged.out")).payload["text"] == TEXT
+    assert await setup.client.request("bridged.svc", {"n": 1}) == {"doubled": 2}
+    assert (await setup.next_on("scripts.bridged.stopped")).payload["exit_code"] == 0
 
 
 async def queue_status(client: BrokerClient, name: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """``AHKBridge``: runs AutoHotkey scripts (or any program) as child processes and
 joins each one's standard streams to a broker connection of its own.
 
-The bridge opens a TCP connection per script in the broker's line mode, sends
+The bridge opens a connection per script in the broker's line mode, the way its
+client connects (TCP with the token that client sends, or the local socket), sends
 ``connect`` for it (client id ``<bridge client id>/<script id>``, so its subscriptions,
 queue deliveries and will end with it), then relays: each line the script writes on
 standard output goes to the connection, and what the broker sends goes to the
@@ -49,6 +50,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from message_broker import _core
 from message_broker._script_relay import ScriptRelay
 from message_broker.client import BrokerClient
 from message_broker.errors import BrokerError
@@ -292,9 +294,9 @@ class AHKBridge:
         call = {"jsonrpc": "2.0", "method": "connect", "params": params, "id": 1}
         writer, answer = None, None
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._client.host, self._client.port), _CONNECT_TIMEOUT
-            )
+            reader, writer, token = await asyncio.wait_for(self._open(), _CONNECT_TIMEOUT)
+            if token is not None:
+                params["token"] = token
             writer.write(json.dumps(call).encode() + b"\n")
             answer = json.loads(await asyncio.wait_for(reader.readline(), _CONNECT_TIMEOUT))
             return reader, writer, int(answer["result"]["max_message_size"])
@@ -303,6 +305,17 @@ class AHKBridge:
                 writer.close()
             why = answer["error"] if isinstance(answer, dict) and "error" in answer else error
             raise ConnectionError(f"script {script_id!r}: not connected: {why!r}") from None
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str | None]:
+        """A connection to the broker of the bridge's client, the way that client
+        connects, and the token to send there: the client's own, else the one it would
+        find (None over the local socket, which needs none)."""
+        if self._client.url.startswith("unix://"):
+            reader, writer = await asyncio.open_unix_connection(self._client.host)
+            return reader, writer, None
+        host, port = self._client.host, self._client.port
+        reader, writer = await asyncio.open_connection(host, port)
+        return reader, writer, self._client._token or _core.find_token(host, port)
 
     async def _watch(self, script: BridgedScript, relay: ScriptRelay, ended: asyncio.Event) -> None:
         await relay.exited.wait()

@@ -105,6 +105,8 @@ class BrokerClient:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Why the broker refused the last connect, raised by ``async with``.
         self._refused: BrokerError | None = None
+        # The token given, for the connections AHKBridge opens to the same broker.
+        self._token = token
 
     # -- properties -----------------------------------------------------------------------
     @property
