@@ -8,7 +8,7 @@ import json
 import shutil
 import struct
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +62,19 @@ class Script:
 async def run_script(ahk: Any) -> AsyncIterator[Any]:
     started: list[Script] = []
 
-    async def run(script: str | Path, *args: str) -> Script:
+    async def run(
+        script: str | Path, *args: str, env: Mapping[str, str | None] | None = None
+    ) -> Script:
+        """Starts ``script``; ``env`` changes its environment (None removes a variable)."""
+        environment = dict(ahk.env)
+        for name, value in (env or {}).items():
+            if value is None:
+                environment.pop(name, None)
+            else:
+                environment[name] = value
         process = await asyncio.create_subprocess_exec(
             *ahk.command(SCRIPTS / script, *args),
-            env=ahk.env,
+            env=environment,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -273,3 +282,99 @@ async def test_a_script_survives_payloads_that_are_odd_in_autohotkey(run_script:
         assert reports[6] == {"type": "String", "units": [ord(c) for c in "good"]}
         await client.publish("odd_quit", {})
         assert await script.exit_code() == 0, script.lines
+
+
+# -- a broker that requires its token -----------------------------------------------------
+
+
+async def echo(client: BrokerClient, script: Script) -> None:
+    """Publishes on ahk.token.in until the script echoes it: it subscribes once connected."""
+    seen: asyncio.Queue[Message] = asyncio.Queue()
+    await client.subscribe("ahk.token.out", seen.put_nowait)
+    for _ in range(60):
+        await client.publish("ahk.token.in", {"text": TEXT})
+        try:
+            echoed = await asyncio.wait_for(seen.get(), 0.5)
+            break
+        except asyncio.TimeoutError:
+            continue
+    else:
+        raise AssertionError(f"no echo; the script said {script.lines}")
+    assert echoed.sender == "ahk_token" and echoed.payload == {"text": TEXT}
+    await client.unsubscribe("ahk.token.out")
+
+
+async def leave(client: BrokerClient, script: Script) -> None:
+    await client.publish("ahk.token.quit", {})
+    assert await script.exit_code() == 0, script.lines
+
+
+async def test_a_script_sends_the_token_in_message_broker_token(
+    run_script: Any, ahk: Any, start_broker: Callable[..., MessageBroker], tmp_path: Path
+) -> None:
+    broker = start_broker(require_token=True)
+    # No runtime file to be found: the token comes from the variable alone.
+    env = {
+        "MESSAGE_BROKER_TOKEN": broker.token,
+        "MESSAGE_BROKER_RUNTIME_DIR": ahk.windows_path(tmp_path),
+    }
+    async with BrokerClient("py", host="127.0.0.1", port=broker.port or 0) as client:
+        script = await run_script("token.ahk", str(broker.port), "find", env=env)
+        await echo(client, script)
+        await leave(client, script)
+    # The variable goes to any broker, like the Python clients'.
+    assert script.lines == ["connected; remote token from: MESSAGE_BROKER_TOKEN"]
+
+
+async def test_a_script_without_the_token_is_refused_saying_where_it_looked(
+    run_script: Any, ahk: Any, start_broker: Callable[..., MessageBroker], tmp_path: Path
+) -> None:
+    broker = start_broker(require_token=True)
+    empty = ahk.windows_path(tmp_path)
+    env = {"MESSAGE_BROKER_TOKEN": None, "MESSAGE_BROKER_RUNTIME_DIR": empty}
+    async with BrokerClient("py", host="127.0.0.1", port=broker.port or 0) as client:
+        # No token found, then a wrong one given, then the right one given: each
+        # refused connect leaves the client ready to connect again.
+        args = ["find", "0" * 64, broker.token or ""]
+        script = await run_script("token.ahk", str(broker.port), *args, env=env)
+        await echo(client, script)
+        await leave(client, script)
+    assert len(script.lines) == 3, script.lines
+    missing, wrong, connected = script.lines
+    runtime_file = f"{empty}\\broker-{broker.port}.json"
+    assert missing.startswith("refused -32013 connected=0: "), missing
+    assert "missing or wrong: no token was found" in missing
+    assert (
+        f"looked for in the Token option, then MESSAGE_BROKER_TOKEN, then {runtime_file}" in missing
+    )
+    assert wrong.startswith("refused -32013 connected=0: "), wrong
+    assert "the token from the Token option was refused" in wrong
+    assert "wrong token" in wrong, "the broker's own reason"
+    assert connected.startswith("connected")
+
+
+async def test_a_script_finds_the_token_in_the_runtime_file_at_every_connect(
+    run_script: Any, ahk: Any, start_broker: Callable[..., MessageBroker]
+) -> None:
+    broker = start_broker(require_token=True)
+    port, first_token = broker.port or 0, broker.token
+    assert broker.runtime_file is not None
+    env = {
+        "MESSAGE_BROKER_TOKEN": None,
+        "MESSAGE_BROKER_RUNTIME_DIR": ahk.windows_path(Path(broker.runtime_file).parent),
+    }
+    async with BrokerClient("py", host="127.0.0.1", port=port) as client:
+        script = await run_script("token.ahk", str(port), "find", env=env)
+        await echo(client, script)
+    # Started again, the broker has a new token, which the script's Connect() finds.
+    broker.stop_sync()
+    again = start_broker(port=port, require_token=True)
+    assert again.token != first_token
+    async with BrokerClient("py", host="127.0.0.1", port=port) as client:
+        await echo(client, script)
+        await leave(client, script)
+    assert len(script.lines) == 3, script.lines
+    # The file serves the broker on this machine only, never a remote host.
+    assert script.lines[0] == "connected; remote token from: nowhere"
+    assert script.lines[1].startswith("disconnected: ")
+    assert script.lines[2] == "reconnected"

@@ -190,6 +190,34 @@ def test_broker_restart_gives_disconnected_then_connected(qtbot):
         second.stop_sync()
 
 
+def connect_and_echo(qtbot, client: QtBrokerClient) -> None:
+    """Connects ``client``, sends itself a message, and disconnects."""
+    with qtbot.waitSignal(client.connected, timeout=WAIT_MS):
+        client.connect_to_broker()
+    try:
+        with qtbot.waitSignal(client.subscribed, timeout=WAIT_MS):
+            client.subscribe("echo")
+        with qtbot.waitSignal(client.message_received, timeout=WAIT_MS) as received:
+            client.publish("echo", {"n": 1})
+        assert received.args[:3] == ["echo", {"n": 1}, client.client_id]
+    finally:
+        with qtbot.waitSignal(client.disconnected, timeout=WAIT_MS):
+            client.disconnect_from_broker()
+
+
+def test_a_broker_that_requires_its_token_needs_no_configuration(qtbot, start_broker):
+    """The client finds the token in the broker's runtime file by itself."""
+    broker = start_broker(require_token=True)
+    connect_and_echo(qtbot, QtBrokerClient("qt", "127.0.0.1", broker.port, connect_retries=0))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the local socket is a Unix socket")
+def test_the_local_socket_by_url(qtbot, start_broker):
+    broker = start_broker(require_token=True)
+    client = QtBrokerClient("qt", url=f"unix://{broker.local_socket}", connect_retries=0)
+    connect_and_echo(qtbot, client)
+
+
 def test_host_mode(qtbot):
     host = QtBrokerHost(BrokerConfig(host="127.0.0.1", port=0))
     with qtbot.waitSignal(host.started, timeout=WAIT_MS) as started:

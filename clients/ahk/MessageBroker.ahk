@@ -15,22 +15,33 @@
 ; ready), so hotkeys keep working. Each callback runs in its own thread, in the order
 ; the messages arrived. Calls (Connect, Publish, Subscribe, Request...) wait for the
 ; broker's answer and throw a BrokerError with the broker's message when it refuses.
+;
+; A broker started with require_token (and every broker open beyond this machine)
+; wants its token in Connect(). Without a token given, the library sends the
+; MESSAGE_BROKER_TOKEN environment variable, else, for a broker on this machine, the
+; token in its runtime file broker-<port>.json (in MESSAGE_BROKER_RUNTIME_DIR, else
+; %APPDATA%\message-broker\runtime), read at every Connect().
 
 class MessageBroker {
     static WM_SOCKET := 0x5B42          ; a private window message (WM_USER range)
     static FD_READ := 0x01, FD_CLOSE := 0x20
     static WSAEWOULDBLOCK := 10035
+    static UNAUTHORIZED := -32013        ; the broker's answer to a missing or wrong token
     static MaxFrame := 64 * 1024 * 1024  ; the broker's own limit is far lower
     static Clients := Map()              ; socket -> client, for the message handler
     static Started := false
 
     ; clientId: how other clients see this script (the "sender" of its messages).
-    __New(clientId, host := "127.0.0.1", port := 15234) {
+    ; token: the broker's token; "" finds it (MESSAGE_BROKER_TOKEN, else the runtime
+    ; file of a broker on this machine).
+    __New(clientId, host := "127.0.0.1", port := 15234, token := "") {
         this.ClientId := clientId
         this.Host := host
         this.Port := port
+        this.Token := token
         this.Socket := -1
         this.Connected := false
+        this.Accepted := false           ; the broker took the connect: OnDisconnect is due
         this.NextId := 0
         this.Waiting := Map()            ; call id -> response, once it has arrived
         this.Subscriptions := Map()      ; pattern -> callback
@@ -60,9 +71,21 @@ class MessageBroker {
         if DllCall("ws2_32\WSAAsyncSelect", "Ptr", this.Socket, "Ptr", A_ScriptHwnd
                 , "UInt", MessageBroker.WM_SOCKET, "Int", events) != 0
             this._Fail("WSAAsyncSelect")
-        result := this._Call("connect"
-            , Map("client_id", this.ClientId, "client_type", "autohotkey", "version", A_AhkVersion)
-            , timeout)
+        params := Map("client_id", this.ClientId, "client_type", "autohotkey", "version", A_AhkVersion)
+        token := this._FindToken(&source)
+        if token != ""
+            params["token"] := token
+        try {
+            result := this._Call("connect", params, timeout)
+        } catch BrokerError as refusal {
+            ; The broker closes a connection it refused; one that did not answer is
+            ; of no use either. Connect() starts afresh.
+            this._Drop("connect failed", false)
+            if refusal.Code = MessageBroker.UNAUTHORIZED
+                throw BrokerError(this._TokenRefused(source, refusal.Message), refusal.Code)
+            throw refusal
+        }
+        this.Accepted := true
         this.HeartbeatInterval := result.Get("heartbeat_interval", 5)
         if this.Subscriptions.Count {
             patterns := []
@@ -135,6 +158,8 @@ class MessageBroker {
     Close() {
         if !this.Connected
             return
+        ; Leaving on purpose: no OnDisconnect, even when the broker closes first.
+        this.Accepted := false
         try this._Call("disconnect", "", 2)
         this._Drop("closed by the script", false)
     }
@@ -151,6 +176,63 @@ class MessageBroker {
                 return false
         }
         return wanted.Length = actual.Length
+    }
+
+    ; -- the token ----------------------------------------------------------------------
+    ; The token to send and, in source, where it came from ("" when there is none).
+    _FindToken(&source) {
+        source := ""
+        if this.Token != "" {
+            source := "the Token option"
+            return this.Token
+        }
+        token := EnvGet("MESSAGE_BROKER_TOKEN")
+        if token != "" {
+            source := "MESSAGE_BROKER_TOKEN"
+            return token
+        }
+        ; The runtime file tells the token of a broker on this machine only: a remote
+        ; broker on the same port is another broker, and must not learn it.
+        if !MessageBroker.IsLoopback(this.Host)
+            return ""
+        path := this.RuntimeFile
+        try {
+            runtime := JSON.Load(FileRead(path, "UTF-8"))
+            token := runtime is Map ? runtime.Get("token", "") : ""
+        } catch {
+            return ""  ; no broker on this port, or not this user's: connect without one
+        }
+        if !(token is String) || token = ""
+            return ""
+        source := path
+        return token
+    }
+
+    ; Where the broker on this machine and Port writes its token.
+    RuntimeFile {
+        get {
+            folder := EnvGet("MESSAGE_BROKER_RUNTIME_DIR")
+            if folder = ""
+                folder := A_AppData "\message-broker\runtime"
+            return RTrim(folder, "\/") "\broker-" this.Port ".json"
+        }
+    }
+
+    _TokenRefused(source, brokerMessage) {
+        sent := source = "" ? "no token was found" : "the token from " source " was refused"
+        places := "the Token option, then MESSAGE_BROKER_TOKEN"
+        if MessageBroker.IsLoopback(this.Host)
+            places .= ", then " this.RuntimeFile
+        else
+            places .= " (the runtime file only serves a broker on this machine)"
+        return "the broker at " this.Host ":" this.Port " wants its token, and it is missing or wrong: "
+            . sent ". The token is looked for in " places ". The broker said: " brokerMessage
+    }
+
+    ; localhost, 127.x.x.x or ::1: the host is this machine.
+    static IsLoopback(host) {
+        return host = "localhost" || host == "::1" || host == "[::1]"
+            || RegExMatch(host, "^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$")
     }
 
     ; -- the call/response machinery --------------------------------------------------
@@ -350,10 +432,13 @@ class MessageBroker {
             DllCall("ws2_32\closesocket", "Ptr", this.Socket)
             this.Socket := -1
         }
-        wasConnected := this.Connected
+        wasAccepted := this.Accepted
         this.Connected := false
+        this.Accepted := false
         SetTimer(this.HeartbeatTimer, 0)
-        if tell && wasConnected && HasMethod(this.OnDisconnect)
+        ; A refused connect is no lost connection (a script reconnecting from
+        ; OnDisconnect would try again and again).
+        if tell && wasAccepted && HasMethod(this.OnDisconnect)
             SetTimer(this.OnDisconnect.Bind(reason), -1)
     }
 

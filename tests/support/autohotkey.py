@@ -52,6 +52,10 @@ class AutoHotkey:
         path = _script_path(str(script), self.launcher)
         return [*self.launcher, "/ErrorStdOut=UTF-8", path, *args]
 
+    def windows_path(self, path: Path | str) -> str:
+        """``path`` as AutoHotkey sees it: under Wine, on drive Z:, which is /."""
+        return _script_path(str(path), self.launcher)
+
     def run(
         self, script: Path | str, *args: str, timeout: float = 60, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
