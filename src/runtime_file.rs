@@ -195,13 +195,6 @@ pub fn find_local(host: &str, port: u16) -> Option<LocalBroker> {
     Some(LocalBroker { address, token: info.token })
 }
 
-/// The token a client sends to `host:port` when given none: `MESSAGE_BROKER_TOKEN`,
-/// else the token of the broker of this user bound to that address (see
-/// [`find_local`], whose address a client should connect to).
-pub fn find_token(host: &str, port: u16) -> Option<String> {
-    env_token().or_else(|| find_local(host, port).map(|local| local.token))
-}
-
 /// True for `localhost` and loopback addresses: hosts that are this machine.
 pub fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');

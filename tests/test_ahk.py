@@ -323,7 +323,10 @@ async def test_a_script_sends_the_token_in_message_broker_token(
         await echo(client, script)
         await leave(client, script)
     # The variable goes to any broker, like the Python clients'.
-    assert script.lines == ["connected; remote token from: MESSAGE_BROKER_TOKEN"]
+    assert script.lines == [
+        "connected; remote token from: MESSAGE_BROKER_TOKEN; "
+        "other loopback address: MESSAGE_BROKER_TOKEN"
+    ]
 
 
 async def test_a_script_without_the_token_is_refused_saying_where_it_looked(
@@ -374,7 +377,9 @@ async def test_a_script_finds_the_token_in_the_runtime_file_at_every_connect(
         await echo(client, script)
         await leave(client, script)
     assert len(script.lines) == 3, script.lines
-    # The file serves the broker on this machine only, never a remote host.
-    assert script.lines[0] == "connected; remote token from: nowhere"
+    # The file serves the broker on this machine only, never a remote host, nor a
+    # listener on another loopback address than the broker's.
+    nowhere = "connected; remote token from: nowhere; other loopback address: nowhere"
+    assert script.lines[0] == nowhere
     assert script.lines[1].startswith("disconnected: ")
     assert script.lines[2] == "reconnected"

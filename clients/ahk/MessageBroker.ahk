@@ -61,7 +61,10 @@ class MessageBroker {
         if this.Connected
             return
         MessageBroker._Startup()
-        this.Socket := MessageBroker._OpenSocket(this.Host, this.Port)
+        ; Looked up first: a token from the runtime file goes only to the address the
+        ; broker wrote there.
+        token := this._FindToken(&source, &address)
+        this.Socket := MessageBroker._OpenSocket(address, this.Port)
         this.Connected := true
         this.ReceivedLength := 0
         MessageBroker.Clients[this.Socket] := this
@@ -72,7 +75,6 @@ class MessageBroker {
                 , "UInt", MessageBroker.WM_SOCKET, "Int", events) != 0
             this._Fail("WSAAsyncSelect")
         params := Map("client_id", this.ClientId, "client_type", "autohotkey", "version", A_AhkVersion)
-        token := this._FindToken(&source)
         if token != ""
             params["token"] := token
         try {
@@ -179,9 +181,11 @@ class MessageBroker {
     }
 
     ; -- the token ----------------------------------------------------------------------
-    ; The token to send and, in source, where it came from ("" when there is none).
-    _FindToken(&source) {
+    ; The token to send and, in source, where it came from ("" when there is none);
+    ; in address, where to connect.
+    _FindToken(&source, &address := "") {
         source := ""
+        address := this.Host
         if this.Token != "" {
             source := "the Token option"
             return this.Token
@@ -199,11 +203,26 @@ class MessageBroker {
         try {
             runtime := JSON.Load(FileRead(path, "UTF-8"))
             token := runtime is Map ? runtime.Get("token", "") : ""
+            bound := runtime is Map ? runtime.Get("host", "") : ""
         } catch {
             return ""  ; no broker on this port, or not this user's: connect without one
         }
-        if !(token is String) || token = ""
+        if !(token is String) || token = "" || !(bound is String)
             return ""
+        ; Another user may listen on the same port at the other loopback address (::1
+        ; beside 127.0.0.1): the token goes to the broker's own address alone.
+        host := Trim(this.Host, "[]")
+        if host = "localhost" {
+            if bound = "0.0.0.0"
+                bound := "127.0.0.1"
+            else if bound = "::"
+                bound := "::1"
+            if !MessageBroker.IsLoopback(bound)
+                return ""
+            address := bound
+        } else if host != bound && !(bound = "0.0.0.0" && InStr(host, ".")) && !(bound = "::" && InStr(host, ":")) {
+            return ""  ; a broker on another address of this machine: not the file's
+        }
         source := path
         return token
     }

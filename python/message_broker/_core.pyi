@@ -61,10 +61,11 @@ RUNTIME_DIR_ENV: Final[str]
 def error_codes() -> list[tuple[str, int]]:
     """The wire error codes as ``(name, code)`` pairs."""
 
-def find_token(host: str, port: int) -> str | None:
-    """The token a client sends to ``host:port`` when given none: ``MESSAGE_BROKER_TOKEN``,
-    else (for a loopback host only) the token in the runtime file of the broker on that
-    port. ``None`` when there is neither."""
+def find_local_broker(host: str, port: int) -> tuple[str, str] | None:
+    """For a loopback ``host``: ``(address, token)`` of the broker of this user on
+    ``port``, from its runtime file. Connect to ``address`` (for ``localhost``, the
+    loopback address the broker is bound to) and nowhere else with that token. ``None``
+    when there is no such broker, or it is bound to another address than ``host``."""
 
 def runtime_dir() -> str | None:
     """The folder brokers write their runtime files to unless configured otherwise:

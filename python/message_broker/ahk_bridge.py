@@ -314,8 +314,12 @@ class AHKBridge:
             reader, writer = await asyncio.open_unix_connection(self._client.host)
             return reader, writer, None
         host, port = self._client.host, self._client.port
+        token = self._client._token or os.environ.get(_core.TOKEN_ENV) or None
+        if token is None and (local := _core.find_local_broker(host, port)) is not None:
+            # The runtime file's token goes only to the address the broker wrote there.
+            host, token = local
         reader, writer = await asyncio.open_connection(host, port)
-        return reader, writer, self._client._token or _core.find_token(host, port)
+        return reader, writer, token
 
     async def _watch(self, script: BridgedScript, relay: ScriptRelay, ended: asyncio.Event) -> None:
         await relay.exited.wait()

@@ -23,7 +23,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TOKEN_ENV", runtime_file::TOKEN_ENV)?;
     m.add("RUNTIME_DIR_ENV", runtime_file::RUNTIME_DIR_ENV)?;
     m.add_function(wrap_pyfunction!(error_codes, m)?)?;
-    m.add_function(wrap_pyfunction!(find_token, m)?)?;
+    m.add_function(wrap_pyfunction!(find_local_broker, m)?)?;
     m.add_function(wrap_pyfunction!(runtime_dir, m)?)?;
     m.add_function(wrap_pyfunction!(validate_client_id, m)?)?;
     m.add_function(wrap_pyfunction!(validate_publish_options, m)?)?;
@@ -36,11 +36,11 @@ fn error_codes() -> Vec<(&'static str, i32)> {
     crate::ErrorCode::ALL.iter().map(|c| (c.name(), c.code())).collect()
 }
 
-/// The token a client sends to `host:port` when given none: `MESSAGE_BROKER_TOKEN`,
-/// else the runtime file of a broker of this user on this machine.
+/// Where to connect and the token to send for the broker of this user on `port`
+/// that `host` names, from its runtime file: `(address, token)`, or None.
 #[pyfunction]
-fn find_token(host: &str, port: u16) -> Option<String> {
-    runtime_file::find_token(host, port)
+fn find_local_broker(host: &str, port: u16) -> Option<(String, String)> {
+    runtime_file::find_local(host, port).map(|local| (local.address.to_string(), local.token))
 }
 
 /// The folder where brokers write their runtime files unless configured otherwise.

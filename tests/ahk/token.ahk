@@ -27,9 +27,12 @@ for token in A_Args {
         Say("refused " refusal.Code " connected=" broker.Connected ": " refusal.Message)
         continue
     }
-    ; Where the token would come from for a broker elsewhere on the same port.
+    ; Where the token would come from for a broker elsewhere on the same port, and
+    ; for a listener on another loopback address of this machine.
     MessageBroker("ahk_remote", "192.0.2.1", port)._FindToken(&remote)
-    Say("connected; remote token from: " (remote = "" ? "nowhere" : remote))
+    MessageBroker("ahk_other", "127.0.0.2", port)._FindToken(&other)
+    Say("connected; remote token from: " (remote = "" ? "nowhere" : remote)
+        . "; other loopback address: " (other = "" ? "nowhere" : other))
     broker.Subscribe("ahk.token.in", (msg) => broker.Publish("ahk.token.out", msg.Payload))
     broker.Subscribe("ahk.token.quit", (*) => (broker.Close(), ExitApp(0)))
     return
