@@ -40,11 +40,49 @@ def apt_install(session: nox.Session, *packages: str) -> bool:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Rust unit tests, then the Python suite against a release build."""
+    """Rust unit tests, then the Python suite against the release wheel, which is
+    also installed alone into a fresh virtualenv to run an example from it."""
     session.run("cargo", "test", "--locked", external=True, env=CORE_TARGET)
     install_wine(session)
-    session.install(".[test]")
+    wheel = build_wheel(session)
+    session.install(f"{wheel}[test]")
     session.run("pytest", *session.posargs)
+    run_example_from_fresh_venv(session, wheel)
+
+
+def build_wheel(session: nox.Session) -> str:
+    """One abi3 wheel, for every CPython from 3.10 on, as `maturin build --release`
+    makes it."""
+    import glob
+    import shutil
+
+    dist = os.path.join("target", "dist")
+    shutil.rmtree(dist, ignore_errors=True)
+    session.install("maturin>=1.9.4,<2")
+    session.run("maturin", "build", "--release", "--locked", "--out", dist)
+    (wheel,) = glob.glob(os.path.join(dist, "*.whl"))
+    if "-cp310-abi3-" not in os.path.basename(wheel):
+        session.error(f"expected one abi3 wheel for CPython >= 3.10, got {wheel}")
+    return wheel
+
+
+def run_example_from_fresh_venv(session: nox.Session, wheel: str) -> None:
+    """What a user gets from the wheel alone: a new virtualenv, the wheel, an example
+    run outside the source tree (so nothing is imported from it)."""
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mb-wheel-") as scratch:
+        venv = os.path.join(scratch, "venv")
+        session.run(sys.executable, "-m", "venv", venv, external=True)
+        bin_dir = os.path.join(venv, "Scripts" if sys.platform == "win32" else "bin")
+        python = os.path.join(bin_dir, "python")
+        install = [python, "-m", "pip", "install", "--quiet", os.path.abspath(wheel)]
+        session.run(*install, external=True)
+        example = os.path.abspath(os.path.join("examples", "hello.py"))
+        with session.chdir(scratch):
+            session.run(python, example, external=True)
+            session.run(os.path.join(bin_dir, "message-broker"), "--version", external=True)
 
 
 def install_wine(session: nox.Session) -> None:

@@ -1,4 +1,4 @@
-//! Broker configuration: seed 000's `BrokerConfig` with its defaults, plus the
+//! Broker configuration: `BrokerConfig` with its defaults, plus the
 //! timeouts that protect the broker from clients that never finish a frame.
 
 use std::collections::HashSet;
@@ -177,7 +177,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_match_the_seed_and_are_valid() {
+    fn defaults_are_the_documented_ones_and_valid() {
         let config = BrokerConfig::default();
         assert_eq!(config.host, "localhost");
         assert_eq!(config.port, 15234);

@@ -3,7 +3,7 @@
 use std::io;
 
 /// A JSON-RPC error code. The first seven come from the JSON-RPC 2.0 specification
-/// and seed 000; the rest are the broker's own, in the server-defined range
+/// and the original protocol; the rest are the broker's own, in the server-defined range
 /// `-32000..=-32099`. After the codes marked "closes", the broker closes the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {

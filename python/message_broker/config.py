@@ -1,4 +1,4 @@
-"""Broker configuration: seed 000's ``BrokerConfig`` and its defaults."""
+"""Broker configuration: ``BrokerConfig``, its defaults and config files."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 //! A topic is a dot-separated list of non-empty segments (`jobs.123.updated`). A
 //! pattern may also use `*` or `+` for exactly one segment and `#`, in last position
 //! only, for zero or more segments. Segments are never empty, so `*` and `+` match the
-//! same set; both are kept because seed 000 documents both.
+//! same set; both are kept because the protocol has always documented both.
 
 use crate::error::RpcError;
 
@@ -140,9 +140,9 @@ pub fn matches(pattern: &str, topic: &str) -> bool {
 mod tests {
     use super::*;
 
-    /// The pattern table from seed 000, plus the contract's reading of `#`.
+    /// The protocol's documented pattern table, plus the reading of `#` as zero or more.
     #[test]
-    fn seed_pattern_table() {
+    fn documented_pattern_table() {
         let table = [
             ("jobs.activated", "jobs.activated", true),
             ("jobs.activated", "jobs.created", false),

@@ -1,0 +1,66 @@
+"""What a new user meets first: the hello example, the package's metadata and files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def test_the_hello_example_runs_as_written():
+    result = subprocess.run(
+        [sys.executable, str(REPOSITORY / "examples" / "hello.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "greetings.world: {'text': 'hello'}",
+        "21 doubled is 42",
+    ]
+
+
+def test_the_configuration_reference_names_every_setting_and_option():
+    import dataclasses
+    import inspect
+
+    from message_broker import BrokerClient, BrokerConfig
+
+    reference = (REPOSITORY / "docs" / "configuration.md").read_text(encoding="utf-8")
+    for field in dataclasses.fields(BrokerConfig):
+        assert f"| `{field.name}` |" in reference, f"BrokerConfig.{field.name} is not documented"
+    for name in inspect.signature(BrokerClient).parameters:
+        assert f"| `{name}` |" in reference, f"BrokerClient({name}=) is not documented"
+
+
+def test_the_license_is_the_one_the_package_declares():
+    import tomllib
+
+    license_text = (REPOSITORY / "LICENSE").read_text(encoding="utf-8")
+    declared = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]["license"]
+    assert declared == {"text": "MIT"}
+    assert license_text.startswith("MIT License")
+    assert 'license = "MIT"' in (REPOSITORY / "Cargo.toml").read_text()
+
+
+def test_the_service_definitions_start_the_broker_with_options_it_takes():
+    import re
+    import shlex
+
+    from message_broker.__main__ import build_parser
+
+    unit = (REPOSITORY / "examples" / "service" / "message-broker.service").read_text()
+    (exec_start,) = re.findall(r"^ExecStart=(.*)$", unit, flags=re.M)
+    command, *arguments = shlex.split(exec_start.replace("%h", "/home/user"))
+    assert command.endswith("/message-broker")
+    parsed = build_parser().parse_args(arguments)
+    assert (parsed.command, parsed.require_token) == ("serve", True)
+    assert parsed.data_dir == "/home/user/.local/share/message-broker/data"
+
+    task = (REPOSITORY / "examples" / "service" / "message-broker-at-logon.ps1").read_text()
+    (argument,) = re.findall(r'-Argument "(.*)"$', task, flags=re.M)
+    parsed = build_parser().parse_args(shlex.split(argument.replace("`", "")))
+    assert (parsed.command, parsed.require_token) == ("serve", True)
