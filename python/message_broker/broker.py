@@ -56,6 +56,7 @@ class MessageBroker:
 
     @property
     def is_running(self) -> bool:
+        """True from a successful start until the broker has stopped."""
         return self._server.is_running
 
     @property

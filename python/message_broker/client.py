@@ -111,6 +111,7 @@ class BrokerClient:
     # -- properties -----------------------------------------------------------------------
     @property
     def client_id(self) -> str:
+        """The id this client connects with."""
         return self._core.client_id
 
     @property

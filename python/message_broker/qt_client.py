@@ -136,10 +136,12 @@ class QtBrokerClient(QObject):
 
     @property
     def client_id(self) -> str:
+        """The id this client connects with."""
         return self._core.client_id
 
     @property
     def is_connected(self) -> bool:
+        """True while a connection to the broker is up, this very moment."""
         return self._core.is_connected
 
     @property
@@ -408,6 +410,7 @@ class QtBrokerHost(QObject):
 
     @property
     def port(self) -> int | None:
+        """The port the broker listens on while running, else None."""
         return self.broker.port
 
     def start(self) -> int:
