@@ -48,10 +48,14 @@ pub enum ErrorCode {
     /// The broker's permission rules do not let this client publish to the topic or
     /// subscribe to the pattern; nothing was delivered or subscribed.
     PermissionDenied,
+    /// The responder failed: it answered the request with an error (the exception its
+    /// callback raised) instead of a payload. The error's `data` carries the
+    /// [`ResponderFailure`].
+    ResponderError,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::ParseError,
         ErrorCode::InvalidRequest,
         ErrorCode::MethodNotFound,
@@ -71,6 +75,7 @@ impl ErrorCode {
         ErrorCode::StorageFailed,
         ErrorCode::Unauthorized,
         ErrorCode::PermissionDenied,
+        ErrorCode::ResponderError,
     ];
 
     pub const fn code(self) -> i32 {
@@ -94,6 +99,7 @@ impl ErrorCode {
             ErrorCode::StorageFailed => -32012,
             ErrorCode::Unauthorized => -32013,
             ErrorCode::PermissionDenied => -32014,
+            ErrorCode::ResponderError => -32015,
         }
     }
 
@@ -119,6 +125,7 @@ impl ErrorCode {
             ErrorCode::StorageFailed => "STORAGE_FAILED",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::ResponderError => "RESPONDER_ERROR",
         }
     }
 }
@@ -129,11 +136,31 @@ impl ErrorCode {
 pub struct RpcError {
     pub code: ErrorCode,
     pub message: String,
+    /// For [`ErrorCode::ResponderError`]: how the responder failed, sent in `data`.
+    pub failure: Option<Box<ResponderFailure>>,
+}
+
+/// How a responder failed, as its error reply said, and who it was.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ResponderFailure {
+    /// The name of the exception type (or the responder's own kind of error).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+    /// The client id of the responder.
+    pub responder: String,
 }
 
 impl RpcError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into() }
+        RpcError { code, message: message.into(), failure: None }
+    }
+
+    /// The error a requester gets when its responder answered with a failure.
+    pub fn responder_failed(failure: ResponderFailure) -> Self {
+        let message =
+            format!("the responder {:?} failed: {}: {}", failure.responder, failure.kind, failure.message);
+        RpcError { code: ErrorCode::ResponderError, message, failure: Some(Box::new(failure)) }
     }
 
     pub fn invalid_params(message: impl Into<String>) -> Self {

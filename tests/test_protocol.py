@@ -285,6 +285,7 @@ def test_error_table_is_complete():
         "STORAGE_FAILED": -32012,
         "UNAUTHORIZED": -32013,
         "PERMISSION_DENIED": -32014,
+        "RESPONDER_ERROR": -32015,
     }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QCoreApplication, QThread, QTimer
 
-from message_broker import BrokerConfig, Message, MessageBroker
+from message_broker import BrokerConfig, Message, MessageBroker, ResponderError
 from message_broker.qt_client import QtBrokerClient, QtBrokerHost
 
 from support import TESTS
@@ -467,3 +467,90 @@ def test_a_will_the_broker_would_refuse_fails_the_connection_at_once(qtbot):
         client.connect_to_broker(will={"topic": "system.nope"})
     assert "reserved" in failed.args[0]
     assert not client.is_connected
+
+
+def test_a_qt_responder_that_raises_fails_the_request_at_once(qtbot, qt_client):
+    service = qt_client("svc")
+    client = qt_client("client")
+
+    def divide(msg: Message) -> float:
+        return msg.payload["a"] / msg.payload["b"]
+
+    with qtbot.waitSignal(service.subscribed, timeout=WAIT_MS):
+        service.subscribe("math.divide", divide)
+    outcomes: list[tuple[object, object]] = []
+    with qtbot.waitSignal(client.request_failed, timeout=WAIT_MS) as failed:
+        number = client.request(
+            "math.divide",
+            {"a": 1, "b": 0},
+            timeout=60,
+            callback=lambda r, e: outcomes.append((r, e)),
+        )
+    assert failed.args[0] == number and "ZeroDivisionError" in failed.args[1]
+    ((reply, error),) = outcomes
+    assert reply is None and isinstance(error, ResponderError)
+    assert (error.error_type, error.error_message, error.responder) == (
+        "ZeroDivisionError",
+        "division by zero",
+        "svc",
+    )
+
+
+def test_a_qt_request_over_max_message_size_fails_at_once(qtbot, start_broker):
+    broker = start_broker(max_message_size=4096)
+    client = QtBrokerClient("qt", "127.0.0.1", broker.port)
+    with qtbot.waitSignal(client.connected, timeout=WAIT_MS):
+        client.connect_to_broker()
+    try:
+        failures: list[tuple[int, str]] = []
+        client.request_failed.connect(lambda number, reason: failures.append((number, reason)))
+        number = client.request("anything", "x" * 5000, timeout=60)
+        # Emitted during the call, not after a timeout.
+        assert [n for n, _ in failures] == [number]
+        assert "max_message_size" in failures[0][1]
+    finally:
+        client.disconnect_from_broker()
+
+
+def test_a_qt_client_connects_again_after_a_failed_connect(qtbot):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = QtBrokerClient("qt", "127.0.0.1", port, connect_retries=0, reconnect_delay=0.05)
+    with qtbot.waitSignal(client.connection_failed, timeout=WAIT_MS):
+        client.connect_to_broker()
+    with qtbot.waitSignal(client.connection_failed, timeout=WAIT_MS):
+        client.connect_to_broker()
+    broker = MessageBroker(BrokerConfig(host="127.0.0.1", port=port))
+    try:
+        # Started once the client waits for it: connect_retries=0 alone would give up.
+        QTimer.singleShot(300, broker.start_sync)
+        with qtbot.waitSignal(client.connected, timeout=WAIT_MS):
+            client.connect_to_broker(wait=20)
+        with qtbot.waitSignal(client.disconnected, timeout=WAIT_MS):
+            client.disconnect_from_broker()
+    finally:
+        broker.stop_sync()
+
+
+def test_a_qt_client_taken_over_says_so(qtbot, qt_client):
+    first = qt_client("same-id")
+    with qtbot.waitSignal(first.error_occurred, timeout=WAIT_MS) as error:
+        qt_client("same-id")
+    assert "taken over by another connection with this client_id" in error.args[0]
+    assert not first.is_connected
+
+
+@pytest.mark.parametrize(
+    "arguments, error, named",
+    [
+        ({"port": "41234"}, TypeError, "port"),
+        ({"host": None}, TypeError, "host"),
+        ({"host": ""}, ValueError, "host"),
+        ({"connect_timeout": 0}, ValueError, "connect_timeout"),
+        ({"max_pending": True}, TypeError, "max_pending"),
+    ],
+)
+def test_qt_constructor_arguments_are_checked_at_once(arguments, error, named):
+    with pytest.raises(error, match=named):
+        QtBrokerClient("qt", **arguments)

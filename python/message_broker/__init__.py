@@ -29,6 +29,7 @@ from message_broker.errors import (
     PermissionDeniedError,
     QueueFullError,
     RequestTimeoutError,
+    ResponderError,
     StorageError,
 )
 from message_broker.message import Message
@@ -61,6 +62,7 @@ __all__ = [
     "PermissionDeniedError",
     "QueueFullError",
     "RequestTimeoutError",
+    "ResponderError",
     "StorageError",
     "__version__",
 ]

@@ -12,6 +12,7 @@ to each operation into futures or signals.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import socket
@@ -37,6 +38,9 @@ Callback = Callable[[Message], Any]
 
 # How an operation ends: (what it gives back, None) or (what it is about, the error).
 Done = Callable[[Any, BrokerError | None], None]
+
+# How a deferred callback ends: (what it returned, None) or (None, what it raised).
+Finish = Callable[[Any, "Exception | None"], None]
 
 CLIENT_DEFAULTS = _core.CLIENT_DEFAULTS
 """The defaults of the clients' options: the engine's own, read from the extension."""
@@ -68,10 +72,10 @@ class Front(Protocol):
         """Something the user should hear of, already logged (a message that could not
         be delivered, a request that could not be answered)."""
 
-    def _defer(self, callback: Callback, result: Any, message: Message) -> bool:
+    def _defer(self, result: Any, finish: Finish) -> bool:
         """True when ``result`` is work still running (a coroutine) that the front
-        finishes later, ending with :meth:`ClientCore.callback_done` or
-        :meth:`ClientCore.callback_failed`."""
+        finishes later, calling ``finish(value, None)`` with what it returned or
+        ``finish(None, exception)`` with what it raised."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +135,11 @@ class ClientCore:
         self._front = front
         self._connect_call = connect_call
         self._callbacks: dict[int, Callback | None] = {}
+        # Passive subscriptions never answer a request with their callback's failure.
+        self._passive: set[int] = set()
         self._subscription_ids = itertools.count(1)
+        # Why the engine stopped by itself, once it has: what "not connected" says.
+        self._stop_reason: str | None = None
         self._calls: dict[int, Callable[[str | None, BrokerError | None], None]] = {}
         # Called for every message: looked up once.
         self._on_message = front._on_message
@@ -163,14 +171,23 @@ class ClientCore:
         return self.engine is not None and self.engine.is_connected
 
     # -- the engine's life ----------------------------------------------------------------
-    def open(self, will: dict[str, Any] | None) -> socket.socket:
+    def open(self, will: dict[str, Any] | None, wait: float | None = None) -> socket.socket:
         """Starts the engine; returns the socket that becomes readable when it has
         events (the engine owns the other end). Raises :class:`InvalidMessageError`
-        for a ``will`` the broker would refuse, ``TypeError`` when it is not a dict."""
+        for a ``will`` the broker would refuse, ``TypeError`` when it is not a dict.
+        With ``wait`` (seconds), the first connection is tried until then instead of
+        ``connect_retries`` times; ``TypeError``/``ValueError`` when it is not a
+        positive number."""
+        if wait is not None:
+            if isinstance(wait, bool) or not isinstance(wait, (int, float)):
+                raise TypeError(f"wait must be a number of seconds, got {wait!r}")
+            if not 0 < wait < float("inf"):
+                raise ValueError(f"wait must be a positive number of seconds, got {wait!r}")
         reader, writer = socket.socketpair()
         reader.setblocking(False)
+        self._stop_reason = None
         try:
-            self.engine = _core.Client(self.options, writer.detach(), will)
+            self.engine = _core.Client(self.options, writer.detach(), will, wait)
         except ValueError as error:
             reader.close()
             raise InvalidMessageError(str(error)) from None
@@ -189,12 +206,36 @@ class ClientCore:
         waits for it."""
         engine, self.engine = self.engine, None
         if engine is not None:
+            self._stop_reason = engine.stop_reason
             engine.close()
         self._callbacks.clear()
+        self._passive.clear()
         calls, self._calls = self._calls, {}
-        error = NotConnectedError("the client is closed")
+        error = self.not_connected()
         for done in calls.values():
             done(None, error)
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the engine stopped by itself (its first connection failed, its session
+        was taken over, its connection was lost with ``reconnect`` off), once it has."""
+        engine = self.engine
+        return engine.stop_reason if engine is not None else self._stop_reason
+
+    def not_connected(self) -> NotConnectedError:
+        """The error of a call that cannot be made: the client is not running, saying
+        why it stopped when it stopped by itself."""
+        reason = self.stop_reason
+        if reason is not None:
+            return NotConnectedError(f"not connected: {reason}; call {self._connect_call} again")
+        return NotConnectedError(f"not connected: call {self._connect_call} first")
+
+    def _refused(self, error: ConnectionError) -> NotConnectedError:
+        """A ``ConnectionError`` of the engine: not connected (and not queued), or
+        stopped, saying why."""
+        if self.stop_reason is not None:
+            return self.not_connected()
+        return NotConnectedError(str(error))
 
     def take_events(self) -> list[Event]:
         """The events that are waiting, oldest first (at most a batch)."""
@@ -218,7 +259,7 @@ class ClientCore:
 
     def require(self) -> _core.Client:
         if self.engine is None:
-            raise NotConnectedError(f"not connected: call {self._connect_call} first")
+            raise self.not_connected()
         return self.engine
 
     # -- operations -----------------------------------------------------------------------
@@ -245,7 +286,7 @@ class ClientCore:
         except ValueError as error:
             raise InvalidMessageError(str(error)) from None
         except ConnectionError as error:
-            raise NotConnectedError(str(error)) from None
+            raise self._refused(error) from None
         if call is not None and confirmed is not None:
             self._calls[call] = lambda _, error: confirmed(message_id, error)
         return message_id
@@ -273,12 +314,15 @@ class ClientCore:
                     "apply to queues: give queue= or durable=True"
                 )
             subscription = self._add_callback(callback)
+            if options.passive:
+                self._passive.add(subscription)
             try:
                 call = engine.subscribe(
                     subscription, patterns, bool(options.passive), bool(options.no_local)
                 )
             except ValueError as error:
                 del self._callbacks[subscription]
+                self._passive.discard(subscription)
                 raise InvalidMessageError(str(error)) from None
             self._expect(call, lambda _, error: done(patterns, _succeeded_unless_refused(error)))
             return patterns
@@ -315,6 +359,7 @@ class ClientCore:
             raise InvalidMessageError(str(error)) from None
         for subscription in emptied:
             self._callbacks.pop(subscription, None)
+            self._passive.discard(subscription)
         self._expect(call, lambda _, error: done(removed, _succeeded_unless_refused(error)))
         return removed
 
@@ -367,7 +412,7 @@ class ClientCore:
         except ValueError as error:
             raise InvalidMessageError(str(error)) from None
         except ConnectionError as error:
-            raise NotConnectedError(str(error)) from None
+            raise self._refused(error) from None
 
     def _add_callback(self, callback: Callback | None) -> int:
         subscription = next(self._subscription_ids)
@@ -385,11 +430,12 @@ class ClientCore:
     def _deliver(self, delivery: _core.Delivery) -> None:
         message = delivery.message
         self._on_message(message)
-        answered = False
         # A message from a queue has one subscription: it is acknowledged when its
         # callback succeeds (or, without a callback, once the front has handed it
         # over) and given back when it fails or the subscription has gone meanwhile.
         succeeded = False
+        # What a callback raised, answered to a request unless another answers it.
+        failure: Exception | None = None
         for subscription in delivery.subscriptions:
             if subscription not in self._callbacks:
                 continue
@@ -399,40 +445,77 @@ class ClientCore:
                 continue
             try:
                 result = callback(message)
-            except Exception:
+            except Exception as error:
                 logger.exception("callback %r failed on a message on %r", callback, message.topic)
+                if subscription not in self._passive and failure is None:
+                    failure = error
                 continue
             if result is not None:
-                if self._defer(callback, result, message):
+                answers = subscription not in self._passive
+                finish = functools.partial(self._finish_deferred, callback, message, answers)
+                if self._defer(result, finish):
                     if message.queue is not None:
                         return  # settled when it ends
                     continue
-                if message.reply_to is not None and not answered:
-                    answered = True
-                    self._reply(message, result)
+                self._answer(message, result)
+            succeeded = True
+        if failure is not None and self._answer_failure(message, failure):
+            # The requester has its answer: a request from a queue is not given back
+            # for another consumer to answer in vain.
             succeeded = True
         if message.queue is not None:
             message._finish(succeeded, True)
 
-    def callback_done(self, message: Message, result: Any) -> None:
-        """A deferred callback returned ``result``: it answers a request, and a message
-        from a queue is acknowledged (unless settled already)."""
-        if result is not None and message.reply_to is not None:
-            self._reply(message, result)
-        message.ack()
+    def _finish_deferred(
+        self,
+        callback: Callback,
+        message: Message,
+        answers: bool,
+        result: Any,
+        error: Exception | None,
+    ) -> None:
+        """A deferred callback ended. What it returned answers a request, and a
+        message from a queue is acknowledged (unless settled already). What it raised
+        is logged, answers a request (unless its subscription is passive), and a
+        message from a queue goes back to it unless that answered its requester."""
+        if error is None:
+            self._answer(message, result)
+            message.ack()
+            return
+        logger.error(
+            "callback %r failed on a message on %r",
+            callback,
+            message.topic,
+            exc_info=(type(error), error, error.__traceback__),
+        )
+        if answers and self._answer_failure(message, error):
+            message.ack()
+        else:
+            message.nack(requeue=True)
 
-    def callback_failed(self, callback: Callback, message: Message) -> None:
-        """A deferred callback raised (call it from the ``except`` block): logged, and a
-        message from a queue goes back to it."""
-        logger.exception("callback %r failed on a message on %r", callback, message.topic)
-        message.nack(requeue=True)
-
-    def _reply(self, message: Message, result: Any) -> None:
-        assert message.reply_to is not None
+    def _answer(self, message: Message, result: Any) -> None:
+        """A callback's value answers a request, unless it is None or the request was
+        answered already (with ``respond``, or by another callback)."""
+        if result is None or message.reply_to is None or message.responded:
+            return
         try:
-            self.require().publish(message.reply_to, result, 0, 0, False, None)
+            message.respond(result)
         except (BrokerError, ValueError, ConnectionError, BlockingIOError) as error:
             self._problem(f"could not answer the request on {message.topic!r}: {error}")
+
+    def _answer_failure(self, message: Message, error: Exception) -> bool:
+        """Answers a request with what its callback raised, so its requester fails at
+        once with ResponderError; True when sent."""
+        if message.reply_to is None or message.responded:
+            return False
+        try:
+            message._respond_error(type(error).__name__, str(error))
+        except (BrokerError, ValueError, ConnectionError, BlockingIOError) as refusal:
+            self._problem(
+                f"could not tell the requester on {message.topic!r} of the failure: {refusal}"
+            )
+            return False
+        return True
 
     def _undecodable(self, event: _core.Undecodable) -> None:
         """A message whose payload Python cannot hold (an integer past Python's digit
@@ -463,7 +546,7 @@ class ClientCore:
     def _call_failed(self, event: _core.CallFailed) -> None:
         done = self._calls.pop(event.call, None)
         if done is not None:
-            done(None, error_from_code(event.code, event.message))
+            done(None, error_from_code(event.code, event.message, event.data))
 
     def _publish_failed(self, event: _core.PublishFailed) -> None:
         logger.warning(

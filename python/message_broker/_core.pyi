@@ -259,8 +259,10 @@ class Broker:
 
 @final
 class ClientOptions:
-    """How a client connects, checked once: raises ``ValueError`` naming the first
-    option that is not valid (``client_id`` by ``validate_client_id``)."""
+    """How a client connects, checked once: raises ``TypeError`` (a value of the wrong
+    type: ``port="41234"``, ``host=None``) or ``ValueError`` (one out of range: a port
+    past 65535, an empty host, a timeout that is not positive) naming the first option
+    that is not valid (``client_id`` by ``validate_client_id``)."""
 
     def __init__(
         self,
@@ -297,18 +299,28 @@ class Client:
     handle was passed in (the front awaits the other end)."""
 
     def __init__(
-        self, options: ClientOptions, wake_socket_handle: int, will: dict[str, Any] | None = None
+        self,
+        options: ClientOptions,
+        wake_socket_handle: int,
+        will: dict[str, Any] | None = None,
+        wait: float | None = None,
     ) -> None:
         """Starts connecting in the background. Takes ownership of the socket handle
         (from ``socket.detach()``). ``will`` is the last will (``topic``, and optionally
         ``payload``, ``qos``, ``retain``, ``ttl``): ``TypeError`` when not a dict,
-        ``ValueError`` when the broker would refuse it."""
+        ``ValueError`` when the broker would refuse it. With ``wait`` (seconds) the
+        first connection is tried until then instead of ``connect_retries`` times."""
 
     @property
     def is_connected(self) -> bool: ...
     @property
     def max_message_size(self) -> int:
         """The broker's limit, learned when connecting."""
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the client stopped by itself: its first connection failed, its session
+        was taken over, or its connection was lost with ``reconnect`` off. ``None``
+        while it runs and after ``close()``."""
 
     def publish(
         self,
@@ -337,7 +349,9 @@ class Client:
 
     def call(self, method: str, params: Any) -> int:
         """Sends a call; returns the call id its answer carries. Raises ``ValueError``
-        for params JSON cannot carry, ``ConnectionError`` when not connected."""
+        for params JSON cannot carry or a call over the broker's ``max_message_size``
+        (which the broker would discard unanswered), ``ConnectionError`` when not
+        connected."""
 
     def subscribe(
         self, subscription: int, patterns: list[str], passive: bool, no_local: bool
@@ -418,6 +432,10 @@ class CallFailed:
     def code(self) -> int: ...
     @property
     def message(self) -> str: ...
+    @property
+    def data(self) -> dict[str, Any] | None:
+        """The error's ``data``: its ``name``, and for ``RESPONDER_ERROR`` the
+        responder's ``type``, ``message`` and ``responder`` (its client id)."""
 
 @final
 class PublishFailed:
@@ -496,7 +514,7 @@ class Message:
     """Seconds since the Unix epoch when the broker accepted the message."""
     reply_to: str | None
     """Where the answer to a request goes; ``None`` for plain messages. A callback
-    answers simply by returning a value."""
+    answers by returning a value other than ``None``, or with :meth:`respond`."""
     ttl: float | None
     """Seconds the publisher gave the message to live, when it gave any."""
     qos: int
@@ -550,3 +568,20 @@ class Message:
     def _finish(self, ack: bool, requeue: bool) -> None:
         """Settles it unless already settled: what the client does once the callback
         is done with it."""
+
+    @property
+    def responded(self) -> bool:
+        """True once the request has been answered, by :meth:`respond` or by a
+        callback."""
+
+    def respond(self, value: Any) -> None:
+        """Answers this request with ``value`` (any value JSON can carry, ``None``
+        included). A request gets one reply: what a callback returns afterwards sends
+        nothing more. Raises ``RuntimeError`` for a message that is not a request
+        (``reply_to`` is ``None``) or was answered already, ``InvalidMessageError``
+        for a value JSON cannot carry or one over ``max_message_size``,
+        ``NotConnectedError`` when the client has stopped."""
+
+    def _respond_error(self, kind: str, message: str) -> None:
+        """Answers this request with a failure (what the client does when a callback
+        raises): the requester's ``request`` raises ``ResponderError``."""

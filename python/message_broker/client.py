@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from message_broker import _core
-from message_broker._client_core import CLIENT_DEFAULTS, ClientCore, SubscribeOptions
+from message_broker._client_core import CLIENT_DEFAULTS, ClientCore, Finish, SubscribeOptions
 from message_broker.config import DEFAULT_HOST, DEFAULT_PORT
 from message_broker.errors import (
     ERROR_CODES,
@@ -36,7 +36,9 @@ logger = logging.getLogger("message_broker.client")
 
 Callback = Callable[[Message], Any | Awaitable[Any]]
 """A subscriber: called with each matching :class:`Message`, sync or async. A value
-other than ``None`` that it returns (or that its coroutine returns) answers a request."""
+other than ``None`` that it returns (or that its coroutine returns) answers a request,
+unless it answered with :meth:`Message.respond` already; an exception it raises answers
+it with the failure (the requester gets :class:`ResponderError`)."""
 
 # Extra time a request waits beyond its own timeout before giving up on the broker.
 _REQUEST_GRACE = 5.0
@@ -105,6 +107,8 @@ class BrokerClient:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Why the broker refused the last connect, raised by ``async with``.
         self._refused: BrokerError | None = None
+        # Why the last connect failed, when the broker did not refuse it itself.
+        self._connect_failure = "it cannot be reached"
         # The token given, for the connections AHKBridge opens to the same broker.
         self._token = token
 
@@ -146,10 +150,18 @@ class BrokerClient:
         return f"<BrokerClient {self.client_id!r} {self.url} {state}>"
 
     # -- lifecycle ------------------------------------------------------------------------
-    async def connect(self, will: dict[str, Any] | None = None) -> bool:
+    async def connect(
+        self, will: dict[str, Any] | None = None, *, wait: float | None = None
+    ) -> bool:
         """Connects, retrying ``connect_retries`` times with back-off. Returns ``False``
         when the broker cannot be reached or refuses the connection (the reason is
-        logged on ``message_broker.client``).
+        logged on ``message_broker.client``, and what a call made meanwhile raises says
+        it too); the client is then stopped, and ``connect()`` may be called again.
+
+        ``wait`` (seconds) keeps trying the first connection for up to that long
+        instead, for a program that may start before its broker (each attempt is still
+        bounded by ``connect_timeout``). A broker that refuses the connection itself
+        (a missing or wrong token) ends the wait at once.
 
         ``will`` (``{"topic": ..., "payload": ..., "qos": 0, "retain": False}``) is
         this client's last will: the broker publishes it if the connection ends
@@ -162,11 +174,13 @@ class BrokerClient:
             return self.is_connected
         loop = asyncio.get_running_loop()
         self._refused = None
-        wake = self._core.open(will)
+        wake = self._core.open(will, wait)
         self._loop = loop
         self._connecting = loop.create_future()
         self._closed = loop.create_future()
         self._pump = loop.create_task(self._run(wake), name=f"broker-client-{self.client_id}")
+        # A failed connect settles only once the engine has stopped, so that a
+        # connect() right after it starts afresh.
         return await asyncio.shield(self._connecting)
 
     async def disconnect(self) -> None:
@@ -189,7 +203,9 @@ class BrokerClient:
         if not await self.connect():
             if self._refused is not None:
                 raise self._refused
-            raise NotConnectedError(f"cannot connect to the broker at {self.url}")
+            raise NotConnectedError(
+                f"cannot connect to the broker at {self.url}: {self._connect_failure}"
+            )
         return self
 
     async def __aexit__(
@@ -266,8 +282,13 @@ class BrokerClient:
 
         ``callback`` may be a function or a coroutine function. It runs on the event
         loop that connected; an exception in it is logged and delivery goes on. A value
-        it returns for a request message is the reply. A retained message of a matching
-        topic is delivered first (``message.retained``).
+        other than ``None`` it returns for a request message is the reply
+        (``message.respond(value)`` answers explicitly, ``None`` included, and then the
+        return value sends nothing more). When it raises on a request, the requester
+        gets :class:`ResponderError` at once with the exception's type and message
+        (unless another of this client's callbacks answers the same delivery); the first
+        answer wins, a failure included. A retained message of a matching topic is
+        delivered first (``message.retained``).
 
         ``queue="workers"`` joins a queue group: each matching message goes to exactly
         one member, in turn among those with room, while plain subscribers still get
@@ -276,7 +297,8 @@ class BrokerClient:
         broker restarts when the broker has a ``data_dir``, where its backlog stays on
         disk); without ``queue`` it is named after this client. Messages
         from a queue are acknowledged when the callback returns without raising and
-        given back for redelivery when it raises (see :meth:`Message.ack`); after
+        given back for redelivery when it raises (see :meth:`Message.ack`), except a
+        request whose failure was answered to its requester, which is acknowledged; after
         ``max_deliveries`` deliveries they go to ``dead_letter_topic`` (default
         ``dead_letter.<queue>``). ``prefetch`` bounds the unacknowledged messages this
         client holds (default 100).
@@ -284,7 +306,8 @@ class BrokerClient:
         ``passive=True`` receives messages but never counts as a responder: a request
         that only passive subscribers match fails at once with
         :class:`NoRespondersError` (for loggers and monitors). ``no_local=True`` never
-        receives this client's own publishes. Both apply to plain subscriptions.
+        receives this client's own publishes. Both apply to plain subscriptions. A
+        passive callback that raises never answers a request with its failure.
         """
         self._require_loop()
         if not callable(callback):
@@ -343,18 +366,29 @@ class BrokerClient:
         payload.
 
         Raises :class:`NoRespondersError` at once when nobody is subscribed to
-        ``topic``, :class:`RequestTimeoutError` when no reply comes within ``timeout``
-        seconds. ``request("status", {})`` returns the broker's status.
+        ``topic``, :class:`ResponderError` at once when the responder's callback
+        raised, :class:`RequestTimeoutError` (with the broker's message) when no reply
+        comes within ``timeout`` seconds, and :class:`InvalidMessageError` at once for
+        a payload (with its headers) over the broker's ``max_message_size``.
+        ``request("status", {})`` returns the broker's status.
         """
         self._require_loop()
         answer, done = self._completion()
         self._core.request(topic, payload, timeout, done, headers)
         try:
-            return await asyncio.wait_for(answer, timeout + _REQUEST_GRACE)
-        except asyncio.TimeoutError:
+            # Not wait_for: the broker's own timeout is a TimeoutError too, and must
+            # reach the caller as it is, not be mistaken for the broker's silence.
+            await asyncio.wait((answer,), timeout=timeout + _REQUEST_GRACE)
+        finally:
+            if not answer.done():
+                answer.cancel()
+        if answer.cancelled():
             raise RequestTimeoutError(
-                f"no answer from the broker to the request on {topic!r}", ERROR_CODES["TIMEOUT"]
-            ) from None
+                f"no answer from the broker to the request on {topic!r}: its timeout of "
+                f"{timeout} s passed {_REQUEST_GRACE} s ago (is the connection stalled?)",
+                ERROR_CODES["TIMEOUT"],
+            )
+        return answer.result()
 
     def _completion(self) -> tuple[asyncio.Future[Any], Callable[[Any, BrokerError | None], None]]:
         """A future, and the completion of the core that settles it."""
@@ -390,9 +424,10 @@ class BrokerClient:
             wake.close()
             # The loop is going away (or the client closed): stop the connection too.
             core.stop()
-            self._fail_waiters(NotConnectedError("the client is closed"))
+            self._fail_waiters(core.not_connected())
             if self._closed is not None and not self._closed.done():
                 self._closed.set_result(None)
+            self._settle_connect(False)
 
     def _settle_connect(self, connected: bool) -> None:
         if self._connecting is not None:
@@ -414,15 +449,16 @@ class BrokerClient:
         pass  # logged by the core; the engine reconnects by itself
 
     def _on_connect_failed(self, reason: str, code: int | None) -> None:
+        # connect() returns False once the engine has stopped, which follows.
+        self._connect_failure = reason
         if code == ERROR_CODES["UNAUTHORIZED"]:
             self._refused = error_from_code(code, reason)
         elif code is not None:
             self._refused = NotConnectedError(reason, code)
-        self._settle_connect(False)
 
     def _on_closed(self) -> None:
         self._settle_connect(False)
-        self._fail_waiters(NotConnectedError("the client is closed"))
+        self._fail_waiters(self._core.not_connected())
 
     def _on_writable(self) -> None:
         room, self._room = self._room, []
@@ -439,18 +475,19 @@ class BrokerClient:
     def _on_problem(self, report: str) -> None:
         pass  # logged by the core
 
-    def _defer(self, callback: Callback, result: Any, message: Message) -> bool:
+    def _defer(self, result: Any, finish: Finish) -> bool:
         if not (asyncio.iscoroutine(result) or isinstance(result, asyncio.Future)):
             return False
-        task = asyncio.ensure_future(self._finish(callback, result, message))
+        task = asyncio.ensure_future(self._finish(result, finish))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _finish(self, callback: Callback, pending: Awaitable[Any], message: Message) -> None:
+    @staticmethod
+    async def _finish(pending: Awaitable[Any], finish: Finish) -> None:
         try:
             result = await pending
-        except Exception:
-            self._core.callback_failed(callback, message)
+        except Exception as error:
+            finish(None, error)
             return
-        self._core.callback_done(message, result)
+        finish(result, None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from message_broker import _core
 
 ERROR_CODES: dict[str, int] = dict(_core.error_codes())
@@ -63,6 +65,29 @@ class PermissionDeniedError(BrokerError, PermissionError):
     or subscribed."""
 
 
+class ResponderError(BrokerError):
+    """The responder failed to answer a request: its callback raised (``RESPONDER_ERROR``,
+    -32015). Raised at once, as soon as the responder's error reply arrives.
+
+    ``error_type`` is the name of the exception the responder raised (``"ValueError"``),
+    ``error_message`` its message, and ``responder`` the client id of the responder
+    (``None`` when the broker did not say)."""
+
+    def __init__(
+        self,
+        message: str,
+        code: int | None = None,
+        *,
+        error_type: str = "",
+        error_message: str = "",
+        responder: str | None = None,
+    ) -> None:
+        super().__init__(message, code)
+        self.error_type = error_type
+        self.error_message = error_message
+        self.responder = responder
+
+
 # The exception raised for each error code the client tells apart; any other code
 # raises BrokerError itself.
 _BY_CODE: dict[int, type[BrokerError]] = {
@@ -77,6 +102,17 @@ _BY_CODE: dict[int, type[BrokerError]] = {
 }
 
 
-def error_from_code(code: int, message: str) -> BrokerError:
-    """The exception for an error the broker answered with (or a lost connection)."""
+def error_from_code(code: int, message: str, data: Any = None) -> BrokerError:
+    """The exception for an error the broker answered with (or a lost connection);
+    ``data`` is the error's ``data``, which says how a responder failed."""
+    if code == ERROR_CODES["RESPONDER_ERROR"]:
+        details = data if isinstance(data, dict) else {}
+        responder = details.get("responder")
+        return ResponderError(
+            message,
+            code,
+            error_type=str(details.get("type", "")),
+            error_message=str(details.get("message", "")),
+            responder=responder if isinstance(responder, str) else None,
+        )
     return _BY_CODE.get(code, BrokerError)(message, code)

@@ -4,8 +4,9 @@ The class lives in the extension, which builds each message as it hands the batc
 deliveries over (no Python code runs per message for that). It has the attributes
 and methods documented in ``_core.pyi``: ``topic``, ``payload``, ``sender``, ``id``,
 ``timestamp``, ``reply_to``, ``ttl``, ``qos``, ``retained``, ``queue``,
-``delivery_count``, ``headers``, ``is_request``, ``redelivered``, ``settled``, ``ack()`` and
-``nack(requeue=True)``, and compares equal to a message with the same attributes.
+``delivery_count``, ``headers``, ``is_request``, ``redelivered``, ``settled``, ``ack()``,
+``nack(requeue=True)``, ``respond(value)`` and ``responded`` (for requests), and
+compares equal to a message with the same attributes.
 """
 
 from __future__ import annotations

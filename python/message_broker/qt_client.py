@@ -28,7 +28,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from message_broker import _core
-from message_broker._client_core import CLIENT_DEFAULTS, ClientCore, SubscribeOptions
+from message_broker._client_core import CLIENT_DEFAULTS, ClientCore, Finish, SubscribeOptions
 from message_broker.broker import MessageBroker
 from message_broker.config import DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
 from message_broker.errors import BrokerError, InvalidMessageError
@@ -151,18 +151,23 @@ class QtBrokerClient(QObject):
         return self._core.undecodable
 
     # -- connection -----------------------------------------------------------------------
-    def connect_to_broker(self, will: dict[str, Any] | None = None) -> None:
-        """Starts connecting; ``connected`` or ``connection_failed`` follows.
+    def connect_to_broker(
+        self, will: dict[str, Any] | None = None, *, wait: float | None = None
+    ) -> None:
+        """Starts connecting; ``connected`` or ``connection_failed`` follows. After
+        ``connection_failed`` the client is stopped and may connect again.
 
-        ``will`` (``{"topic": ..., "payload": ..., "qos": 0, "retain": False}``) is the
-        last will, published by the broker if the connection ends without
-        :meth:`disconnect_from_broker`; one the broker would refuse emits
-        ``connection_failed`` at once."""
+        ``wait`` (seconds) keeps trying the first connection for up to that long
+        instead of ``connect_retries`` times (a broker that refuses the connection
+        itself ends it at once). ``will`` (``{"topic": ..., "payload": ..., "qos": 0,
+        "retain": False}``) is the last will, published by the broker if the connection
+        ends without :meth:`disconnect_from_broker`. A will the broker would refuse, or
+        a ``wait`` that is not a positive number, emits ``connection_failed`` at once."""
         if self._core.running:
             return
         try:
-            self._wake = self._core.open(will)
-        except (BrokerError, TypeError) as error:
+            self._wake = self._core.open(will, wait)
+        except (BrokerError, TypeError, ValueError) as error:
             self.connection_failed.emit(f"cannot connect: {error}")
             return
         self._notifier = QSocketNotifier(self._wake.fileno(), QSocketNotifier.Type.Read, self)
@@ -355,6 +360,9 @@ class QtBrokerClient(QObject):
 
     def _on_disconnected(self, reason: str, reconnecting: bool) -> None:
         self.disconnected.emit()
+        if not reconnecting and self._core.stop_reason is not None:
+            # It will not come back by itself (taken over, say): the user must hear why.
+            self.error_occurred.emit(f"disconnected for good: {reason}")
 
     def _on_connect_failed(self, reason: str, code: int | None) -> None:
         self.connection_failed.emit(reason)
@@ -388,7 +396,7 @@ class QtBrokerClient(QObject):
     def _on_problem(self, report: str) -> None:
         self.error_occurred.emit(report)
 
-    def _defer(self, callback: Callable[[Message], Any], result: Any, message: Message) -> bool:
+    def _defer(self, result: Any, finish: Finish) -> bool:
         return False  # Qt callbacks are plain functions: what they return is their result
 
 

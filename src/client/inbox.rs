@@ -23,6 +23,8 @@ pub trait Waker: Send + Sync {
 pub struct RemoteError {
     pub code: i32,
     pub message: String,
+    /// The error's `data` as JSON text, when the broker sent any.
+    pub data: Option<String>,
 }
 
 /// A message delivered to this client.

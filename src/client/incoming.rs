@@ -31,16 +31,18 @@ struct Frame<'a> {
     params: Option<&'a RawValue>,
     #[serde(borrow, default)]
     result: Option<&'a RawValue>,
-    #[serde(default)]
-    error: Option<WireError>,
+    #[serde(borrow, default)]
+    error: Option<WireError<'a>>,
     #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
-struct WireError {
+struct WireError<'a> {
     code: i32,
     message: String,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -87,7 +89,11 @@ pub(super) fn handle_frame(shared: &Shared, body: &[u8]) -> Handled {
         return Handled::Done;
     }
     let result = match frame.error {
-        Some(error) => Err(RemoteError { code: error.code, message: error.message }),
+        Some(error) => Err(RemoteError {
+            code: error.code,
+            message: error.message,
+            data: error.data.map(|data| data.get().to_owned()),
+        }),
         None => Ok(frame.result.map_or("null", RawValue::get)),
     };
     let Some(id) = frame.id else {
@@ -122,7 +128,7 @@ fn publish_failed(shared: &Shared, params: Option<&RawValue>) {
         tracing::warn!("ignored a malformed publish_failed notice from the broker");
         return;
     };
-    let error = RemoteError { code: failed.code, message: failed.message };
+    let error = RemoteError { code: failed.code, message: failed.message, data: None };
     shared.inbox.push(Event::PublishFailed { message_id: failed.message_id, error });
 }
 

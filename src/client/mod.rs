@@ -38,8 +38,8 @@ use subscriptions::{Subscriptions, by_flags};
 use crate::ids::MessageIds;
 use crate::protocol::frame::Framing;
 use crate::protocol::jsonrpc::{self, CallId};
-use crate::protocol::method::{MethodName, PublishCall, SubscriptionFlags};
-use crate::protocol::rules::DEFAULT_MAX_MESSAGE_SIZE;
+use crate::protocol::method::{MethodName, PublishCall, ReplyError, SubscriptionFlags};
+use crate::protocol::rules::{DEFAULT_MAX_MESSAGE_SIZE, MAX_ERROR_MESSAGE_LEN, MAX_ERROR_TYPE_LEN};
 use crate::protocol::topic::{REPLY_PREFIX, is_reserved, parse_pattern, validate_topic};
 
 /// How a client connects. Not `Debug`: it holds the token.
@@ -58,6 +58,10 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Attempts after the first failed one before `connect` gives up.
     pub connect_retries: u32,
+    /// Instead of `connect_retries`: keep trying the first connection for this long
+    /// (each attempt still bounded by `connect_timeout`). A refusal by the broker
+    /// itself (a wrong token, say) ends it at once all the same.
+    pub connect_wait: Option<Duration>,
     /// Reconnect after losing an established connection.
     pub reconnect: bool,
     /// First and largest pause between reconnection attempts (doubling in between).
@@ -89,6 +93,7 @@ impl ClientConfig {
             version: crate::VERSION.into(),
             connect_timeout: Duration::from_secs(5),
             connect_retries: 3,
+            connect_wait: None,
             reconnect: true,
             reconnect_delay: Duration::from_millis(100),
             max_reconnect_delay: Duration::from_secs(5),
@@ -175,6 +180,8 @@ struct Shared {
     /// Counts connections: deliveries from queues can be settled only on the
     /// connection they came on.
     generation: AtomicU64,
+    /// Why the client stopped by itself, once it has (see [`Client::stop_reason`]).
+    stop_reason: Mutex<Option<String>>,
 }
 
 /// Frame overhead of a publish beyond topic and payload, generously counted.
@@ -190,7 +197,7 @@ impl Shared {
         for call in calls {
             self.inbox.push(Event::Response {
                 call,
-                result: Err(RemoteError { code: CONNECTION_LOST, message: reason.to_owned() }),
+                result: Err(RemoteError { code: CONNECTION_LOST, message: reason.to_owned(), data: None }),
             });
         }
     }
@@ -245,6 +252,7 @@ impl Client {
             ids: MessageIds::new(),
             next_call: AtomicU64::new(1),
             generation: AtomicU64::new(0),
+            stop_reason: Mutex::new(None),
         });
         runtime.spawn(task::run(shared.clone()));
         Client { shared }
@@ -256,6 +264,13 @@ impl Client {
 
     pub fn max_message_size(&self) -> usize {
         self.shared.max_message_size.load(Ordering::Relaxed)
+    }
+
+    /// Why the client stopped by itself: its first connection failed, its session was
+    /// taken over, or its connection was lost with `reconnect` off. `None` while it
+    /// runs, and after [`Client::close`].
+    pub fn stop_reason(&self) -> Option<String> {
+        self.shared.stop_reason.lock().clone()
     }
 
     /// Takes up to `limit` events (see [`Inbox::drain`]).
@@ -313,6 +328,32 @@ impl Client {
         let frame = Bytes::from(frame);
         self.push(Outgoing::new(frame, call, call.is_some() || topic.starts_with(REPLY_PREFIX)))?;
         Ok((message_id, call))
+    }
+
+    /// Answers the request whose reply address is `reply_to` with a failure instead of
+    /// a payload: the requester's `request` fails with `RESPONDER_ERROR`, saying `kind`
+    /// (the exception type) and `message`. Both are cut to the protocol's limits.
+    pub fn reply_error(&self, reply_to: &str, kind: &str, message: &str) -> Result<(), ClientError> {
+        if !reply_to.starts_with(REPLY_PREFIX) {
+            return Err(ClientError::InvalidTopic(format!(
+                "{reply_to:?} is not a reply address: only a request's reply_to is answered with an error"
+            )));
+        }
+        let kind = cut(kind.trim(), MAX_ERROR_TYPE_LEN);
+        let kind = if kind.is_empty() || kind.chars().any(char::is_control) { "Error" } else { kind };
+        #[derive(Serialize)]
+        struct Params<'a> {
+            topic: &'a str,
+            error: ReplyError,
+        }
+        let error =
+            ReplyError { kind: kind.to_owned(), message: cut(message, MAX_ERROR_MESSAGE_LEN).to_owned() };
+        let frame = jsonrpc::call(MethodName::Publish, Some(&Params { topic: reply_to, error }), None);
+        let max = self.max_message_size();
+        if frame.len() > max {
+            return Err(ClientError::TooLarge { size: frame.len(), max });
+        }
+        self.push(Outgoing::new(Bytes::from(frame), None, true))
     }
 
     /// Acknowledges (`ack`) or rejects deliveries from queues. Deliveries that came on
@@ -444,6 +485,12 @@ impl Client {
         }
         let call = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
         let frame = jsonrpc::call(method, Some(&params), Some(CallId::Number(call)));
+        // The broker discards a frame over its limit without answering the call: refused
+        // here, the caller hears why at once instead of waiting for a timeout.
+        let max = self.max_message_size();
+        if frame.len() > max {
+            return Err(ClientError::TooLarge { size: frame.len(), max });
+        }
         self.push(Outgoing::new(Bytes::from(frame), Some(call), true))?;
         Ok(call)
     }
@@ -500,6 +547,18 @@ impl Drop for Client {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// The longest start of `text` of at most `max` bytes that ends on a character.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn validated(patterns: &[String]) -> Result<Vec<Arc<str>>, ClientError> {

@@ -37,6 +37,9 @@ const RESUBSCRIBE_ID: &str = "resubscribe";
 const DISCONNECT_ID: &str = "disconnect";
 const HEARTBEAT_ID: &str = "heartbeat";
 
+/// Why a connection whose session another connection took over ended.
+const TAKEN_OVER: &str = "taken over by another connection with this client_id";
+
 struct Connection {
     reader: FrameReader<ReadHalf>,
     writer: WriteHalf,
@@ -68,6 +71,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut closing = shared.closing.subscribe();
     let mut failures = 0u32;
     let mut ever_connected = false;
+    // With `connect_wait`, the first connection is tried until then.
+    let give_up_at = shared.config.connect_wait.map(|wait| tokio::time::Instant::now() + wait);
     loop {
         let attempt = tokio::select! {
             attempt = connect(&shared) => attempt,
@@ -86,26 +91,40 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 if reconnecting {
                     tracing::warn!(client_id = %shared.config.client_id, reason = %end.reason, "connection to the broker lost; reconnecting");
                 }
+                if !reconnecting && !shared.is_closing() {
+                    stopping(&shared, &end.reason);
+                }
                 shared.inbox.push(Event::Disconnected { reason: end.reason, reconnecting });
                 if !reconnecting {
                     break;
                 }
             }
             Err(Failure::Refused { reason, code }) if !ever_connected => {
+                stopping(&shared, &reason);
                 shared.inbox.push(Event::ConnectFailed { reason, code });
                 break;
             }
             Err(Failure::Retry(reason) | Failure::Refused { reason, .. }) => {
                 failures += 1;
-                if !ever_connected && failures > shared.config.connect_retries {
+                let out_of_attempts = match give_up_at {
+                    Some(at) => tokio::time::Instant::now() >= at,
+                    None => failures > shared.config.connect_retries,
+                };
+                if !ever_connected && out_of_attempts {
+                    stopping(&shared, &reason);
                     shared.inbox.push(Event::ConnectFailed { reason, code: None });
                     break;
                 }
                 tracing::debug!(client_id = %shared.config.client_id, %reason, attempt = failures, "connecting failed");
             }
         }
+        let mut pause = backoff(&shared.config, failures.max(1));
+        if let Some(at) = give_up_at.filter(|_| !ever_connected) {
+            // The last attempt comes when the wait is up, not a back-off after it.
+            pause = pause.min(at.saturating_duration_since(tokio::time::Instant::now()));
+        }
         tokio::select! {
-            _ = tokio::time::sleep(backoff(&shared.config, failures.max(1))) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = closing.wait_for(|closing| *closing) => break,
         }
     }
@@ -114,6 +133,13 @@ pub(super) async fn run(shared: Arc<Shared>) {
     shared.connected.store(false, Ordering::Release);
     shared.fail_awaiting("the client is closed");
     shared.inbox.push(Event::Closed);
+}
+
+/// The client stops by itself, for `reason`: from now on publish and call refuse at
+/// once, saying why (before the event that tells of it, so nothing is queued in vain).
+fn stopping(shared: &Shared, reason: &str) {
+    *shared.stop_reason.lock() = Some(reason.to_owned());
+    shared.closing.send_replace(true);
 }
 
 async fn connect(shared: &Shared) -> Result<Connection, Failure> {
@@ -296,7 +322,7 @@ async fn read_loop(shared: &Shared, reader: &mut FrameReader<ReadHalf>, heartbea
                     // Replaced by a newer connection with our client_id: coming back
                     // would only take the connection over in turn.
                     Some(n) if n.code == ErrorCode::SessionTakenOver.code() => {
-                        End { reason: n.message, last: true }
+                        End { reason: TAKEN_OVER.into(), last: true }
                     }
                     Some(n) => End::retry(n.message),
                     None => End::retry("the broker closed the connection"),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use super::method::MethodName;
-use crate::error::{ErrorCode, RpcError};
+use crate::error::{ErrorCode, ResponderFailure, RpcError};
 
 /// Deepest nesting of arrays and objects accepted in a frame. Parsing is iterative,
 /// so this is not about the broker's stack: it protects clients whose JSON parsers
@@ -179,14 +179,23 @@ pub fn success(id: &RawValue, result: &RawValue) -> Vec<u8> {
     out
 }
 
-/// An error response; `id` is `null` when the request's id could not be read.
+/// An error response; `id` is `null` when the request's id could not be read. Its
+/// `data` holds the code's name, and for a responder's failure what the responder said
+/// (`type`, `message`) and who it was (`responder`).
 pub fn failure(id: Option<&RawValue>, error: &RpcError) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Data<'a> {
+        name: &'static str,
+        #[serde(flatten)]
+        failure: Option<&'a ResponderFailure>,
+    }
     let message = serde_json::to_string(&error.message).expect("a string always serialises");
+    let data = Data { name: error.code.name(), failure: error.failure.as_deref() };
+    let data = serde_json::to_string(&data).expect("error data always serialises");
     let id = id.map_or(NULL_ID, RawValue::get);
     format!(
-        r#"{{"jsonrpc":"2.0","error":{{"code":{},"message":{message},"data":{{"name":"{}"}}}},"id":{id}}}"#,
+        r#"{{"jsonrpc":"2.0","error":{{"code":{},"message":{message},"data":{data}}},"id":{id}}}"#,
         error.code.code(),
-        error.code.name(),
     )
     .into_bytes()
 }
@@ -329,6 +338,23 @@ mod tests {
         let both: Value =
             serde_json::from_slice(&batch(&[success(&id, &result), failure(None, &error)])).unwrap();
         assert_eq!(both.as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_responder_failure_travels_in_data() {
+        let error = RpcError::responder_failed(ResponderFailure {
+            kind: "ValueError".into(),
+            message: "bad \"input\"".into(),
+            responder: "svc".into(),
+        });
+        let id = RawValue::from_string("3".into()).unwrap();
+        let err: Value = serde_json::from_slice(&failure(Some(&id), &error)).unwrap();
+        assert_eq!(err["error"]["code"], -32015);
+        assert_eq!(
+            err["error"]["data"],
+            json!({"name": "RESPONDER_ERROR", "type": "ValueError", "message": "bad \"input\"", "responder": "svc"})
+        );
+        assert_eq!(err["error"]["message"], "the responder \"svc\" failed: ValueError: bad \"input\"");
     }
 
     #[test]

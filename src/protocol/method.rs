@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 
 use super::jsonrpc;
 use super::rules;
-use super::topic::validate_topic;
+use super::topic::{REPLY_PREFIX, validate_topic};
 use crate::error::{ErrorCode, RpcError};
 
 /// The name of a method of the protocol.
@@ -286,6 +286,20 @@ pub struct Publish<'a> {
     pub retain: bool,
     pub message_id: Option<Cow<'a, str>>,
     pub headers: Option<&'a RawValue>,
+    /// A responder's failure, sent to a reply address instead of a payload.
+    pub error: Option<ReplyError>,
+}
+
+/// What a responder that failed answers a request with: the `error` of a publish to
+/// the request's `reply_to`, in place of the payload.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyError {
+    /// The name of the exception type (`ValueError`), or the responder's own kind of
+    /// error.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
 }
 
 impl<'a> Publish<'a> {
@@ -307,9 +321,22 @@ impl<'a> Publish<'a> {
             message_id: Option<Cow<'a, str>>,
             #[serde(borrow, default)]
             headers: Option<&'a RawValue>,
+            #[serde(default)]
+            error: Option<ReplyError>,
         }
         let given: Given<'a> = jsonrpc::params(params)?;
         validate_topic(&given.topic)?;
+        if let Some(error) = &given.error {
+            if !given.topic.starts_with(REPLY_PREFIX) {
+                return Err(RpcError::invalid_params(
+                    "\"error\" answers a request: publish it to the request's reply_to",
+                ));
+            }
+            if given.payload.is_some() {
+                return Err(RpcError::invalid_params("a reply carries a payload or an error, not both"));
+            }
+            rules::error_type(&error.kind)?;
+        }
         if let Some(id) = &given.message_id {
             rules::message_id(id)?;
         }
@@ -326,6 +353,7 @@ impl<'a> Publish<'a> {
             retain: given.retain,
             message_id: given.message_id,
             headers: given.headers.filter(|headers| !rules::is_empty_object(headers)),
+            error: given.error,
         })
     }
 }
@@ -536,6 +564,25 @@ mod tests {
             (Some(1), Some(true))
         );
         assert_eq!(value["id"], 7, "qos=1 is a call, answered once stored");
+    }
+
+    #[test]
+    fn an_error_reply_goes_to_a_reply_address_only_and_without_a_payload() {
+        let params = raw(r#"{"topic":"_internal.reply.1.ab","error":{"type":"ValueError","message":"no"}}"#);
+        let Method::Publish(publish) = Method::parse(MethodName::Publish, Some(&params)).unwrap() else {
+            panic!("not a publish");
+        };
+        assert_eq!(publish.error, Some(ReplyError { kind: "ValueError".into(), message: "no".into() }));
+        for bad in [
+            r#"{"topic":"jobs.x","error":{"type":"E","message":"m"}}"#,
+            r#"{"topic":"_internal.reply.1.ab","payload":1,"error":{"type":"E","message":"m"}}"#,
+            r#"{"topic":"_internal.reply.1.ab","error":{"type":"","message":"m"}}"#,
+            r#"{"topic":"_internal.reply.1.ab","error":{"message":"m"}}"#,
+            r#"{"topic":"_internal.reply.1.ab","error":{"type":"E","message":"m","trace":"t"}}"#,
+        ] {
+            let error = Method::parse(MethodName::Publish, Some(&raw(bad))).unwrap_err();
+            assert_eq!(error.code, ErrorCode::InvalidParams, "{bad}");
+        }
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub const MAX_PATTERNS_PER_CLIENT: usize = 10_000;
 pub const MAX_HEADERS: usize = 64;
 pub const MAX_HEADER_NAME_LEN: usize = 256;
 pub const MAX_HEADER_VALUE_LEN: usize = 4096;
+/// Longest `type` of a responder's error reply, in bytes: the name of an exception.
+pub const MAX_ERROR_TYPE_LEN: usize = 256;
+/// Longest `message` of a responder's error reply that a client sends, in bytes;
+/// clients cut longer ones (the broker only holds the frame to `max_message_size`).
+pub const MAX_ERROR_MESSAGE_LEN: usize = 4096;
 
 /// 1 to [`MAX_CLIENT_ID_LEN`] characters, none of them a control character.
 pub fn client_id(client_id: &str) -> Result<(), RpcError> {
@@ -129,6 +134,17 @@ pub fn headers(headers: &RawValue) -> Result<(), RpcError> {
                 "the value of header {name:?} is longer than {MAX_HEADER_VALUE_LEN} bytes"
             )));
         }
+    }
+    Ok(())
+}
+
+/// The `type` of a responder's error reply: 1 to [`MAX_ERROR_TYPE_LEN`] bytes without
+/// control characters.
+pub fn error_type(kind: &str) -> Result<(), RpcError> {
+    if kind.is_empty() || kind.len() > MAX_ERROR_TYPE_LEN || kind.chars().any(char::is_control) {
+        return Err(RpcError::invalid_params(format!(
+            "error.type must be 1 to {MAX_ERROR_TYPE_LEN} bytes without control characters, got {kind:?}"
+        )));
     }
     Ok(())
 }

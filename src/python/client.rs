@@ -6,6 +6,7 @@
 //! the loop then takes the whole batch with `drain()`.
 
 use std::io::Write;
+use std::time::Duration;
 
 use pyo3::exceptions::{PyBlockingIOError, PyConnectionError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -107,22 +108,46 @@ impl Client {
     pub fn settle(&self, generation: u64, tag: u64, ack: bool, requeue: bool) -> PyResult<()> {
         self.inner.settle(generation, &[tag], ack, requeue).map(drop).map_err(to_py_error)
     }
+
+    /// Answers a request with `value`, published to its `reply_to`.
+    pub fn reply(&self, reply_to: &str, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let text = encode(value)?;
+        self.inner
+            .publish_with(reply_to, &text, &client::PublishOptions::default())
+            .map(drop)
+            .map_err(to_py_error)
+    }
+
+    /// Answers a request with a failure: the requester's request raises it.
+    pub fn reply_error(&self, reply_to: &str, kind: &str, message: &str) -> PyResult<()> {
+        self.inner.reply_error(reply_to, kind, message).map_err(to_py_error)
+    }
 }
 
 #[pymethods]
 impl Client {
     /// Starts connecting in the background; takes ownership of the socket handle.
+    /// With `wait` (seconds), the first connection is tried until then instead of
+    /// `connect_retries` times.
     #[new]
-    #[pyo3(signature = (options, wake_socket_handle, will = None))]
+    #[pyo3(signature = (options, wake_socket_handle, will = None, wait = None))]
     fn new(
         options: &ClientOptions,
         wake_socket_handle: i64,
         will: Option<&Bound<'_, PyAny>>,
+        wait: Option<f64>,
     ) -> PyResult<Self> {
         // First, so that the socket is closed whatever fails next.
         let waker = SocketWaker(wake_socket(wake_socket_handle)?);
         let mut config = options.config.clone();
         config.will = will.map(will_json).transpose()?;
+        config.connect_wait = wait
+            .map(|wait| {
+                Duration::try_from_secs_f64(wait).ok().filter(|wait| !wait.is_zero()).ok_or_else(|| {
+                    PyValueError::new_err(format!("wait must be a positive number of seconds, got {wait}"))
+                })
+            })
+            .transpose()?;
         let inner = client::Client::start(config, Box::new(waker), &runtime::handle()?);
         Ok(Client { inner })
     }
@@ -135,6 +160,13 @@ impl Client {
     #[getter]
     fn max_message_size(&self) -> usize {
         self.inner.max_message_size()
+    }
+
+    /// Why the client stopped by itself (the first connection failed, the session was
+    /// taken over, the connection was lost with reconnect off); None otherwise.
+    #[getter]
+    fn stop_reason(&self) -> Option<String> {
+        self.inner.stop_reason()
     }
 
     /// Queues a message; returns (message id, call id or None). With qos=1 the call's

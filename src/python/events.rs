@@ -66,6 +66,8 @@ pub struct CallFailed {
     call: u64,
     code: i32,
     message: String,
+    /// The error's `data` (a dict), when the broker sent any.
+    data: Option<Py<PyAny>>,
 }
 
 /// The broker refused a message published without confirmation (`qos=0`).
@@ -124,7 +126,9 @@ pub fn to_python<'py>(client: &Bound<'py, Client>, event: Event) -> PyResult<Bou
         Event::Message(delivered) => return delivery(client, delivered),
         Event::Response { call, result: Ok(result) } => Bound::new(py, Answer { call, result })?.into_any(),
         Event::Response { call, result: Err(error) } => {
-            Bound::new(py, CallFailed { call, code: error.code, message: error.message })?.into_any()
+            // Data Python cannot read costs only the data, never the error itself.
+            let data = error.data.and_then(|text| json::decode(py, &text).ok()).map(Bound::unbind);
+            Bound::new(py, CallFailed { call, code: error.code, message: error.message, data })?.into_any()
         }
         Event::PublishFailed { message_id, error } => {
             Bound::new(py, PublishFailed { message_id, code: error.code, message: error.message })?.into_any()
@@ -184,7 +188,9 @@ fn delivery<'py>(client: &Bound<'py, Client>, m: Delivered) -> PyResult<Bound<'p
         let settle = settle_of(client, &q);
         (PyString::new(py, &q.queue).unbind(), q.delivery_count, settle)
     });
-    let message = Py::new(py, Message::delivered(fields, from_queue))?;
+    // A request keeps its client, through which it is answered.
+    let replier = fields.reply_to.is_some().then(|| client.clone().unbind());
+    let message = Py::new(py, Message::delivered(fields, from_queue, replier))?;
     let subscriptions = PyTuple::new(py, m.subscriptions)?.unbind();
     Ok(Bound::new(py, Delivery { message, subscriptions })?.into_any())
 }

@@ -3,8 +3,10 @@
 //!
 //! It keeps the interface the package's dataclass had: the same constructor, public
 //! attributes that can be read and set, equality over the public attributes (and so no
-//! hash), a dataclass-like `repr`, `ack`/`nack` for deliveries from queues.
+//! hash), a dataclass-like `repr`, `ack`/`nack` for deliveries from queues, and
+//! `respond` for requests.
 
+use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyString, PyTuple, PyType};
 
@@ -45,7 +47,7 @@ pub struct Message {
     #[pyo3(get, set)]
     timestamp: f64,
     /// Where the answer to a request goes; None for plain messages. A callback answers
-    /// simply by returning a value.
+    /// by returning a value other than None, or with `respond`.
     #[pyo3(get, set)]
     reply_to: Option<Py<PyString>>,
     /// Seconds the publisher gave the message to live, when it gave any.
@@ -70,6 +72,9 @@ pub struct Message {
     headers: Option<Py<PyAny>>,
     settle: Option<QueueSettle>,
     settled: bool,
+    /// The client a request was delivered to, which answers it.
+    replier: Option<Py<Client>>,
+    responded: bool,
 }
 
 /// The fields of a delivered message, as the drain has them.
@@ -87,10 +92,17 @@ pub struct Fields {
 }
 
 impl Message {
-    pub fn delivered(fields: Fields, from_queue: Option<(Py<PyString>, u32, QueueSettle)>) -> Message {
+    /// A message as delivered to `replier`'s client (given for requests only).
+    pub fn delivered(
+        fields: Fields,
+        from_queue: Option<(Py<PyString>, u32, QueueSettle)>,
+        replier: Option<Py<Client>>,
+    ) -> Message {
         match from_queue {
-            Some((queue, count, settle)) => Self::from_parts(fields, Some(queue), count, Some(settle)),
-            None => Self::from_parts(fields, None, 0, None),
+            Some((queue, count, settle)) => {
+                Self::from_parts(fields, Some(queue), count, Some(settle), replier)
+            }
+            None => Self::from_parts(fields, None, 0, None, replier),
         }
     }
 
@@ -99,6 +111,7 @@ impl Message {
         queue: Option<Py<PyString>>,
         delivery_count: u32,
         settle: Option<QueueSettle>,
+        replier: Option<Py<Client>>,
     ) -> Message {
         let Fields { topic, payload, sender, id, timestamp, reply_to, ttl, qos, retained, headers } = fields;
         Message {
@@ -116,7 +129,30 @@ impl Message {
             headers,
             settle,
             settled: false,
+            replier,
+            responded: false,
         }
+    }
+
+    /// The client and the reply address through which this request is answered, once.
+    fn answerable(&self, py: Python<'_>) -> PyResult<(&Py<Client>, String)> {
+        let topic = self.topic.bind(py).to_str()?;
+        let Some(reply_to) = &self.reply_to else {
+            return Err(PyRuntimeError::new_err(format!(
+                "the message on {topic:?} is not a request (it has no reply_to): there is nobody to respond to"
+            )));
+        };
+        if self.responded {
+            return Err(PyRuntimeError::new_err(format!(
+                "the request on {topic:?} was answered already: a request gets one reply"
+            )));
+        }
+        let Some(replier) = &self.replier else {
+            return Err(PyRuntimeError::new_err(format!(
+                "the message on {topic:?} was not delivered by a client, so it cannot be answered"
+            )));
+        };
+        Ok((replier, reply_to.bind(py).to_str()?.to_owned()))
     }
 
     /// The public attributes, in order: what equality and `repr` look at.
@@ -136,6 +172,26 @@ impl Message {
             &self.headers,
         )
             .into_pyobject(py)
+    }
+}
+
+/// A refusal of the engine as the package's own exception: `InvalidMessageError` for
+/// what cannot be sent, `NotConnectedError` when nothing can be sent any more.
+fn as_broker_error(py: Python<'_>, error: PyErr) -> PyErr {
+    let kind = if error.is_instance_of::<PyValueError>(py) {
+        "InvalidMessageError"
+    } else if error.is_instance_of::<PyConnectionError>(py) {
+        "NotConnectedError"
+    } else {
+        return error;
+    };
+    let converted = py
+        .import("message_broker.errors")
+        .and_then(|errors| errors.getattr(kind))
+        .and_then(|class| class.call1((error.value(py).to_string(),)));
+    match converted {
+        Ok(exception) => PyErr::from_value(exception),
+        Err(_) => error,
     }
 }
 
@@ -177,7 +233,7 @@ impl Message {
         headers: Option<Py<PyAny>>,
     ) -> Message {
         let fields = Fields { topic, payload, sender, id, timestamp, reply_to, ttl, qos, retained, headers };
-        Self::from_parts(fields, queue, delivery_count, None)
+        Self::from_parts(fields, queue, delivery_count, None, None)
     }
 
     #[classattr]
@@ -230,6 +286,32 @@ impl Message {
     #[getter]
     fn settled(&self) -> bool {
         self.settle.is_none() || self.settled
+    }
+
+    /// True once the request has been answered, by `respond` or by a callback.
+    #[getter]
+    fn responded(&self) -> bool {
+        self.responded
+    }
+
+    /// Answers this request with `value` (any value JSON can carry, None included).
+    /// A request gets one reply: what a callback returns after this sends nothing
+    /// more. Raises RuntimeError for a message that is not a request or was answered
+    /// already, InvalidMessageError for a value JSON cannot carry.
+    fn respond(&mut self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (replier, reply_to) = self.answerable(py)?;
+        replier.get().reply(&reply_to, value).map_err(|error| as_broker_error(py, error))?;
+        self.responded = true;
+        Ok(())
+    }
+
+    /// Answers this request with a failure (what the client does when a callback
+    /// raises `kind` with `message`): the requester's request raises ResponderError.
+    fn _respond_error(&mut self, py: Python<'_>, kind: &str, message: &str) -> PyResult<()> {
+        let (replier, reply_to) = self.answerable(py)?;
+        replier.get().reply_error(&reply_to, kind, message).map_err(|error| as_broker_error(py, error))?;
+        self.responded = true;
+        Ok(())
     }
 
     /// Acknowledges a message from a queue: the queue forgets it. Does nothing for

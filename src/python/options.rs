@@ -90,6 +90,89 @@ fn tables<T: serde::de::DeserializeOwned>(
         .map_err(|e| PyValueError::new_err(format!("invalid configuration: {name}: {e} ({fields})")))
 }
 
+/// A host name or address: a non-empty string without spaces or control characters
+/// (and not a URL, which goes to `url`).
+fn host_name(value: &Bound<'_, PyAny>) -> PyResult<String> {
+    let host = argument::text(value, "host")?;
+    if host.is_empty() {
+        return Err(PyValueError::new_err("host must not be empty: give a host name or an address"));
+    }
+    if host.contains("://") {
+        return Err(PyValueError::new_err(format!(
+            "host must be a host name or an address, got the URL {host:?}: pass it as url="
+        )));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(PyValueError::new_err(format!(
+            "host must be a host name or an address without spaces, got {host:?}"
+        )));
+    }
+    Ok(host)
+}
+
+/// The checks of single arguments, each error naming the argument and saying what was
+/// given, of the Python type a Python function would raise: TypeError for a value of
+/// the wrong type, ValueError for one out of range.
+mod argument {
+    use std::time::Duration;
+
+    use pyo3::exceptions::{PyTypeError, PyValueError};
+    use pyo3::prelude::*;
+    use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
+
+    fn wrong_type(value: &Bound<'_, PyAny>, name: &str, wanted: &str) -> PyErr {
+        let given = value.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+        let shown = value.repr().map(|r| r.to_string()).unwrap_or_default();
+        PyTypeError::new_err(format!("{name} must be {wanted}, got {shown} of type {given}"))
+    }
+
+    pub fn text(value: &Bound<'_, PyAny>, name: &str) -> PyResult<String> {
+        match value.cast::<PyString>() {
+            Ok(text) => Ok(text.to_str()?.to_owned()),
+            Err(_) => Err(wrong_type(value, name, "a string")),
+        }
+    }
+
+    /// None (or an argument left out) or a string.
+    pub fn optional_text(value: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<String>> {
+        match value {
+            Some(value) if !value.is_none() => text(value, name).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn flag(value: &Bound<'_, PyAny>, name: &str) -> PyResult<bool> {
+        match value.cast::<PyBool>() {
+            Ok(flag) => Ok(flag.is_true()),
+            Err(_) => Err(wrong_type(value, name, "True or False")),
+        }
+    }
+
+    /// An int (not a bool, which Python counts as one) from `min` to `max`.
+    pub fn integer(value: &Bound<'_, PyAny>, name: &str, min: i64, max: i64, range: &str) -> PyResult<i64> {
+        if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
+            return Err(wrong_type(value, name, &format!("an integer {range}")));
+        }
+        match value.extract::<i64>() {
+            Ok(number) if (min..=max).contains(&number) => Ok(number),
+            _ => Err(PyValueError::new_err(format!("{name} must be {range}, got {}", value.repr()?))),
+        }
+    }
+
+    /// A positive, finite number of seconds (an int or a float, not a bool).
+    pub fn seconds(value: &Bound<'_, PyAny>, name: &str) -> PyResult<Duration> {
+        if value.is_instance_of::<PyBool>()
+            || !(value.is_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>())
+        {
+            return Err(wrong_type(value, name, "a number of seconds"));
+        }
+        let seconds: f64 = value.extract()?;
+        Duration::try_from_secs_f64(seconds).ok().filter(|duration| !duration.is_zero()).ok_or_else(|| {
+            PyValueError::new_err(format!("{name} must be a positive number of seconds, got {seconds}"))
+        })
+    }
+}
+
 /// How a client connects: checked once, when it is made.
 #[pyclass(module = "message_broker._core", frozen)]
 pub struct ClientOptions {
@@ -98,7 +181,7 @@ pub struct ClientOptions {
 
 #[pymethods]
 impl ClientOptions {
-    /// Raises ValueError naming the first option that is not valid.
+    /// Raises TypeError or ValueError naming the first option that is not valid.
     #[new]
     #[pyo3(signature = (
         client_id, host, port, *, url = None, token = None, client_type, connect_timeout,
@@ -107,46 +190,50 @@ impl ClientOptions {
     #[allow(clippy::too_many_arguments)]
     fn new(
         client_id: &Bound<'_, PyAny>,
-        host: String,
-        port: i64,
-        url: Option<&str>,
-        token: Option<String>,
-        client_type: String,
-        connect_timeout: f64,
-        connect_retries: i64,
-        reconnect: bool,
-        reconnect_delay: f64,
-        max_reconnect_delay: f64,
-        heartbeat: bool,
-        max_pending: i64,
+        host: &Bound<'_, PyAny>,
+        port: &Bound<'_, PyAny>,
+        url: Option<&Bound<'_, PyAny>>,
+        token: Option<&Bound<'_, PyAny>>,
+        client_type: &Bound<'_, PyAny>,
+        connect_timeout: &Bound<'_, PyAny>,
+        connect_retries: &Bound<'_, PyAny>,
+        reconnect: &Bound<'_, PyAny>,
+        reconnect_delay: &Bound<'_, PyAny>,
+        max_reconnect_delay: &Bound<'_, PyAny>,
+        heartbeat: &Bound<'_, PyAny>,
+        max_pending: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
-        let endpoint = match url {
-            Some(url) => Endpoint::parse(url).map_err(PyValueError::new_err)?,
-            None => {
-                let port = u16::try_from(port).ok().filter(|&port| port > 0).ok_or_else(|| {
-                    PyValueError::new_err(format!("port must be between 1 and 65535, got {port}"))
-                })?;
-                Endpoint::Tcp { host, port }
-            }
+        let client_id = facts::client_id(client_id)?;
+        // Checked even when `url` is given: a wrong host is a mistake either way.
+        let host = host_name(host)?;
+        let port = argument::integer(port, "port", 1, u16::MAX.into(), "from 1 to 65535")?;
+        let endpoint = match argument::optional_text(url, "url")? {
+            Some(url) => Endpoint::parse(&url).map_err(PyValueError::new_err)?,
+            None => Endpoint::Tcp { host, port: u16::try_from(port).expect("checked range") },
         };
+        let token = argument::optional_text(token, "token")?;
         if token.as_deref().is_some_and(str::is_empty) {
             return Err(PyValueError::new_err("token must not be empty (leave it out to find it)"));
         }
-        let mut config = ClientConfig::to(facts::client_id(client_id)?, endpoint);
+        let client_type = argument::text(client_type, "client_type")?;
+        if client_type.is_empty() {
+            return Err(PyValueError::new_err("client_type must not be empty"));
+        }
+        let mut config = ClientConfig::to(client_id, endpoint);
         config.token = token;
         config.client_type = client_type;
-        config.connect_timeout = seconds("connect_timeout", connect_timeout)?;
-        config.connect_retries = u32::try_from(connect_retries).map_err(|_| {
-            PyValueError::new_err(format!("connect_retries must be 0 or more, got {connect_retries}"))
-        })?;
-        config.reconnect = reconnect;
-        config.reconnect_delay = seconds("reconnect_delay", reconnect_delay)?;
-        config.max_reconnect_delay = seconds("max_reconnect_delay", max_reconnect_delay)?;
-        config.heartbeat = heartbeat;
-        config.max_pending =
-            usize::try_from(max_pending).ok().filter(|&pending| pending > 0).ok_or_else(|| {
-                PyValueError::new_err(format!("max_pending must be 1 or more, got {max_pending}"))
-            })?;
+        config.connect_timeout = argument::seconds(connect_timeout, "connect_timeout")?;
+        config.connect_retries =
+            argument::integer(connect_retries, "connect_retries", 0, u32::MAX.into(), "0 or more")?
+                .try_into()
+                .expect("checked range");
+        config.reconnect = argument::flag(reconnect, "reconnect")?;
+        config.reconnect_delay = argument::seconds(reconnect_delay, "reconnect_delay")?;
+        config.max_reconnect_delay = argument::seconds(max_reconnect_delay, "max_reconnect_delay")?;
+        config.heartbeat = argument::flag(heartbeat, "heartbeat")?;
+        config.max_pending = argument::integer(max_pending, "max_pending", 1, i64::MAX, "1 or more")?
+            .try_into()
+            .map_err(|_| PyValueError::new_err("max_pending is too large for this machine"))?;
         Ok(ClientOptions { config })
     }
 

@@ -1,5 +1,6 @@
 //! Request and reply: a fresh, unguessable reply address per request, the first
-//! reply handed to the requester, no-responders at once, timeouts counted.
+//! reply (or a responder's failure) handed to the requester, no-responders at once,
+//! timeouts counted.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -10,14 +11,17 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use super::{Publish, Published, Router};
-use crate::error::{ErrorCode, RpcError};
+use crate::error::{ErrorCode, ResponderFailure, RpcError};
 use crate::protocol::topic::REPLY_PREFIX;
+
+/// What a requester gets: the reply payload, or the responder's failure.
+type Answer = Result<Box<RawValue>, RpcError>;
 
 /// A request's reply address and its requester, waiting.
 pub(super) struct AwaitedReply {
     /// The random token in the reply address.
     token: u64,
-    requester: oneshot::Sender<Box<RawValue>>,
+    requester: oneshot::Sender<Answer>,
 }
 
 impl Router {
@@ -53,6 +57,16 @@ impl Router {
     /// Hands a reply to the waiting requester. An unknown or already answered reply
     /// address is counted as a late reply and discarded: the first answer wins.
     pub fn reply(&self, reply_to: &str, payload: &RawValue) -> Published {
+        self.answer(reply_to, Ok(payload.to_owned()))
+    }
+
+    /// Hands a responder's failure to the waiting requester, as the error of its
+    /// `request`; like a reply, only the first answer counts.
+    pub fn reply_failure(&self, reply_to: &str, failure: ResponderFailure) -> Published {
+        self.answer(reply_to, Err(RpcError::responder_failed(failure)))
+    }
+
+    fn answer(&self, reply_to: &str, answer: Answer) -> Published {
         let address = reply_to.strip_prefix(REPLY_PREFIX).and_then(|rest| rest.split_once('.'));
         let waiter = address
             .and_then(|(seq, token)| Some((seq.parse::<u64>().ok()?, u64::from_str_radix(token, 16).ok()?)))
@@ -63,7 +77,7 @@ impl Router {
                     _ => None,
                 }
             });
-        let delivered = waiter.is_some_and(|tx| tx.send(payload.to_owned()).is_ok());
+        let delivered = waiter.is_some_and(|tx| tx.send(answer).is_ok());
         let counter = if delivered { &self.counters.replies } else { &self.counters.late_replies };
         counter.fetch_add(1, Ordering::Relaxed);
         let recipients = usize::from(delivered);
@@ -81,7 +95,7 @@ impl Router {
 pub struct PendingReply {
     router: Arc<Router>,
     seq: u64,
-    rx: oneshot::Receiver<Box<RawValue>>,
+    rx: oneshot::Receiver<Answer>,
     timeout: Duration,
     topic: String,
 }
@@ -89,7 +103,7 @@ pub struct PendingReply {
 impl PendingReply {
     pub async fn wait(mut self) -> Result<Box<RawValue>, RpcError> {
         match tokio::time::timeout(self.timeout, &mut self.rx).await {
-            Ok(Ok(payload)) => Ok(payload),
+            Ok(Ok(answer)) => answer,
             _ => {
                 self.router.counters.timeouts.fetch_add(1, Ordering::Relaxed);
                 Err(RpcError::new(

@@ -6,7 +6,7 @@ use tokio::sync::Notify;
 
 use super::*;
 use crate::broker::outbox::{self, OutboxReceiver};
-use crate::error::ErrorCode;
+use crate::error::{ErrorCode, ResponderFailure};
 use crate::protocol::topic::REPLY_PREFIX;
 
 fn connect(router: &Router, client_id: &str) -> (SessionId, OutboxReceiver, Arc<Notify>) {
@@ -154,6 +154,29 @@ async fn request_reply_no_responders_and_timeout() {
     let pending = router.request(msg, Duration::from_millis(20)).unwrap();
     assert_eq!(pending.wait().await.unwrap_err().code, ErrorCode::Timeout);
     assert_eq!(router.counters.timeouts.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_responder_failure_is_the_requesters_error_and_the_first_answer() {
+    let router = Router::new(BrokerConfig::default());
+    let (responder, mut rx, _) = connect(&router, "svc");
+    router.subscribe(responder, &["svc.*".into()], SubscriptionFlags::default()).unwrap();
+    let payload = payload(json!(1));
+    let pending =
+        router.request(Publish::new("svc.divide", &payload, "req"), Duration::from_secs(5)).unwrap();
+    let delivered = drain(&mut rx);
+    let reply_to = delivered[0]["params"]["reply_to"].as_str().unwrap().to_owned();
+    let failure = ResponderFailure {
+        kind: "ZeroDivisionError".into(),
+        message: "division by zero".into(),
+        responder: "svc".into(),
+    };
+    assert_eq!(router.reply_failure(&reply_to, failure.clone()).recipients, 1);
+    assert_eq!(router.reply(&reply_to, &self::payload(json!(2))).recipients, 0, "the failure came first");
+    let error = pending.wait().await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::ResponderError);
+    assert_eq!(error.failure.as_deref(), Some(&failure));
+    assert!(error.message.contains("ZeroDivisionError: division by zero"), "{}", error.message);
 }
 
 #[test]

@@ -79,7 +79,7 @@ impl End {
             End::Disconnected | End::Closed | End::Lost(_) | End::Unauthorized => return None,
             End::TakenOver => (
                 ErrorCode::SessionTakenOver,
-                "another connection connected with this client_id; closing this one".into(),
+                "taken over by another connection with this client_id; closing this one".into(),
             ),
             End::Shutdown => (ErrorCode::ShuttingDown, "the broker is shutting down".into()),
             End::HeartbeatTimeout(after) => {

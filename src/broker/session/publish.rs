@@ -1,12 +1,12 @@
 //! `publish`: routing a message, answered at once or, for a `qos=1` message bound
 //! for durable queues, once the store has it. A publish to a reply address is the
-//! answer to a request.
+//! answer to a request: its payload, or with `error` the responder's failure.
 
 use super::Session;
 use super::dispatch::{Outcome, to_raw};
 use crate::broker::access;
 use crate::broker::router::Publish;
-use crate::error::{ErrorCode, RpcError};
+use crate::error::{ErrorCode, ResponderFailure, RpcError};
 use crate::protocol::message::single_line;
 use crate::protocol::method;
 use crate::protocol::rules;
@@ -17,7 +17,18 @@ impl Session {
     pub(super) fn publish(&mut self, params: method::Publish<'_>) -> Result<Outcome, RpcError> {
         let payload = Payload::new(params.payload);
         if params.topic.starts_with(REPLY_PREFIX) {
-            return Ok(Outcome::Done(to_raw(&self.router.reply(&params.topic, payload.get()))));
+            let answered = match params.error {
+                Some(error) => self.router.reply_failure(
+                    &params.topic,
+                    ResponderFailure {
+                        kind: error.kind,
+                        message: error.message,
+                        responder: self.sender().to_owned(),
+                    },
+                ),
+                None => self.router.reply(&params.topic, payload.get()),
+            };
+            return Ok(Outcome::Done(to_raw(&answered)));
         }
         rules::publishable(&params.topic)?;
         self.permissions.may_publish(&params.topic).map_err(access::denied)?;
