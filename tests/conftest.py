@@ -20,9 +20,24 @@ os.environ["MESSAGE_BROKER_RUNTIME_DIR"] = os.path.join(_RUNTIME_ROOT, "run")
 os.environ.pop("MESSAGE_BROKER_TOKEN", None)
 
 
+import message_broker  # noqa: E402
 from message_broker import BrokerConfig, MessageBroker  # noqa: E402
 
 from support.wire import RawClient  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # An extension left by an older build (one per Python version, before the abi3
+    # one) would be imported instead of the new one and fail in puzzling ways.
+    package = os.path.dirname(message_broker.__file__)
+    extensions = sorted(name for name in os.listdir(package) if name.startswith("_core."))
+    extensions = [name for name in extensions if name.endswith((".so", ".pyd"))]
+    if len(extensions) > 1:
+        pytest.exit(
+            f"{package} holds several builds of the extension: {extensions}; "
+            "delete all but the newest (_core.abi3.*) and run the tests again",
+            4,
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
