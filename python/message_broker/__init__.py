@@ -9,7 +9,7 @@ import atexit
 
 from message_broker import _core
 from message_broker.broker import MessageBroker, stop_running_brokers
-from message_broker.client import BrokerClient, Callback
+from message_broker.client import URL_ENV, BrokerClient, Callback, Subscription, broker_url
 from message_broker.config import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_TIMEOUT,
@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_PORT",
     "ERROR_CODES",
+    "URL_ENV",
     "AuthenticationError",
     "BrokerClient",
     "BrokerConfig",
@@ -62,5 +63,7 @@ __all__ = [
     "QueueFullError",
     "RequestTimeoutError",
     "StorageError",
+    "Subscription",
     "__version__",
+    "broker_url",
 ]
