@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import QCoreApplication, QThread, QTimer
 
-from message_broker import BrokerConfig, Message, MessageBroker, ResponderError
-from message_broker.qt_client import QtBrokerClient, QtBrokerHost
+from message_broker import URL_ENV, BrokerConfig, Message, MessageBroker, ResponderError
+from message_broker.qt_client import QtBrokerClient, QtBrokerHost, QtSubscription
 
 from support import TESTS
 from support.wire import RawClient
@@ -554,3 +554,32 @@ def test_a_qt_client_taken_over_says_so(qtbot, qt_client):
 def test_qt_constructor_arguments_are_checked_at_once(arguments, error, named):
     with pytest.raises(error, match=named):
         QtBrokerClient("qt", **arguments)
+
+
+def test_a_subscription_handle_ends_one_callback_and_keeps_the_others(qtbot, qt_client, broker):
+    client = qt_client()
+    first: list[int] = []
+    second: list[int] = []
+    with qtbot.waitSignal(client.subscribed, timeout=WAIT_MS):
+        first_sub = client.subscribe("jobs.*", lambda m: first.append(m.payload))
+    with qtbot.waitSignal(client.subscribed, timeout=WAIT_MS):
+        second_sub = client.subscribe("jobs.*", lambda m: second.append(m.payload))
+    assert isinstance(first_sub, QtSubscription) and first_sub == ["jobs.*"]
+    first_sub.unsubscribe()
+    assert not first_sub.active and second_sub.active
+    with qtbot.waitSignal(client.message, timeout=WAIT_MS):
+        client.publish("jobs.a", 1)
+    assert (first, second) == ([], [1])
+    holders = {c["client_id"]: c["subscriptions"] for c in broker.status()["clients"]}
+    assert holders["qt"] == ["jobs.*"], "still held for the second callback"
+    assert client.subscribe("bad..pattern") is None, "a refused subscribe returns no handle"
+
+
+def test_a_qt_client_given_no_address_uses_message_broker_url(qtbot, broker, monkeypatch):
+    monkeypatch.setenv(URL_ENV, f"127.0.0.1:{broker.port}")
+    client = QtBrokerClient("qt")
+    assert client.url == f"tcp://127.0.0.1:{broker.port}"
+    with qtbot.waitSignal(client.connected, timeout=WAIT_MS):
+        client.connect_to_broker()
+    client.disconnect_from_broker()
+    qtbot.waitUntil(lambda: not client.is_connected, timeout=WAIT_MS)

@@ -9,7 +9,7 @@ import atexit
 
 from message_broker import _core
 from message_broker.broker import MessageBroker, stop_running_brokers
-from message_broker.client import BrokerClient, Callback
+from message_broker.client import URL_ENV, BrokerClient, Callback, Subscription, broker_url
 from message_broker.config import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_HEARTBEAT_TIMEOUT,
@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_PORT",
     "ERROR_CODES",
+    "URL_ENV",
     "AuthenticationError",
     "BrokerClient",
     "BrokerConfig",
@@ -64,5 +65,7 @@ __all__ = [
     "RequestTimeoutError",
     "ResponderError",
     "StorageError",
+    "Subscription",
     "__version__",
+    "broker_url",
 ]

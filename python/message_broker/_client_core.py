@@ -15,11 +15,14 @@ import dataclasses
 import functools
 import itertools
 import logging
+import os
 import socket
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from message_broker import _core
+from message_broker.config import DEFAULT_HOST, DEFAULT_PORT
 from message_broker.errors import (
     BrokerError,
     ConnectionLostError,
@@ -44,6 +47,72 @@ Finish = Callable[[Any, "Exception | None"], None]
 
 CLIENT_DEFAULTS = _core.CLIENT_DEFAULTS
 """The defaults of the clients' options: the engine's own, read from the extension."""
+
+URL_ENV = "MESSAGE_BROKER_URL"
+"""The environment variable a client reads where to connect from when it is given
+neither ``url`` nor ``host`` nor ``port``."""
+
+DEFAULT_MAX_BUFFERED = 10_000
+"""Messages a subscription without a callback holds until they are taken."""
+
+HELD = object()
+"""What a subscription's buffer returns for a message it keeps: a message from a queue
+is then settled when it is taken (see :class:`MessageBuffer`), not when handed over."""
+
+
+class _DefaultHost(str):
+    """The default host, ``localhost``, that also says the caller gave none."""
+
+    __slots__ = ()
+
+
+class _DefaultPort(int):
+    """The default port, 15234, that also says the caller gave none."""
+
+    __slots__ = ()
+
+
+HOST_NOT_GIVEN: str = _DefaultHost(DEFAULT_HOST)
+"""The clients' default ``host``: equal to ``DEFAULT_HOST``, and told apart from a host
+given explicitly, so that a client given no address at all reads ``MESSAGE_BROKER_URL``."""
+PORT_NOT_GIVEN: int = _DefaultPort(DEFAULT_PORT)
+"""The clients' default ``port``, as :data:`HOST_NOT_GIVEN` is their host."""
+
+
+def connection_target(url: str | None, host: str, port: int) -> tuple[str | None, str, int]:
+    """``(url, host, port)`` for ``_core.ClientOptions``: as given, and
+    ``MESSAGE_BROKER_URL`` when none of the three was (``host`` and ``port`` are the
+    clients' defaults, :data:`HOST_NOT_GIVEN` and :data:`PORT_NOT_GIVEN`)."""
+    if url is None and type(host) is _DefaultHost and type(port) is _DefaultPort:
+        from_environment = os.environ.get(URL_ENV, "").strip()
+        if from_environment:
+            try:
+                _core.client_url(from_environment, DEFAULT_HOST, DEFAULT_PORT)
+            except ValueError as error:
+                raise ValueError(f"{URL_ENV}: {error}") from None
+            url = from_environment
+    return url, host, port
+
+
+def broker_url(url: str | None = None, host: str | None = None, port: int | None = None) -> str:
+    """Where a client given these arguments connects, as a URL (``tcp://host:port`` or
+    ``unix:///path``), without connecting.
+
+    ``url`` when given (``tcp://host:port``, ``host:port``, ``unix:///path`` or the
+    path of a local socket), else ``host`` and ``port`` when either is given (the
+    defaults, ``localhost`` and 15234, for the other), else the ``MESSAGE_BROKER_URL``
+    environment variable when set, else ``tcp://localhost:15234``. Raises
+    ``ValueError`` saying what was expected (and naming ``MESSAGE_BROKER_URL`` when the
+    fault is there). This is what :class:`~message_broker.BrokerClient` and the other
+    clients do with their ``url``, ``host`` and ``port``.
+    """
+    return _core.client_url(
+        *connection_target(
+            url,
+            HOST_NOT_GIVEN if host is None else host,
+            PORT_NOT_GIVEN if port is None else port,
+        )
+    )
 
 
 class Front(Protocol):
@@ -121,6 +190,127 @@ def _succeeded_unless_refused(error: BrokerError | None) -> BrokerError | None:
     return None if isinstance(error, ConnectionLostError) else error
 
 
+class MessageBuffer:
+    """The messages of a subscription without a callback, until they are taken.
+
+    :meth:`put` is that subscription's callback. It keeps at most ``limit`` messages:
+    past that (a consumer slower than its messages) a message is dropped and counted
+    in :attr:`dropped` (one from a queue is given back to the queue instead), with a
+    warning logged when dropping starts, and again after the buffer has drained to
+    half since. Memory stays bounded whatever the rate.
+
+    A message from a queue is acknowledged when the next message is taken (the
+    consumer is done with it without raising), unless it was settled before; when the
+    subscription ends, the ones not taken yet are dropped: the broker gives them back
+    to the queue. The fronts add the waiting, each its own way.
+    """
+
+    def __init__(self, limit: int, name: str) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_buffered must be a whole number of 1 or more, got {limit!r}")
+        self.limit = limit
+        self.dropped = 0
+        self.ended = False
+        self._name = name
+        self._messages: deque[Message] = deque()
+        self._in_hand: Message | None = None
+        self._overflowing = False
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def put(self, message: Message) -> object:
+        if len(self._messages) < self.limit:
+            self._messages.append(message)
+            self._wake()
+            return HELD
+        self.dropped += 1
+        if message.queue is not None:
+            message._finish(False, True)
+        if not self._overflowing:
+            self._overflowing = True
+            logger.warning(
+                "the subscription to %s holds %d messages nobody has taken: it drops new ones"
+                " (%d so far) until it has room; take them faster, or give it a callback",
+                self._name,
+                self.limit,
+                self.dropped,
+            )
+        return HELD
+
+    def take(self) -> Message | None:
+        """The oldest message, or ``None`` when there is none; settles the message from
+        a queue taken before."""
+        in_hand, self._in_hand = self._in_hand, None
+        if in_hand is not None:
+            in_hand._finish(True, True)
+        if not self._messages:
+            return None
+        message = self._messages.popleft()
+        if self._overflowing and len(self._messages) <= self.limit // 2:
+            self._overflowing = False
+        if message.queue is not None:
+            self._in_hand = message
+        return message
+
+    def end(self) -> None:
+        """No more messages come. Those from a queue not taken yet are dropped (the
+        broker gives them back to the queue); the others can still be taken."""
+        self.ended = True
+        if any(message.queue is not None for message in self._messages):
+            self._messages = deque(m for m in self._messages if m.queue is None)
+        self._wake()
+
+    def _wake(self) -> None:
+        """A message came, or the end: wake whoever waits."""
+
+
+class SubscriptionHandle(list[str]):
+    """What ``subscribe`` returns: the patterns subscribed (a ``list`` of them, equal
+    to the plain list), and the handle of this one subscription. Each front adds how
+    to end it and, without a callback, how to take its messages."""
+
+    def __init__(self, buffer: MessageBuffer | None = None) -> None:
+        super().__init__()
+        self.queue: str | None = None
+        """The queue it consumes from, for a queue or durable subscription."""
+        self._buffer = buffer
+        self._id: int | None = None
+        self._active = False
+
+    @property
+    def active(self) -> bool:
+        """True until it is unsubscribed (by itself, by the client's ``unsubscribe`` of
+        all its patterns or its queue, by ``drain``) or its client is closed."""
+        return self._active
+
+    @property
+    def pending(self) -> int:
+        """Messages received and not taken yet (0 for a subscription with a callback)."""
+        return 0 if self._buffer is None else len(self._buffer)
+
+    @property
+    def dropped(self) -> int:
+        """Messages dropped because the buffer was full (see ``max_buffered``)."""
+        return 0 if self._buffer is None else self._buffer.dropped
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "ended"
+        queue = "" if self.queue is None else f" queue={self.queue!r}"
+        return f"<{type(self).__name__} {list(self)!r}{queue} {state}>"
+
+    def _started(self, subscription: int, patterns: list[str], queue: str | None) -> None:
+        self[:] = patterns
+        self.queue = queue
+        self._id = subscription
+        self._active = True
+
+    def _ended(self) -> None:
+        self._active = False
+        if self._buffer is not None:
+            self._buffer.end()
+
+
 class ClientCore:
     """One client's engine and state, driven by a front (see the module's docstring).
 
@@ -137,6 +327,7 @@ class ClientCore:
         self._callbacks: dict[int, Callback | None] = {}
         # Passive subscriptions never answer a request with their callback's failure.
         self._passive: set[int] = set()
+        self._handles: dict[int, SubscriptionHandle] = {}
         self._subscription_ids = itertools.count(1)
         # Why the engine stopped by itself, once it has: what "not connected" says.
         self._stop_reason: str | None = None
@@ -210,6 +401,9 @@ class ClientCore:
             engine.close()
         self._callbacks.clear()
         self._passive.clear()
+        handles, self._handles = self._handles, {}
+        for handle in handles.values():
+            handle._ended()
         calls, self._calls = self._calls, {}
         error = self.not_connected()
         for done in calls.values():
@@ -297,11 +491,16 @@ class ClientCore:
         callback: Callback | None,
         options: SubscribeOptions,
         done: Done,
+        handle: SubscriptionHandle | None = None,
     ) -> list[str]:
         """Calls ``callback`` (if any) with every message matching ``patterns``; returns
         the patterns. ``done(patterns, error)`` follows once the broker holds them, at
         once when nothing had to be sent (or the connection is down: they are sent on
-        reconnection). A queue subscription the broker refuses is undone."""
+        reconnection). A queue subscription the broker refuses is undone.
+
+        ``handle``, when given, becomes this subscription's: it holds the patterns,
+        :meth:`release` ends this subscription alone, and it hears when the
+        subscription ends (whatever ends it)."""
         engine = self.require()
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
@@ -313,7 +512,7 @@ class ClientCore:
                     "prefetch, max_length, max_bytes, max_deliveries and dead_letter_topic "
                     "apply to queues: give queue= or durable=True"
                 )
-            subscription = self._add_callback(callback)
+            subscription = self._add_callback(callback, handle, patterns, None)
             if options.passive:
                 self._passive.add(subscription)
             try:
@@ -321,8 +520,7 @@ class ClientCore:
                     subscription, patterns, bool(options.passive), bool(options.no_local)
                 )
             except ValueError as error:
-                del self._callbacks[subscription]
-                self._passive.discard(subscription)
+                self._forget(subscription)
                 raise InvalidMessageError(str(error)) from None
             self._expect(call, lambda _, error: done(patterns, _succeeded_unless_refused(error)))
             return patterns
@@ -332,11 +530,11 @@ class ClientCore:
         if not isinstance(name, str):
             raise TypeError(f"queue must be a string, got {name!r}")
         params = {"patterns": patterns, "queue": name, "durable": bool(options.durable), **limits}
-        subscription = self._add_callback(callback)
+        subscription = self._add_callback(callback, handle, patterns, name)
         try:
             call = engine.subscribe_queue(subscription, name, patterns, params)
         except ValueError as error:
-            del self._callbacks[subscription]
+            self._forget(subscription)
             raise InvalidMessageError(str(error)) from None
 
         def answered(_: object, error: BrokerError | None) -> None:
@@ -344,7 +542,7 @@ class ClientCore:
             if error is not None:
                 if self.engine is not None:
                     self.engine.unsubscribe_queue(name)
-                self._callbacks.pop(subscription, None)
+                self._forget(subscription)
             done(patterns, error)
 
         self._expect(call, answered)
@@ -358,17 +556,60 @@ class ClientCore:
         except ValueError as error:
             raise InvalidMessageError(str(error)) from None
         for subscription in emptied:
-            self._callbacks.pop(subscription, None)
-            self._passive.discard(subscription)
+            self._forget(subscription)
         self._expect(call, lambda _, error: done(removed, _succeeded_unless_refused(error)))
         return removed
+
+    def release(self, handle: SubscriptionHandle, done: Done) -> None:
+        """Ends the subscription of ``handle`` and no other: the other callbacks on its
+        patterns keep theirs, and the broker drops a pattern only once no subscription
+        holds it. ``done(None, error)`` follows (at once when nothing was sent, or the
+        subscription had ended already)."""
+        subscription = handle._id
+        if self.engine is None or subscription is None or subscription not in self._callbacks:
+            handle._ended()
+            done(None, None)
+            return
+        _, call = self.engine.release(subscription)
+        self._forget(subscription)
+        self._expect(call, lambda _, error: done(None, _succeeded_unless_refused(error)))
+
+    def release_all(self, done: Done) -> None:
+        """Ends every subscription, for draining: the callbacks keep receiving the
+        messages the broker sent before it dropped the subscriptions, until it has
+        answered the last unsubscribe. ``done(None, None)`` follows."""
+        engine = self.require()
+        subscriptions = list(self._callbacks)
+        calls = [call for s in subscriptions if (call := engine.release(s)[1]) is not None]
+        waiting = len(calls)
+
+        def answered(_: object, __: BrokerError | None) -> None:
+            nonlocal waiting
+            waiting -= 1
+            if waiting <= 0:
+                for subscription in subscriptions:
+                    self._forget(subscription)
+                done(None, None)
+
+        if not calls:
+            answered(None, None)
+        for call in calls:
+            self._calls[call] = answered
+
+    def flush(self, done: Done) -> None:
+        """``done(None, None)`` once the broker has answered a ping written after
+        everything queued so far: all of it has reached the broker. Raises
+        :class:`NotConnectedError` without a connection, ``BlockingIOError`` when the
+        outgoing queue is full."""
+        call = self._call("ping", {})
+        self._calls[call] = lambda _, error: done(None, error)
 
     def unsubscribe_queue(self, name: str, done: Done) -> list[str]:
         """Stops consuming from queue ``name``; returns ``[name]`` if this client
         consumed from it. ``done(that list, error)`` follows."""
         subscription, call = self.require().unsubscribe_queue(name)
         if subscription is not None:
-            self._callbacks.pop(subscription, None)
+            self._forget(subscription)
         stopped = [] if subscription is None else [name]
         self._expect(call, lambda _, error: done(stopped, _succeeded_unless_refused(error)))
         return stopped
@@ -414,10 +655,27 @@ class ClientCore:
         except ConnectionError as error:
             raise self._refused(error) from None
 
-    def _add_callback(self, callback: Callback | None) -> int:
+    def _add_callback(
+        self,
+        callback: Callback | None,
+        handle: SubscriptionHandle | None,
+        patterns: list[str],
+        queue: str | None,
+    ) -> int:
         subscription = next(self._subscription_ids)
         self._callbacks[subscription] = callback
+        if handle is not None:
+            self._handles[subscription] = handle
+            handle._started(subscription, patterns, queue)
         return subscription
+
+    def _forget(self, subscription: int) -> None:
+        """The subscription is gone: its callback goes, and its handle hears of it."""
+        self._callbacks.pop(subscription, None)
+        self._passive.discard(subscription)
+        handle = self._handles.pop(subscription, None)
+        if handle is not None:
+            handle._ended()
 
     def _expect(self, call: int | None, done: Done) -> None:
         """``done`` gets the answer to ``call``, at once when nothing was sent."""
@@ -451,6 +709,10 @@ class ClientCore:
                     failure = error
                 continue
             if result is not None:
+                if result is HELD:
+                    if message.queue is not None:
+                        return  # settled when taken from the buffer
+                    continue
                 answers = subscription not in self._passive
                 finish = functools.partial(self._finish_deferred, callback, message, answers)
                 if self._defer(result, finish):

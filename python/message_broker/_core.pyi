@@ -257,6 +257,12 @@ class Broker:
 
 # -- a client ---------------------------------------------------------------------------
 
+def client_url(url: str | None, host: str, port: int) -> str:
+    """The URL a client given ``url``, else ``host`` and ``port``, connects to:
+    ``tcp://host:port`` or ``unix:///path``. ``url`` is ``tcp://host:port``,
+    ``host:port``, ``unix:///path`` or the absolute path of a local socket; raises
+    ``ValueError`` saying what was expected."""
+
 @final
 class ClientOptions:
     """How a client connects, checked once: raises ``TypeError`` (a value of the wrong
@@ -365,6 +371,12 @@ class Client:
     def unsubscribe(self, patterns: list[str]) -> tuple[list[str], list[int], int | None]:
         """Removes patterns everywhere: (patterns removed, subscriptions left empty,
         call id or None)."""
+
+    def release(self, subscription: int) -> tuple[list[str], int | None]:
+        """Ends one subscription, plain or from a queue, and no other: (what the broker
+        was told to drop, the patterns no other subscription holds or the queue's name;
+        call id or None). A pattern still shared is held with the flags the remaining
+        subscriptions need."""
 
     def close(self) -> None:
         """Flushes, says goodbye to the broker, and stops; the last event is ``Closed``."""

@@ -12,15 +12,30 @@ awaits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any
 
 from message_broker import _core
-from message_broker._client_core import CLIENT_DEFAULTS, ClientCore, Finish, SubscribeOptions
-from message_broker.config import DEFAULT_HOST, DEFAULT_PORT
+from message_broker._client_core import (
+    CLIENT_DEFAULTS,
+    DEFAULT_MAX_BUFFERED,
+    HOST_NOT_GIVEN,
+    PORT_NOT_GIVEN,
+    URL_ENV,
+    ClientCore,
+    Finish,
+    MessageBuffer,
+    SubscribeOptions,
+    SubscriptionHandle,
+    broker_url,
+    connection_target,
+    pattern_list,
+)
 from message_broker.errors import (
     ERROR_CODES,
     BrokerError,
@@ -30,7 +45,7 @@ from message_broker.errors import (
 )
 from message_broker.message import Message
 
-__all__ = ["BrokerClient", "Callback"]
+__all__ = ["URL_ENV", "BrokerClient", "Callback", "Subscription", "broker_url"]
 
 logger = logging.getLogger("message_broker.client")
 
@@ -40,8 +55,121 @@ other than ``None`` that it returns (or that its coroutine returns) answers a re
 unless it answered with :meth:`Message.respond` already; an exception it raises answers
 it with the failure (the requester gets :class:`ResponderError`)."""
 
+ConnectionCallback = Callable[[], Any]
+DisconnectionCallback = Callable[[str], Any]
+ErrorCallback = Callable[[BrokerError], Any]
+
 # Extra time a request waits beyond its own timeout before giving up on the broker.
 _REQUEST_GRACE = 5.0
+
+
+def check_timeout(timeout: float | None, *, optional: bool) -> None:
+    """Raises ``ValueError`` unless ``timeout`` is a number of seconds, 0 or more (or
+    ``None`` where ``optional``: no limit)."""
+    if timeout is None and optional:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise ValueError(f"timeout must be a number of seconds (0 or more), got {timeout!r}")
+
+
+class _AsyncBuffer(MessageBuffer):
+    """A subscription's buffer, awaited on the client's event loop."""
+
+    def __init__(self, limit: int, name: str) -> None:
+        super().__init__(limit, name)
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def _wake(self) -> None:
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def get(self, timeout: float | None, name: str) -> Message | None:
+        """The next message; ``None`` once the subscription has ended and every message
+        is taken. Raises ``TimeoutError`` when none comes within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            message = self.take()
+            if message is not None or self.ended:
+                return message
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                if deadline is None:
+                    await waiter
+                else:
+                    await asyncio.wait_for(waiter, max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"no message on {name} within {timeout} s") from None
+            finally:
+                # A waiter that timed out (or was cancelled) goes at once: a consumer
+                # polling a quiet subscription must not pile them up.
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+
+class Subscription(SubscriptionHandle):
+    """One subscription of a :class:`BrokerClient`, as :meth:`BrokerClient.subscribe`
+    returns it: the list of its patterns (it compares equal to the plain list), and
+    a handle.
+
+    >>> sub = await client.subscribe("jobs.*")          # no callback: take the messages
+    >>> msg = await sub.next_msg(timeout=5)
+    >>> async for msg in sub:                            # until it is unsubscribed
+    ...     print(msg.payload)
+    >>> await sub.unsubscribe()                          # this subscription only
+
+    Made with a callback, it only unsubscribes. Without one it keeps up to
+    ``max_buffered`` messages for :meth:`next_msg` and ``async for``; see
+    :meth:`BrokerClient.subscribe` for what happens past that and how messages from a
+    queue are acknowledged. Not made directly.
+    """
+
+    def __init__(self, client: BrokerClient, buffer: _AsyncBuffer | None) -> None:
+        super().__init__(buffer)
+        self._client = client
+        self._messages = buffer
+
+    async def unsubscribe(self) -> None:
+        """Ends this subscription alone: its callback (or buffer) gets no more
+        messages, while other subscriptions of the client on the same patterns go on;
+        the broker is told to unsubscribe a pattern only when no subscription holds it
+        any more. A subscription from a queue stops consuming from it (its messages
+        not acknowledged yet go back to the queue). Does nothing once ended."""
+        if self._active:
+            await self._client._release(self)
+
+    async def next_msg(self, timeout: float | None = None) -> Message:
+        """The next message of a subscription made without a callback, waiting up to
+        ``timeout`` seconds (``None``: as long as it takes; 0: only one already
+        received). Raises ``TimeoutError`` when none came in time, and
+        :class:`NotConnectedError` once the subscription has ended (unsubscribed, or
+        the client disconnected) and every message it received has been taken."""
+        check_timeout(timeout, optional=True)
+        message = await self._buffer_of_messages().get(timeout, repr(list(self)))
+        if message is None:
+            raise NotConnectedError(f"the subscription to {list(self)!r} has ended")
+        return message
+
+    def __aiter__(self) -> Subscription:
+        self._buffer_of_messages()
+        return self
+
+    async def __anext__(self) -> Message:
+        message = await self._buffer_of_messages().get(None, repr(list(self)))
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    def _buffer_of_messages(self) -> _AsyncBuffer:
+        if self._messages is None:
+            raise TypeError(
+                "this subscription has a callback: its messages go there, not to next_msg()"
+            )
+        return self._messages
 
 
 class BrokerClient:
@@ -58,19 +186,32 @@ class BrokerClient:
     past that, :meth:`publish` raises :class:`NotConnectedError`. Requests need a live
     connection and raise :class:`NotConnectedError` at once without one.
 
-    ``url`` connects elsewhere than ``host:port``: ``"unix:///path/broker-15234.sock"``
-    (or the plain path) for the broker's local socket, which only its own user can
-    open and which needs no token, or ``"tcp://host:port"``. ``token`` is the broker's
-    token; without one the client sends ``MESSAGE_BROKER_TOKEN``, else, for a broker on
-    this machine, the token in that broker's runtime file (read at every connection,
-    so a restarted broker's new token is picked up).
+    Where it connects: ``url`` when given, else ``host`` and ``port`` when either is
+    (``localhost`` and 15234 by default), else the ``MESSAGE_BROKER_URL`` environment
+    variable when set, else ``localhost:15234`` (see :func:`broker_url`). ``url`` is
+    ``"unix:///path/broker-15234.sock"`` (or the plain path) for the broker's local
+    socket, which only its own user can open and which needs no token, or
+    ``"tcp://host:port"`` (or ``"host:port"``). ``token`` is the broker's token;
+    without one the client sends ``MESSAGE_BROKER_TOKEN``, else, for a broker on this
+    machine, the token in that broker's runtime file (read at every connection, so a
+    restarted broker's new token is picked up).
+
+    ``on_connected()``, ``on_disconnected(reason)``, ``on_reconnected()`` and
+    ``on_error(error)`` are called on the client's event loop: when :meth:`connect`
+    succeeds; whenever the connection ends (lost, or closed by :meth:`disconnect`);
+    when it is back after a loss (subscriptions restored); and with a
+    :class:`BrokerError` for what no call of yours raises (the first connection
+    failed, the broker refused a ``qos=0`` message, a message could not be
+    delivered or a request not answered). Each may be a function or a coroutine
+    function; an exception in one is logged on ``message_broker.client`` and never
+    affects the client.
     """
 
     def __init__(
         self,
         client_id: str,
-        host: str = DEFAULT_HOST,
-        port: int = DEFAULT_PORT,
+        host: str = HOST_NOT_GIVEN,
+        port: int = PORT_NOT_GIVEN,
         *,
         url: str | None = None,
         token: str | None = None,
@@ -82,7 +223,20 @@ class BrokerClient:
         max_reconnect_delay: float = CLIENT_DEFAULTS["max_reconnect_delay"],
         heartbeat: bool = CLIENT_DEFAULTS["heartbeat"],
         max_pending: int = CLIENT_DEFAULTS["max_pending"],
+        on_connected: ConnectionCallback | None = None,
+        on_disconnected: DisconnectionCallback | None = None,
+        on_reconnected: ConnectionCallback | None = None,
+        on_error: ErrorCallback | None = None,
     ) -> None:
+        for name, hook in (
+            ("on_connected", on_connected),
+            ("on_disconnected", on_disconnected),
+            ("on_reconnected", on_reconnected),
+            ("on_error", on_error),
+        ):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable, got {hook!r}")
+        url, host, port = connection_target(url, host, port)
         options = _core.ClientOptions(
             client_id,
             host,
@@ -111,6 +265,13 @@ class BrokerClient:
         self._connect_failure = "it cannot be reached"
         # The token given, for the connections AHKBridge opens to the same broker.
         self._token = token
+        self._when_connected = on_connected
+        self._when_disconnected = on_disconnected
+        self._when_reconnected = on_reconnected
+        self._when_error = on_error
+        # Tells a reconnection from the first connection of each connect().
+        self._has_connected = False
+        self._hook_tasks: set[asyncio.Task[Any]] = set()
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -174,6 +335,7 @@ class BrokerClient:
             return self.is_connected
         loop = asyncio.get_running_loop()
         self._refused = None
+        self._has_connected = False
         wake = self._core.open(will, wait)
         self._loop = loop
         self._connecting = loop.create_future()
@@ -200,13 +362,16 @@ class BrokerClient:
         self._pump = self._connecting = self._closed = None
 
     async def __aenter__(self) -> BrokerClient:
+        await self._connect_or_raise()
+        return self
+
+    async def _connect_or_raise(self) -> None:
         if not await self.connect():
             if self._refused is not None:
                 raise self._refused
             raise NotConnectedError(
                 f"cannot connect to the broker at {self.url}: {self._connect_failure}"
             )
-        return self
 
     async def __aexit__(
         self,
@@ -265,7 +430,7 @@ class BrokerClient:
     async def subscribe(
         self,
         patterns: str | Iterable[str],
-        callback: Callback,
+        callback: Callback | None = None,
         *,
         queue: str | None = None,
         durable: bool = False,
@@ -276,9 +441,21 @@ class BrokerClient:
         dead_letter_topic: str | None = None,
         passive: bool = False,
         no_local: bool = False,
-    ) -> list[str]:
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+    ) -> Subscription:
         """Calls ``callback`` with every message whose topic matches one of ``patterns``
-        (``*``/``+``: one segment, ``#``: any number, last only). Returns the patterns.
+        (``*``/``+``: one segment, ``#``: any number, last only). Returns the
+        :class:`Subscription`: the list of the patterns, and the handle that
+        unsubscribes this callback alone (``await sub.unsubscribe()``).
+
+        Without ``callback``, the subscription keeps the messages for
+        ``await sub.next_msg(timeout=...)`` and ``async for msg in sub``, up to
+        ``max_buffered`` of them; past that, new messages are dropped (counted in
+        ``sub.dropped``, with a warning logged when dropping starts; one from a queue
+        is given back to the queue) so that a slow consumer never costs unbounded
+        memory. A message from a queue taken that way is acknowledged when the next
+        one is asked for, or by ``msg.ack()`` before; the one in hand when a loop stops
+        goes back to the queue with the subscription unless acknowledged.
 
         ``callback`` may be a function or a coroutine function. It runs on the event
         loop that connected; an exception in it is logged and delivery goes on. A value
@@ -310,7 +487,10 @@ class BrokerClient:
         passive callback that raises never answers a request with its failure.
         """
         self._require_loop()
-        if not callable(callback):
+        buffer = None
+        if callback is None:
+            buffer = _AsyncBuffer(max_buffered, repr(pattern_list(patterns)))
+        elif not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
         options = SubscribeOptions(
             queue,
@@ -323,14 +503,59 @@ class BrokerClient:
             passive,
             no_local,
         )
+        subscription = Subscription(self, buffer)
+        deliver = buffer.put if buffer is not None else callback
+        await self._subscribe(patterns, deliver, options, subscription)
+        return subscription
+
+    async def _subscribe(
+        self,
+        patterns: str | Iterable[str],
+        deliver: Callback | None,
+        options: SubscribeOptions,
+        handle: SubscriptionHandle,
+    ) -> None:
+        """Subscribes ``deliver`` as the subscription of ``handle``."""
+        self._require_loop()
         subscribed, done = self._completion()
-        self._core.subscribe(patterns, callback, options, done)
-        return await subscribed
+        self._core.subscribe(patterns, deliver, options, done, handle)
+        await subscribed
+
+    async def _release(self, handle: SubscriptionHandle) -> None:
+        """Ends the subscription of ``handle`` alone."""
+        self._require_loop()
+        released, done = self._completion()
+        self._core.release(handle, done)
+        await released
+
+    async def messages(
+        self, patterns: str | Iterable[str], **options: Any
+    ) -> AsyncIterator[Message]:
+        """The messages matching ``patterns``, as they come:
+
+        >>> async for msg in client.messages("jobs.*"):
+        ...     print(msg.topic, msg.payload)
+
+        It subscribes (with the keyword ``options`` of :meth:`subscribe`, no callback)
+        when the loop asks for its first message, and ends with the client's
+        connection. A loop left earlier (``break``, an exception) unsubscribes once
+        the iterator is closed: ``async with contextlib.aclosing(client.messages(...))``
+        closes it at the end of its block, Python soon after it drops the iterator.
+        """
+        subscription = await self.subscribe(patterns, None, **options)
+        try:
+            async for message in subscription:
+                yield message
+        finally:
+            if subscription.active:
+                with contextlib.suppress(BrokerError, RuntimeError):
+                    await subscription.unsubscribe()
 
     async def unsubscribe(
         self, patterns: str | Iterable[str] | None = None, *, queue: str | None = None
     ) -> list[str]:
         """Stops the given patterns for every callback; returns those that were subscribed.
+        (To stop one callback and keep the others, unsubscribe its :class:`Subscription`.)
 
         With ``queue``, stops consuming from that queue instead (its unacknowledged
         messages go back to it; a durable queue keeps its bindings and messages) and
@@ -353,6 +578,66 @@ class BrokerClient:
         deleted, done = self._completion()
         self._core.delete_queue(name, done)
         return await deleted
+
+    # -- flush and drain -------------------------------------------------------------------
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Returns once everything published so far has reached the broker: the broker
+        has answered a ping written after it. Raises :class:`NotConnectedError` when
+        there is no connection now (messages published meanwhile wait for the next
+        one), ``TimeoutError`` when the answer takes longer than ``timeout`` seconds."""
+        self._require_loop()
+        check_timeout(timeout, optional=False)
+        try:
+            await asyncio.wait_for(self._flush(), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"the broker did not answer the flush within {timeout} s") from None
+
+    async def _flush(self) -> None:
+        flushed, done = self._completion()
+        while True:
+            try:
+                self._core.flush(done)
+                break
+            except BlockingIOError:
+                await self._wait_for_room()
+        await flushed
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Finishes the work in hand, then disconnects: unsubscribes every subscription
+        (their callbacks still get the messages the broker sent before it heard),
+        waits for the callbacks still running (coroutines), flushes what was
+        published, and disconnects. Messages already received by a subscription without
+        a callback can still be taken from it afterwards. When that takes longer than
+        ``timeout`` seconds the client disconnects anyway and ``TimeoutError`` is
+        raised. Does nothing on a client that is not connected."""
+        await self._drain_within(timeout, None)
+
+    async def _drain_within(
+        self, timeout: float, callbacks_done: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        """:meth:`drain`; ``callbacks_done`` waits for callbacks this client does not
+        run itself (the synchronous client's thread)."""
+        if self._closed is None:
+            return
+        self._require_loop()
+        check_timeout(timeout, optional=False)
+        try:
+            await asyncio.wait_for(self._drain(callbacks_done), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"the client did not drain within {timeout} s") from None
+        finally:
+            await self.disconnect()
+
+    async def _drain(self, callbacks_done: Callable[[], Awaitable[None]] | None) -> None:
+        released, done = self._completion()
+        self._core.release_all(done)
+        await released
+        if callbacks_done is not None:
+            await callbacks_done()
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.is_connected:
+            await self._flush()
 
     # -- request / response ---------------------------------------------------------------
     async def request(
@@ -443,10 +728,16 @@ class BrokerClient:
 
     # Front of the client core (see message_broker._client_core.Front).
     def _on_connected(self) -> None:
+        reconnected, self._has_connected = self._has_connected, True
         self._settle_connect(True)
+        if reconnected:
+            self._call_hook("on_reconnected", self._when_reconnected)
+        else:
+            self._call_hook("on_connected", self._when_connected)
 
     def _on_disconnected(self, reason: str, reconnecting: bool) -> None:
-        pass  # logged by the core; the engine reconnects by itself
+        # Logged by the core; the engine reconnects by itself.
+        self._call_hook("on_disconnected", self._when_disconnected, reason)
 
     def _on_connect_failed(self, reason: str, code: int | None) -> None:
         # connect() returns False once the engine has stopped, which follows.
@@ -455,6 +746,10 @@ class BrokerClient:
             self._refused = error_from_code(code, reason)
         elif code is not None:
             self._refused = NotConnectedError(reason, code)
+        error = self._refused or NotConnectedError(
+            f"cannot connect to the broker at {self.url}: {reason}"
+        )
+        self._call_hook("on_error", self._when_error, error)
 
     def _on_closed(self) -> None:
         self._settle_connect(False)
@@ -470,10 +765,31 @@ class BrokerClient:
         pass  # messages go to the callbacks only
 
     def _on_publish_failed(self, message_id: str, error: BrokerError) -> None:
-        pass  # logged by the core: a qos=0 publish has nobody waiting for it
+        # Logged by the core: a qos=0 publish has nobody waiting for it.
+        self._call_hook("on_error", self._when_error, error)
 
     def _on_problem(self, report: str) -> None:
-        pass  # logged by the core
+        # Logged by the core.
+        self._call_hook("on_error", self._when_error, BrokerError(report))
+
+    def _call_hook(self, name: str, hook: Callable[..., Any] | None, *args: Any) -> None:
+        """Calls a connection event callback; what it raises is logged, never more."""
+        if hook is None:
+            return
+        try:
+            result = hook(*args)
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(self._await_hook(name, result))
+                self._hook_tasks.add(task)
+                task.add_done_callback(self._hook_tasks.discard)
+        except Exception:
+            logger.exception("the %s callback of client %s failed", name, self.client_id)
+
+    async def _await_hook(self, name: str, pending: Awaitable[Any]) -> None:
+        try:
+            await pending
+        except Exception:
+            logger.exception("the %s callback of client %s failed", name, self.client_id)
 
     def _defer(self, result: Any, finish: Finish) -> bool:
         if not (asyncio.iscoroutine(result) or isinstance(result, asyncio.Future)):

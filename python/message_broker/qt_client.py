@@ -28,22 +28,53 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from message_broker import _core
-from message_broker._client_core import CLIENT_DEFAULTS, ClientCore, Finish, SubscribeOptions
+from message_broker._client_core import (
+    CLIENT_DEFAULTS,
+    HOST_NOT_GIVEN,
+    PORT_NOT_GIVEN,
+    ClientCore,
+    Finish,
+    SubscribeOptions,
+    SubscriptionHandle,
+    connection_target,
+)
 from message_broker.broker import MessageBroker
-from message_broker.config import DEFAULT_HOST, DEFAULT_PORT, BrokerConfig
+from message_broker.config import BrokerConfig
 from message_broker.errors import BrokerError, InvalidMessageError
 from message_broker.message import Message
 
 if TYPE_CHECKING:
     from message_broker._core import Event
 
-__all__ = ["QtBrokerClient", "QtBrokerHost"]
+__all__ = ["QtBrokerClient", "QtBrokerHost", "QtSubscription"]
 
 ReplyCallback = Callable[[Any, "BrokerError | None"], None]
 
 # Events are handled in slices of at most this long, so a burst of messages never
 # holds up the rest of the GUI (timers, painting, input) for longer.
 SLICE_SECONDS = 0.008
+
+
+class QtSubscription(SubscriptionHandle):
+    """One subscription of a :class:`QtBrokerClient`, as its ``subscribe`` returns it:
+    the list of its patterns (equal to the plain list), and the handle that ends this
+    subscription alone with :meth:`unsubscribe`. Its messages go to its callback and
+    the client's signals: a Qt client never waits for a message, so it has no
+    ``next_msg``. Not made directly."""
+
+    def __init__(self, client: QtBrokerClient) -> None:
+        super().__init__()
+        self._client = client
+
+    def unsubscribe(self) -> None:
+        """Ends this subscription alone, without blocking: other subscriptions on its
+        patterns go on, and the broker is told to unsubscribe a pattern only once no
+        subscription holds it. A refusal emits the client's ``error_occurred``."""
+        if self._active:
+            try:
+                self._client._core.release(self, self._client._unsubscribe_done)
+            except BrokerError as error:
+                self._client.error_occurred.emit(f"cannot unsubscribe: {error}")
 
 
 class QtBrokerClient(QObject):
@@ -58,7 +89,9 @@ class QtBrokerClient(QObject):
     survive them. It does what :class:`~message_broker.BrokerClient` does (``qos=1``,
     retained messages, queue and durable subscriptions with acknowledgements, the last
     will, ``delete_queue``), reporting outcomes with signals instead of raising: a
-    call that cannot be carried out emits ``error_occurred``.
+    call that cannot be carried out emits ``error_occurred``. It connects where a
+    ``BrokerClient`` given the same ``url``, ``host`` and ``port`` does (with none of
+    them, ``MESSAGE_BROKER_URL`` when set).
     """
 
     connected = Signal()
@@ -93,8 +126,8 @@ class QtBrokerClient(QObject):
     def __init__(
         self,
         client_id: str,
-        host: str = DEFAULT_HOST,
-        port: int = DEFAULT_PORT,
+        host: str = HOST_NOT_GIVEN,
+        port: int = PORT_NOT_GIVEN,
         parent: QObject | None = None,
         *,
         url: str | None = None,
@@ -109,6 +142,7 @@ class QtBrokerClient(QObject):
         max_pending: int = CLIENT_DEFAULTS["max_pending"],
     ) -> None:
         super().__init__(parent)
+        url, host, port = connection_target(url, host, port)
         options = _core.ClientOptions(
             client_id,
             host,
@@ -138,6 +172,11 @@ class QtBrokerClient(QObject):
     def client_id(self) -> str:
         """The id this client connects with."""
         return self._core.client_id
+
+    @property
+    def url(self) -> str:
+        """Where the client connects: ``tcp://host:port`` or ``unix:///path``."""
+        return self._core.options.url
 
     @property
     def is_connected(self) -> bool:
@@ -192,10 +231,12 @@ class QtBrokerClient(QObject):
         dead_letter_topic: str | None = None,
         passive: bool = False,
         no_local: bool = False,
-    ) -> None:
+    ) -> QtSubscription | None:
         """Subscribes; matching messages arrive as ``message_received`` and ``message``
         (and go to ``callback``, if given: a value it returns answers a request).
-        ``subscribed`` follows once the broker holds the patterns.
+        ``subscribed`` follows once the broker holds the patterns. Returns the
+        :class:`QtSubscription` (``sub.unsubscribe()`` ends this one alone), or
+        ``None`` after emitting ``error_occurred`` when it cannot subscribe.
 
         ``queue``, ``durable`` and the queue's options are those of
         :meth:`BrokerClient.subscribe <message_broker.BrokerClient.subscribe>`. A
@@ -214,10 +255,13 @@ class QtBrokerClient(QObject):
             passive,
             no_local,
         )
+        subscription = QtSubscription(self)
         try:
-            self._core.subscribe(patterns, callback, options, self._subscribe_done)
+            self._core.subscribe(patterns, callback, options, self._subscribe_done, subscription)
         except (BrokerError, TypeError, ValueError) as error:
             self.error_occurred.emit(f"cannot subscribe: {error}")
+            return None
+        return subscription
 
     def _subscribe_done(self, patterns: list[str], error: BrokerError | None) -> None:
         if error is None:

@@ -524,6 +524,38 @@ impl Client {
         Ok(Unsubscribed { removed: removed.iter().map(|p| p.to_string()).collect(), emptied, call })
     }
 
+    /// Ends subscription `sub` alone, a queue subscription or a plain one: the other
+    /// subscriptions keep their patterns, and the broker is told to drop a pattern
+    /// only once no subscription holds it (or to hold a shared one with new flags).
+    pub fn release(&self, sub: u64) -> Result<Unsubscribed, ClientError> {
+        let (queue, released) = {
+            let mut state = self.shared.state.lock();
+            match state.queues.iter().position(|q| q.sub == sub) {
+                Some(at) => (Some(state.queues.remove(at).name), Default::default()),
+                None => (None, state.subscriptions.release(sub)),
+            }
+        };
+        if let Some(name) = queue {
+            let call = if self.is_connected() {
+                match self.call(MethodName::Unsubscribe, serde_json::json!({"queue": &name})) {
+                    Ok(call) => Some(call),
+                    Err(ClientError::NotConnected) => None,
+                    Err(error) => return Err(error),
+                }
+            } else {
+                None
+            };
+            return Ok(Unsubscribed { removed: vec![name], emptied: vec![sub], call });
+        }
+        let mut call =
+            self.sync_patterns(MethodName::Unsubscribe, &released.dropped, SubscriptionFlags::default())?;
+        for (flags, patterns) in by_flags(released.changed) {
+            call = self.sync_patterns(MethodName::Subscribe, &patterns, flags)?.or(call);
+        }
+        let removed = released.dropped.iter().map(|p| p.to_string()).collect();
+        Ok(Unsubscribed { removed, emptied: vec![sub], call })
+    }
+
     fn sync_patterns(
         &self,
         method: MethodName,

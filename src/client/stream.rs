@@ -141,8 +141,8 @@ impl WriteHalf {
 }
 
 impl Endpoint {
-    /// Reads `tcp://host:port`, `unix:///path/to/broker.sock`, or a plain path to a
-    /// local socket. The error says what was expected.
+    /// Reads `tcp://host:port`, `host:port`, `unix:///path/to/broker.sock`, or a plain
+    /// path to a local socket. The error says what was expected.
     pub fn parse(url: &str) -> Result<Endpoint, String> {
         if let Some(path) = url.strip_prefix("unix://") {
             if !path.starts_with('/') {
@@ -172,12 +172,35 @@ impl Endpoint {
             return Err(format!("{url:?}: the URL scheme must be tcp:// or unix://"));
         }
         let path = PathBuf::from(url);
-        if !path.is_absolute() {
-            return Err(format!(
-                "{url:?}: expected tcp://host:port, unix:///path, or the absolute path of a local socket"
-            ));
+        if path.is_absolute() {
+            return Ok(Endpoint::Local(path));
         }
-        Ok(Endpoint::Local(path))
+        // `host:port`, as nats and redis URLs leave the scheme out; an IPv6 host goes
+        // in brackets, so that its own colons are not read as the port's.
+        if let Some((host, port)) = url.rsplit_once(':')
+            && !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+        {
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|&port| port > 0)
+                .ok_or_else(|| format!("{url:?}: the port must be between 1 and 65535"))?;
+            let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                Some(v6) => v6,
+                None if host.contains(':') => {
+                    return Err(format!("{url:?}: an IPv6 address goes in brackets, as in [::1]:15234"));
+                }
+                None => host,
+            };
+            if host.is_empty() || host.contains('/') {
+                return Err(format!("{url:?}: expected host:port, as in localhost:15234"));
+            }
+            return Ok(Endpoint::Tcp { host: host.to_owned(), port });
+        }
+        Err(format!(
+            "{url:?}: expected tcp://host:port, host:port, unix:///path, or the absolute path of a local socket"
+        ))
     }
 
     /// The endpoint as a URL that [`Endpoint::parse`] reads back.
@@ -207,12 +230,27 @@ mod tests {
         assert_eq!(Endpoint::parse("tcp://127.0.0.1:15234").unwrap(), tcp);
         let v6 = Endpoint::Tcp { host: "::1".into(), port: 9 };
         assert_eq!(Endpoint::parse("tcp://[::1]:9").unwrap(), v6);
-        for endpoint in [local, tcp, v6] {
+        for endpoint in [local, tcp.clone(), v6.clone()] {
             assert_eq!(Endpoint::parse(&endpoint.url()).unwrap(), endpoint);
         }
-        for bad in
-            ["unix://relative.sock", "tcp://host", "tcp://host:0", "tcp://:1", "http://x:1", "broker.sock"]
-        {
+        assert_eq!(Endpoint::parse("127.0.0.1:15234").unwrap(), tcp, "the scheme may be left out");
+        assert_eq!(Endpoint::parse("[::1]:9").unwrap(), v6);
+        let named = Endpoint::Tcp { host: "broker.lan".into(), port: 1 };
+        assert_eq!(Endpoint::parse("broker.lan:1").unwrap(), named);
+        for bad in [
+            "unix://relative.sock",
+            "tcp://host",
+            "tcp://host:0",
+            "tcp://:1",
+            "http://x:1",
+            "broker.sock",
+            "host:0",
+            "host:70000",
+            ":15234",
+            "::1:9",
+            "dir/broker.sock:1",
+            "host:",
+        ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
     }

@@ -22,6 +22,15 @@ struct Held {
     flags: SubscriptionFlags,
 }
 
+/// What removing one subscription changes for the broker.
+#[derive(Debug, Default, PartialEq)]
+pub struct Released {
+    /// Patterns no subscription holds any more.
+    pub dropped: Vec<Arc<str>>,
+    /// Patterns still held, whose flags change.
+    pub changed: Vec<(Arc<str>, SubscriptionFlags)>,
+}
+
 impl Subscriptions {
     /// Adds validated patterns to subscription `sub` (its flags are those of its first
     /// `subscribe`); returns the patterns the broker must now hold differently: new
@@ -81,6 +90,41 @@ impl Subscriptions {
             removed.push(pattern.clone());
         }
         (removed, emptied)
+    }
+
+    /// Removes subscription `sub` alone: the other subscriptions keep their patterns.
+    /// Returns the patterns no subscription holds any more (the broker can drop them)
+    /// and the shared ones the broker must now hold with other flags (the one that
+    /// left was the only responder, or the only one wanting its own messages).
+    pub fn release(&mut self, sub: u64) -> Released {
+        let mut released = Released::default();
+        let Some(held) = self.by_subscription.remove(&sub) else {
+            return released;
+        };
+        for pattern in held.patterns {
+            self.index.remove(sub, &pattern);
+            let Some((holders, shared)) = self.holders.get_mut(&pattern) else {
+                continue;
+            };
+            *holders -= 1;
+            if *holders == 0 {
+                self.holders.remove(&pattern);
+                released.dropped.push(pattern);
+                continue;
+            }
+            let now = self
+                .by_subscription
+                .values()
+                .filter(|other| other.patterns.contains(&pattern))
+                .map(|other| other.flags)
+                .reduce(SubscriptionFlags::shared_with)
+                .unwrap_or(*shared);
+            if now != *shared {
+                *shared = now;
+                released.changed.push((pattern, now));
+            }
+        }
+        released
     }
 
     /// Every pattern the broker should hold, with its flags, for re-subscribing after
@@ -153,6 +197,21 @@ mod tests {
         assert_eq!(subs.add(3, &p(&["svc.#"]), PLAIN), vec![("svc.#".into(), PLAIN)], "now a responder");
         assert_eq!(subs.add(4, &p(&["svc.#"]), NO_LOCAL), vec![], "a plain holder wants its own");
         assert_eq!(subs.patterns(), plain(&["svc.#"]));
+    }
+
+    #[test]
+    fn releasing_one_subscription_keeps_the_others_patterns() {
+        let mut subs = Subscriptions::default();
+        subs.add(1, &p(&["jobs.*", "a"]), PLAIN);
+        subs.add(2, &p(&["jobs.*"]), PASSIVE);
+        let released = subs.release(1);
+        assert_eq!(released.dropped, p(&["a"]), "jobs.* is still held by subscription 2");
+        assert_eq!(released.changed, vec![("jobs.*".into(), PASSIVE)], "its only responder left");
+        assert_eq!(subs.matching("jobs.x", false), vec![2]);
+        assert!(subs.matching("a", false).is_empty());
+        assert_eq!(subs.release(1), Released::default(), "released already");
+        assert_eq!(subs.release(2).dropped, p(&["jobs.*"]));
+        assert!(subs.patterns().is_empty());
     }
 
     #[test]

@@ -230,6 +230,13 @@ impl Client {
         Ok((done.removed, done.emptied, done.call))
     }
 
+    /// Ends one subscription (plain or from a queue) and nothing else: returns (what
+    /// the broker was told to drop: patterns, or the queue's name; call id or None).
+    fn release(&self, subscription: u64) -> PyResult<(Vec<String>, Option<u64>)> {
+        let done = self.inner.release(subscription).map_err(to_py_error)?;
+        Ok((done.removed, done.call))
+    }
+
     fn close(&self) {
         self.inner.close();
     }

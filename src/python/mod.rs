@@ -33,6 +33,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     facts::register(m)?;
     m.add_class::<broker::Broker>()?;
     m.add_class::<options::ClientOptions>()?;
+    m.add_function(wrap_pyfunction!(options::client_url, m)?)?;
     m.add_class::<client::Client>()?;
     m.add_class::<message::Message>()?;
     events::register(m)?;

@@ -173,6 +173,27 @@ mod argument {
     }
 }
 
+/// Where a client connects: `url` when given, else `host` and `port`.
+fn endpoint(url: Option<&str>, host: String, port: i64) -> PyResult<Endpoint> {
+    match url {
+        Some(url) => Endpoint::parse(url).map_err(PyValueError::new_err),
+        None => {
+            let port = u16::try_from(port).ok().filter(|&port| port > 0).ok_or_else(|| {
+                PyValueError::new_err(format!("port must be between 1 and 65535, got {port}"))
+            })?;
+            Ok(Endpoint::Tcp { host, port })
+        }
+    }
+}
+
+/// The URL a client given `url`, or else `host` and `port`, connects to (as
+/// `ClientOptions.url` says it); raises ValueError saying what was expected.
+#[pyfunction]
+#[pyo3(signature = (url, host, port))]
+pub fn client_url(url: Option<&str>, host: String, port: i64) -> PyResult<String> {
+    Ok(endpoint(url, host, port)?.url())
+}
+
 /// How a client connects: checked once, when it is made.
 #[pyclass(module = "message_broker._core", frozen)]
 pub struct ClientOptions {
