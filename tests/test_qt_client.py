@@ -336,6 +336,13 @@ def test_qos1_is_confirmed_or_refused_by_signals(qtbot, start_broker):
             second = client.publish("orders.new", {"id": 2}, qos=1)
         assert failed.args[0] == second and "small" in failed.args[1]
 
+        with qtbot.waitSignal(client.queue_purged, timeout=WAIT_MS) as purged:
+            client.purge_queue("small")
+        assert purged.args == ["small", 1]
+        assert queue_of(broker, "small")["depth"] == 0
+        with qtbot.waitSignal(client.published, timeout=WAIT_MS):
+            client.publish("orders.new", {"id": 3}, qos=1)
+
         with qtbot.waitSignal(client.queue_deleted, timeout=WAIT_MS) as deleted:
             client.delete_queue("small")
         assert deleted.args == ["small", 1]

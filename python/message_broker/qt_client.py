@@ -57,8 +57,8 @@ class QtBrokerClient(QObject):
     Reconnections are reported as ``disconnected`` then ``connected``; subscriptions
     survive them. It does what :class:`~message_broker.BrokerClient` does (``qos=1``,
     retained messages, queue and durable subscriptions with acknowledgements, the last
-    will, ``delete_queue``), reporting outcomes with signals instead of raising: a
-    call that cannot be carried out emits ``error_occurred``.
+    will, ``delete_queue``, ``purge_queue``), reporting outcomes with signals instead
+    of raising: a call that cannot be carried out emits ``error_occurred``.
     """
 
     connected = Signal()
@@ -81,6 +81,8 @@ class QtBrokerClient(QObject):
     # `object`, not `int`: a Qt int is 32 bits.
     queue_deleted = Signal(str, object)
     """(queue name, messages it held) for :meth:`delete_queue`."""
+    queue_purged = Signal(str, object)
+    """(queue name, messages dropped) for :meth:`purge_queue`."""
     error_occurred = Signal(str)
 
     message = Signal(object)
@@ -285,6 +287,22 @@ class QtBrokerClient(QObject):
 
         try:
             self._core.delete_queue(name, done)
+        except BrokerError as error:
+            done(None, error)
+
+    def purge_queue(self, name: str) -> None:
+        """Drops the messages waiting in a queue, keeping the queue and its consumers;
+        ``queue_purged(name, messages dropped)`` follows, or ``error_occurred`` (there is
+        no such queue, or no connection)."""
+
+        def done(result: Any, error: BrokerError | None) -> None:
+            if error is None:
+                self.queue_purged.emit(name, result)
+            else:
+                self.error_occurred.emit(f"cannot purge queue {name!r}: {error}")
+
+        try:
+            self._core.purge_queue(name, done)
         except BrokerError as error:
             done(None, error)
 
