@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 try:
+    import PySide6
     from PySide6.QtCore import QObject, QSocketNotifier, QTimer, Signal
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -38,6 +39,26 @@ if TYPE_CHECKING:
     from message_broker._core import Event
 
 __all__ = ["QtBrokerClient", "QtBrokerHost"]
+
+BROKEN_PYSIDE6 = {
+    "6.12.0": "it releases one reference too many on every emit of a signal with an "
+    "object argument, and the interpreter aborts after some thousands of messages",
+}
+"""PySide6 releases this client cannot run on, and why."""
+
+
+def _refuse_broken_pyside6(version: str) -> None:
+    """Refuses at import a PySide6 that would crash the program later, mid-run."""
+    if version in BROKEN_PYSIDE6:
+        raise ImportError(
+            f"message_broker.qt_client cannot run on PySide6 {version}: "
+            f"{BROKEN_PYSIDE6[version]}. Install another release: "
+            f"pip install 'PySide6-Essentials>=6.6,!={version}' "
+            "(the 'message-broker[qt]' extra excludes it)"
+        )
+
+
+_refuse_broken_pyside6(PySide6.__version__)
 
 ReplyCallback = Callable[[Any, "BrokerError | None"], None]
 
