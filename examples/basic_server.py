@@ -1,19 +1,34 @@
-"""Seed 000's "Basic Server", as written: a broker on localhost:15234 until Ctrl-C."""
+"""A broker on localhost until Ctrl-C (the seed's "Basic Server", made to stop cleanly).
 
+python examples/basic_server.py [--port PORT]      (default 15234; 0 for any free one)
+"""
+
+import argparse
 import asyncio
+import contextlib
 
 from message_broker import BrokerConfig, MessageBroker
 
 
-async def main():
-    config = BrokerConfig(host="localhost", port=15234)
+async def main(port: int) -> None:
+    config = BrokerConfig(host="localhost", port=port)
     broker = MessageBroker(config)
     await broker.start()
+    print(f"listening on localhost:{broker.port}; Ctrl-C stops", flush=True)
     try:
         while True:
             await asyncio.sleep(1)
-    except KeyboardInterrupt:
+    finally:
+        # Ctrl-C arrives here as the cancellation of main() (asyncio.run, Python 3.11
+        # and later) or as KeyboardInterrupt (3.10): either way the broker stops
+        # gracefully, telling its clients.
         await broker.stop()
 
 
-asyncio.run(main())
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Runs a broker on localhost until Ctrl-C.")
+    parser.add_argument("--port", type=int, default=15234, help="TCP port (default 15234)")
+    args = parser.parse_args()
+    # Stopped on purpose: nothing to report.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main(args.port))

@@ -3,7 +3,7 @@
     python examples/qt_dashboard.py [--host] [--port] [--embedded]
 
 With --embedded the window hosts its own broker on a free port (one app serves the
-others); otherwise it connects to a broker on localhost:15234.
+others); otherwise it connects to a broker on localhost:15234 (or --host, --port).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Seed 000's Qt example, as written, in a runnable program.
+"""Seed 000's Qt example in a runnable program, with the broker's port as an option.
 
-python examples/qt_main_window.py        (a broker must run on localhost:15234)
+python examples/qt_main_window.py [--port PORT]   (a broker must run on localhost:PORT,
+                                                   default 15234)
 """
 
+import argparse
 import sys
 
 from PySide6.QtCore import Slot
@@ -12,9 +14,9 @@ from message_broker.qt_client import QtBrokerClient
 
 
 class MainWindow(QMainWindow):
-    def __init__(self):
+    def __init__(self, port=15234):
         super().__init__()
-        self._broker = QtBrokerClient("main_app", parent=self)
+        self._broker = QtBrokerClient("main_app", port=port, parent=self)
         # Connect signals
         self._broker.connected.connect(self._on_connected)
         self._broker.disconnected.connect(self._on_disconnected)
@@ -47,7 +49,10 @@ class MainWindow(QMainWindow):
 
 
 if __name__ == "__main__":
-    app = QApplication(sys.argv)
-    window = MainWindow()
+    parser = argparse.ArgumentParser(description="The seed's Qt main window.")
+    parser.add_argument("--port", type=int, default=15234, help="the broker's port (default 15234)")
+    args, qt_args = parser.parse_known_args()
+    app = QApplication([sys.argv[0], *qt_args])
+    window = MainWindow(args.port)
     window.show()
     sys.exit(app.exec())

@@ -1,13 +1,13 @@
 """The wire protocol by hand, with nothing but the standard library: what a client in
 any language does. Run a broker first (`message-broker`), then this script.
 
-    python examples/raw_socket_client.py [port]
+    python examples/raw_socket_client.py [--port PORT]      (default 15234)
 """
 
+import argparse
 import json
 import socket
 import struct
-import sys
 
 
 def send(sock: socket.socket, message: dict) -> None:
@@ -47,7 +47,9 @@ def next_message(sock: socket.socket) -> dict:
 
 
 def main() -> None:
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else 15234
+    parser = argparse.ArgumentParser(description="Speaks the wire protocol by hand.")
+    parser.add_argument("--port", type=int, default=15234, help="the broker's port (default 15234)")
+    port = parser.parse_args().port
     with socket.create_connection(("localhost", port)) as sock:
         print(call(sock, 1, "connect", {"client_id": "raw-example"}))
         print(call(sock, 2, "subscribe", {"patterns": ["example.*"]}))

@@ -383,3 +383,32 @@ async def test_a_script_finds_the_token_in_the_runtime_file_at_every_connect(
     assert script.lines[0] == nowhere
     assert script.lines[1].startswith("disconnected: ")
     assert script.lines[2] == "reconnected"
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "ahk"
+
+
+async def test_the_examples_connect_to_the_port_given(run_script: Any) -> None:
+    config = BrokerConfig(host="127.0.0.1", port=0)
+    async with (
+        MessageBroker(config) as broker,
+        BrokerClient("py", host="127.0.0.1", port=broker.port or 0) as client,
+    ):
+        watcher = await run_script(EXAMPLES / "job_watcher.ahk", "--port", str(broker.port))
+        publisher = await run_script(EXAMPLES / "hotkey_publisher.ahk", "--port", str(broker.port))
+
+        async def clients() -> dict[str, Any]:
+            status = await client.request("status", {})
+            return {c["client_id"]: c for c in status["clients"]}
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while not (
+            "jobs.count" in (await clients()).get("job_watcher", {}).get("subscriptions", [])
+            and "hotkey_publisher" in await clients()
+        ):
+            assert loop.time() < deadline, f"not connected: {watcher.lines} {publisher.lines}"
+            await asyncio.sleep(0.1)
+        await client.publish("jobs.created", {"job_id": 1})
+        # Requests are answered in order after the job: it has been counted.
+        assert await client.request("jobs.count", {}, timeout=20) == {"seen": 1}

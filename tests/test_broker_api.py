@@ -13,6 +13,7 @@ import threading
 import pytest
 
 from message_broker import BrokerConfig, MessageBroker
+from message_broker.config import ConfigError
 
 from support.wire import RawClient
 
@@ -179,6 +180,63 @@ def test_config_files(tmp_path):
     other.write_text("")
     with pytest.raises(ValueError, match=r"\.toml or \.json"):
         BrokerConfig.from_file(other)
+
+
+def config_error(path, text: str) -> ConfigError:
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        BrokerConfig.from_file(path)
+    assert raised.value.path == str(path)
+    return raised.value
+
+
+def test_config_file_syntax_errors_name_the_file_and_line(tmp_path):
+    toml = config_error(tmp_path / "broker.toml", 'host = "127.0.0.1"\n\nport = = 1\n')
+    assert str(toml).startswith(f"{tmp_path / 'broker.toml'}, line 3, column 8: ")
+    assert toml.line == 3
+    as_json = config_error(tmp_path / "broker.json", '{\n  "port": 0,\n  "host":\n}\n')
+    assert str(as_json) == f"{tmp_path / 'broker.json'}, line 4, column 1: Expecting value"
+    assert as_json.line == 4
+    (tmp_path / "binary.toml").write_bytes(b'host = "a"\nport = "\xff"\n')
+    with pytest.raises(ConfigError, match=r"binary\.toml, line 2: not UTF-8 text"):
+        BrokerConfig.from_file(tmp_path / "binary.toml")
+
+
+def test_config_file_entries_and_values_are_named_with_the_file(tmp_path):
+    path = tmp_path / "broker.toml"
+    queue = config_error(
+        path,
+        '[[queues]]\nname = "ok"\npatterns = ["a"]\ndurable = true\n'
+        '[[queues]]\nname = "orders"\npatern = ["o.*"]\n',
+    )
+    message = str(queue)
+    assert message.startswith(f'{path}: queues[1] (name "orders"): unknown field `patern`')
+    assert "(did you mean patterns?)" in message
+    assert "line" not in message, "no place in a JSON text the user never wrote"
+    nameless = config_error(path, '[[queues]]\npatterns = ["o.*"]\n')
+    assert str(nameless).startswith(f"{path}: queues[0]: missing field `name`")
+    rule = config_error(path, '[[permissions]]\nclient = "x"\npublish = { alow = ["a"] }\n')
+    assert str(rule).startswith(f'{path}: permissions[0] (client "x"): unknown field `alow`')
+    assert "(did you mean allow?)" in str(rule)
+    value = config_error(path, "max_queue_size = 0\n")
+    assert str(value) == f"{path}: max_queue_size must be at least 1"
+    wrong_type = config_error(path, 'port = "15234"\n')
+    assert str(wrong_type).startswith(f"{path}: BrokerConfig.port must be int")
+    typo = config_error(path, "max_conections = 5\n")
+    assert "unknown setting(s) max_conections (did you mean max_connections?)" in str(typo)
+
+
+def test_config_file_top_level_keys_and_a_broker_table_are_merged(tmp_path):
+    path = tmp_path / "broker.toml"
+    path.write_text(
+        'log_messages = true\n[broker]\nport = 0\nhost = "127.0.0.1"\n'
+        '[[permissions]]\nclient = "x"\npublish = { deny = ["a.#"] }\n'
+    )
+    config = BrokerConfig.from_file(path)
+    assert (config.host, config.port, config.log_messages) == ("127.0.0.1", 0, True)
+    assert config.permissions == [{"client": "x", "publish": {"deny": ["a.#"]}}]
+    both = config_error(path, 'port = 1\n[broker]\nport = 2\nhost = "h"\n')
+    assert str(both) == f"{path}: port given both in [broker] and outside it"
 
 
 def test_broker_logs_reach_python_logging(start_broker, caplog):

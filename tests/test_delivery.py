@@ -313,6 +313,26 @@ async def test_delete_queue(connect):
         await consumer.delete_queue("gone")
 
 
+async def test_purge_queue_drops_waiting_messages_and_keeps_the_queue(connect):
+    consumer = await connect("consumer")
+    pub = await connect("pub")
+    await consumer.subscribe("t", print, queue="backlog", durable=True)
+    await consumer.unsubscribe(queue="backlog")
+    for n in range(3):
+        await pub.publish("t", n, qos=1)
+    assert await pub.purge_queue("backlog") == 3
+    q = await queue_status(pub, "backlog")
+    assert (q["depth"], q["patterns"]) == (0, ["t"])
+    # Still bound: what is published next is kept, and delivered.
+    got: list[Message] = []
+    await pub.publish("t", "after", qos=1)
+    await consumer.subscribe("t", got.append, queue="backlog", durable=True)
+    await eventually(lambda: got)
+    assert [m.payload for m in got] == ["after"]
+    with pytest.raises(InvalidMessageError, match="no queue"):
+        await pub.purge_queue("nonesuch")
+
+
 # -- ttl --------------------------------------------------------------------------------
 
 

@@ -282,6 +282,29 @@ def test_importing_the_package_without_pyside6():
     assert "pip install 'message-broker[qt]'" in result.stdout
 
 
+def test_importing_with_the_pyside6_release_that_crashes_is_refused():
+    # The installed PySide6, made to say it is 6.12.0 (whose emits crash the interpreter).
+    code = (
+        "import PySide6\n"
+        "PySide6.__version__ = '6.12.0'\n"
+        "try:\n"
+        "    import message_broker.qt_client\n"
+        "except ImportError as e:\n"
+        "    print('ImportError:', e)\n"
+        "else:\n"
+        "    print('imported')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(
+        "ImportError: message_broker.qt_client cannot run on PySide6 6.12.0: "
+    )
+    assert "interpreter aborts" in result.stdout
+    assert "pip install 'PySide6-Essentials>=6.6,!=6.12.0'" in result.stdout
+
+
 def test_dashboard_example_publishes_and_lists_messages(qtbot):
     from PySide6.QtCore import Qt
 
@@ -335,6 +358,13 @@ def test_qos1_is_confirmed_or_refused_by_signals(qtbot, start_broker):
         ):
             second = client.publish("orders.new", {"id": 2}, qos=1)
         assert failed.args[0] == second and "small" in failed.args[1]
+
+        with qtbot.waitSignal(client.queue_purged, timeout=WAIT_MS) as purged:
+            client.purge_queue("small")
+        assert purged.args == ["small", 1]
+        assert queue_of(broker, "small")["depth"] == 0
+        with qtbot.waitSignal(client.published, timeout=WAIT_MS):
+            client.publish("orders.new", {"id": 3}, qos=1)
 
         with qtbot.waitSignal(client.queue_deleted, timeout=WAIT_MS) as deleted:
             client.delete_queue("small")

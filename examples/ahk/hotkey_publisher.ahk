@@ -1,11 +1,17 @@
 #Requires AutoHotkey v2.0
 ; Publishes on a hotkey: Ctrl+Alt+J sends jobs.created with the active window's title.
-; Start a broker first (message-broker), then run this script.
+; Start a broker first (message-broker), then run this script (--port PORT for
+; another port than 15234).
 #SingleInstance Force
 #Include ..\..\clients\ahk\MessageBroker.ahk
 Persistent
 
-broker := MessageBroker("hotkey_publisher")
+; The broker's port: 15234, or the one after --port on the command line.
+port := 15234
+for i, arg in A_Args
+    if (arg = "--port" && i < A_Args.Length)
+        port := Integer(A_Args[i + 1])
+broker := MessageBroker("hotkey_publisher", , port)
 broker.OnDisconnect := (reason) => TrayTip("Broker connection lost: " reason, "message_broker")
 broker.Connect()
 

@@ -627,6 +627,19 @@ class ClientCore:
 
         self._calls[call] = answered
 
+    def purge_queue(self, name: str, done: Done) -> None:
+        """Drops a queue's ready messages, keeping the queue: ``done(messages dropped,
+        None)``, or ``done(name, error)`` (:class:`InvalidMessageError` for no such queue)."""
+        call = self._call("purge_queue", {"name": name})
+
+        def answered(result: str | None, error: BrokerError | None) -> None:
+            if error is not None or result is None:
+                done(name, error)
+            else:
+                done(int(_core.loads(result)["purged"]), None)
+
+        self._calls[call] = answered
+
     def request(
         self, topic: str, payload: Any, timeout: float, done: Done, headers: Any = None
     ) -> None:

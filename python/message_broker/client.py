@@ -579,6 +579,16 @@ class BrokerClient:
         self._core.delete_queue(name, done)
         return await deleted
 
+    async def purge_queue(self, name: str) -> int:
+        """Drops the messages waiting in a queue; returns how many. The queue stays, with
+        its bindings and consumers; deliveries not yet acknowledged are kept (and come
+        back if they are given back). Raises :class:`InvalidMessageError` when there is
+        no such queue."""
+        self._require_loop()
+        purged, done = self._completion()
+        self._core.purge_queue(name, done)
+        return await purged
+
     # -- flush and drain -------------------------------------------------------------------
     async def flush(self, timeout: float = 10.0) -> None:
         """Returns once everything published so far has reached the broker: the broker

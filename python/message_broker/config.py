@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,17 @@ DEFAULT_PORT: int = _DEFAULTS["port"]
 DEFAULT_HEARTBEAT_INTERVAL: float = _DEFAULTS["heartbeat_interval"]
 DEFAULT_HEARTBEAT_TIMEOUT: float = _DEFAULTS["heartbeat_timeout"]
 DEFAULT_MAX_MESSAGE_SIZE: int = _DEFAULTS["max_message_size"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used. The message names where it comes from
+    (``path``: the file, or the ``source`` given to :meth:`BrokerConfig.from_dict`)
+    and, for a syntax error, the line (``line``)."""
+
+    def __init__(self, message: str, path: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
 
 
 # The accepted Python types for each annotation used below.
@@ -125,43 +138,108 @@ class BrokerConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> BrokerConfig:
-        """Reads a TOML (``.toml``) or JSON (``.json``) file.
+        """Reads a TOML (``.toml``) or JSON (``.json``) file, and checks it.
 
         The keys are this class's fields, at the top level or in a ``[broker]`` table
-        (tables such as ``[[queues]]`` and ``[[permissions]]`` may follow it). Unknown
-        keys raise ``ValueError``.
+        (tables such as ``[[queues]]`` and ``[[permissions]]`` may follow it; a key
+        given both in ``[broker]`` and outside it is refused). A file that cannot be
+        used raises :class:`ConfigError` naming it, and the line for a syntax error;
+        an unknown key is named with the closest known one.
         """
         path = os.fspath(path)
         with open(path, "rb") as f:
-            if path.endswith(".json"):
-                data: Any = json.load(f)
-            elif path.endswith(".toml"):
-                data = tomllib.load(f)
-            else:
-                raise ValueError(f"{path}: config files end in .toml or .json")
+            raw = f.read()
+        data = _parse(path, raw)
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a table of settings")
+            raise ConfigError(f"{path}: expected a table of settings", path)
         if isinstance(data.get("broker"), dict):
             # Tables written after [broker] (such as [[permissions]]) sit at the top
             # level in TOML: they count as settings too, never silently dropped.
             outside = {key: value for key, value in data.items() if key != "broker"}
             both = sorted(outside.keys() & data["broker"].keys())
             if both:
-                raise ValueError(f"{path}: {', '.join(both)} given both in [broker] and outside it")
+                raise ConfigError(
+                    f"{path}: {', '.join(both)} given both in [broker] and outside it", path
+                )
             data = {**data["broker"], **outside}
         return cls.from_dict(data, source=path)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> BrokerConfig:
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        """Settings from a table (such as a parsed file), checked as the broker checks
+        them: a bad one raises :class:`ConfigError` whose message starts with
+        ``source``."""
+        known = [field.name for field in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(
-                f"{source}: unknown setting(s) {', '.join(unknown)}; "
-                f"known settings are {', '.join(sorted(known))}"
+            guesses = "".join(_did_you_mean(name, known) for name in unknown)
+            raise ConfigError(
+                f"{source}: unknown setting(s) {', '.join(unknown)}{guesses}; "
+                f"known settings are {', '.join(sorted(known))}",
+                source,
             )
-        return cls(**data)
+        try:
+            config = cls(**data)
+            # The broker's own checks, made now so that the error can name the file.
+            _core.Broker(config)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{source}: {_explained(str(error))}", source) from None
+        return config
 
     def replace(self, **changes: Any) -> BrokerConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+
+# tomllib (and tomli) end their messages with the place: "(at line 3, column 7)".
+_TOML_PLACE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+# serde's words for a misspelt key of a table: "unknown field `x`, expected one of `a`, `b`".
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]*)`, expected ([^(]*)")
+
+
+def _parse(path: str, raw: bytes) -> Any:
+    """The table a file holds, or a :class:`ConfigError` naming the file and line."""
+    if not path.endswith((".json", ".toml")):
+        raise ConfigError(f"{path}: config files end in .toml or .json", path)
+    try:
+        text = raw.decode("utf-8-sig" if path.endswith(".json") else "utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text", path, line) from None
+    if path.endswith(".json"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            place = f"line {error.lineno}, column {error.colno}"
+            raise ConfigError(f"{path}, {place}: {error.msg}", path, error.lineno) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        message = str(error)
+        found = _TOML_PLACE.search(message)
+        if found is None:  # "(at end of document)" and the like
+            raise ConfigError(f"{path}: {message}", path) from None
+        line, column = int(found.group(1)), int(found.group(2))
+        what = message[: found.start()]
+        raise ConfigError(f"{path}, line {line}, column {column}: {what}", path, line) from None
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _explained(message: str) -> str:
+    """The broker's message about a setting, with the closest known key for a misspelt
+    one in a table (``[[queues]]``, ``[[permissions]]``)."""
+    message = message.removeprefix("invalid configuration: ")
+    unknown = _UNKNOWN_FIELD.search(message)
+    if unknown is not None:
+        close = difflib.get_close_matches(
+            unknown.group(1), re.findall(r"`([^`]*)`", unknown.group(2)), n=1
+        )
+        if close:
+            message = message.replace(
+                unknown.group(0).rstrip(), f"{unknown.group(0).rstrip()} (did you mean {close[0]}?)"
+            )
+    return message

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 try:
+    import PySide6
     from PySide6.QtCore import QObject, QSocketNotifier, QTimer, Signal
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -47,6 +48,26 @@ if TYPE_CHECKING:
     from message_broker._core import Event
 
 __all__ = ["QtBrokerClient", "QtBrokerHost", "QtSubscription"]
+
+BROKEN_PYSIDE6 = {
+    "6.12.0": "it releases one reference too many on every emit of a signal with an "
+    "object argument, and the interpreter aborts after some thousands of messages",
+}
+"""PySide6 releases this client cannot run on, and why."""
+
+
+def _refuse_broken_pyside6(version: str) -> None:
+    """Refuses at import a PySide6 that would crash the program later, mid-run."""
+    if version in BROKEN_PYSIDE6:
+        raise ImportError(
+            f"message_broker.qt_client cannot run on PySide6 {version}: "
+            f"{BROKEN_PYSIDE6[version]}. Install another release: "
+            f"pip install 'PySide6-Essentials>=6.6,!={version}' "
+            "(the 'message-broker[qt]' extra excludes it)"
+        )
+
+
+_refuse_broken_pyside6(PySide6.__version__)
 
 ReplyCallback = Callable[[Any, "BrokerError | None"], None]
 
@@ -88,10 +109,10 @@ class QtBrokerClient(QObject):
     Reconnections are reported as ``disconnected`` then ``connected``; subscriptions
     survive them. It does what :class:`~message_broker.BrokerClient` does (``qos=1``,
     retained messages, queue and durable subscriptions with acknowledgements, the last
-    will, ``delete_queue``), reporting outcomes with signals instead of raising: a
-    call that cannot be carried out emits ``error_occurred``. It connects where a
-    ``BrokerClient`` given the same ``url``, ``host`` and ``port`` does (with none of
-    them, ``MESSAGE_BROKER_URL`` when set).
+    will, ``delete_queue``, ``purge_queue``), reporting outcomes with signals instead
+    of raising: a call that cannot be carried out emits ``error_occurred``. It connects
+    where a ``BrokerClient`` given the same ``url``, ``host`` and ``port`` does (with
+    none of them, ``MESSAGE_BROKER_URL`` when set).
     """
 
     connected = Signal()
@@ -114,6 +135,8 @@ class QtBrokerClient(QObject):
     # `object`, not `int`: a Qt int is 32 bits.
     queue_deleted = Signal(str, object)
     """(queue name, messages it held) for :meth:`delete_queue`."""
+    queue_purged = Signal(str, object)
+    """(queue name, messages dropped) for :meth:`purge_queue`."""
     error_occurred = Signal(str)
 
     message = Signal(object)
@@ -336,6 +359,22 @@ class QtBrokerClient(QObject):
 
         try:
             self._core.delete_queue(name, done)
+        except BrokerError as error:
+            done(None, error)
+
+    def purge_queue(self, name: str) -> None:
+        """Drops the messages waiting in a queue, keeping the queue and its consumers;
+        ``queue_purged(name, messages dropped)`` follows, or ``error_occurred`` (there is
+        no such queue, or no connection)."""
+
+        def done(result: Any, error: BrokerError | None) -> None:
+            if error is None:
+                self.queue_purged.emit(name, result)
+            else:
+                self.error_occurred.emit(f"cannot purge queue {name!r}: {error}")
+
+        try:
+            self._core.purge_queue(name, done)
         except BrokerError as error:
             done(None, error)
 

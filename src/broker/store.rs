@@ -65,6 +65,9 @@ pub enum Op {
     Put { queue: String, seq: u64, delivery_count: u32, record: Bytes },
     /// Removes a message from a queue (acknowledged, expired or dead-lettered).
     Remove { queue: String, seq: u64 },
+    /// Removes the ready messages of a queue: those in memory (`seqs`) and every one
+    /// past `after` (those only on disk). Deliveries in flight are neither.
+    Purge { queue: String, seqs: Vec<u64>, after: u64 },
     /// Records how many times a message was delivered, when it goes back to its queue.
     SetDeliveryCount { queue: String, seq: u64, delivery_count: u32 },
     /// Keeps (`Some`) or clears (`None`) the retained message of a topic.
@@ -444,6 +447,14 @@ fn apply(
             Op::Remove { queue, seq } => {
                 tx.prepare_cached("DELETE FROM messages WHERE queue = ?1 AND seq = ?2")?
                     .execute(params![queue, *seq as i64])?;
+            }
+            Op::Purge { queue, seqs, after } => {
+                let mut remove = tx.prepare_cached("DELETE FROM messages WHERE queue = ?1 AND seq = ?2")?;
+                for seq in seqs {
+                    remove.execute(params![queue, *seq as i64])?;
+                }
+                tx.prepare_cached("DELETE FROM messages WHERE queue = ?1 AND seq > ?2")?
+                    .execute(params![queue, *after as i64])?;
             }
             Op::SetDeliveryCount { queue, seq, delivery_count } => {
                 tx.prepare_cached("UPDATE messages SET delivery_count = ?3 WHERE queue = ?1 AND seq = ?2")?

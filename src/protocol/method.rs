@@ -33,10 +33,11 @@ pub enum MethodName {
     Ack,
     Nack,
     DeleteQueue,
+    PurgeQueue,
 }
 
 impl MethodName {
-    pub const ALL: [MethodName; 11] = [
+    pub const ALL: [MethodName; 12] = [
         MethodName::Connect,
         MethodName::Disconnect,
         MethodName::Subscribe,
@@ -48,6 +49,7 @@ impl MethodName {
         MethodName::Ack,
         MethodName::Nack,
         MethodName::DeleteQueue,
+        MethodName::PurgeQueue,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -63,6 +65,7 @@ impl MethodName {
             MethodName::Ack => "ack",
             MethodName::Nack => "nack",
             MethodName::DeleteQueue => "delete_queue",
+            MethodName::PurgeQueue => "purge_queue",
         }
     }
 
@@ -97,6 +100,7 @@ pub enum Method<'a> {
     /// `ack` (`requeue` is `None`) or `nack`.
     Settle(Settle),
     DeleteQueue(DeleteQueue),
+    PurgeQueue(PurgeQueue),
 }
 
 impl<'a> Method<'a> {
@@ -113,6 +117,7 @@ impl<'a> Method<'a> {
             MethodName::Status => Method::Status,
             MethodName::Ack | MethodName::Nack => Method::Settle(Settle::parse(params, name)?),
             MethodName::DeleteQueue => Method::DeleteQueue(jsonrpc::params(params)?),
+            MethodName::PurgeQueue => Method::PurgeQueue(jsonrpc::params(params)?),
         })
     }
 }
@@ -487,6 +492,13 @@ impl Settle {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteQueue {
+    pub name: String,
+}
+
+/// `purge_queue`: a queue whose ready messages to drop, keeping the queue.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeQueue {
     pub name: String,
 }
 

@@ -73,7 +73,8 @@ const PERMISSION_FIELDS: &str = "each rule is a table with client (a glob on cli
      publish and subscribe, each a table with allow and deny lists of patterns";
 
 /// A setting that is a list of tables (the durable queues, the permission rules),
-/// read as the TOML file's would be.
+/// read as the TOML file's would be. Each table is read on its own, so that an error
+/// names the entry (`queues[1] (name "orders")`), not a place in a JSON text.
 fn tables<T: serde::de::DeserializeOwned>(
     value: &Bound<'_, PyAny>,
     name: &str,
@@ -86,8 +87,29 @@ fn tables<T: serde::de::DeserializeOwned>(
     json::encode(value, &mut text).map_err(|error| {
         PyValueError::new_err(format!("{name} cannot be read: {}", error.value(value.py())))
     })?;
-    serde_json::from_slice(&text)
-        .map_err(|e| PyValueError::new_err(format!("invalid configuration: {name}: {e} ({fields})")))
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&text).map_err(|_| {
+        PyValueError::new_err(format!("invalid configuration: {name} must be a list ({fields})"))
+    })?;
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let label = entry_label(name, index, &entry);
+            // Read from a `Value`, a serde_json error carries no line and column.
+            serde_json::from_value(entry)
+                .map_err(|e| PyValueError::new_err(format!("invalid configuration: {label}: {e} ({fields})")))
+        })
+        .collect()
+}
+
+/// `queues[1] (name "orders")`: which entry of a list of tables, by its index and,
+/// when it has one, the key that names it.
+fn entry_label(list: &str, index: usize, entry: &serde_json::Value) -> String {
+    let named = ["name", "client"].into_iter().find_map(|key| Some((key, entry.get(key)?.as_str()?)));
+    match named {
+        Some((key, value)) => format!("{list}[{index}] ({key} {value:?})"),
+        None => format!("{list}[{index}]"),
+    }
 }
 
 /// A host name or address: a non-empty string without spaces or control characters

@@ -414,6 +414,30 @@ impl Queue {
         ctx.dead.push(DeadLetter { queue: self.name.clone(), topic: self.spec.dead_letter_topic(), payload });
     }
 
+    /// Drops every ready message, in memory and on disk; returns how many. What is in
+    /// flight stays with its consumers (and comes back if they give it back).
+    pub(super) fn purge(&mut self, ctx: &mut Context<'_>) -> usize {
+        let purged = self.ready.len() + self.on_disk.count;
+        let ready = std::mem::take(&mut self.ready);
+        for item in &ready {
+            self.forget(item, ctx);
+        }
+        if let Some(store) = self.store(ctx) {
+            store.write(Op::Purge {
+                queue: self.spec.name.clone(),
+                seqs: ready.iter().map(|item| item.seq).collect(),
+                after: self.on_disk.after,
+            });
+        }
+        self.ready_bytes = 0;
+        self.on_disk.count = 0;
+        self.on_disk.bytes = 0;
+        // A read of the store still on its way returns messages dropped here: skipped,
+        // as they are not past `after`.
+        self.on_disk.after = self.next_seq - 1;
+        purged
+    }
+
     /// Removes a consumer; what it had in flight goes back to the queue.
     pub(super) fn remove_consumer(&mut self, session: SessionId, ctx: &mut Context<'_>) -> bool {
         let Some(at) = self.consumers.iter().position(|c| c.session == session) else { return false };

@@ -333,7 +333,6 @@ impl Queues {
         Some(queue)
     }
 
-    /// Deletes a queue and the messages in it; returns how many messages it held.
     /// Deletes a queue with its messages, when `by` may subscribe to everything it is
     /// bound to (the messages it throws away are ones it could have read).
     pub fn delete(&mut self, name: &str, by: &ClientPermissions) -> Result<Option<usize>, RpcError> {
@@ -348,6 +347,20 @@ impl Queues {
             store.write(Op::DeleteQueue { name: name.to_owned() });
         }
         Ok(Some(queue.len()))
+    }
+
+    /// Drops the ready messages of a queue (in memory and on disk), when `by` may
+    /// subscribe to everything it is bound to; its bindings, consumers and deliveries
+    /// in flight stay. Returns how many it dropped, `None` when there is no such queue.
+    pub fn purge(&mut self, name: &str, by: &ClientPermissions, now: f64) -> Result<Option<usize>, RpcError> {
+        let Some(queue) = self.queues.get(name) else {
+            return Ok(None);
+        };
+        for pattern in &queue.spec.patterns {
+            by.may_subscribe(pattern).map_err(denied)?;
+        }
+        let (purged, _) = self.with_queue(name, now, Queue::purge).expect("looked up above");
+        Ok(Some(purged))
     }
 
     /// Offers a message to every queue bound to its topic, except `skip` (the queue a
@@ -508,6 +521,7 @@ mod tests {
 
     use super::*;
     use crate::broker::outbox::{self, OutboxReceiver};
+    use crate::broker::permissions;
 
     fn message(topic: &str, n: u64, ttl: Option<f64>) -> Arc<StoredMessage> {
         Arc::new(StoredMessage {
@@ -817,6 +831,98 @@ mod tests {
         }
         let size = big("t", 0, 1 << 20).size();
         assert_eq!(held, MAX_UNACKED_BYTES.div_ceil(size), "prefetch 1000, but bytes bound it");
+    }
+
+    #[test]
+    fn purging_drops_ready_messages_and_keeps_bindings_consumers_and_deliveries_in_flight() {
+        let mut queues = Queues::new(None, usize::MAX);
+        let (a, mut rx) = consumer();
+        queues.join(1, a, join("q", &["t"], true, 2), 0.0).unwrap();
+        for n in 0..5 {
+            queues.enqueue("t", || message("t", n, None), None, 0.0);
+        }
+        let held = received(&mut rx);
+        assert_eq!(held.len(), 2, "prefetch 2: three stay ready");
+        let memory_before = queues.memory().0;
+
+        assert_eq!(queues.purge("q", &ClientPermissions::default(), 0.0).unwrap(), Some(3));
+        let status = &queues.status()[0];
+        assert_eq!(
+            (status["depth"].as_u64(), status["in_flight"].as_u64(), status["consumers"].as_u64()),
+            (Some(0), Some(2), Some(1))
+        );
+        assert!(queues.memory().0 < memory_before, "the dropped messages give their memory back");
+        assert_eq!(queues.purge("q", &ClientPermissions::default(), 0.0).unwrap(), Some(0));
+        assert_eq!(queues.purge("none", &ClientPermissions::default(), 0.0).unwrap(), None);
+
+        // The binding and the consumer are still there: a new message is delivered once
+        // the consumer has room, after what it held.
+        queues.enqueue("t", || message("t", 9, None), None, 0.0);
+        queues.settle(1, &[held[0].1], true, false, 0.0);
+        assert_eq!(received(&mut rx).iter().map(|r| r.0).collect::<Vec<_>>(), vec![9]);
+    }
+
+    #[test]
+    fn purging_needs_leave_to_read_what_the_queue_is_bound_to() {
+        let rule: permissions::PermissionRule = serde_json::from_value(serde_json::json!(
+            {"client": "spy", "subscribe": {"deny": ["secret.#"]}}
+        ))
+        .unwrap();
+        let spy = permissions::Permissions::new(vec![rule]).for_client("spy");
+        let mut queues = Queues::new(None, usize::MAX);
+        let (a, _rx) = consumer();
+        queues.join(1, a, join("vault", &["secret.x"], true, 10), 0.0).unwrap();
+        queues.leave(1, None, 0.0);
+        queues.enqueue("secret.x", || message("secret.x", 1, None), None, 0.0);
+        let error = queues.purge("vault", &spy, 0.0).unwrap_err();
+        assert_eq!(error.code, ErrorCode::PermissionDenied);
+        assert_eq!(queues.status()[0]["depth"], 1, "nothing was dropped");
+    }
+
+    #[tokio::test]
+    async fn purging_a_stored_queue_deletes_its_messages_on_disk_but_not_those_in_flight() {
+        let dir = std::env::temp_dir().join(format!("mb-queue-purge-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // More than the window holds, so that most are only on disk.
+        let count = 1000u64;
+        let in_flight = {
+            let (store, _) = Store::open(&dir, false).unwrap();
+            let mut queues = Queues::new(Some(Arc::new(store)), usize::MAX);
+            let mut loaded = queues.store().unwrap().take_loaded().unwrap();
+            let (a, _rx) = consumer();
+            queues.join(1, a, join("q", &["t"], true, 1), 0.0).unwrap();
+            queues.leave(1, None, 0.0);
+            for n in 0..count {
+                queues.enqueue("t", || big("t", n, 20_000), None, 0.0);
+            }
+            // The consumer takes the whole window, so the queue asks the store for more.
+            let (b, mut rx) = outbox::channel(1000, 1 << 30);
+            queues.join(2, b, join("q", &["t"], true, 1000), 0.0).unwrap();
+            let mut in_flight = 0;
+            while rx.try_recv().is_some() {
+                in_flight += 1;
+            }
+            assert!(in_flight > 0 && in_flight < count as usize / 2, "{in_flight}");
+
+            let purged = queues.purge("q", &ClientPermissions::default(), 0.0).unwrap();
+            assert_eq!(purged, Some(count as usize - in_flight));
+            // The read asked for before the purge brings back messages it dropped.
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(10), loaded.recv()).await;
+            let answer = answer.expect("the store answers").unwrap();
+            assert!(!answer.rows.as_ref().unwrap().is_empty());
+            queues.loaded(answer, 0.0);
+            assert_eq!(queues.status()[0]["depth"], 0, "what was purged stays purged");
+            assert!(rx.try_recv().is_none());
+
+            queues.enqueue("t", || big("t", count, 20_000), None, 0.0);
+            queues.store().unwrap().flush().await.unwrap().unwrap();
+            in_flight
+        };
+        let (store, restored) = Store::open(&dir, false).unwrap();
+        assert_eq!(restored.queues.len(), 1, "the queue stays");
+        assert_eq!(restored.queues[0].count, in_flight + 1, "those in flight and the one queued after");
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

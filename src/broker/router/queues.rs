@@ -46,6 +46,13 @@ impl Router {
         self.queues.lock().delete(name, by)
     }
 
+    /// Drops the ready messages of a queue, keeping its bindings, consumers and the
+    /// deliveries in flight, under the same rule as [`Router::delete_queue`]; returns
+    /// how many it dropped, `None` when there is no such queue.
+    pub fn purge_queue(&self, name: &str, by: &ClientPermissions) -> Result<Option<usize>, RpcError> {
+        self.queues.lock().purge(name, by, unix_now())
+    }
+
     /// Takes messages a queue asked the store for.
     pub fn loaded(&self, loaded: Loaded) {
         let dead = self.queues.lock().loaded(loaded, unix_now());

@@ -238,6 +238,7 @@ impl Session {
             Method::Request(params) => Outcome::from_result(self.request(params).map(Outcome::Pending)),
             Method::Settle(params) => Outcome::Done(self.settle(params)),
             Method::DeleteQueue(params) => Outcome::Done(self.delete_queue(params)),
+            Method::PurgeQueue(params) => Outcome::Done(self.purge_queue(params)),
             Method::Ping => {
                 self.pinged = true;
                 Outcome::Done(to_raw(&json!({"pong": true, "time": unix_now()})))

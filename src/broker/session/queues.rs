@@ -1,12 +1,12 @@
-//! `ack`, `nack` and `delete_queue`: settling deliveries from queues, and removing
-//! a queue with its messages.
+//! `ack`, `nack`, `delete_queue` and `purge_queue`: settling deliveries from queues,
+//! removing a queue with its messages, and emptying a queue that stays.
 
 use serde_json::json;
 
 use super::Session;
 use super::dispatch::{RpcResult, to_raw};
 use crate::error::RpcError;
-use crate::protocol::method::{DeleteQueue, Settle};
+use crate::protocol::method::{DeleteQueue, PurgeQueue, Settle};
 
 impl Session {
     /// `ack`, or `nack` with `requeue` (false dead-letters the messages).
@@ -20,6 +20,13 @@ impl Session {
     pub(super) fn delete_queue(&mut self, params: DeleteQueue) -> RpcResult {
         match self.router.delete_queue(&params.name, &self.permissions)? {
             Some(messages) => to_raw(&json!({"deleted": true, "messages": messages})),
+            None => Err(RpcError::invalid_params(format!("there is no queue {:?}", params.name))),
+        }
+    }
+
+    pub(super) fn purge_queue(&mut self, params: PurgeQueue) -> RpcResult {
+        match self.router.purge_queue(&params.name, &self.permissions)? {
+            Some(purged) => to_raw(&json!({"purged": purged})),
             None => Err(RpcError::invalid_params(format!("there is no queue {:?}", params.name))),
         }
     }
