@@ -1,4 +1,4 @@
-"""A broker on localhost until Ctrl-C (the seed's "Basic Server", made to stop cleanly).
+"""A broker on localhost until Ctrl-C (the basic server of the Python API, made to stop cleanly).
 
 python examples/basic_server.py [--port PORT]      (default 15234; 0 for any free one)
 """

@@ -1,4 +1,4 @@
-"""Seed 000's Qt example in a runnable program, with the broker's port as an option.
+"""A Qt main window that talks to the broker, with the broker's port as an option.
 
 python examples/qt_main_window.py [--port PORT]   (a broker must run on localhost:PORT,
                                                    default 15234)
@@ -49,7 +49,7 @@ class MainWindow(QMainWindow):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="The seed's Qt main window.")
+    parser = argparse.ArgumentParser(description="A Qt main window that talks to the broker.")
     parser.add_argument("--port", type=int, default=15234, help="the broker's port (default 15234)")
     args, qt_args = parser.parse_known_args()
     app = QApplication([sys.argv[0], *qt_args])

@@ -17,6 +17,7 @@ from message_broker.config import (
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_PORT,
     BrokerConfig,
+    ConfigError,
 )
 from message_broker.errors import (
     ERROR_CODES,
@@ -54,6 +55,7 @@ __all__ = [
     "BrokerConfig",
     "BrokerError",
     "Callback",
+    "ConfigError",
     "ConnectionLostError",
     "InvalidMessageError",
     "Message",

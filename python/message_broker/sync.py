@@ -286,6 +286,7 @@ class SyncBrokerClient:
     # -- properties -----------------------------------------------------------------------
     @property
     def client_id(self) -> str:
+        """The id this client connects with."""
         return self._client.client_id
 
     @property
