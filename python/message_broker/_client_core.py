@@ -431,12 +431,12 @@ class ClientCore:
             return self.not_connected()
         return NotConnectedError(str(error))
 
-    def take_events(self) -> list[Event]:
-        """The events that are waiting, oldest first (at most a batch)."""
+    def take_events(self, limit: int | None = None) -> list[Event]:
+        """The events that are waiting, oldest first (at most a batch, or ``limit``)."""
         if self.engine is None:
             return []
         try:
-            return self.engine.drain()
+            return self.engine.drain() if limit is None else self.engine.drain(limit)
         except Exception:
             logger.exception("client %s: events could not be taken", self.client_id)
             return []

@@ -74,6 +74,9 @@ ReplyCallback = Callable[[Any, "BrokerError | None"], None]
 # Events are handled in slices of at most this long, so a burst of messages never
 # holds up the rest of the GUI (timers, painting, input) for longer.
 SLICE_SECONDS = 0.008
+# Events taken from the engine at once: building them (payloads decoded) cannot be cut
+# short, so the batch is small enough to stay well inside one slice.
+EVENTS_PER_TAKE = 128
 
 
 class QtSubscription(SubscriptionHandle):
@@ -427,7 +430,7 @@ class QtBrokerClient(QObject):
         core = self._core
         while True:
             if not self._backlog:
-                self._backlog.extend(core.take_events())
+                self._backlog.extend(core.take_events(EVENTS_PER_TAKE))
                 if not self._backlog:
                     return
             core.handle((self._backlog.popleft(),))
