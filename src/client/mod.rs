@@ -10,6 +10,7 @@
 //! only a refusal (a `publish_failed` notification, surfaced as
 //! [`Event::PublishFailed`]).
 
+mod config;
 mod inbox;
 mod incoming;
 #[cfg(windows)]
@@ -21,15 +22,15 @@ mod task;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use serde::Serialize;
-use serde_json::value::RawValue;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, watch};
 
+pub use config::ClientConfig;
+use config::backoff;
 pub use inbox::{Delivered, Event, Inbox, QueueDelivery, RemoteError, Waker};
 pub use stream::Endpoint;
 use stream::WriteHalf;
@@ -41,69 +42,6 @@ use crate::protocol::jsonrpc::{self, CallId};
 use crate::protocol::method::{MethodName, PublishCall, ReplyError, SubscriptionFlags};
 use crate::protocol::rules::{DEFAULT_MAX_MESSAGE_SIZE, MAX_ERROR_MESSAGE_LEN, MAX_ERROR_TYPE_LEN};
 use crate::protocol::topic::{REPLY_PREFIX, is_reserved, parse_pattern, validate_topic};
-
-/// How a client connects. Not `Debug`: it holds the token.
-#[derive(Clone)]
-pub struct ClientConfig {
-    pub client_id: String,
-    pub endpoint: Endpoint,
-    /// The broker's token. Without one, a TCP client sends `MESSAGE_BROKER_TOKEN` or
-    /// the token in the runtime file of a broker on this machine (see [`runtime_file`]).
-    ///
-    /// [`runtime_file`]: crate::runtime_file
-    pub token: Option<String>,
-    pub client_type: String,
-    pub version: String,
-    /// Time allowed for one connection attempt, handshake included.
-    pub connect_timeout: Duration,
-    /// Attempts after the first failed one before `connect` gives up.
-    pub connect_retries: u32,
-    /// Instead of `connect_retries`: keep trying the first connection for this long
-    /// (each attempt still bounded by `connect_timeout`). A refusal by the broker
-    /// itself (a wrong token, say) ends it at once all the same.
-    pub connect_wait: Option<Duration>,
-    /// Reconnect after losing an established connection.
-    pub reconnect: bool,
-    /// First and largest pause between reconnection attempts (doubling in between).
-    pub reconnect_delay: Duration,
-    pub max_reconnect_delay: Duration,
-    /// Ping at the interval the broker asks for, and treat silence as a dead broker.
-    pub heartbeat: bool,
-    /// Frames waiting to be written, including publishes made while disconnected.
-    pub max_pending: usize,
-    /// Events waiting for the user before the client stops reading from the broker.
-    pub inbox_limit: usize,
-    /// The last will (the `will` object of `connect`, as JSON), published by the
-    /// broker if this client goes away without disconnecting.
-    pub will: Option<Box<RawValue>>,
-}
-
-impl ClientConfig {
-    pub fn new(client_id: impl Into<String>, host: impl Into<String>, port: u16) -> Self {
-        Self::to(client_id, Endpoint::Tcp { host: host.into(), port })
-    }
-
-    /// A client of the broker at `endpoint`, with the default settings.
-    pub fn to(client_id: impl Into<String>, endpoint: Endpoint) -> Self {
-        ClientConfig {
-            client_id: client_id.into(),
-            endpoint,
-            token: None,
-            client_type: "rust".into(),
-            version: crate::VERSION.into(),
-            connect_timeout: Duration::from_secs(5),
-            connect_retries: 3,
-            connect_wait: None,
-            reconnect: true,
-            reconnect_delay: Duration::from_millis(100),
-            max_reconnect_delay: Duration::from_secs(5),
-            heartbeat: true,
-            max_pending: 100_000,
-            inbox_limit: 100_000,
-            will: None,
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClientError {
@@ -624,145 +562,5 @@ fn encode_settle(tags: &[u64], ack: bool, requeue: bool) -> Bytes {
     Bytes::from(jsonrpc::call(method, Some(&Settle { deliveries: tags, requeue }), None))
 }
 
-/// Back-off before reconnection attempt `n` (1-based): doubling from the first delay,
-/// capped, with up to 25% jitter so that many clients do not return in step.
-fn backoff(config: &ClientConfig, attempt: u32) -> Duration {
-    let doubled = config.reconnect_delay.saturating_mul(1 << attempt.saturating_sub(1).min(16));
-    let base = doubled.min(config.max_reconnect_delay);
-    let jitter = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), attempt) % 1000;
-    base + base.mul_f64(jitter as f64 / 4000.0)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        let config = ClientConfig::new("c", "localhost", 1);
-        let first = backoff(&config, 1);
-        assert!(first >= config.reconnect_delay && first <= config.reconnect_delay.mul_f64(1.25));
-        let later = backoff(&config, 3);
-        assert!(later >= config.reconnect_delay * 4);
-        assert!(backoff(&config, 40) <= config.max_reconnect_delay.mul_f64(1.25));
-    }
-}
-
-#[cfg(test)]
-mod end_to_end {
-    use super::*;
-    use crate::config::BrokerConfig;
-    use tokio::sync::Notify as TokioNotify;
-
-    struct NotifyWaker(Arc<TokioNotify>);
-
-    impl Waker for NotifyWaker {
-        fn wake(&self) {
-            self.0.notify_one();
-        }
-    }
-
-    struct Harness {
-        client: Client,
-        woken: Arc<TokioNotify>,
-        seen: Vec<Event>,
-    }
-
-    impl Harness {
-        fn start(port: u16, id: &str) -> Harness {
-            let woken = Arc::new(TokioNotify::new());
-            let mut config = ClientConfig::new(id, "127.0.0.1", port);
-            config.reconnect_delay = Duration::from_millis(20);
-            let client = Client::start(config, Box::new(NotifyWaker(woken.clone())), &Handle::current());
-            Harness { client, woken, seen: Vec::new() }
-        }
-
-        /// Waits for the first event that `want` picks out, keeping the others.
-        async fn wait<T>(&mut self, mut want: impl FnMut(&Event) -> Option<T>) -> T {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                if let Some(at) = self.seen.iter().position(|e| want(e).is_some()) {
-                    return want(&self.seen.remove(at)).unwrap();
-                }
-                self.seen.extend(self.client.drain(usize::MAX));
-                if self.seen.iter().any(|e| want(e).is_some()) {
-                    continue;
-                }
-                tokio::time::timeout_at(deadline, self.woken.notified()).await.expect("event in time");
-            }
-        }
-    }
-
-    async fn broker(port: u16) -> crate::BrokerHandle {
-        crate::start(BrokerConfig { host: "127.0.0.1".into(), port, ..Default::default() }).await.unwrap()
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn publish_subscribe_request_and_reconnect() {
-        let server = broker(0).await;
-        let port = server.local_addr().port();
-        let mut sub = Harness::start(port, "sub");
-        let mut publisher = Harness::start(port, "pub");
-        sub.wait(|e| matches!(e, Event::Connected).then_some(())).await;
-        publisher.wait(|e| matches!(e, Event::Connected).then_some(())).await;
-
-        let call = sub
-            .client
-            .subscribe(1, &["jobs.*".into()], SubscriptionFlags::default())
-            .unwrap()
-            .expect("sent now");
-        sub.wait(|e| matches!(e, Event::Response { call: c, result: Ok(_) } if *c == call).then_some(()))
-            .await;
-        let id = publisher.client.publish("jobs.done", r#"{"n":1}"#, None).unwrap();
-        let message = sub.wait(|e| if let Event::Message(m) = e { Some(m.clone()) } else { None }).await;
-        assert_eq!((message.id.as_str(), message.payload.as_str()), (id.as_str(), r#"{"n":1}"#));
-        assert_eq!(message.subscriptions, vec![1]);
-
-        // Request / reply through the broker.
-        let call = publisher
-            .client
-            .call(MethodName::Request, serde_json::json!({"topic": "jobs.ask", "payload": 2}))
-            .unwrap();
-        let request = sub.wait(|e| if let Event::Message(m) = e { Some(m.clone()) } else { None }).await;
-        sub.client.publish(request.reply_to.as_deref().unwrap(), "4", None).unwrap();
-        let answer = publisher
-            .wait(|e| match e {
-                Event::Response { call: c, result } if *c == call => Some(result.clone()),
-                _ => None,
-            })
-            .await;
-        assert_eq!(answer, Ok("4".to_owned()));
-
-        // The broker restarts on the same port: both reconnect, the subscription returns.
-        server.stop("restart").await;
-        sub.wait(|e| matches!(e, Event::Disconnected { reconnecting: true, .. }).then_some(())).await;
-        let _server = broker(port).await;
-        sub.wait(|e| matches!(e, Event::Connected).then_some(())).await;
-        publisher.wait(|e| matches!(e, Event::Connected).then_some(())).await;
-        publisher.client.publish("jobs.again", "true", None).unwrap();
-        let message = sub.wait(|e| if let Event::Message(m) = e { Some(m.clone()) } else { None }).await;
-        assert_eq!(message.topic, "jobs.again");
-
-        sub.client.close();
-        sub.wait(|e| matches!(e, Event::Closed).then_some(())).await;
-    }
-
-    #[tokio::test]
-    async fn nobody_listening_fails_after_the_retries() {
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().port()
-        };
-        let mut client = Harness::start(port, "lonely");
-        let reason = client
-            .wait(|e| if let Event::ConnectFailed { reason, .. } = e { Some(reason.clone()) } else { None })
-            .await;
-        assert!(reason.contains("cannot connect"), "{reason}");
-        client.wait(|e| matches!(e, Event::Closed).then_some(())).await;
-        assert_eq!(
-            client.client.publish("a", "1", None),
-            Err(ClientError::Closed),
-            "nothing is queued in vain"
-        );
-    }
-}
+mod tests;
