@@ -44,6 +44,7 @@ def tests(session: nox.Session) -> None:
     also installed alone into a fresh virtualenv to run an example from it."""
     session.run("cargo", "test", "--locked", external=True, env=CORE_TARGET)
     install_wine(session)
+    install_peers(session)
     wheel = build_wheel(session)
     session.install(f"{wheel}[test]")
     session.run("pytest", *session.posargs)
@@ -95,6 +96,29 @@ def install_wine(session: nox.Session) -> None:
         return
     if not apt_install(session, "wine", "wine64", "xvfb", "xauth"):
         session.warn("Wine is missing: the AutoHotkey tests will be skipped")
+
+
+# The real programs the tests meet, from Debian's packages: NATS and Mosquitto for the
+# bridges, Redis for channels_redis beside our Channels layer, Chromium and its driver for
+# the browser tests (never a browser download).
+PEER_PROGRAMS = {
+    "nats-server": "nats-server",
+    "mosquitto": "mosquitto",
+    "mosquitto_sub": "mosquitto-clients",
+    "redis-server": "redis-server",
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
+}
+
+
+def install_peers(session: nox.Session) -> None:
+    """Installs the peer programs that are missing; without them (not root, no apt-get)
+    the tests that need one are skipped and say why, except in CI, where they fail."""
+    import shutil
+
+    missing = sorted({pkg for prog, pkg in PEER_PROGRAMS.items() if not shutil.which(prog)})
+    if missing and not apt_install(session, *missing):
+        session.warn(f"missing {', '.join(missing)}: the tests that need them will be skipped")
 
 
 @nox.session
