@@ -361,7 +361,10 @@ class ActionService:
             raise TypeError(f"on_goal must be callable, got {on_goal!r}")
         if on_cancel is not None and not callable(on_cancel):
             raise TypeError(f"on_cancel must be callable, got {on_cancel!r}")
-        for option, value in (("concurrent_goals", concurrent_goals), ("keep_results", keep_results)):
+        for option, value in (
+            ("concurrent_goals", concurrent_goals),
+            ("keep_results", keep_results),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{option} must be a whole number of 1 or more, got {value!r}")
         self.client = client
@@ -460,7 +463,9 @@ class ActionService:
     def _take_goal(self, request: dict[str, Any], sender: str) -> dict[str, Any]:
         goal_id = request.get("goal_id")
         if not isinstance(goal_id, str) or not _GOAL_ID.match(goal_id):
-            return _refusal(goal_id, f"a goal needs a goal_id of 1-64 letters, digits, - or _ (got {goal_id!r})")
+            return _refusal(
+                goal_id, f"a goal needs a goal_id of 1-64 letters, digits, - or _ (got {goal_id!r})"
+            )
         if goal_id in self._goals:
             return _refusal(goal_id, f"goal id {goal_id} is in use")
         running = [goal.id for goal in self._goals.values() if not goal.status.terminal]
@@ -590,7 +595,9 @@ class ActionService:
 
     def _queue(self, goal: Goal, kind: str, topic: str, payload: dict[str, Any]) -> None:
         if kind == "feedback" and goal.status.terminal:
-            logger.warning("feedback for goal %s of action %r after it ended: dropped", goal.id, self.name)
+            logger.warning(
+                "feedback for goal %s of action %r after it ended: dropped", goal.id, self.name
+            )
             return
         assert self._outbox is not None
         self._outbox.put_nowait((topic, payload))

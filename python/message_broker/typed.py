@@ -137,7 +137,7 @@ def _convert(value: Any, annotation: Any, path: str) -> Any:
                 raise _Invalid(f"expected {len(arguments)} items{_at(path)}, got {len(value)}")
             return tuple(
                 _convert(item, argument, f"{path}[{index}]")
-                for index, (item, argument) in enumerate(zip(arguments, value))
+                for index, (item, argument) in enumerate(zip(arguments, value, strict=True))
             )
         item_type = arguments[0] if arguments else Any
         items = [_convert(item, item_type, f"{path}[{i}]") for i, item in enumerate(value)]
