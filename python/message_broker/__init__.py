@@ -45,6 +45,8 @@ from message_broker.errors import (
     StorageError,
     UnknownGoalError,
 )
+from message_broker.events import Event, EventEmitter
+from message_broker.heartbeat import Heartbeat, NodeHeartbeat, NodeMonitor, NodeState
 from message_broker.message import Message
 from message_broker.typed import TypedMessage
 
@@ -73,15 +75,21 @@ __all__ = [
     "Callback",
     "ConfigError",
     "ConnectionLostError",
+    "Event",
+    "EventEmitter",
     "Goal",
     "GoalHandle",
     "GoalRefusedError",
     "GoalResult",
     "GoalStatus",
+    "Heartbeat",
     "InvalidMessageError",
     "Message",
     "MessageBroker",
     "NoRespondersError",
+    "NodeHeartbeat",
+    "NodeMonitor",
+    "NodeState",
     "NotConnectedError",
     "PayloadValidationError",
     "PermissionDeniedError",
