@@ -238,3 +238,38 @@ def test_typed_feedback_through_qt_and_what_does_not_validate(qtbot, qt_client, 
         goal_id = action.send_goal()
     assert seen.feedback[goal_id] == [Progress(1)]
     assert len(errors) == 1 and "not a valid Progress" in errors[0]
+
+
+def test_qt_subscriptions_decode_typed_payloads_and_report_what_does_not_validate(qtbot, qt_client):
+    client = qt_client()
+    errors: list[str] = []
+    client.error_occurred.connect(errors.append)
+    received: list[Any] = []
+    with qtbot.waitSignal(client.subscribed, timeout=WAIT_MS):
+        client.subscribe("robot.progress", lambda msg: received.append(msg.payload), type=Progress)
+    client.publish("robot.progress", {"current_cm": "far"})
+    with qtbot.waitSignal(client.message_received, timeout=WAIT_MS):
+        client.publish("robot.progress", Progress(7))  # the marker, after the bad one
+    qtbot.waitUntil(lambda: len(received) == 1, timeout=WAIT_MS)
+    assert received == [Progress(7)]
+    assert len(errors) == 1 and "not a valid Progress" in errors[0]
+
+    with qtbot.waitSignal(client.subscribed, timeout=WAIT_MS):
+        client.subscribe(
+            "robot.where", lambda msg: Progress(msg.payload.current_cm + 1), type=Progress
+        )
+    with qtbot.waitSignal(client.reply_received, timeout=WAIT_MS) as replied:
+        client.request("robot.where", Progress(1), response_type=Progress)
+    assert replied.args[1] == Progress(2)
+
+
+def test_the_qt_action_client_documents_its_public_names():
+    members = [
+        name
+        for name, member in vars(QtActionClient).items()
+        if not name.startswith("_")
+        and (callable(member) or isinstance(member, property))
+        and type(member).__name__ != "Signal"
+    ]
+    assert QtActionClient.__doc__
+    assert members and [n for n in members if not getattr(QtActionClient, n).__doc__] == []
