@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -20,6 +24,7 @@ from message_broker import (
 )
 from message_broker.actions import ActionClient, ActionService, Goal, GoalResult, GoalStatus
 
+from support import REPOSITORY
 from support.waiting import eventually
 
 ACCEPTED, RUNNING, CANCELING = GoalStatus.ACCEPTED, GoalStatus.RUNNING, GoalStatus.CANCELING
@@ -328,3 +333,25 @@ def test_goal_status_has_commlib_numbers_and_knows_ros2_ones():
     assert (ABORTED.ros2, CANCELED.ros2, SUCCEEDED.ros2) == (6, 5, 4)
     assert GoalStatus.from_ros2(5) is CANCELED and GoalStatus.from_ros2(6) is ABORTED
     assert [status for status in GoalStatus if status.terminal] == [SUCCEEDED, ABORTED, CANCELED]
+
+
+def test_the_actions_example_runs_on_the_port_given():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, str(REPOSITORY / "examples" / "actions.py"), "--port", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:4] == [
+        "Progress(current_cm=0)",
+        "Progress(current_cm=1)",
+        "Progress(current_cm=2)",
+        "goal 1: SUCCEEDED Reached(dest_cm=3)",
+    ]
+    assert re.fullmatch(r"goal 2: CANCELED Reached\(dest_cm=\d+\)", lines[4])
+    assert lines[5:] == ["statuses: ACCEPTED RUNNING CANCELING CANCELED"]
