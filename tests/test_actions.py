@@ -25,6 +25,7 @@ from message_broker import (
 from message_broker.actions import ActionClient, ActionService, Goal, GoalResult, GoalStatus
 
 from support import REPOSITORY
+from support.readme import readme_blocks
 from support.waiting import eventually
 
 ACCEPTED, RUNNING, CANCELING = GoalStatus.ACCEPTED, GoalStatus.RUNNING, GoalStatus.CANCELING
@@ -355,3 +356,27 @@ def test_the_actions_example_runs_on_the_port_given():
     ]
     assert re.fullmatch(r"goal 2: CANCELED Reached\(dest_cm=\d+\)", lines[4])
     assert lines[5:] == ["statuses: ACCEPTED RUNNING CANCELING CANCELED"]
+
+
+def test_the_readme_commlib_examples_run_as_written():
+    blocks = readme_blocks("## Coming from commlib", "python")
+    assert len(blocks) == 2
+    printed = []
+    for block in blocks:
+        ran = subprocess.run(
+            [sys.executable, "-c", block], capture_output=True, text=True, timeout=60
+        )
+        assert ran.returncode == 0, ran.stderr
+        printed += ran.stdout.splitlines()
+    assert printed[:3] == [
+        "Sum(c=3)",
+        "sensors.sonar_front SonarMessage(distance=2.0, horizontal_fov=30.0, vertical_fov=14.0)",
+        "TurnOnBedroomLights",
+    ]
+    assert printed[3:9] == [f"Feedback(current_cm={cm})" for cm in range(5)] + ["Result(dest_cm=5)"]
+    assert re.fullmatch(
+        r"GoalResult\(goal_id='[0-9a-f]{32}', status=<GoalStatus.SUCCEEDED: 4>, "
+        r"result=Result\(dest_cm=5\), error=None\)",
+        printed[9],
+    )
+    assert len(printed) == 10
