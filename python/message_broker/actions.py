@@ -450,9 +450,10 @@ class ActionService:
             return self._take_goal(payload, message.sender)
         if message.topic == topics.goals:
             return {"goals": [goal._snapshot() for goal in self._goals.values()]}
-        goal = self._goals.get(payload.get("goal_id"))  # type: ignore[arg-type]
+        goal_id = payload.get("goal_id")
+        goal = self._goals.get(goal_id) if isinstance(goal_id, str) else None
         if goal is None:
-            return {"goal_id": payload.get("goal_id"), "status": int(GoalStatus.UNKNOWN)}
+            return {"goal_id": goal_id, "status": int(GoalStatus.UNKNOWN)}
         if message.topic == topics.cancel:
             return self._cancel(goal)
         wait = payload.get("wait", 0)
