@@ -8,6 +8,14 @@ from __future__ import annotations
 import atexit
 
 from message_broker import _core
+from message_broker.actions import (
+    ActionClient,
+    ActionService,
+    Goal,
+    GoalHandle,
+    GoalResult,
+    GoalStatus,
+)
 from message_broker.broker import MessageBroker, stop_running_brokers
 from message_broker.client import URL_ENV, BrokerClient, Callback, Subscription, broker_url
 from message_broker.config import (
@@ -21,19 +29,26 @@ from message_broker.config import (
 )
 from message_broker.errors import (
     ERROR_CODES,
+    ActionError,
     AuthenticationError,
     BrokerError,
     ConnectionLostError,
+    GoalRefusedError,
     InvalidMessageError,
     NoRespondersError,
     NotConnectedError,
+    PayloadValidationError,
     PermissionDeniedError,
     QueueFullError,
     RequestTimeoutError,
     ResponderError,
     StorageError,
+    UnknownGoalError,
 )
+from message_broker.events import Event, EventEmitter
+from message_broker.heartbeat import Heartbeat, NodeHeartbeat, NodeMonitor, NodeState
 from message_broker.message import Message
+from message_broker.typed import TypedMessage
 
 __version__: str = _core.__version__
 
@@ -50,6 +65,9 @@ __all__ = [
     "DEFAULT_PORT",
     "ERROR_CODES",
     "URL_ENV",
+    "ActionClient",
+    "ActionError",
+    "ActionService",
     "AuthenticationError",
     "BrokerClient",
     "BrokerConfig",
@@ -57,17 +75,31 @@ __all__ = [
     "Callback",
     "ConfigError",
     "ConnectionLostError",
+    "Event",
+    "EventEmitter",
+    "Goal",
+    "GoalHandle",
+    "GoalRefusedError",
+    "GoalResult",
+    "GoalStatus",
+    "Heartbeat",
     "InvalidMessageError",
     "Message",
     "MessageBroker",
     "NoRespondersError",
+    "NodeHeartbeat",
+    "NodeMonitor",
+    "NodeState",
     "NotConnectedError",
+    "PayloadValidationError",
     "PermissionDeniedError",
     "QueueFullError",
     "RequestTimeoutError",
     "ResponderError",
     "StorageError",
     "Subscription",
+    "TypedMessage",
+    "UnknownGoalError",
     "__version__",
     "broker_url",
 ]

@@ -28,9 +28,11 @@ from message_broker.errors import (
     ConnectionLostError,
     InvalidMessageError,
     NotConnectedError,
+    PayloadValidationError,
     error_from_code,
 )
 from message_broker.message import Message
+from message_broker.typed import decode, decoding, encode
 
 logger = logging.getLogger("message_broker.client")
 
@@ -141,6 +143,9 @@ class Front(Protocol):
         """Something the user should hear of, already logged (a message that could not
         be delivered, a request that could not be answered)."""
 
+    def _on_invalid_payload(self, error: PayloadValidationError) -> None:
+        """A received payload did not decode into its type; already logged."""
+
     def _defer(self, result: Any, finish: Finish) -> bool:
         """True when ``result`` is work still running (a coroutine) that the front
         finishes later, calling ``finish(value, None)`` with what it returned or
@@ -160,6 +165,8 @@ class SubscribeOptions:
     dead_letter_topic: str | None = None
     passive: bool = False
     no_local: bool = False
+    # subscribe(..., type=): what the callback's payloads are decoded into.
+    payload_type: Any = None
 
     def limits(self) -> dict[str, Any]:
         """The queue's options that were given (the broker's defaults stand for the rest)."""
@@ -170,7 +177,7 @@ class SubscribeOptions:
         }
 
 
-_NOT_LIMITS = ("queue", "durable", "passive", "no_local")
+_NOT_LIMITS = ("queue", "durable", "passive", "no_local", "payload_type")
 
 
 def pattern_list(patterns: str | Iterable[str]) -> list[str]:
@@ -476,7 +483,7 @@ class ClientCore:
         """
         engine = self.require()
         try:
-            message_id, call = engine.publish(topic, payload, qos, ttl, retain, headers)
+            message_id, call = engine.publish(topic, encode(payload), qos, ttl, retain, headers)
         except ValueError as error:
             raise InvalidMessageError(str(error)) from None
         except ConnectionError as error:
@@ -504,6 +511,8 @@ class ClientCore:
         engine = self.require()
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
+        if options.payload_type is not None and callback is not None:
+            callback = decoding(callback, options.payload_type, self.report_invalid)
         patterns = pattern_list(patterns)
         limits = options.limits()
         if options.queue is None and not options.durable:
@@ -641,13 +650,21 @@ class ClientCore:
         self._calls[call] = answered
 
     def request(
-        self, topic: str, payload: Any, timeout: float, done: Done, headers: Any = None
+        self,
+        topic: str,
+        payload: Any,
+        timeout: float,
+        done: Done,
+        headers: Any = None,
+        response_type: Any = None,
     ) -> None:
         """Sends a request: ``done(reply payload, None)``, or ``done(topic, error)``.
-        Raises at once for what cannot be sent (see :meth:`publish`)."""
+        Raises at once for what cannot be sent (see :meth:`publish`). With
+        ``response_type`` the reply is decoded into it; one that does not validate is
+        the error (:class:`PayloadValidationError`)."""
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        params = {"topic": topic, "payload": payload, "timeout": timeout}
+        params = {"topic": topic, "payload": encode(payload), "timeout": timeout}
         if headers:
             params["headers"] = headers
         call = self._call("request", params)
@@ -655,10 +672,25 @@ class ClientCore:
         def answered(result: str | None, error: BrokerError | None) -> None:
             if error is not None or result is None:
                 done(topic, error)
-            else:
+            elif response_type is None:
                 done(_core.loads(result), None)
+            else:
+                try:
+                    reply = decode(_core.loads(result), response_type, topic)
+                except PayloadValidationError as invalid:
+                    logger.warning("%s", invalid)
+                    done(topic, invalid)
+                    return
+                done(reply, None)
 
         self._calls[call] = answered
+
+    def report_invalid(self, error: PayloadValidationError) -> None:
+        """A received payload did not decode into its type: logged, and told to the
+        front (``on_error``, ``error_occurred``); the message goes no further."""
+        sender = "" if error.sender is None else f" (from {error.sender!r})"
+        logger.warning("%s%s", error, sender)
+        self._front._on_invalid_payload(error)
 
     def _call(self, method: str, params: dict[str, Any]) -> int:
         try:
@@ -774,7 +806,7 @@ class ClientCore:
         if result is None or message.reply_to is None or message.responded:
             return
         try:
-            message.respond(result)
+            message.respond(encode(result))
         except (BrokerError, ValueError, ConnectionError, BlockingIOError) as error:
             self._problem(f"could not answer the request on {message.topic!r}: {error}")
 

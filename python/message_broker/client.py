@@ -40,6 +40,7 @@ from message_broker.errors import (
     ERROR_CODES,
     BrokerError,
     NotConnectedError,
+    PayloadValidationError,
     RequestTimeoutError,
     error_from_code,
 )
@@ -442,6 +443,7 @@ class BrokerClient:
         passive: bool = False,
         no_local: bool = False,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
+        type: Any = None,
     ) -> Subscription:
         """Calls ``callback`` with every message whose topic matches one of ``patterns``
         (``*``/``+``: one segment, ``#``: any number, last only). Returns the
@@ -485,6 +487,13 @@ class BrokerClient:
         :class:`NoRespondersError` (for loggers and monitors). ``no_local=True`` never
         receives this client's own publishes. Both apply to plain subscriptions. A
         passive callback that raises never answers a request with its failure.
+
+        ``type=`` (a dataclass, a pydantic model, or an annotation such as
+        ``list[int]``) decodes each payload: the callback (or ``next_msg``) gets a
+        :class:`~message_broker.typed.TypedMessage` whose ``payload`` is the instance.
+        A payload that does not validate never reaches it: the
+        :class:`PayloadValidationError` is logged and given to ``on_error``, a request
+        is answered with it, and a message from a queue goes to its dead-letter topic.
         """
         self._require_loop()
         buffer = None
@@ -502,6 +511,7 @@ class BrokerClient:
             dead_letter_topic,
             passive,
             no_local,
+            type,
         )
         subscription = Subscription(self, buffer)
         deliver = buffer.put if buffer is not None else callback
@@ -656,9 +666,12 @@ class BrokerClient:
         payload: Any = None,
         timeout: float = 5.0,
         headers: dict[str, str] | None = None,
+        *,
+        response_type: Any = None,
     ) -> Any:
         """Sends a request (with ``headers``, if given) and returns the first reply's
-        payload.
+        payload, decoded into ``response_type`` when given (a dataclass, a pydantic
+        model; :class:`PayloadValidationError` when the reply does not validate).
 
         Raises :class:`NoRespondersError` at once when nobody is subscribed to
         ``topic``, :class:`ResponderError` at once when the responder's callback
@@ -669,7 +682,7 @@ class BrokerClient:
         """
         self._require_loop()
         answer, done = self._completion()
-        self._core.request(topic, payload, timeout, done, headers)
+        self._core.request(topic, payload, timeout, done, headers, response_type)
         try:
             # Not wait_for: the broker's own timeout is a TimeoutError too, and must
             # reach the caller as it is, not be mistaken for the broker's silence.
@@ -781,6 +794,10 @@ class BrokerClient:
     def _on_problem(self, report: str) -> None:
         # Logged by the core.
         self._call_hook("on_error", self._when_error, BrokerError(report))
+
+    def _on_invalid_payload(self, error: PayloadValidationError) -> None:
+        # Logged by the core.
+        self._call_hook("on_error", self._when_error, error)
 
     def _call_hook(self, name: str, hook: Callable[..., Any] | None, *args: Any) -> None:
         """Calls a connection event callback; what it raises is logged, never more."""

@@ -116,3 +116,46 @@ def error_from_code(code: int, message: str, data: Any = None) -> BrokerError:
             responder=responder if isinstance(responder, str) else None,
         )
     return _BY_CODE.get(code, BrokerError)(message, code)
+
+
+# -- typed messages and actions (message_broker.typed, message_broker.actions) ----------
+class PayloadValidationError(BrokerError, ValueError):
+    """A payload that does not fit the type it was to be decoded into (``subscribe(...,
+    type=)``, ``request(..., response_type=)``, the actions' types). Raised by
+    ``request``; for a subscription it is logged on ``message_broker.client`` and given
+    to ``on_error`` (the Qt client emits ``error_occurred``), and the callback is not
+    called. ``topic`` is where the payload came, ``sender`` who sent it (when known),
+    ``expected`` the type and ``payload`` the value as it came."""
+
+    def __init__(
+        self, message: str, *, topic: str = "", expected: Any = None, payload: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.sender: str | None = None
+        self.expected = expected
+        self.payload = payload
+
+
+class ActionError(BrokerError):
+    """An action's goal could not be carried out as asked (see
+    ``message_broker.actions``). ``goal_id`` is the goal's id."""
+
+    def __init__(self, message: str, goal_id: str = "") -> None:
+        super().__init__(message)
+        self.goal_id = goal_id
+
+
+class GoalRefusedError(ActionError):
+    """The action service did not accept the goal: it runs as many goals as it takes
+    (``concurrent_goals``), the goal did not validate, or its id is in use. ``reason``
+    says which, as the service put it."""
+
+    def __init__(self, message: str, goal_id: str = "", reason: str = "") -> None:
+        super().__init__(message, goal_id)
+        self.reason = reason
+
+
+class UnknownGoalError(ActionError, LookupError):
+    """The action service does not know this goal id (never sent to it, forgotten since
+    among its ``keep_results``, or the service restarted)."""

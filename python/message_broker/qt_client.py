@@ -41,7 +41,7 @@ from message_broker._client_core import (
 )
 from message_broker.broker import MessageBroker
 from message_broker.config import BrokerConfig
-from message_broker.errors import BrokerError, InvalidMessageError
+from message_broker.errors import BrokerError, InvalidMessageError, PayloadValidationError
 from message_broker.message import Message
 
 if TYPE_CHECKING:
@@ -257,6 +257,7 @@ class QtBrokerClient(QObject):
         dead_letter_topic: str | None = None,
         passive: bool = False,
         no_local: bool = False,
+        type: Any = None,
     ) -> QtSubscription | None:
         """Subscribes; matching messages arrive as ``message_received`` and ``message``
         (and go to ``callback``, if given: a value it returns answers a request).
@@ -269,7 +270,9 @@ class QtBrokerClient(QObject):
         message from a queue is acknowledged when the callback returns without raising
         (without a callback: once the signals have been emitted) and given back when
         the callback raises; ``message.ack()`` / ``message.nack()`` in a slot settle it
-        first. ``passive`` and ``no_local`` are those of ``BrokerClient.subscribe`` too."""
+        first. ``passive``, ``no_local`` and ``type`` (the callback gets a
+        :class:`~message_broker.typed.TypedMessage`; a payload that does not validate
+        emits ``error_occurred`` instead) are those of ``BrokerClient.subscribe`` too."""
         options = SubscribeOptions(
             queue,
             durable,
@@ -280,6 +283,7 @@ class QtBrokerClient(QObject):
             dead_letter_topic,
             passive,
             no_local,
+            type,
         )
         subscription = QtSubscription(self)
         try:
@@ -388,10 +392,14 @@ class QtBrokerClient(QObject):
         timeout: float = 5.0,
         callback: ReplyCallback | None = None,
         headers: dict[str, str] | None = None,
+        *,
+        response_type: Any = None,
     ) -> int:
         """Sends a request without blocking. Returns its number; the reply arrives as
         ``reply_received(number, reply)`` or ``request_failed(number, reason)``, and
-        ``callback(reply, error)`` is called too, if given (in this thread)."""
+        ``callback(reply, error)`` is called too, if given (in this thread). With
+        ``response_type`` the reply is decoded into it (a reply that does not validate
+        fails the request)."""
         number = next(self._request_numbers)
 
         def done(result: Any, error: BrokerError | None) -> None:
@@ -403,7 +411,7 @@ class QtBrokerClient(QObject):
                 callback(None if error else result, error)
 
         try:
-            self._core.request(topic, payload, timeout, done, headers)
+            self._core.request(topic, payload, timeout, done, headers, response_type)
         except BrokerError as error:
             done(None, error)
         except ValueError as error:
@@ -481,6 +489,9 @@ class QtBrokerClient(QObject):
 
     def _on_problem(self, report: str) -> None:
         self.error_occurred.emit(report)
+
+    def _on_invalid_payload(self, error: PayloadValidationError) -> None:
+        self.error_occurred.emit(str(error))
 
     def _defer(self, result: Any, finish: Finish) -> bool:
         return False  # Qt callbacks are plain functions: what they return is their result

@@ -422,12 +422,14 @@ class SyncBrokerClient:
         passive: bool = False,
         no_local: bool = False,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
+        type: Any = None,
     ) -> SyncSubscription:
         """Subscribes, as ``BrokerClient.subscribe`` does; returns the
         :class:`SyncSubscription`. ``callback`` runs on the client's callback thread; a
         message from a queue is acknowledged when it returns without raising. Without
         ``callback`` the messages wait in the subscription (up to ``max_buffered``) for
-        ``sub.next_msg()`` and ``sub.messages()``."""
+        ``sub.next_msg()`` and ``sub.messages()``. ``type=`` decodes the payloads, as
+        ``BrokerClient.subscribe`` does."""
         buffer = None
         deliver: Callable[[Message], Any]
         if callback is None:
@@ -452,6 +454,7 @@ class SyncBrokerClient:
             dead_letter_topic,
             passive,
             no_local,
+            type,
         )
         subscription = SyncSubscription(self, buffer)
         self._run(lambda client: client._subscribe(patterns, deliver, options, subscription))
@@ -493,11 +496,17 @@ class SyncBrokerClient:
         payload: Any = None,
         timeout: float = 5.0,
         headers: dict[str, str] | None = None,
+        *,
+        response_type: Any = None,
     ) -> Any:
-        """Sends a request and returns the first reply's payload; see
-        ``BrokerClient.request``. From a callback too: the answer comes in while the
-        callback thread waits."""
-        return self._run(lambda client: client.request(topic, payload, timeout, headers))
+        """Sends a request and returns the first reply's payload (decoded into
+        ``response_type`` when given); see ``BrokerClient.request``. From a callback
+        too: the answer comes in while the callback thread waits."""
+        return self._run(
+            lambda client: client.request(
+                topic, payload, timeout, headers, response_type=response_type
+            )
+        )
 
     def flush(self, timeout: float = 10.0) -> None:
         """Returns once everything published so far has reached the broker; see
