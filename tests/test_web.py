@@ -49,7 +49,9 @@ def test_there_is_no_http_listener_unless_asked(broker: MessageBroker) -> None:
 
 
 def test_the_page_address_carries_the_token_in_its_fragment(web_broker: MessageBroker) -> None:
-    assert web_broker.http_url == f"http://127.0.0.1:{web_broker.http_port}/#token={web_broker.token}"
+    assert (
+        web_broker.http_url == f"http://127.0.0.1:{web_broker.http_port}/#token={web_broker.token}"
+    )
 
 
 def test_health_needs_no_token_and_the_data_does(http: Http) -> None:
@@ -58,7 +60,14 @@ def test_health_needs_no_token_and_the_data_does(http: Http) -> None:
     assert page.status == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
-    for path in ["/varz", "/connz", "/subsz", "/topics", "/metrics", "/api/messages/poll?timeout=0"]:
+    for path in [
+        "/varz",
+        "/connz",
+        "/subsz",
+        "/topics",
+        "/metrics",
+        "/api/messages/poll?timeout=0",
+    ]:
         refused = http.get(path, token=None)
         assert refused.status == 401, path
         assert refused.headers["www-authenticate"].startswith("Bearer")
@@ -95,61 +104,68 @@ def test_requests_from_other_sites_pages_are_refused(http: Http) -> None:
     assert http.post_json("/api/publish", {"topic": "a", "payload": 1}, headers=own).status == 200
 
 
-async def test_counters_are_exact_after_a_scripted_workload(web_broker: MessageBroker, http: Http) -> None:
-    async with client(web_broker, "sub-a") as a, client(web_broker, "sub-b") as b:
-        async with client(web_broker, "pub") as pub:
-            got: list[Any] = []
-            await a.subscribe("w.#", lambda m: got.append(m.payload))
-            await b.subscribe(["w.a", "w.b"], lambda m: got.append(m.payload))
-            await pub.subscribe("math.double", lambda m: m.payload * 2)
-            await pub.flush()
-            before = http.get_json("/varz")
-            for n in range(1000, 1010):
-                await pub.publish("w.a", n)
-            await pub.publish("w.c", 1010)
-            assert await a.request("math.double", 21) == 42
-            with pytest.raises(NoRespondersError):
-                await a.request("nobody.home", 1)
-            await eventually(lambda: len(got) == 21)
-            after = http.get_json("/varz")
-            delta = {k: after[k] - before[k] for k in after if isinstance(after[k], int) and k in before}
-            # 11 publishes, the request and the request nobody answers.
-            assert delta["in_msgs"] == 13
-            # 10 to both subscribers, 1 to a, the request to its responder.
-            assert delta["out_msgs"] == 22
-            assert delta["in_bytes"] == 11 * 4 + 2 + 1
-            assert delta["out_bytes"] == 21 * 4 + 2
-            assert delta["requests"] == 2
-            assert delta["replies"] == 1
-            assert delta["no_responders"] == 1
-            assert delta["dropped_msgs"] == 0
-            assert after["connections"] == 3
-            assert after["subscriptions"] == 4
-            assert after["server_name"] == "message-broker"
-            assert after["http_port"] == http.port
-            assert after["uptime"].endswith("s")
+async def test_counters_are_exact_after_a_scripted_workload(
+    web_broker: MessageBroker, http: Http
+) -> None:
+    async with (
+        client(web_broker, "sub-a") as a,
+        client(web_broker, "sub-b") as b,
+        client(web_broker, "pub") as pub,
+    ):
+        got: list[Any] = []
+        await a.subscribe("w.#", lambda m: got.append(m.payload))
+        await b.subscribe(["w.a", "w.b"], lambda m: got.append(m.payload))
+        await pub.subscribe("math.double", lambda m: m.payload * 2)
+        await pub.flush()
+        before = http.get_json("/varz")
+        for n in range(1000, 1010):
+            await pub.publish("w.a", n)
+        await pub.publish("w.c", 1010)
+        assert await a.request("math.double", 21) == 42
+        with pytest.raises(NoRespondersError):
+            await a.request("nobody.home", 1)
+        await eventually(lambda: len(got) == 21)
+        after = http.get_json("/varz")
+        delta = {
+            k: after[k] - before[k] for k in after if isinstance(after[k], int) and k in before
+        }
+        # 11 publishes, the request and the request nobody answers.
+        assert delta["in_msgs"] == 13
+        # 10 to both subscribers, 1 to a, the request to its responder.
+        assert delta["out_msgs"] == 22
+        assert delta["in_bytes"] == 11 * 4 + 2 + 1
+        assert delta["out_bytes"] == 21 * 4 + 2
+        assert delta["requests"] == 2
+        assert delta["replies"] == 1
+        assert delta["no_responders"] == 1
+        assert delta["dropped_msgs"] == 0
+        assert after["connections"] == 3
+        assert after["subscriptions"] == 4
+        assert after["server_name"] == "message-broker"
+        assert after["http_port"] == http.port
+        assert after["uptime"].endswith("s")
 
-            connz = http.get_json("/connz?subs=1")
-            by_name = {c["name"]: c for c in connz["connections"]}
-            assert set(by_name) == {"sub-a", "sub-b", "pub"}
-            assert by_name["sub-a"]["out_msgs"] == 11
-            assert by_name["sub-b"]["out_msgs"] == 10
-            assert by_name["sub-b"]["subscriptions_list"] == ["w.a", "w.b"]
-            assert by_name["pub"]["type"] == "tcp"
-            assert by_name["pub"]["ip"] == "127.0.0.1"
-            assert by_name["pub"]["lang"] == "python"
-            # connect, two subscribes, 11 publishes, the reply (and maybe a ping).
-            assert by_name["pub"]["in_msgs"] >= 14
-            first = http.get_json("/connz?sort=msgs_to&limit=1")
-            assert [c["name"] for c in first["connections"]] == ["sub-a"]
-            assert first["total"] == 3
-            second = http.get_json("/connz?sort=msgs_to&limit=1&offset=1")
-            assert [c["name"] for c in second["connections"]] == ["sub-b"]
+        connz = http.get_json("/connz?subs=1")
+        by_name = {c["name"]: c for c in connz["connections"]}
+        assert set(by_name) == {"sub-a", "sub-b", "pub"}
+        assert by_name["sub-a"]["out_msgs"] == 11
+        assert by_name["sub-b"]["out_msgs"] == 10
+        assert by_name["sub-b"]["subscriptions_list"] == ["w.a", "w.b"]
+        assert by_name["pub"]["type"] == "tcp"
+        assert by_name["pub"]["ip"] == "127.0.0.1"
+        assert by_name["pub"]["lang"] == "python"
+        # connect, two subscribes, 11 publishes, the reply (and maybe a ping).
+        assert by_name["pub"]["in_msgs"] >= 14
+        first = http.get_json("/connz?sort=msgs_to&limit=1")
+        assert [c["name"] for c in first["connections"]] == ["sub-a"]
+        assert first["total"] == 3
+        second = http.get_json("/connz?sort=msgs_to&limit=1&offset=1")
+        assert [c["name"] for c in second["connections"]] == ["sub-b"]
 
-            subsz = http.get_json("/subsz?test=w.a")
-            assert subsz["num_subscriptions"] == 4
-            assert sorted(s["client_id"] for s in subsz["subscriptions_list"]) == ["sub-a", "sub-b"]
-            assert subsz["max_fanout"] >= 2
+        subsz = http.get_json("/subsz?test=w.a")
+        assert subsz["num_subscriptions"] == 4
+        assert sorted(s["client_id"] for s in subsz["subscriptions_list"]) == ["sub-a", "sub-b"]
+        assert subsz["max_fanout"] >= 2
 
 
 def test_bad_monitoring_queries_are_named(http: Http) -> None:
@@ -163,7 +179,9 @@ def test_bad_monitoring_queries_are_named(http: Http) -> None:
     assert http.get("/topics?limit=100000").status == 400
 
 
-async def test_metrics_parse_with_the_prometheus_parser(web_broker: MessageBroker, http: Http) -> None:
+async def test_metrics_parse_with_the_prometheus_parser(
+    web_broker: MessageBroker, http: Http
+) -> None:
     async with client(web_broker, 'odd "name" \\ here') as odd:
         await odd.subscribe("m.#", lambda m: None)
         for n in range(5):
@@ -194,7 +212,9 @@ def test_metrics_label_series_are_bounded(web_broker: MessageBroker, http: Http)
             connection = RawClient(web_broker.port)
             connection.call("connect", {"client_id": f"c{i:03}"})
             raw.append(connection)
-        families = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").body.decode())}
+        families = {
+            f.name: f for f in text_string_to_metric_families(http.get("/metrics").body.decode())
+        }
         samples = families["message_broker_client_pending_messages"].samples
         assert len(samples) == 100
         assert samples[-1].labels["client_id"] == "_other"
@@ -203,7 +223,9 @@ def test_metrics_label_series_are_bounded(web_broker: MessageBroker, http: Http)
             connection.close()
 
 
-async def test_a_long_poll_with_a_cursor_loses_nothing_between_polls(web_broker: MessageBroker, http: Http) -> None:
+async def test_a_long_poll_with_a_cursor_loses_nothing_between_polls(
+    web_broker: MessageBroker, http: Http
+) -> None:
     async with client(web_broker, "bursts") as pub:
         first = http.get("/api/messages/poll?pattern=burst.%23&timeout=0")
         assert first.status == 204
@@ -223,7 +245,8 @@ async def test_a_long_poll_with_a_cursor_loses_nothing_between_polls(web_broker:
                 if len(seen) == len(sent):
                     break
                 polled = await asyncio.to_thread(
-                    http.get, f"/api/messages/poll?pattern=burst.%23&after={cursor}&timeout=5&limit=300"
+                    http.get,
+                    f"/api/messages/poll?pattern=burst.%23&after={cursor}&timeout=5&limit=300",
                 )
                 assert polled.status == 200, polled.body
                 body = polled.json()
@@ -236,13 +259,17 @@ async def test_a_long_poll_with_a_cursor_loses_nothing_between_polls(web_broker:
         assert seen == sent
 
 
-async def test_a_waiting_poll_returns_the_next_message_and_times_out_empty(web_broker: MessageBroker, http: Http) -> None:
+async def test_a_waiting_poll_returns_the_next_message_and_times_out_empty(
+    web_broker: MessageBroker, http: Http
+) -> None:
     empty = await asyncio.to_thread(http.get, "/api/messages/poll?pattern=later&timeout=0.2")
     assert empty.status == 204
     cursor = empty.headers["x-next-seq"]
     async with client(web_broker, "later") as pub:
         waiting = asyncio.ensure_future(
-            asyncio.to_thread(http.get, f"/api/messages/poll?pattern=later&after={cursor}&timeout=10")
+            asyncio.to_thread(
+                http.get, f"/api/messages/poll?pattern=later&after={cursor}&timeout=10"
+            )
         )
         await asyncio.sleep(0.2)
         started = time.monotonic()
@@ -253,7 +280,9 @@ async def test_a_waiting_poll_returns_the_next_message_and_times_out_empty(web_b
         assert [m["payload"] for m in polled.json()["messages"]] == [{"at": "once"}]
 
 
-async def test_a_poll_behind_the_log_says_how_many_it_missed(web_broker: MessageBroker, http: Http) -> None:
+async def test_a_poll_behind_the_log_says_how_many_it_missed(
+    web_broker: MessageBroker, http: Http
+) -> None:
     async with client(web_broker, "flood") as pub:
         for n in range(10_050):
             await pub.publish("flood", n)
@@ -287,12 +316,17 @@ async def test_the_last_message_of_a_topic(web_broker: MessageBroker, http: Http
     assert http.get("/api/messages/last?topic=a..b").status == 400
 
 
-async def test_publish_over_http_reaches_a_subscriber(web_broker: MessageBroker, http: Http) -> None:
+async def test_publish_over_http_reaches_a_subscriber(
+    web_broker: MessageBroker, http: Http
+) -> None:
     async with client(web_broker, "listener") as listener:
         got: list[Any] = []
         await listener.subscribe("from.web", got.append)
         await listener.flush()
-        answer = http.post_json("/api/publish", {"topic": "from.web", "payload": {"hello": [1, 2]}, "headers": {"k": "v"}})
+        answer = http.post_json(
+            "/api/publish",
+            {"topic": "from.web", "payload": {"hello": [1, 2]}, "headers": {"k": "v"}},
+        )
         assert answer.status == 200, answer.body
         assert answer.json()["recipients"] == 1
         await eventually(lambda: len(got) == 1)
@@ -307,7 +341,9 @@ async def test_publish_over_http_reaches_a_subscriber(web_broker: MessageBroker,
 def test_bad_http_publishes_get_clear_errors(http: Http) -> None:
     plain = http.request("POST", "/api/publish", body="{}", headers={"Content-Type": "text/plain"})
     assert plain.status == 415
-    broken = http.request("POST", "/api/publish", body="{", headers={"Content-Type": "application/json"})
+    broken = http.request(
+        "POST", "/api/publish", body="{", headers={"Content-Type": "application/json"}
+    )
     assert broken.status == 400
     assert "not JSON" in broken.json()["error"]["message"]
     assert http.post_json("/api/publish", [1]).status == 400
@@ -319,7 +355,9 @@ def test_bad_http_publishes_get_clear_errors(http: Http) -> None:
     assert "colour" in unknown.json()["error"]["message"]
 
 
-async def test_the_topic_tree_counts_and_keeps_replies_out(web_broker: MessageBroker, http: Http) -> None:
+async def test_the_topic_tree_counts_and_keeps_replies_out(
+    web_broker: MessageBroker, http: Http
+) -> None:
     async with client(web_broker, "tree") as c:
         await c.subscribe("svc.echo", lambda m: m.payload)
         for _ in range(3):
@@ -346,14 +384,22 @@ async def test_the_topic_tree_counts_and_keeps_replies_out(web_broker: MessageBr
 async def test_a_websocket_speaks_the_same_protocol(web_broker: MessageBroker) -> None:
     url = f"ws://127.0.0.1:{web_broker.http_port}/ws"
     async with websockets.connect(url) as ws:
-        await ws.send(json.dumps({"jsonrpc": "2.0", "method": "connect", "params": {"client_id": "page"}, "id": 1}))
+        await ws.send(
+            json.dumps(
+                {"jsonrpc": "2.0", "method": "connect", "params": {"client_id": "page"}, "id": 1}
+            )
+        )
         answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert answer["error"]["code"] == ERROR_CODES["UNAUTHORIZED"]
         with pytest.raises(websockets.ConnectionClosed):
             await asyncio.wait_for(ws.recv(), 5)
     async with websockets.connect(url) as ws, client(web_broker, "python") as python:
         calls = [
-            {"method": "connect", "params": {"client_id": "page", "token": web_broker.token}, "id": 1},
+            {
+                "method": "connect",
+                "params": {"client_id": "page", "token": web_broker.token},
+                "id": 1,
+            },
             {"method": "subscribe", "params": {"patterns": ["to.page"]}, "id": 2},
         ]
         for call in calls:
@@ -366,7 +412,11 @@ async def test_a_websocket_speaks_the_same_protocol(web_broker: MessageBroker) -
         assert delivered["method"] == "message"
         assert delivered["params"]["payload"] == {"n": 1}
         assert delivered["params"]["sender"] == "python"
-        request = {"method": "request", "params": {"topic": "to.python", "payload": 7, "timeout": 5}, "id": 3}
+        request = {
+            "method": "request",
+            "params": {"topic": "to.python", "payload": 7, "timeout": 5},
+            "id": 3,
+        }
         await ws.send(json.dumps({"jsonrpc": "2.0", **request}))
         assert json.loads(await asyncio.wait_for(ws.recv(), 5))["result"] == {"echo": 7}
         connz = Http(web_broker.http_port, web_broker.token).get_json("/connz")
@@ -382,13 +432,19 @@ async def test_a_websocket_from_another_sites_page_is_refused(web_broker: Messag
     assert refused.value.response.status_code == 403
 
 
-async def test_a_passive_tap_on_everything_leaves_requests_unanswered(web_broker: MessageBroker, http: Http) -> None:
+async def test_a_passive_tap_on_everything_leaves_requests_unanswered(
+    web_broker: MessageBroker, http: Http
+) -> None:
     """The monitor and a page's passive subscription to `#` see every message but are
     never responders: a request nobody answers fails at once."""
     url = f"ws://127.0.0.1:{web_broker.http_port}/ws"
     async with websockets.connect(url) as ws, client(web_broker, "asker") as asker:
         calls = [
-            {"method": "connect", "params": {"client_id": "tap", "token": web_broker.token}, "id": 1},
+            {
+                "method": "connect",
+                "params": {"client_id": "tap", "token": web_broker.token},
+                "id": 1,
+            },
             {"method": "subscribe", "params": {"patterns": ["#"], "passive": True}, "id": 2},
         ]
         for call in calls:
@@ -412,7 +468,9 @@ async def test_a_long_poll_ends_when_the_broker_stops(start_broker: StartBroker)
     broker = start_broker(http_port=0)
     assert broker.http_port is not None
     http = Http(broker.http_port, broker.token)
-    waiting = asyncio.ensure_future(asyncio.to_thread(http.get, "/api/messages/poll?pattern=x&timeout=60"))
+    waiting = asyncio.ensure_future(
+        asyncio.to_thread(http.get, "/api/messages/poll?pattern=x&timeout=60")
+    )
     await asyncio.sleep(0.3)
     started = time.monotonic()
     await asyncio.to_thread(broker.stop_sync)

@@ -21,7 +21,9 @@ StartBroker = Callable[..., MessageBroker]
 def browser() -> Iterator[Browser]:
     chromium = require_program("chromium")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        browser = playwright.chromium.launch(
+            executable_path=chromium, headless=True, args=["--no-sandbox"]
+        )
         yield browser
         browser.close()
 
@@ -77,9 +79,13 @@ def test_a_page_speaks_json_rpc_over_the_websocket(
             await client.publish("from.page", { hello: "python" });
             const doubled = await client.request("double", 21, { timeout: 5 });
             let noResponders = null;
-            try { await client.request("nobody.here", 1); } catch (e) { noResponders = e instanceof BrokerError && e.code === ErrorCode.NO_RESPONDERS; }
+            try { await client.request("nobody.here", 1); } catch (e) {
+                noResponders = e instanceof BrokerError && e.code === ErrorCode.NO_RESPONDERS;
+            }
             await client.publish("to.page", [1, 2, 3]);
-            for (let i = 0; i < 100 && got.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+            for (let i = 0; i < 100 && got.length === 0; i++) {
+                await new Promise((r) => setTimeout(r, 20));
+            }
             let refused = null;
             try { await connect("no-token", {}); } catch (e) { refused = e.code; }
             await client.close();
@@ -105,7 +111,9 @@ def test_the_page_shows_a_new_client_within_two_seconds(
     expect(row).to_contain_text("news.#", timeout=2000)
 
 
-def test_the_topic_tree_counts_messages(page: Page, python_client: Callable[[str], SyncBrokerClient]) -> None:
+def test_the_topic_tree_counts_messages(
+    page: Page, python_client: Callable[[str], SyncBrokerClient]
+) -> None:
     publisher = python_client("plant")
     for n in range(3):
         publisher.publish("plant.line1.temp", 20 + n)
@@ -117,7 +125,9 @@ def test_the_topic_tree_counts_messages(page: Page, python_client: Callable[[str
     expect(page.locator('#topic-tree li[data-topic="plant"]')).to_contain_text("4 msg")
 
 
-def test_the_live_tail_follows_its_filter(page: Page, python_client: Callable[[str], SyncBrokerClient]) -> None:
+def test_the_live_tail_follows_its_filter(
+    page: Page, python_client: Callable[[str], SyncBrokerClient]
+) -> None:
     publisher = python_client("tail-feed")
     page.fill("#tail-pattern", "wanted.#")
     page.click("#tail-apply")
@@ -160,9 +170,13 @@ def test_the_publish_form_reaches_a_python_subscriber(
     expect(page.locator("#publish-result")).to_contain_text("reserved")
 
 
-def test_what_clients_send_is_shown_as_text(page: Page, python_client: Callable[[str], SyncBrokerClient]) -> None:
+def test_what_clients_send_is_shown_as_text(
+    page: Page, python_client: Callable[[str], SyncBrokerClient]
+) -> None:
     hostile = python_client('<img src=x onerror="window.owned=1">')
-    hostile.publish("xss.topic", '<script>window.owned=2</script><img src=x onerror="window.owned=3">')
+    hostile.publish(
+        "xss.topic", '<script>window.owned=2</script><img src=x onerror="window.owned=3">'
+    )
     hostile.subscribe("<b>bold</b>", lambda m: None)
     hostile.flush()
     expect(page.locator('#tail tr[data-topic="xss.topic"]')).to_have_count(1, timeout=5000)
@@ -173,7 +187,9 @@ def test_what_clients_send_is_shown_as_text(page: Page, python_client: Callable[
     expect(page.locator("#tail")).to_contain_text("<script>window.owned=2</script>")
 
 
-def test_without_the_token_the_page_asks_for_it(browser: Browser, web_broker: MessageBroker) -> None:
+def test_without_the_token_the_page_asks_for_it(
+    browser: Browser, web_broker: MessageBroker
+) -> None:
     context = browser.new_context()
     try:
         page = context.new_page()
@@ -193,3 +209,19 @@ def test_without_the_token_the_page_asks_for_it(browser: Browser, web_broker: Me
 def test_the_fragment_token_leaves_the_address_bar(page: Page) -> None:
     expect(page.locator("#state")).to_have_text("live", timeout=10_000)
     assert "#token" not in page.url
+
+
+def test_the_system_feed_shows_what_happened_before_the_page_opened(
+    browser: Browser, web_broker: MessageBroker, python_client: Callable[[str], SyncBrokerClient]
+) -> None:
+    python_client("early-bird")
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        assert web_broker.http_url is not None
+        page.goto(web_broker.http_url)
+        system = page.locator("#system")
+        expect(system).to_contain_text("system.client.connected", timeout=5000)
+        expect(system).to_contain_text("early-bird")
+    finally:
+        context.close()

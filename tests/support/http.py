@@ -35,7 +35,7 @@ class Http:
         path: str,
         body: bytes | str | None = None,
         headers: dict[str, str] | None = None,
-        token: str | None | bool = True,
+        token: str | bool | None = True,
     ) -> Response:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
         try:
@@ -46,7 +46,9 @@ class Http:
             sent.update(headers or {})
             connection.request(method, path, body=body, headers=sent)
             reply = connection.getresponse()
-            return Response(reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read())
+            return Response(
+                reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
+            )
         finally:
             connection.close()
 
