@@ -12,8 +12,8 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use message_broker::BrokerConfig;
-use message_broker::broker::outbox;
 use message_broker::broker::router::{ClientInfo, Publish, Router, SubscriptionFlags};
+use message_broker::broker::{Peer, outbox};
 use message_broker::index::SubscriptionIndex;
 use message_broker::protocol::frame::{FrameDecoder, Framing};
 use message_broker::protocol::jsonrpc;
@@ -88,7 +88,12 @@ fn router(c: &mut Criterion) {
         for i in 0..subscribers {
             let session = router.new_session_id();
             let (outbox, queue) = outbox::channel(1 << 20, usize::MAX);
-            let info = ClientInfo { client_id: format!("sub{i}").into(), client_type: None, version: None };
+            let info = ClientInfo {
+                client_id: format!("sub{i}").into(),
+                client_type: None,
+                version: None,
+                peer: Peer::in_process(),
+            };
             router.register(session, info, outbox, Arc::new(Notify::new())).unwrap();
             router.subscribe(session, &["jobs.*".into()], SubscriptionFlags::default()).unwrap();
             queues.push(queue);

@@ -61,6 +61,10 @@ pub struct BrokerConfig {
     pub local_socket: bool,
     /// Which topics each client may publish to and subscribe to; none: all of them.
     pub permissions: Vec<PermissionRule>,
+    /// Serve the monitoring page, the HTTP API and WebSocket access on 127.0.0.1 at
+    /// this port (0 picks a free one); `None` serves no HTTP. Everything but the page
+    /// itself and `/healthz` needs the token.
+    pub http_port: Option<u16>,
 }
 
 impl Default for BrokerConfig {
@@ -85,6 +89,7 @@ impl Default for BrokerConfig {
             runtime_dir: None,
             local_socket: true,
             permissions: Vec::new(),
+            http_port: None,
         }
     }
 }
@@ -161,6 +166,9 @@ impl BrokerConfig {
         }
         if self.data_dir.as_ref().is_some_and(|dir| dir.as_os_str().is_empty()) {
             return invalid("data_dir must not be empty (leave it out to keep queues in memory)".into());
+        }
+        if self.http_port.is_some_and(|http| http != 0 && http == self.port) {
+            return invalid(format!("http_port must differ from port (both are {})", self.port));
         }
         if self.heartbeat_timeout <= self.heartbeat_interval {
             return invalid(format!(

@@ -15,6 +15,8 @@
 //!   costs the depth of the topic, not the number of unrelated subscriptions.
 //! - [`config`], [`error`], [`ids`]: the broker's settings, the error codes and
 //!   types, message ids.
+//! - `web`: the optional HTTP listener: monitoring, the explorer page, HTTP access
+//!   to messages and WebSocket sessions, on 127.0.0.1 only.
 //! - [`runtime_file`]: where a running broker tells its user's programs its token
 //!   and local socket, read by broker and client alike.
 //! - `windows_acl` (Windows only): owner-only access control for the runtime folder
@@ -31,6 +33,7 @@ pub mod ids;
 pub mod index;
 pub mod protocol;
 pub mod runtime_file;
+mod web;
 #[cfg(windows)]
 mod windows_acl;
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -293,6 +295,23 @@ def test_serve_says_where_the_socket_and_token_are(run_broker):
         plain.stop()
     finally:
         shutil.rmtree(runtime)
+
+
+def test_serve_prints_the_explorer_page_address_with_the_token(run_broker):
+    broker = run_broker("--host", "127.0.0.1", "--port", "0", "--http-port", "0")
+    assert broker.proc.stdout is not None
+    lines = [broker.proc.stdout.readline() for _ in range(3)]
+    (page,) = [line for line in lines if "explorer page" in line]
+    address = re.search(r"(http://127\.0\.0\.1:(\d+)/)#token=([0-9a-f]{64})$", page.strip())
+    assert address, page
+    runtime = json.loads(
+        Path(os.environ["MESSAGE_BROKER_RUNTIME_DIR"], f"broker-{broker.port}.json").read_text()
+    )
+    assert address.group(3) == runtime["token"]
+    with urllib.request.urlopen(f"{address.group(1)}healthz", timeout=10) as health:
+        assert json.load(health) == {"status": "ok"}
+    code, _, _ = broker.stop()
+    assert code == 0
 
 
 def test_client_command_without_a_broker():

@@ -366,6 +366,13 @@ def add_serve(commands: Any) -> None:
         help="do not open the Unix socket (named pipe on Windows)",
     )
     serve.add_argument(
+        "--http-port",
+        type=int,
+        metavar="PORT",
+        help="serve the explorer page, monitoring (/varz, /metrics, ...), HTTP access and "
+        "WebSocket on 127.0.0.1 at this port (0: a free one); prints the page's address",
+    )
+    serve.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -764,6 +771,7 @@ def serve(args: argparse.Namespace) -> int:
                 ("require_token", args.require_token),
                 ("runtime_dir", args.runtime_dir),
                 ("local_socket", args.local_socket),
+                ("http_port", args.http_port),
             )
             if value is not None
         }
@@ -797,6 +805,9 @@ def serve(args: argparse.Namespace) -> int:
     required = broker.status()["security"]["require_token"]
     token = "required" if required else "sent by clients that find it"
     print(f"  token for TCP clients ({token}): in {broker.runtime_file}", flush=True)
+    if broker.http_url is not None:
+        # The token rides in the fragment, which the browser keeps to itself.
+        print(f"  explorer page (open it in this user's browser): {broker.http_url}", flush=True)
     # A timed wait, so that signal handlers run promptly on every platform.
     while not stop.wait(0.5):
         pass

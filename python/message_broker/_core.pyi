@@ -38,6 +38,7 @@ class BrokerDefaults(TypedDict):
     require_token: bool
     runtime_dir: str | None
     local_socket: bool
+    http_port: int | None
 
 class ClientDefaults(TypedDict):
     """The defaults of a client's options."""
@@ -250,6 +251,10 @@ class Broker:
     @property
     def bound_host(self) -> str | None:
         """The bound address while running."""
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP listener's port (on 127.0.0.1) while running, when ``http_port``
+        is set."""
 
     def status_json(self) -> str:
         """The ``status`` document (see ``Status``) as JSON text. Raises

@@ -77,6 +77,21 @@ class MessageBroker:
         ``BrokerClient(..., url=f"unix://{broker.local_socket}")``."""
         return self._server.local_socket
 
+    @property
+    def http_port(self) -> int | None:
+        """The HTTP listener's port on 127.0.0.1 while running, when ``http_port`` is
+        configured: the explorer page, monitoring, HTTP access and ``/ws``."""
+        return self._server.http_port
+
+    @property
+    def http_url(self) -> str | None:
+        """The explorer page's address with the token (in the fragment, which the
+        browser never sends), for this user's browser: open it to see the broker."""
+        port = self.http_port
+        if port is None:
+            return None
+        return f"http://127.0.0.1:{port}/#token={self.token}"
+
     def start_sync(self) -> int:
         """Starts listening without asyncio; returns the bound port."""
         _core.set_log_level(_logger.getEffectiveLevel())

@@ -45,6 +45,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "float": (int, float),
     "bool": bool,
     "str | None": (str, type(None)),
+    "int | None": (int, type(None)),
     "list[dict[str, Any]]": list,
 }
 
@@ -109,6 +110,12 @@ class BrokerConfig:
     local_socket: bool = _DEFAULTS["local_socket"]
     """Also listen on a socket only this user can open (a Unix socket beside the
     runtime file; a named pipe on Windows). Its clients need no token."""
+
+    http_port: int | None = _DEFAULTS["http_port"]
+    """Serve the monitoring page, the HTTP API (``/varz``, ``/connz``, ``/metrics``,
+    long-poll and publish) and WebSocket access on 127.0.0.1 at this port (0 picks a
+    free one; read it back as ``MessageBroker.http_port``). ``None`` serves no HTTP.
+    Everything but the page itself and ``/healthz`` needs the broker's token."""
 
     permissions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """Which topics each client may publish to and subscribe to: rules like

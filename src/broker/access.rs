@@ -29,6 +29,9 @@ pub(crate) enum Origin {
     /// The local socket, whose peer's user was checked, or a connection within the
     /// broker's own process.
     SameUser,
+    /// A WebSocket through the HTTP listener: any web page the user visits can open
+    /// one to 127.0.0.1, so it always proves itself with the token.
+    Web,
 }
 
 pub(crate) struct Access {
@@ -94,6 +97,11 @@ impl Access {
         self.token.as_str()
     }
 
+    /// Whether `offered` is this start's token (compared in constant time).
+    pub(crate) fn token_matches(&self, offered: &str) -> bool {
+        self.token.matches(offered)
+    }
+
     pub(crate) fn runtime_file(&self) -> &Path {
         &self.runtime_file
     }
@@ -108,7 +116,11 @@ impl Access {
 
     /// Whether a connection that came this way must send the token.
     pub(crate) fn needs_token(&self, origin: Origin) -> bool {
-        self.require_token && origin == Origin::Network
+        match origin {
+            Origin::Network => self.require_token,
+            Origin::Web => true,
+            Origin::SameUser => false,
+        }
     }
 
     /// Checks the token a `connect` carried. A token given is always checked, even

@@ -20,7 +20,7 @@ use super::local_socket::LocalListener;
 use super::router::Router;
 use super::session;
 use super::shutdown::Shutdown;
-use super::transport::{ByteStream, Messages, Transport};
+use super::transport::{ByteStream, Messages, Peer, Transport, TransportKind};
 use crate::error::{BrokerError, ErrorCode, RpcError};
 use crate::protocol::frame::Framing;
 use crate::protocol::jsonrpc;
@@ -75,7 +75,7 @@ impl Drop for OpenConnection {
 pub(super) async fn serve(
     listener: TcpListener,
     mut local: Option<LocalListener>,
-    mut in_process: mpsc::Receiver<Messages>,
+    mut in_process: mpsc::Receiver<(Messages, Peer)>,
     router: Arc<Router>,
     mut stopped: oneshot::Receiver<String>,
 ) {
@@ -92,16 +92,16 @@ pub(super) async fn serve(
             _ = upkeep.tick() => router.tick(),
             Some(answer) = async { loaded.as_mut()?.recv().await }, if loaded.is_some() => router.loaded(answer),
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            Some(channel) = in_process.recv() => {
+            Some((channel, peer)) = in_process.recv() => {
                 // Over the limit, the channel is dropped: the opener sees it end.
-                let peer = "in-process".to_owned();
-                let _ = admit(channel, peer, Origin::SameUser, &router, &notify_shutdown, &mut connections);
+                let _ = admit(channel, peer, &router, &notify_shutdown, &mut connections);
             }
             Some(accepted) = async { Some(local.as_mut()?.accept().await) }, if local.is_some() => match accepted {
                 // Over the limit a local client sees its connection close: it is one of
                 // the owner's programs, and the broker's log says why.
                 Ok((stream, peer)) => {
-                    let _ = admit(ByteStream(stream), peer, Origin::SameUser, &router, &notify_shutdown, &mut connections);
+                    let peer = Peer::new(peer, TransportKind::Local);
+                    let _ = admit(ByteStream(stream), peer, &router, &notify_shutdown, &mut connections);
                 }
                 Err(error) => {
                     tracing::warn!(%error, "accepting a local connection failed");
@@ -148,8 +148,8 @@ fn accept(
     if let Err(error) = configure(&stream) {
         tracing::debug!(%peer, %error, "could not set socket options");
     }
-    let Err(ByteStream(stream)) =
-        admit(ByteStream(stream), peer.to_string(), Origin::Network, router, notify_shutdown, connections)
+    let peer = Peer::new(peer.to_string(), TransportKind::Tcp);
+    let Err(ByteStream(stream)) = admit(ByteStream(stream), peer, router, notify_shutdown, connections)
     else {
         return;
     };
@@ -170,8 +170,7 @@ fn accept(
 /// anyone on the machine can open never use up the owner's.
 fn admit<T: Transport>(
     transport: T,
-    peer: String,
-    origin: Origin,
+    peer: Peer,
     router: &Arc<Router>,
     notify_shutdown: &broadcast::Sender<()>,
     connections: &mut JoinSet<()>,
@@ -179,13 +178,16 @@ fn admit<T: Transport>(
     let max = router.config().max_connections;
     let counters = &router.counters;
     let same_user = counters.same_user_open.load(Ordering::Relaxed);
+    let origin = peer.transport.origin();
     let open = match origin {
         Origin::SameUser => same_user,
-        Origin::Network => counters.connections_open.load(Ordering::Relaxed).saturating_sub(same_user),
+        Origin::Network | Origin::Web => {
+            counters.connections_open.load(Ordering::Relaxed).saturating_sub(same_user)
+        }
     };
     if open >= max {
         router.counters.connections_rejected.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(peer, max_connections = max, "connection refused: too many connections");
+        tracing::warn!(peer = %peer.address, max_connections = max, "connection refused: too many connections");
         return Err(transport);
     }
     counters.connections_open.fetch_add(1, Ordering::Relaxed);
@@ -198,7 +200,7 @@ fn admit<T: Transport>(
     let router = router.clone();
     connections.spawn(async move {
         let _open = open;
-        session::run(transport, &peer, origin, router, shutdown).await;
+        session::run(transport, peer, router, shutdown).await;
     });
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! - [`session`]: what one connected client may do, one file per method or group.
 //! - [`router`]: registry, fan-out, retained messages, requests, counters.
 //! - [`outbox`]: the bounded per-client queue of frames to write.
+//! - [`monitor`]: the passive tap behind the HTTP listener's topic tree and long-poll.
 //! - [`permissions`]: the topics each client may publish to and subscribe to.
 //! - [`queue`]: queue groups and durable queues.
 //! - [`store`]: the SQLite store behind durable queues and retained messages.
@@ -20,6 +21,7 @@ mod access;
 mod connection;
 mod listener;
 mod local_socket;
+pub mod monitor;
 #[cfg(windows)]
 mod named_pipe;
 pub mod outbox;
@@ -44,13 +46,15 @@ use tokio::task::JoinHandle;
 use self::access::Access;
 use self::local_socket::LocalAddress;
 use self::router::Router;
-use self::transport::Messages;
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::protocol::topic::system;
+use crate::web::{self, WebServer};
 
 pub use self::queue::QueueSpec;
 pub use self::session::MAX_REQUESTS_IN_FLIGHT;
+pub(crate) use self::transport::Messages;
+pub use self::transport::{Peer, TransportKind};
 
 /// Messages an in-process connection may have in flight towards the broker before
 /// its sender waits.
@@ -60,9 +64,10 @@ const IN_PROCESS_BACKLOG: usize = 64;
 pub struct BrokerHandle {
     router: Arc<Router>,
     local_addr: SocketAddr,
-    in_process: mpsc::Sender<Messages>,
+    in_process: mpsc::Sender<(Messages, Peer)>,
     stop: Option<oneshot::Sender<String>>,
     task: JoinHandle<()>,
+    web: Option<WebServer>,
 }
 
 /// A connection to the broker within the same process: whole JSON-RPC messages in,
@@ -106,6 +111,11 @@ impl BrokerHandle {
         self.router.access().expect("a started broker has its access settings")
     }
 
+    /// The address of the HTTP listener, when `http_port` is set.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().map(WebServer::local_addr)
+    }
+
     /// True once the server task has ended.
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
@@ -117,7 +127,7 @@ impl BrokerHandle {
         let (to_broker, incoming) = mpsc::channel(IN_PROCESS_BACKLOG);
         let (outgoing, from_broker) = mpsc::channel(self.router.config().max_queue_size.max(1));
         self.in_process
-            .send(Messages { incoming, outgoing })
+            .send((Messages { incoming, outgoing }, Peer::in_process()))
             .await
             .map_err(|_| BrokerError::Io(std::io::Error::other("the broker has stopped")))?;
         Ok(InProcessConnection { to_broker, from_broker })
@@ -126,6 +136,10 @@ impl BrokerHandle {
     /// Stops the broker: announces `system.broker.shutdown` with `reason`, closes every
     /// connection after flushing it, and returns when all are closed.
     pub async fn stop(mut self, reason: &str) {
+        // HTTP first: long polls end, and WebSocket sessions close with the others.
+        if let Some(web) = self.web.take() {
+            web.stop().await;
+        }
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(reason.to_owned());
         }
@@ -149,11 +163,23 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     router.set_access(access);
     let (stop, stopped) = oneshot::channel();
     let (in_process, admitted) = mpsc::channel(IN_PROCESS_BACKLOG);
+    let web = match router.config().http_port {
+        Some(port) => match web::start(router.clone(), in_process.clone(), port).await {
+            Ok(web) => Some(web),
+            Err(error) => {
+                if let Some(access) = router.access() {
+                    access.close(local.as_ref());
+                }
+                return Err(error);
+            }
+        },
+        None => None,
+    };
     let task = tokio::spawn(listener::serve(listener, local, admitted, router.clone(), stopped));
     tracing::info!(%local_addr, local = ?local_address, "message broker listening");
     router.publish_system(
         system::BROKER_READY,
         &json!({"host": local_addr.ip().to_string(), "port": local_addr.port()}),
     );
-    Ok(BrokerHandle { router, local_addr, in_process, stop: Some(stop), task })
+    Ok(BrokerHandle { router, local_addr, in_process, stop: Some(stop), task, web })
 }

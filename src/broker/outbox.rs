@@ -13,10 +13,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+/// One connection's traffic: what was queued for it and what it sent, for `status` and
+/// monitoring. Frames are counted whole, envelope included.
 #[derive(Debug, Default)]
-pub struct QueueStats {
+pub struct Traffic {
     pub delivered: AtomicU64,
+    pub delivered_bytes: AtomicU64,
     pub dropped: AtomicU64,
+    /// Messages the client published (requests included), and their bytes.
+    pub received: AtomicU64,
+    pub received_bytes: AtomicU64,
+    /// Milliseconds since the Unix epoch of the client's last frame.
+    pub last_activity_ms: AtomicU64,
     /// Bytes waiting in the queue.
     pub bytes: AtomicUsize,
     /// Set at the first drop, cleared when the writer empties the queue: the
@@ -42,7 +50,7 @@ pub const CREDIT_RESERVE: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct Outbox {
     tx: mpsc::Sender<Bytes>,
-    stats: Arc<QueueStats>,
+    stats: Arc<Traffic>,
     max_frames: usize,
     max_bytes: usize,
 }
@@ -50,14 +58,14 @@ pub struct Outbox {
 #[derive(Debug)]
 pub struct OutboxReceiver {
     rx: mpsc::Receiver<Bytes>,
-    stats: Arc<QueueStats>,
+    stats: Arc<Traffic>,
 }
 
 /// A queue of at most `capacity` frames and `max_bytes` bytes for offered deliveries,
 /// with [`CREDIT_RESERVE`] frames more for credited deliveries and responses.
 pub fn channel(capacity: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
     let (tx, rx) = mpsc::channel(capacity + CREDIT_RESERVE);
-    let stats = Arc::new(QueueStats::default());
+    let stats = Arc::new(Traffic::default());
     (Outbox { tx, stats: stats.clone(), max_frames: capacity, max_bytes }, OutboxReceiver { rx, stats })
 }
 
@@ -70,8 +78,7 @@ impl Outbox {
         }
         match self.tx.try_send(frame) {
             Ok(()) => {
-                self.stats.bytes.fetch_add(len, Ordering::Relaxed);
-                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                self.count_delivery(len);
                 Offer::Queued
             }
             Err(mpsc::error::TrySendError::Full(_)) => self.dropped(),
@@ -94,10 +101,15 @@ impl Outbox {
         let len = frame.len();
         let sent = self.tx.try_send(frame).is_ok();
         if sent {
-            self.stats.bytes.fetch_add(len, Ordering::Relaxed);
-            self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            self.count_delivery(len);
         }
         sent
+    }
+
+    fn count_delivery(&self, len: usize) {
+        self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        self.stats.delivered_bytes.fetch_add(len as u64, Ordering::Relaxed);
     }
 
     /// Queues a response to this client's own request, waiting for room.
@@ -135,7 +147,7 @@ impl Outbox {
         self.max_frames
     }
 
-    pub fn stats(&self) -> &QueueStats {
+    pub fn stats(&self) -> &Arc<Traffic> {
         &self.stats
     }
 }

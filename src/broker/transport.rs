@@ -20,10 +20,63 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadHalf};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
+use super::access::Origin;
 use super::connection::write_loop;
 use super::outbox::OutboxReceiver;
 use crate::protocol::frame::{Decoded, Framing};
 use crate::protocol::reader::{FrameReader, ReadError};
+
+/// What carries a connection, as logs and monitoring name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Tcp,
+    /// The Unix socket, or on Windows the named pipe, that only the broker's user opens.
+    Local,
+    /// A connection within the broker's own process.
+    InProcess,
+    /// A WebSocket through the HTTP listener.
+    WebSocket,
+}
+
+impl TransportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Local if cfg!(windows) => "pipe",
+            TransportKind::Local => "unix",
+            TransportKind::InProcess => "in-process",
+            TransportKind::WebSocket => "websocket",
+        }
+    }
+
+    /// Whether a connection that came this way may be anyone's.
+    pub(crate) fn origin(self) -> Origin {
+        match self {
+            TransportKind::Tcp => Origin::Network,
+            TransportKind::Local | TransportKind::InProcess => Origin::SameUser,
+            TransportKind::WebSocket => Origin::Web,
+        }
+    }
+}
+
+/// Who is at the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The peer's address (`127.0.0.1:50112`), or what stands for it (`in-process`).
+    pub address: Arc<str>,
+    pub transport: TransportKind,
+}
+
+impl Peer {
+    pub fn new(address: impl Into<Arc<str>>, transport: TransportKind) -> Peer {
+        Peer { address: address.into(), transport }
+    }
+
+    /// A connection within the broker's own process.
+    pub fn in_process() -> Peer {
+        Peer::new("in-process", TransportKind::InProcess)
+    }
+}
 
 /// What a transport needs to know of the broker's limits.
 #[derive(Debug, Clone, Copy)]

@@ -91,6 +91,12 @@ impl Broker {
         self.running.lock().as_ref().map(|h| h.local_addr().ip().to_string())
     }
 
+    /// The HTTP listener's port while running, when `http_port` is set.
+    #[getter]
+    fn http_port(&self) -> Option<u16> {
+        self.running.lock().as_ref().and_then(|h| h.http_addr()).map(|addr| addr.port())
+    }
+
     /// The token of this start while running, else None.
     #[getter]
     fn token(&self) -> Option<String> {

@@ -63,6 +63,7 @@ pub fn broker_config(config: &Bound<'_, PyAny>) -> PyResult<BrokerConfig> {
         runtime_dir: setting::<Option<PathBuf>>(config, "runtime_dir")?,
         local_socket: setting(config, "local_socket")?,
         permissions: tables(&config.getattr("permissions")?, "permissions", PERMISSION_FIELDS)?,
+        http_port: setting(config, "http_port")?,
     };
     broker.validate().map_err(|error| PyValueError::new_err(error.to_string()))?;
     Ok(broker)

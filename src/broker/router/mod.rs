@@ -7,10 +7,11 @@
 //! is bound for them, so plain fire-and-forget traffic never waits for them.
 //!
 //! Publishing and fan-out are here; [`registry`] knows who is connected and what
-//! they subscribed to, [`retained`] keeps each topic's last retained message,
+//! they subscribed to, [`connections`] copies that out for monitoring, [`retained`] keeps each topic's last retained message,
 //! [`queues`] is the door to queue groups and durable queues, [`requests`] routes
 //! replies to their requesters, and [`stats`] counts and reports.
 
+mod connections;
 mod queues;
 mod registry;
 mod requests;
@@ -30,6 +31,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::access::Access;
+use super::monitor::Monitor;
 use super::outbox::Offer;
 use super::queue::{Queues, Refusal, StoredMessage};
 use super::store::{Store, StoreError};
@@ -40,6 +42,7 @@ use crate::index::SessionId;
 use crate::protocol::message::Delivery;
 use crate::protocol::topic::{BROKER_SENDER, matches, system};
 
+pub use self::connections::Connection;
 pub use self::registry::ClientInfo;
 use self::registry::State;
 use self::requests::AwaitedReply;
@@ -124,6 +127,8 @@ pub struct Router {
     retained: Mutex<BTreeMap<String, Arc<StoredMessage>>>,
     /// The store behind `queues`, reachable without their lock.
     store: Option<Arc<Store>>,
+    /// The tap behind the HTTP listener's topic tree and long-poll, when it is on.
+    monitor: OnceLock<Arc<Monitor>>,
 }
 
 fn unix_now() -> f64 {
@@ -188,6 +193,7 @@ impl Router {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             counters: Counters::default(),
+            monitor: OnceLock::new(),
         })
     }
 
@@ -201,6 +207,25 @@ impl Router {
 
     pub(crate) fn access(&self) -> Option<&Access> {
         self.access.get()
+    }
+
+    /// Starts the monitor tap (once; later calls return the same one).
+    pub fn enable_monitor(&self) -> Arc<Monitor> {
+        self.monitor.get_or_init(|| Arc::new(Monitor::new())).clone()
+    }
+
+    pub fn monitor(&self) -> Option<&Arc<Monitor>> {
+        self.monitor.get()
+    }
+
+    /// This start's random id, the prefix of the message ids it makes.
+    pub fn server_id(&self) -> &str {
+        self.ids.prefix()
+    }
+
+    /// When the broker started, for uptime.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -250,6 +275,7 @@ impl Router {
         }
         .encode();
         let fanned = self.fan_out(msg.topic, msg.origin, frame);
+        let payload_len = msg.payload.get().len() as u64;
         let (mut recipients, mut responders) = (fanned.queued, fanned.responders);
         let (mut stored, mut full) = (None, Vec::new());
         if self.has_queues.load(Ordering::Acquire) {
@@ -274,7 +300,19 @@ impl Router {
             stored = self.store.as_ref().map(|store| store.flush());
         }
         let published = Published { message_id, recipients, responders, stored, full };
-        self.counters.published.fetch_add(1, Ordering::Relaxed);
+        let c = &self.counters;
+        c.published.fetch_add(1, Ordering::Relaxed);
+        c.published_bytes.fetch_add(payload_len, Ordering::Relaxed);
+        if fanned.queued > 0 {
+            c.delivered_bytes.fetch_add(payload_len * fanned.queued as u64, Ordering::Relaxed);
+            // Read first: the maximum rarely changes, so the cache line stays shared.
+            if fanned.queued > c.max_fanout.load(Ordering::Relaxed) {
+                c.max_fanout.fetch_max(fanned.queued, Ordering::Relaxed);
+            }
+        }
+        if let Some(monitor) = self.monitor.get() {
+            monitor.record(msg.topic, timestamp, &fanned.frame);
+        }
         if self.config.log_messages {
             tracing::info!(
                 target: "message_broker::messages",
@@ -287,6 +325,7 @@ impl Router {
             );
         }
         for (client_id, dropped) in fanned.congested {
+            c.slow_consumers.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%client_id, dropped, "slow consumer: its queue is full, messages for it are dropped");
             self.announce(
                 system::CLIENT_SLOW,
@@ -303,7 +342,8 @@ impl Router {
     /// Offers `frame` to each matching client.
     fn fan_out(&self, topic: &str, origin: Option<SessionId>, frame: Bytes) -> FanOut {
         let mut targets = Vec::new();
-        let mut fanned = FanOut::default();
+        let mut fanned = FanOut { frame, queued: 0, responders: 0, congested: Vec::new() };
+        let frame = &fanned.frame;
         let state = self.state.read();
         state.index.collect(topic, &mut targets);
         for session in targets {
@@ -364,8 +404,9 @@ impl Router {
 }
 
 /// Where one message went among the subscribers.
-#[derive(Default)]
 struct FanOut {
+    /// The encoded delivery, shared by every subscriber's queue.
+    frame: Bytes,
     queued: usize,
     responders: usize,
     /// Clients that just became congested, with what they dropped so far.

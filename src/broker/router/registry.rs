@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use serde_json::json;
@@ -10,18 +11,20 @@ use tokio::sync::Notify;
 
 use super::Router;
 use crate::broker::outbox::Outbox;
+use crate::broker::transport::Peer;
 use crate::error::{ErrorCode, RpcError};
 use crate::index::{SessionId, SubscriptionIndex};
 use crate::protocol::method::SubscriptionFlags;
 use crate::protocol::rules::MAX_PATTERNS_PER_CLIENT;
 use crate::protocol::topic::{matches, system};
 
-/// Who a connected client says it is.
+/// Who a connected client says it is, and where it connected from.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub client_id: Arc<str>,
     pub client_type: Option<String>,
     pub version: Option<String>,
+    pub peer: Peer,
 }
 
 pub(super) struct Entry {
@@ -61,6 +64,11 @@ impl Entry {
         takes
     }
 
+    /// The flags a held pattern was subscribed with.
+    pub(super) fn flags_of(&self, pattern: &str) -> SubscriptionFlags {
+        self.flags.get(pattern).copied().unwrap_or_default()
+    }
+
     /// Counts a pattern's flags in (`added`) or out.
     fn count(&mut self, flags: SubscriptionFlags, added: bool) {
         let change = |count: &mut usize, set: bool| match (set, added) {
@@ -88,7 +96,7 @@ impl Router {
     }
 
     pub fn new_session_id(&self) -> SessionId {
-        self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Records a connected client. A live connection with the same `client_id` is
@@ -109,7 +117,7 @@ impl Router {
         let taken_over = {
             let mut state = self.state.write();
             let previous = state.by_client.insert(client_id.clone(), session);
-            let taken_over = previous.and_then(|old| remove_locked(&mut state, old));
+            let taken_over = previous.and_then(|old| self.remove_locked(&mut state, old));
             let entry = Entry {
                 session,
                 info,
@@ -145,7 +153,7 @@ impl Router {
     pub fn unregister(&self, session: SessionId, reason: &str) {
         let removed = {
             let mut state = self.state.write();
-            let removed = remove_locked(&mut state, session);
+            let removed = self.remove_locked(&mut state, session);
             if let Some(entry) = &removed {
                 state.by_client.remove(&entry.info.client_id);
             }
@@ -199,6 +207,7 @@ impl Router {
                     index.insert(session, pattern.clone());
                     entry.patterns.push(pattern.clone());
                     added.push(pattern.clone());
+                    self.counters.subscribed.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(before) => entry.count(before, false),
             }
@@ -224,6 +233,7 @@ impl Router {
         }
         if !removed.is_empty() {
             entry.patterns.retain(|p| entry.flags.contains_key(p));
+            self.counters.unsubscribed.fetch_add(removed.len() as u64, Ordering::Relaxed);
         }
         removed
     }
@@ -243,10 +253,13 @@ impl Router {
     }
 }
 
-fn remove_locked(state: &mut State, session: SessionId) -> Option<Entry> {
-    let entry = state.sessions.remove(&session)?;
-    for pattern in &entry.patterns {
-        state.index.remove(session, pattern);
+impl Router {
+    fn remove_locked(&self, state: &mut State, session: SessionId) -> Option<Entry> {
+        let entry = state.sessions.remove(&session)?;
+        for pattern in &entry.patterns {
+            state.index.remove(session, pattern);
+        }
+        self.counters.unsubscribed.fetch_add(entry.patterns.len() as u64, Ordering::Relaxed);
+        Some(entry)
     }
-    Some(entry)
 }

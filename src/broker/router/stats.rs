@@ -14,8 +14,19 @@ use crate::broker::access::Access;
 #[derive(Debug, Default)]
 pub struct Counters {
     pub published: AtomicU64,
+    /// Payload bytes of the published messages.
+    pub published_bytes: AtomicU64,
     pub delivered: AtomicU64,
+    /// Payload bytes of the deliveries (a message to three subscribers counts thrice).
+    pub delivered_bytes: AtomicU64,
     pub dropped: AtomicU64,
+    /// Times a client's queue filled up and deliveries to it began to be dropped.
+    pub slow_consumers: AtomicU64,
+    /// Subscriptions made and removed since the start.
+    pub subscribed: AtomicU64,
+    pub unsubscribed: AtomicU64,
+    /// The most clients one message was delivered to.
+    pub max_fanout: AtomicUsize,
     pub requests: AtomicU64,
     pub replies: AtomicU64,
     pub late_replies: AtomicU64,

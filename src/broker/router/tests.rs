@@ -6,6 +6,7 @@ use tokio::sync::Notify;
 
 use super::*;
 use crate::broker::outbox::{self, OutboxReceiver};
+use crate::broker::transport::Peer;
 use crate::error::{ErrorCode, ResponderFailure};
 use crate::protocol::topic::REPLY_PREFIX;
 
@@ -13,7 +14,12 @@ fn connect(router: &Router, client_id: &str) -> (SessionId, OutboxReceiver, Arc<
     let session = router.new_session_id();
     let (outbox, rx) = outbox::channel(16, 1 << 20);
     let evicted = Arc::new(Notify::new());
-    let info = ClientInfo { client_id: client_id.into(), client_type: None, version: None };
+    let info = ClientInfo {
+        client_id: client_id.into(),
+        client_type: None,
+        version: None,
+        peer: Peer::in_process(),
+    };
     router.register(session, info, outbox, evicted.clone()).unwrap();
     (session, rx, evicted)
 }
@@ -113,7 +119,8 @@ fn slow_consumer_is_announced_once_and_others_still_receive() {
     router.subscribe(watcher, &["system.client.slow".into()], SubscriptionFlags::default()).unwrap();
     let session = router.new_session_id();
     let (outbox, _slow_rx) = outbox::channel(3, 1 << 20);
-    let info = ClientInfo { client_id: "slow".into(), client_type: None, version: None };
+    let info =
+        ClientInfo { client_id: "slow".into(), client_type: None, version: None, peer: Peer::in_process() };
     router.register(session, info, outbox, Arc::new(Notify::new())).unwrap();
     router.subscribe(session, &["data".into()], SubscriptionFlags::default()).unwrap();
     let (fast, mut fast_rx, _) = connect(&router, "fast");

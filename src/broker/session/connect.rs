@@ -46,6 +46,7 @@ impl Session {
                     client_id: client_id.clone(),
                     client_type: params.client_type,
                     version: params.version,
+                    peer: self.peer.clone(),
                 };
                 self.router.register(self.id, info, self.outbox.clone(), self.evicted.clone())?;
                 self.client_id = Some(client_id);

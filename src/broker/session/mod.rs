@@ -29,7 +29,7 @@ use super::outbox::{self, Outbox};
 use super::permissions::ClientPermissions;
 use super::router::Router;
 use super::shutdown::Shutdown;
-use super::transport::{Inbound, Limits, Transport};
+use super::transport::{Inbound, Limits, Peer, Transport};
 use crate::error::{ErrorCode, RpcError};
 use crate::index::SessionId;
 use crate::protocol::frame::{Decoded, FrameError};
@@ -112,14 +112,8 @@ impl End {
 }
 
 /// Serves one connection until it ends, then flushes what is queued for it (briefly)
-/// and closes it. `peer` names the connection in logs.
-pub(crate) async fn run<T: Transport>(
-    transport: T,
-    peer: &str,
-    origin: Origin,
-    router: Arc<Router>,
-    mut shutdown: Shutdown,
-) {
+/// and closes it. `peer` names the connection in logs and monitoring.
+pub(crate) async fn run<T: Transport>(transport: T, peer: Peer, router: Arc<Router>, mut shutdown: Shutdown) {
     let config = router.config();
     let (outbox, queue) = outbox::channel(config.max_queue_size, config.max_queue_bytes);
     let limits = Limits { max_message_size: config.max_message_size, frame_timeout: config.frame_timeout };
@@ -136,10 +130,12 @@ pub(crate) async fn run<T: Transport>(
         }
     }));
 
+    let origin = peer.transport.origin();
     let owes_token = router.access().is_some_and(|access| access.needs_token(origin));
     let mut session = Session {
         id: router.new_session_id(),
         origin,
+        peer,
         owes_token,
         router: router.clone(),
         outbox,
@@ -155,6 +151,7 @@ pub(crate) async fn run<T: Transport>(
     let end = session.serve(&mut inbound, &mut shutdown, &write_failed).await;
     inbound.ended();
     let client_id = session.client_id.as_deref();
+    let peer = &*session.peer.address;
     match &end {
         End::Closed | End::Disconnected | End::Shutdown => {
             tracing::debug!(peer, client_id, reason = %end.reason(), "connection ended")
@@ -179,6 +176,7 @@ pub(crate) async fn run<T: Transport>(
 struct Session {
     id: SessionId,
     origin: Origin,
+    peer: Peer,
     /// Set until a `connect` with the right token, on a connection that must send it:
     /// every other call is refused until then.
     owes_token: bool,
@@ -241,6 +239,7 @@ impl Session {
                 Some(Err(err)) => return End::Lost(err.to_string()),
             };
             self.last_seen = Instant::now();
+            self.count_received(&decoded);
             match decoded {
                 Decoded::TooLarge { len } => {
                     let error = RpcError::new(
@@ -264,6 +263,18 @@ impl Session {
                 }
             }
         }
+    }
+
+    fn count_received(&self, decoded: &Decoded) {
+        let traffic = self.outbox.stats();
+        let len = match decoded {
+            Decoded::Frame(body) => body.len(),
+            Decoded::TooLarge { len } => *len,
+        };
+        traffic.received.fetch_add(1, Ordering::Relaxed);
+        traffic.received_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        traffic.last_activity_ms.store(now.map_or(0, |d| d.as_millis() as u64), Ordering::Relaxed);
     }
 
     fn protocol_error(&self) {
