@@ -293,11 +293,19 @@ async def test_a_poll_behind_the_log_says_how_many_it_missed(
     assert body["messages"][0]["seq"] == body["missed"] + 1
 
 
+def test_an_unknown_path_lists_the_ones_served(http: Http) -> None:
+    missing = http.get("/varzz")
+    assert missing.status == 404
+    assert "/connz" in missing.json()["error"]["message"]
+
+
 def test_bad_polls_are_named(http: Http) -> None:
     assert http.get("/api/messages/poll?pattern=a..b").status == 400
     assert http.get("/api/messages/poll?timeout=600").status == 400
     assert http.get("/api/messages/poll?timeout=nan").status == 400
-    assert http.get("/api/messages/poll?after=-1").status == 400
+    negative = http.get("/api/messages/poll?after=-1")
+    assert negative.status == 400
+    assert "after" in negative.json()["error"]["message"]
     assert http.get("/api/messages/poll?limit=0").status == 400
 
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::Web;
-use super::error::ApiError;
+use super::error::{ApiError, Params};
 use super::publisher::CLIENT_ID;
 use crate::broker::monitor::{Logged, MAX_POLL_MESSAGES};
 use crate::protocol::method::MethodName;
@@ -36,7 +36,7 @@ pub(super) struct LastQuery {
 
 pub(super) async fn last(
     State(web): State<Arc<Web>>,
-    Query(query): Query<LastQuery>,
+    Params(query): Params<LastQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let topic = query.topic.ok_or_else(|| ApiError::bad_request("give the topic: ?topic=sensors.temp"))?;
     validate_topic(&topic)?;
@@ -69,7 +69,7 @@ pub(super) struct PollQuery {
 
 pub(super) async fn poll(
     State(web): State<Arc<Web>>,
-    Query(query): Query<PollQuery>,
+    Params(query): Params<PollQuery>,
 ) -> Result<Response, ApiError> {
     let pattern = query.pattern.unwrap_or_else(|| "#".to_owned());
     parse_pattern(&pattern)?;

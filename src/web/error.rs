@@ -1,8 +1,12 @@
-//! Errors of the HTTP API: a status and a JSON body saying what went wrong.
+//! Errors of the HTTP API: a status and a JSON body saying what went wrong, for a
+//! refusal of the broker's as for a malformed query or an unknown path.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::error::{ErrorCode, RpcError};
@@ -51,4 +55,30 @@ impl IntoResponse for ApiError {
         }
         (self.status, Json(json!({ "error": error }))).into_response()
     }
+}
+
+/// A query string read into `T`; a malformed one is a JSON error naming the field.
+pub(super) struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(params)) => Ok(Params(params)),
+            Err(rejection) => Err(ApiError::bad_request(rejection.body_text())),
+        }
+    }
+}
+
+/// The answer for a path the listener does not serve.
+pub(super) async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "nothing at {}: the paths are /, /healthz, /varz, /connz, /subsz, /topics, /metrics, \
+             /api/messages/last, /api/messages/poll, /api/publish and /ws",
+            uri.path()
+        ),
+    )
 }

@@ -126,6 +126,7 @@ pub(crate) async fn start(
         .route("/healthz", get(monitoring::healthz))
         .route("/ws", get(websocket::upgrade))
         .merge(protected)
+        .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(web.clone(), guard::local_only))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(web);

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::Web;
 use super::clock::{duration, from_millis, rfc3339};
-use super::error::ApiError;
+use super::error::{ApiError, Params};
 use crate::broker::router::Connection;
 use crate::protocol::topic::matches;
 
@@ -98,7 +98,7 @@ const SORTS: [&str; 10] =
 
 pub(super) async fn connz(
     State(web): State<Arc<Web>>,
-    Query(query): Query<ConnzQuery>,
+    Params(query): Params<ConnzQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let subs = flag(query.subs.as_deref(), "subs")?;
     let limit = limit(query.limit, DEFAULT_LIMIT)?;
@@ -198,7 +198,7 @@ pub(super) struct SubszQuery {
 
 pub(super) async fn subsz(
     State(web): State<Arc<Web>>,
-    Query(query): Query<SubszQuery>,
+    Params(query): Params<SubszQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let subs = flag(query.subs.as_deref(), "subs")?;
     let limit = limit(query.limit, DEFAULT_LIMIT)?;
@@ -259,7 +259,7 @@ pub(super) struct TopicsQuery {
 /// each topic with its count, rate, last time and a preview of its last payload.
 pub(super) async fn topics(
     State(web): State<Arc<Web>>,
-    Query(query): Query<TopicsQuery>,
+    Params(query): Params<TopicsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = query.limit.unwrap_or(DEFAULT_TOPICS);
     if limit == 0 || limit > MAX_TOPICS {
