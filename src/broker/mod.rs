@@ -13,10 +13,12 @@
 //! - [`outbox`]: the bounded per-client queue of frames to write.
 //! - [`permissions`]: the topics each client may publish to and subscribe to.
 //! - [`queue`]: queue groups and durable queues.
+//! - [`channels`]: channels and groups for a Django Channels layer.
 //! - [`store`]: the SQLite store behind durable queues and retained messages.
 //! - [`shutdown`]: the broadcast signal every connection listens to.
 
 mod access;
+pub(crate) mod channels;
 mod connection;
 mod listener;
 mod local_socket;

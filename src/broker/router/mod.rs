@@ -9,8 +9,10 @@
 //! Publishing and fan-out are here; [`registry`] knows who is connected and what
 //! they subscribed to, [`retained`] keeps each topic's last retained message,
 //! [`queues`] is the door to queue groups and durable queues, [`requests`] routes
-//! replies to their requesters, and [`stats`] counts and reports.
+//! replies to their requesters, and [`stats`] counts and reports. [`channels`] is
+//! the door to the channels and groups of the Channels layer methods.
 
+mod channels;
 mod queues;
 mod registry;
 mod requests;
@@ -30,6 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::access::Access;
+use super::channels::Channels;
 use super::outbox::Offer;
 use super::queue::{Queues, Refusal, StoredMessage};
 use super::store::{Store, StoreError};
@@ -40,6 +43,7 @@ use crate::index::SessionId;
 use crate::protocol::message::Delivery;
 use crate::protocol::topic::{BROKER_SENDER, matches, system};
 
+pub use self::channels::{ChannelReceipt, ChannelWait};
 pub use self::registry::ClientInfo;
 use self::registry::State;
 use self::requests::AwaitedReply;
@@ -124,6 +128,8 @@ pub struct Router {
     retained: Mutex<BTreeMap<String, Arc<StoredMessage>>>,
     /// The store behind `queues`, reachable without their lock.
     store: Option<Arc<Store>>,
+    /// Channels and groups of the Channels layer methods, in memory.
+    channels: Mutex<Channels>,
 }
 
 fn unix_now() -> f64 {
@@ -178,6 +184,7 @@ impl Router {
             store: queues.store().cloned(),
             queues: Mutex::new(queues),
             retained: Mutex::new(retained),
+            channels: Mutex::new(Channels::new(config.max_memory)),
             config,
             access: OnceLock::new(),
             state: RwLock::new(State::default()),
@@ -360,6 +367,7 @@ impl Router {
         let now = unix_now();
         self.tick_queues(now);
         self.expire_retained(now);
+        self.tick_channels(now);
     }
 }
 

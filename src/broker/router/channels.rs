@@ -1,0 +1,145 @@
+//! The router's door to channels and groups (see [`crate::broker::channels`]): the
+//! calls of the session, and the receive that waits, which gives back what it was
+//! handed if it ends before answering.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+use super::{Router, unix_now};
+use crate::broker::channels::{GroupSent, Received, Taken};
+use crate::error::RpcError;
+
+/// What a receive got: messages at once, or a wait for the next one.
+pub enum ChannelReceipt {
+    Ready(Vec<Taken>),
+    Waiting(ChannelWait),
+}
+
+/// A receive waiting for a channel's next message. Dropped before it is answered (its
+/// connection ended), it gives back what it was handed.
+pub struct ChannelWait {
+    router: Arc<Router>,
+    prefix: String,
+    key: String,
+    id: u64,
+    rx: Option<oneshot::Receiver<Vec<Taken>>>,
+}
+
+impl ChannelWait {
+    /// The messages handed to it within `timeout`; none when the time is up or the
+    /// prefix was flushed.
+    pub async fn until(mut self, timeout: Duration) -> Vec<Taken> {
+        let rx = self.rx.as_mut().expect("set until answered");
+        match tokio::time::timeout(timeout, &mut *rx).await {
+            Ok(handed) => {
+                self.rx = None;
+                handed.unwrap_or_default()
+            }
+            Err(_) => {
+                let mut rx = self.rx.take().expect("set until answered");
+                // Closed first, so that no send slips in after the look.
+                rx.close();
+                let handed = rx.try_recv().unwrap_or_default();
+                self.router.channels.lock().forget_waiter(
+                    &self.prefix,
+                    &self.key,
+                    self.id,
+                    Vec::new(),
+                    unix_now(),
+                );
+                handed
+            }
+        }
+    }
+}
+
+impl Drop for ChannelWait {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            let handed = rx.try_recv().unwrap_or_default();
+            self.router.channels.lock().forget_waiter(&self.prefix, &self.key, self.id, handed, unix_now());
+        }
+    }
+}
+
+impl Router {
+    pub fn channel_send(
+        &self,
+        prefix: &str,
+        channel: &str,
+        message: Arc<RawValue>,
+        ttl: f64,
+        capacity: usize,
+    ) -> Result<(), RpcError> {
+        self.channels.lock().send(prefix, channel, message, ttl, capacity, unix_now())
+    }
+
+    /// Up to `max` messages of the channel kept under `key`; with none there and
+    /// `wait`, a wait for the next one.
+    pub fn channel_receive(
+        self: &Arc<Self>,
+        prefix: &str,
+        key: &str,
+        max: usize,
+        wait: bool,
+    ) -> Result<ChannelReceipt, RpcError> {
+        let received = self.channels.lock().receive(prefix, key, max, wait, unix_now())?;
+        Ok(match received {
+            Received::Ready(taken) => ChannelReceipt::Ready(taken),
+            Received::Waiting { id, rx } => ChannelReceipt::Waiting(ChannelWait {
+                router: self.clone(),
+                prefix: prefix.to_owned(),
+                key: key.to_owned(),
+                id,
+                rx: Some(rx),
+            }),
+        })
+    }
+
+    pub fn group_add(
+        &self,
+        prefix: &str,
+        group: &str,
+        channel: &str,
+        ttl: f64,
+        capacity: usize,
+    ) -> Result<usize, RpcError> {
+        self.channels.lock().group_add(prefix, group, channel, ttl, capacity, unix_now())
+    }
+
+    pub fn group_discard(&self, prefix: &str, group: &str, channel: &str) -> bool {
+        self.channels.lock().group_discard(prefix, group, channel)
+    }
+
+    pub fn group_send(&self, prefix: &str, group: &str, message: Arc<RawValue>, ttl: f64) -> GroupSent {
+        let sent = self.channels.lock().group_send(prefix, group, message, ttl, unix_now());
+        if sent.full > 0 {
+            tracing::debug!(
+                prefix,
+                group,
+                full = sent.full,
+                members = sent.members,
+                "channels over capacity in a group send"
+            );
+        }
+        sent
+    }
+
+    /// Drops the channels and groups of `prefix`; returns how many of each went.
+    pub fn channel_flush(&self, prefix: &str) -> (usize, usize) {
+        self.channels.lock().flush(prefix)
+    }
+
+    pub(super) fn tick_channels(&self, now: f64) {
+        self.channels.lock().tick(now);
+    }
+
+    pub(super) fn channels_status(&self) -> Value {
+        self.channels.lock().status()
+    }
+}
