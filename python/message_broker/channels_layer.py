@@ -159,7 +159,7 @@ def _fail(waiter: asyncio.Future[None], error: BaseException) -> None:
         waiter.set_exception(error)
 
 
-class BrokerChannelLayer(BaseChannelLayer):  # type: ignore[misc]
+class BrokerChannelLayer(BaseChannelLayer):
     """A Channels layer whose channels and groups the broker at ``host``:``port``
     keeps (by default ``MESSAGE_BROKER_URL``, else ``localhost:15234``); ``token`` for
     a broker that requires it.
