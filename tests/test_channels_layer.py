@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import subprocess
 import sys
@@ -176,6 +177,7 @@ def test_async_to_sync_gets_a_connection_per_event_loop_closed_with_it(broker):
     async_to_sync(layer.flush)()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on Windows")
 def test_a_layer_used_before_fork_works_in_the_child(broker):
     child = subprocess.run(
         [sys.executable, "-m", "support.channels_fork_child", str(broker.port)],

@@ -143,3 +143,54 @@ impl Router {
         self.channels.lock().status()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BrokerConfig;
+
+    fn message(n: u64) -> Arc<RawValue> {
+        Arc::from(RawValue::from_string(n.to_string()).unwrap())
+    }
+
+    fn waiting(router: &Arc<Router>, key: &str) -> ChannelWait {
+        match router.channel_receive("asgi", key, 10, true).unwrap() {
+            ChannelReceipt::Waiting(wait) => wait,
+            ChannelReceipt::Ready(_) => panic!("nothing was sent yet"),
+        }
+    }
+
+    fn ready(router: &Arc<Router>, key: &str) -> Vec<String> {
+        match router.channel_receive("asgi", key, 10, false).unwrap() {
+            ChannelReceipt::Ready(taken) => taken.iter().map(|t| t.message.get().to_owned()).collect(),
+            ChannelReceipt::Waiting(_) => panic!("a receive without wait never waits"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wait_gets_the_next_message_or_nothing_at_its_timeout() {
+        let router = Router::new(BrokerConfig::default());
+        let wait = waiting(&router, "c");
+        router.channel_send("asgi", "c", message(1), 60.0, 10).unwrap();
+        let taken = wait.until(Duration::from_secs(5)).await;
+        assert_eq!(taken.iter().map(|t| t.message.get()).collect::<Vec<_>>(), vec!["1"]);
+
+        let wait = waiting(&router, "c");
+        assert!(wait.until(Duration::from_millis(10)).await.is_empty());
+        assert_eq!(router.channels_status()["receivers_waiting"], 0, "the waiter went with its timeout");
+        router.channel_send("asgi", "c", message(2), 60.0, 10).unwrap();
+        assert_eq!(ready(&router, "c"), vec!["2"], "kept for the next receiver");
+    }
+
+    #[tokio::test]
+    async fn a_wait_dropped_after_it_was_handed_a_message_gives_it_back_first() {
+        let router = Router::new(BrokerConfig::default());
+        let wait = waiting(&router, "p!");
+        router.channel_send("asgi", "p!a", message(1), 60.0, 10).unwrap();
+        router.channel_send("asgi", "p!b", message(2), 60.0, 10).unwrap();
+        // Its connection ended before the answer was written.
+        drop(wait);
+        assert_eq!(ready(&router, "p!"), vec!["1", "2"]);
+        assert_eq!(router.channels_status()["returned"], 1);
+    }
+}
