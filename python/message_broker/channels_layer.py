@@ -50,7 +50,6 @@ from channels.layers import BaseChannelLayer
 from message_broker._client_core import HOST_NOT_GIVEN, PORT_NOT_GIVEN
 from message_broker.client import BrokerClient
 from message_broker.errors import (
-    BrokerError,
     ChannelFullError,
     InvalidMessageError,
     NotConnectedError,
@@ -358,8 +357,9 @@ class BrokerChannelLayer(BaseChannelLayer):
                 now = time.monotonic()
                 for item in answer["messages"]:
                     self._keep(item["channel"], _decode(item["message"]), now + item["expires_in"])
-        except BrokerError as error:
-            logger.error("receiving on %s failed: %s", key, error)
+        except Exception as error:
+            # The receivers hear of it rather than waiting for ever.
+            logger.exception("receiving on %s failed", key)
             self._fail_waiters(key, error)
         finally:
             if state.pumps.get(key) is asyncio.current_task():

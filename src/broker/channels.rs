@@ -125,6 +125,14 @@ impl Refusal {
     }
 }
 
+/// How much one receive takes at most.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveLimit {
+    pub max: usize,
+    /// Bytes of message text, so that the answer stays within a frame.
+    pub max_bytes: usize,
+}
+
 /// What a receive found.
 pub enum Received {
     Ready(Vec<Taken>),
@@ -245,26 +253,35 @@ impl Channels {
         Ok(())
     }
 
-    /// Takes up to `max` messages of the channel kept under `key`; with none there,
+    /// Takes up to `max` messages of the channel kept under `key`, together at most
+    /// `max_bytes` of message text (the first one whatever its size); with none there,
     /// and `wait`, registers a waiter for the next one.
     pub fn receive(
         &mut self,
         prefix: &str,
         key: &str,
-        max: usize,
+        limit: ReceiveLimit,
         wait: bool,
         now: f64,
     ) -> Result<Received, RpcError> {
-        let mut taken = Vec::new();
+        let mut taken: Vec<Taken> = Vec::new();
+        let mut text = 0;
         if let Some(queue) = self.spaces.get_mut(prefix).and_then(|space| space.queues.get_mut(key)) {
-            while taken.len() < max {
-                let Some(entry) = queue.entries.pop_front() else { break };
+            expire_front(queue, now, &mut self.memory, &mut self.stats);
+            while taken.len() < limit.max {
+                let Some(front) = queue.entries.front() else { break };
+                let len = front.message.get().len();
+                if !taken.is_empty() && text + len > limit.max_bytes {
+                    break;
+                }
+                let entry = queue.entries.pop_front().expect("looked at");
                 let size = entry.size();
                 queue.bytes -= size;
                 self.memory -= size;
                 if entry.expires <= now {
                     self.stats.expired += 1;
                 } else {
+                    text += len;
                     taken.push(entry);
                 }
             }

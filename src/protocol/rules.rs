@@ -50,8 +50,6 @@ pub const MAX_CHANNEL_TTL: f64 = 365.0 * 86_400.0;
 /// Most messages one `channel_receive` takes, and longest it waits for one, in seconds.
 pub const MAX_RECEIVE_BATCH: usize = 1000;
 pub const MAX_RECEIVE_TIMEOUT: f64 = 60.0;
-/// Most `channel_receive` calls one connection may have waiting at once.
-pub const MAX_RECEIVES_WAITING: usize = 10_000;
 
 /// 1 to [`MAX_CLIENT_ID_LEN`] characters, none of them a control character.
 pub fn client_id(client_id: &str) -> Result<(), RpcError> {

@@ -13,6 +13,10 @@ fn ready(received: Received) -> Vec<(String, String)> {
     }
 }
 
+fn limit(max: usize) -> ReceiveLimit {
+    ReceiveLimit { max, max_bytes: usize::MAX }
+}
+
 fn status(channels: &Channels, key: &str) -> u64 {
     channels.status()[key].as_u64().unwrap()
 }
@@ -26,9 +30,9 @@ fn a_channel_keeps_messages_in_order_until_received_and_refuses_past_its_capacit
     let error = channels.send("asgi", "c", text("3"), 60.0, 3, 0.0).unwrap_err();
     assert_eq!(error.code, ErrorCode::ChannelFull);
     assert!(error.message.contains("capacity of 3"), "{}", error.message);
-    let got = ready(channels.receive("asgi", "c", 2, false, 0.0).unwrap());
+    let got = ready(channels.receive("asgi", "c", limit(2), false, 0.0).unwrap());
     assert_eq!(got, vec![("c".into(), "0".into()), ("c".into(), "1".into())]);
-    assert_eq!(ready(channels.receive("asgi", "c", 10, false, 0.0).unwrap()).len(), 1);
+    assert_eq!(ready(channels.receive("asgi", "c", limit(10), false, 0.0).unwrap()).len(), 1);
     assert_eq!(status(&channels, "channels"), 0, "an empty channel nobody waits on goes");
     assert_eq!((status(&channels, "bytes"), status(&channels, "refused_full")), (0, 1));
 }
@@ -39,7 +43,7 @@ fn process_specific_channels_share_their_process_queue_and_say_where_each_went()
     channels.send("asgi", "p.abc!one", text("1"), 60.0, 2, 0.0).unwrap();
     channels.send("asgi", "p.abc!two", text("2"), 60.0, 2, 0.0).unwrap();
     assert!(channels.send("asgi", "p.abc!three", text("3"), 60.0, 2, 0.0).is_err());
-    let got = ready(channels.receive("asgi", "p.abc!", 10, false, 0.0).unwrap());
+    let got = ready(channels.receive("asgi", "p.abc!", limit(10), false, 0.0).unwrap());
     assert_eq!(got, vec![("p.abc!one".into(), "1".into()), ("p.abc!two".into(), "2".into())]);
 }
 
@@ -49,7 +53,7 @@ fn expired_messages_are_never_received_and_their_memory_goes() {
     channels.send("asgi", "c", text("10"), 3.0, 10, 0.0).unwrap();
     channels.send("asgi", "c", text("11"), 3.0, 10, 2.0).unwrap();
     assert_eq!(
-        ready(channels.receive("asgi", "c", 10, false, 4.0).unwrap()),
+        ready(channels.receive("asgi", "c", limit(10), false, 4.0).unwrap()),
         vec![("c".into(), "11".into())]
     );
     channels.send("asgi", "c", text("12"), 1.0, 10, 10.0).unwrap();
@@ -61,10 +65,12 @@ fn expired_messages_are_never_received_and_their_memory_goes() {
 #[tokio::test]
 async fn a_waiting_receiver_is_handed_the_next_message_and_one_gone_passes_it_on() {
     let mut channels = Channels::new(usize::MAX);
-    let Received::Waiting { rx: gone, .. } = channels.receive("asgi", "c", 1, true, 0.0).unwrap() else {
+    let Received::Waiting { rx: gone, .. } = channels.receive("asgi", "c", limit(1), true, 0.0).unwrap()
+    else {
         panic!("nothing there yet");
     };
-    let Received::Waiting { rx: waiting, .. } = channels.receive("asgi", "c", 1, true, 0.0).unwrap() else {
+    let Received::Waiting { rx: waiting, .. } = channels.receive("asgi", "c", limit(1), true, 0.0).unwrap()
+    else {
         panic!("nothing there yet");
     };
     drop(gone);
@@ -77,7 +83,7 @@ async fn a_waiting_receiver_is_handed_the_next_message_and_one_gone_passes_it_on
 #[test]
 fn what_a_receiver_could_not_pass_on_goes_back_to_the_front_in_order() {
     let mut channels = Channels::new(usize::MAX);
-    let Received::Waiting { id, mut rx } = channels.receive("asgi", "c", 1, true, 0.0).unwrap() else {
+    let Received::Waiting { id, mut rx } = channels.receive("asgi", "c", limit(1), true, 0.0).unwrap() else {
         panic!("nothing there yet");
     };
     channels.send("asgi", "c", text("1"), 60.0, 10, 0.0).unwrap();
@@ -86,7 +92,7 @@ fn what_a_receiver_could_not_pass_on_goes_back_to_the_front_in_order() {
     rx.close();
     let handed = rx.try_recv().unwrap();
     channels.forget_waiter("asgi", "c", id, handed, 0.0);
-    let got = ready(channels.receive("asgi", "c", 10, false, 0.0).unwrap());
+    let got = ready(channels.receive("asgi", "c", limit(10), false, 0.0).unwrap());
     assert_eq!(got, vec![("c".into(), "1".into()), ("c".into(), "2".into())]);
     assert_eq!((status(&channels, "received"), status(&channels, "returned")), (2, 1));
 }
@@ -102,8 +108,8 @@ fn group_send_reaches_every_live_member_and_skips_full_ones() {
     assert_eq!(first, GroupSent { members: 3, sent: 3, full: 0 });
     let second = channels.group_send("asgi", "g", text("2"), 60.0, 10.0);
     assert_eq!(second, GroupSent { members: 2, sent: 1, full: 1 }, "old expired; b holds its 1");
-    assert_eq!(ready(channels.receive("asgi", "a", 10, false, 10.0).unwrap()).len(), 2);
-    assert_eq!(ready(channels.receive("asgi", "b", 10, false, 10.0).unwrap()).len(), 1);
+    assert_eq!(ready(channels.receive("asgi", "a", limit(10), false, 10.0).unwrap()).len(), 2);
+    assert_eq!(ready(channels.receive("asgi", "b", limit(10), false, 10.0).unwrap()).len(), 1);
     assert!(channels.group_discard("asgi", "g", "b"));
     assert!(!channels.group_discard("asgi", "g", "b"));
     let third = channels.group_send("asgi", "g", text("3"), 60.0, 10.0);
@@ -121,8 +127,8 @@ fn flush_clears_one_prefix_only() {
     }
     assert_eq!(channels.flush("one"), (1, 1));
     assert_eq!(channels.flush("one"), (0, 0));
-    assert!(ready(channels.receive("one", "c", 10, false, 0.0).unwrap()).is_empty());
-    assert_eq!(ready(channels.receive("two", "c", 10, false, 0.0).unwrap()).len(), 1);
+    assert!(ready(channels.receive("one", "c", limit(10), false, 0.0).unwrap()).is_empty());
+    assert_eq!(ready(channels.receive("two", "c", limit(10), false, 0.0).unwrap()).len(), 1);
     assert_eq!(channels.group_send("two", "g", text("2"), 60.0, 0.0).sent, 1);
     assert_eq!((status(&channels, "groups"), status(&channels, "memberships")), (1, 1));
 }
@@ -153,4 +159,17 @@ fn groups_and_members_are_bounded() {
     channels.group_add("asgi", "g", "c0", 60.0, 1, 0.0).expect("renewing a member is no new one");
     channels.tick(100.0);
     assert_eq!((status(&channels, "groups"), status(&channels, "memberships")), (0, 0), "all expired");
+}
+
+#[test]
+fn one_receive_takes_at_most_its_bytes_but_always_one_message() {
+    let mut channels = Channels::new(usize::MAX);
+    let big = text(&format!("\"{}\"", "x".repeat(1000)));
+    for _ in 0..5 {
+        channels.send("asgi", "c", big.clone(), 60.0, 10, 0.0).unwrap();
+    }
+    let two = ReceiveLimit { max: 10, max_bytes: 2500 };
+    assert_eq!(ready(channels.receive("asgi", "c", two, false, 0.0).unwrap()).len(), 2);
+    let tiny = ReceiveLimit { max: 10, max_bytes: 10 };
+    assert_eq!(ready(channels.receive("asgi", "c", tiny, false, 0.0).unwrap()).len(), 1);
 }

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use super::{Router, unix_now};
-use crate::broker::channels::{GroupSent, Received, Taken};
+use crate::broker::channels::{GroupSent, ReceiveLimit, Received, Taken};
 use crate::error::RpcError;
 
 /// What a receive got: messages at once, or a wait for the next one.
@@ -79,8 +79,9 @@ impl Router {
         self.channels.lock().send(prefix, channel, message, ttl, capacity, unix_now())
     }
 
-    /// Up to `max` messages of the channel kept under `key`; with none there and
-    /// `wait`, a wait for the next one.
+    /// Up to `max` messages of the channel kept under `key` (together within the
+    /// broker's `max_message_size`, so that the answer is a frame clients accept); with
+    /// none there and `wait`, a wait for the next one.
     pub fn channel_receive(
         self: &Arc<Self>,
         prefix: &str,
@@ -88,7 +89,8 @@ impl Router {
         max: usize,
         wait: bool,
     ) -> Result<ChannelReceipt, RpcError> {
-        let received = self.channels.lock().receive(prefix, key, max, wait, unix_now())?;
+        let limit = ReceiveLimit { max, max_bytes: self.config.max_message_size };
+        let received = self.channels.lock().receive(prefix, key, limit, wait, unix_now())?;
         Ok(match received {
             Received::Ready(taken) => ChannelReceipt::Ready(taken),
             Received::Waiting { id, rx } => ChannelReceipt::Waiting(ChannelWait {
