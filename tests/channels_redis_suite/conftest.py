@@ -2,7 +2,8 @@
 :class:`~message_broker.channels_layer.BrokerChannelLayer`.
 
 ``test_core.py`` is a copy, unchanged, of the file in channels_redis's sdist
-(``pip download --no-binary :all: --no-deps channels-redis==4.3.0``; BSD licence, in
+(``pip download --no-binary :all: --no-deps channels-redis==4.3.0``, sha256
+740ee7b54f0e28cf2264a940a24453d3f00526a96931f911fcb69228ef245dd2; BSD licence, in
 ``LICENSE`` beside it). Here, each test's ``RedisChannelLayer`` makes our layer instead,
 on a broker of the test's own (the Redis ``hosts`` it names are left out: the broker is
 the one store), and ``ChannelFull`` is Channels' own exception, which ours is.
