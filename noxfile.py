@@ -175,3 +175,16 @@ def bench(session: nox.Session) -> None:
         session.run("apt-get", "update", external=True)
         session.run("apt-get", "install", "-y", "nats-server", external=True)
     session.run("python", "-m", "bench", "run", *session.posargs)
+
+
+@nox.session
+def bench_channels(session: nox.Session) -> None:
+    """The Django Channels layer beside channels_redis on redis-server, against a release
+    build (not run by default or in CI); redis-server is installed when missing (as
+    root). `nox -s bench_channels -- --help` lists options."""
+    import shutil
+
+    session.install(".", "channels>=4.2", "channels-redis==4.3.0")
+    if not shutil.which("redis-server") and not apt_install(session, "redis-server"):
+        session.error("redis-server is missing: sudo apt-get install -y redis-server")
+    session.run("python", "-m", "bench", "channels", *session.posargs)

@@ -1,5 +1,8 @@
 """`python -m bench run [--peer nats] [...]`: the benchmark suite (see bench/__init__.py).
 
+`python -m bench channels [...]`: the Channels layer beside channels_redis (see
+bench/channels.py).
+
 `python -m bench role PEER ROLE ARGS_JSON` is how the runner starts one client role in
 its own process; it is not meant to be typed.
 """
@@ -14,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench import channels
 from bench.common import RoleArgs, run_role
 from bench.processes import PEERS
 
@@ -53,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     number("settle", float, "seconds a subscriber waits for stragglers before counting loss")
     number("timeout", float, "seconds any one wait may take before the run is failed")
     run.add_argument("--output", type=Path, help="JSON file (default bench/results/...)")
+
+    channels.add_parser(commands)
 
     role = commands.add_parser("role", help="(internal) run one client role")
     role.add_argument("peer", choices=PEERS)
@@ -107,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"unknown role {args.role!r}; known: {', '.join(roles)}", file=sys.stderr)
             return 2
         return run_role(roles[args.role], RoleArgs.from_json(args.args))
+    if args.command == "channels":
+        return channels.run(args)
     return run(args)
 
 

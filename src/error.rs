@@ -52,10 +52,13 @@ pub enum ErrorCode {
     /// callback raised) instead of a payload. The error's `data` carries the
     /// [`ResponderFailure`].
     ResponderError,
+    /// A channel (of the Channels layer methods) holds its capacity, or its bytes, or
+    /// the channels hold the broker's memory for them: the message was not kept.
+    ChannelFull,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::ParseError,
         ErrorCode::InvalidRequest,
         ErrorCode::MethodNotFound,
@@ -76,6 +79,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::PermissionDenied,
         ErrorCode::ResponderError,
+        ErrorCode::ChannelFull,
     ];
 
     pub const fn code(self) -> i32 {
@@ -100,6 +104,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => -32013,
             ErrorCode::PermissionDenied => -32014,
             ErrorCode::ResponderError => -32015,
+            ErrorCode::ChannelFull => -32016,
         }
     }
 
@@ -126,6 +131,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::PermissionDenied => "PERMISSION_DENIED",
             ErrorCode::ResponderError => "RESPONDER_ERROR",
+            ErrorCode::ChannelFull => "CHANNEL_FULL",
         }
     }
 }

@@ -70,11 +70,13 @@ def test_every_public_class_method_and_property_has_a_docstring():
     import inspect
 
     import message_broker
-    from message_broker import ahk_bridge, qt_client, sync
+    from message_broker import ahk_bridge, channels_layer, qt_client, sync
 
     public = [getattr(message_broker, name) for name in message_broker.__all__]
     public += [qt_client.QtBrokerClient, qt_client.QtBrokerHost, qt_client.QtSubscription]
     public += [ahk_bridge.AHKBridge, sync.SyncBrokerClient, sync.SyncSubscription]
+    public += [channels_layer.BrokerChannelLayer, channels_layer.ChannelFull]
+    public += [channels_layer.MessageTooLarge]
     missing = []
     for cls in (obj for obj in public if inspect.isclass(obj)):
         if not (cls.__doc__ or "").strip():

@@ -286,6 +286,7 @@ def test_error_table_is_complete():
         "UNAUTHORIZED": -32013,
         "PERMISSION_DENIED": -32014,
         "RESPONDER_ERROR": -32015,
+        "CHANNEL_FULL": -32016,
     }
 
 

@@ -36,6 +36,7 @@ export const ErrorCode = Object.freeze({
   UNAUTHORIZED: -32013,
   PERMISSION_DENIED: -32014,
   RESPONDER_ERROR: -32015,
+  CHANNEL_FULL: -32016,
 });
 
 /** True when `topic` matches `pattern` (`*` or `+`: one segment, `#`: the rest, or none). */

@@ -692,6 +692,19 @@ class ClientCore:
         logger.warning("%s%s", error, sender)
         self._front._on_invalid_payload(error)
 
+    def call(self, method: str, params: dict[str, Any], done: Done) -> None:
+        """Sends a call of any method of the protocol: ``done(its decoded result,
+        None)``, or ``done(None, error)``. Raises at once what :meth:`_call` raises."""
+        call = self._call(method, params)
+
+        def answered(result: str | None, error: BrokerError | None) -> None:
+            if error is not None or result is None:
+                done(None, error)
+            else:
+                done(_core.loads(result), None)
+
+        self._calls[call] = answered
+
     def _call(self, method: str, params: dict[str, Any]) -> int:
         try:
             return self.require().call(method, params)

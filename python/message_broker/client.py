@@ -599,6 +599,26 @@ class BrokerClient:
         self._core.purge_queue(name, done)
         return await purged
 
+    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        """Calls a method of the protocol by its name, with ``params``, and returns
+        the broker's decoded result: for methods this client has no call of its own for
+        (the channel and group methods behind :mod:`message_broker.channels_layer`).
+        Raises the :class:`BrokerError` the broker answered with (``ChannelFullError``,
+        ``InvalidMessageError``, ...), :class:`InvalidMessageError` at once for an
+        unknown method or a call over the broker's ``max_message_size`` (its ``code``
+        is then ``None``), and :class:`ConnectionLostError` when the connection went
+        before the answer. Cancelling the caller leaves the call carried out, its answer
+        unread."""
+        self._require_loop()
+        answer, done = self._completion()
+        while True:
+            try:
+                self._core.call(method, {} if params is None else params, done)
+                break
+            except BlockingIOError:
+                await self._wait_for_room()
+        return await answer
+
     # -- flush and drain -------------------------------------------------------------------
     async def flush(self, timeout: float = 10.0) -> None:
         """Returns once everything published so far has reached the broker: the broker

@@ -97,7 +97,8 @@ class BrokerConfig:
     """Bytes that queues kept in memory (queue groups, and durable queues without a
     ``data_dir``) may hold together; past it they refuse new messages (``QueueFullError``
     for ``qos=1``) instead of the broker running out of memory. Durable queues of a
-    ``data_dir`` keep their backlog on disk and are bounded by their ``max_bytes``."""
+    ``data_dir`` keep their backlog on disk and are bounded by their ``max_bytes``. The
+    channels of the Django Channels layer have a budget of this size of their own."""
 
     require_token: bool = _DEFAULTS["require_token"]
     """TCP clients must send the broker's token in ``connect``. Always the case when

@@ -88,6 +88,12 @@ class ResponderError(BrokerError):
         self.responder = responder
 
 
+class ChannelFullError(BrokerError):
+    """A channel (of the Channels layer methods) holds its capacity, or its bytes, so
+    the message sent to it was not kept (``CHANNEL_FULL``, -32016). The Channels layer
+    raises it as ``message_broker.channels_layer.ChannelFull``."""
+
+
 # The exception raised for each error code the client tells apart; any other code
 # raises BrokerError itself.
 _BY_CODE: dict[int, type[BrokerError]] = {
@@ -98,6 +104,7 @@ _BY_CODE: dict[int, type[BrokerError]] = {
     ERROR_CODES["STORAGE_FAILED"]: StorageError,
     ERROR_CODES["UNAUTHORIZED"]: AuthenticationError,
     ERROR_CODES["PERMISSION_DENIED"]: PermissionDeniedError,
+    ERROR_CODES["CHANNEL_FULL"]: ChannelFullError,
     _core.CONNECTION_LOST: ConnectionLostError,
 }
 

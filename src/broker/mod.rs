@@ -14,10 +14,12 @@
 //! - [`monitor`]: the passive tap behind the HTTP listener's topic tree and long-poll.
 //! - [`permissions`]: the topics each client may publish to and subscribe to.
 //! - [`queue`]: queue groups and durable queues.
+//! - [`channels`]: channels and groups for a Django Channels layer.
 //! - [`store`]: the SQLite store behind durable queues and retained messages.
 //! - [`shutdown`]: the broadcast signal every connection listens to.
 
 mod access;
+pub(crate) mod channels;
 mod connection;
 mod listener;
 mod local_socket;

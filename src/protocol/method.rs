@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::channels;
 use super::jsonrpc;
 use super::rules;
 use super::topic::{REPLY_PREFIX, validate_topic};
@@ -34,10 +35,16 @@ pub enum MethodName {
     Nack,
     DeleteQueue,
     PurgeQueue,
+    ChannelSend,
+    ChannelReceive,
+    GroupAdd,
+    GroupDiscard,
+    GroupSend,
+    ChannelFlush,
 }
 
 impl MethodName {
-    pub const ALL: [MethodName; 12] = [
+    pub const ALL: [MethodName; 18] = [
         MethodName::Connect,
         MethodName::Disconnect,
         MethodName::Subscribe,
@@ -50,6 +57,12 @@ impl MethodName {
         MethodName::Nack,
         MethodName::DeleteQueue,
         MethodName::PurgeQueue,
+        MethodName::ChannelSend,
+        MethodName::ChannelReceive,
+        MethodName::GroupAdd,
+        MethodName::GroupDiscard,
+        MethodName::GroupSend,
+        MethodName::ChannelFlush,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -66,6 +79,12 @@ impl MethodName {
             MethodName::Nack => "nack",
             MethodName::DeleteQueue => "delete_queue",
             MethodName::PurgeQueue => "purge_queue",
+            MethodName::ChannelSend => "channel_send",
+            MethodName::ChannelReceive => "channel_receive",
+            MethodName::GroupAdd => "group_add",
+            MethodName::GroupDiscard => "group_discard",
+            MethodName::GroupSend => "group_send",
+            MethodName::ChannelFlush => "channel_flush",
         }
     }
 
@@ -101,6 +120,12 @@ pub enum Method<'a> {
     Settle(Settle),
     DeleteQueue(DeleteQueue),
     PurgeQueue(PurgeQueue),
+    ChannelSend(channels::ChannelSend),
+    ChannelReceive(channels::ChannelReceive),
+    GroupAdd(channels::GroupAdd),
+    GroupDiscard(channels::GroupDiscard),
+    GroupSend(channels::GroupSend),
+    ChannelFlush(channels::ChannelFlush),
 }
 
 impl<'a> Method<'a> {
@@ -118,6 +143,12 @@ impl<'a> Method<'a> {
             MethodName::Ack | MethodName::Nack => Method::Settle(Settle::parse(params, name)?),
             MethodName::DeleteQueue => Method::DeleteQueue(jsonrpc::params(params)?),
             MethodName::PurgeQueue => Method::PurgeQueue(jsonrpc::params(params)?),
+            MethodName::ChannelSend => Method::ChannelSend(channels::ChannelSend::parse(params)?),
+            MethodName::ChannelReceive => Method::ChannelReceive(channels::ChannelReceive::parse(params)?),
+            MethodName::GroupAdd => Method::GroupAdd(channels::GroupAdd::parse(params)?),
+            MethodName::GroupDiscard => Method::GroupDiscard(channels::GroupDiscard::parse(params)?),
+            MethodName::GroupSend => Method::GroupSend(channels::GroupSend::parse(params)?),
+            MethodName::ChannelFlush => Method::ChannelFlush(channels::ChannelFlush::parse(params)?),
         })
     }
 }

@@ -1,8 +1,10 @@
 //! The wire protocol, shared by the broker and the client engine: framing and the
 //! reader that cuts frames out of a byte stream, the JSON-RPC 2.0 envelope, the
 //! methods and their checked params, the encoding of delivered messages, topics with
-//! their reserved and system names, and the limits every field is held to.
+//! their reserved and system names, and the limits every field is held to. The
+//! methods of the Channels layer have their params in [`channels`].
 
+pub mod channels;
 pub mod frame;
 pub mod jsonrpc;
 pub mod message;

@@ -31,6 +31,26 @@ pub const MAX_ERROR_TYPE_LEN: usize = 256;
 /// clients cut longer ones (the broker only holds the frame to `max_message_size`).
 pub const MAX_ERROR_MESSAGE_LEN: usize = 4096;
 
+/// The Channels layer methods (see [`super::channels`]): names as the Channels
+/// specification has them, shorter than this many characters.
+pub const MAX_CHANNEL_NAME_LEN: usize = 100;
+/// Most messages one channel may be given as its capacity.
+pub const MAX_CHANNEL_CAPACITY: usize = 100_000;
+/// Most bytes one channel holds, whatever its capacity.
+pub const MAX_CHANNEL_BYTES: usize = 64 << 20;
+/// Most channels holding messages (or awaited by a receive) at once, over every prefix.
+pub const MAX_CHANNELS: usize = 100_000;
+/// Most groups, over every prefix, and members of one group.
+pub const MAX_GROUPS: usize = 100_000;
+pub const MAX_GROUP_MEMBERS: usize = 10_000;
+/// Most memberships over every group.
+pub const MAX_MEMBERSHIPS: usize = 1_000_000;
+/// Longest a message or a membership may be kept, in seconds (a year).
+pub const MAX_CHANNEL_TTL: f64 = 365.0 * 86_400.0;
+/// Most messages one `channel_receive` takes, and longest it waits for one, in seconds.
+pub const MAX_RECEIVE_BATCH: usize = 1000;
+pub const MAX_RECEIVE_TIMEOUT: f64 = 60.0;
+
 /// 1 to [`MAX_CLIENT_ID_LEN`] characters, none of them a control character.
 pub fn client_id(client_id: &str) -> Result<(), RpcError> {
     if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID_LEN {

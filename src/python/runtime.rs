@@ -5,6 +5,10 @@
 //! interpreter finalizes. The package registers [`shutdown`] with `atexit`, which runs
 //! before finalization: it stops every broker task and joins the runtime's threads
 //! and the logging thread, and later use raises instead of starting threads again.
+//!
+//! A process forked from one that used the runtime (a server that forks its workers)
+//! inherits the runtime without its threads: the child starts a runtime of its own on
+//! first use, and leaves the parent's alone.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,7 +18,8 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use tokio::runtime::{Handle, Runtime};
 
-static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
+/// The runtime, with the id of the process that started it.
+static RUNTIME: Mutex<Option<(u32, Runtime)>> = Mutex::new(None);
 static CLOSED: AtomicBool = AtomicBool::new(false);
 
 /// How long interpreter exit waits for broker tasks to finish.
@@ -26,8 +31,16 @@ pub fn handle() -> PyResult<Handle> {
         return Err(PyRuntimeError::new_err("message_broker has shut down: the interpreter is exiting"));
     }
     let mut runtime = RUNTIME.lock();
-    if let Some(runtime) = runtime.as_ref() {
-        return Ok(runtime.handle().clone());
+    let pid = std::process::id();
+    match runtime.take() {
+        Some((started_by, existing)) if started_by == pid => {
+            let handle = existing.handle().clone();
+            *runtime = Some((started_by, existing));
+            return Ok(handle);
+        }
+        // Forked: its threads exist in the parent only, and dropping it would wait for them.
+        Some((_, inherited)) => std::mem::forget(inherited),
+        None => {}
     }
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
     let created = tokio::runtime::Builder::new_multi_thread()
@@ -37,7 +50,7 @@ pub fn handle() -> PyResult<Handle> {
         .build()
         .map_err(|e| PyRuntimeError::new_err(format!("cannot start the broker runtime: {e}")))?;
     let handle = created.handle().clone();
-    *runtime = Some(created);
+    *runtime = Some((pid, created));
     Ok(handle)
 }
 
@@ -52,8 +65,12 @@ pub fn shutdown(py: Python<'_>) {
     };
     // Without the GIL: runtime threads and the logging thread may be waiting for it.
     py.detach(|| {
-        if let Some(runtime) = runtime {
-            runtime.shutdown_timeout(EXIT_GRACE);
+        match runtime {
+            Some((started_by, runtime)) if started_by == std::process::id() => {
+                runtime.shutdown_timeout(EXIT_GRACE);
+            }
+            Some((_, inherited)) => std::mem::forget(inherited),
+            None => {}
         }
         super::logging::stop();
     });

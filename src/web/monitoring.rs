@@ -77,6 +77,7 @@ pub(super) async fn varz(State(web): State<Arc<Web>>) -> Json<Value> {
         },
         "messages": status["messages"],
         "queues": status["queues"],
+        "channels": status["channels"],
         "memory": status["memory"],
         "security": status["security"],
     }))

@@ -1,8 +1,8 @@
 """What the tests share: a raw wire-protocol client (`wire`), the broker as a process of
 its own (`broker_process`), real AutoHotkey (`autohotkey`), bounded waits (`waiting`),
 the README's code blocks (`readme`), and the child programs tests start:
-`bridge_child.py` and `delivery_child.py` run by path, `burst_publisher` with
-``python -m support.burst_publisher`` from `TESTS`.
+`bridge_child.py` and `delivery_child.py` run by path, `burst_publisher` and
+`channels_fork_child` with ``python -m support.<program>`` from `TESTS`.
 
 pyproject.toml puts `TESTS` on pytest's ``pythonpath``, so tests import these as
 ``from support.wire import RawClient``."""

@@ -7,10 +7,12 @@
 //! is bound for them, so plain fire-and-forget traffic never waits for them.
 //!
 //! Publishing and fan-out are here; [`registry`] knows who is connected and what
-//! they subscribed to, [`connections`] copies that out for monitoring, [`retained`] keeps each topic's last retained message,
-//! [`queues`] is the door to queue groups and durable queues, [`requests`] routes
-//! replies to their requesters, and [`stats`] counts and reports.
+//! they subscribed to, [`connections`] copies that out for monitoring, [`retained`]
+//! keeps each topic's last retained message, [`queues`] is the door to queue groups and durable queues, [`requests`] routes
+//! replies to their requesters, and [`stats`] counts and reports. [`channels`] is
+//! the door to the channels and groups of the Channels layer methods.
 
+mod channels;
 mod connections;
 mod queues;
 mod registry;
@@ -31,6 +33,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::access::Access;
+use super::channels::Channels;
 use super::monitor::Monitor;
 use super::outbox::Offer;
 use super::queue::{Queues, Refusal, StoredMessage};
@@ -42,6 +45,7 @@ use crate::index::SessionId;
 use crate::protocol::message::Delivery;
 use crate::protocol::topic::{BROKER_SENDER, matches, system};
 
+pub use self::channels::{ChannelReceipt, ChannelWait};
 pub use self::connections::Connection;
 pub use self::registry::ClientInfo;
 use self::registry::State;
@@ -129,6 +133,8 @@ pub struct Router {
     store: Option<Arc<Store>>,
     /// The tap behind the HTTP listener's topic tree and long-poll, when it is on.
     monitor: OnceLock<Arc<Monitor>>,
+    /// Channels and groups of the Channels layer methods, in memory.
+    channels: Mutex<Channels>,
 }
 
 fn unix_now() -> f64 {
@@ -183,6 +189,7 @@ impl Router {
             store: queues.store().cloned(),
             queues: Mutex::new(queues),
             retained: Mutex::new(retained),
+            channels: Mutex::new(Channels::new(config.max_memory)),
             config,
             access: OnceLock::new(),
             state: RwLock::new(State::default()),
@@ -400,6 +407,7 @@ impl Router {
         let now = unix_now();
         self.tick_queues(now);
         self.expire_retained(now);
+        self.tick_channels(now);
     }
 }
 

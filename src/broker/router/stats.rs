@@ -103,6 +103,7 @@ impl Router {
                 "refused_by_full_queues": totals.dropped,
             },
             "queues": queues,
+            "channels": self.channels_status(),
             "security": access.map(Access::status),
             "persistence": {
                 "store": data_dir,

@@ -239,6 +239,12 @@ impl Session {
             Method::Settle(params) => Outcome::Done(self.settle(params)),
             Method::DeleteQueue(params) => Outcome::Done(self.delete_queue(params)),
             Method::PurgeQueue(params) => Outcome::Done(self.purge_queue(params)),
+            Method::ChannelSend(params) => Outcome::Done(self.channel_send(params)),
+            Method::ChannelReceive(params) => Outcome::from_result(self.channel_receive(params)),
+            Method::GroupAdd(params) => Outcome::Done(self.group_add(params)),
+            Method::GroupDiscard(params) => Outcome::Done(self.group_discard(params)),
+            Method::GroupSend(params) => Outcome::Done(self.group_send(params)),
+            Method::ChannelFlush(params) => Outcome::Done(self.channel_flush(params)),
             Method::Ping => {
                 self.pinged = true;
                 Outcome::Done(to_raw(&json!({"pong": true, "time": unix_now()})))
@@ -295,6 +301,6 @@ fn encode_result(id: &RawValue, result: RpcResult) -> Vec<u8> {
     }
 }
 
-fn unix_now() -> f64 {
+pub(super) fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }

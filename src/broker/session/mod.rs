@@ -5,6 +5,7 @@
 //! none, errors included. The run loop is here; [`dispatch`] turns frames and batches
 //! into method calls, and each method or group of methods has a file of its own.
 
+mod channels;
 mod connect;
 mod dispatch;
 mod publish;

@@ -48,11 +48,11 @@ impl Session {
     }
 }
 
-/// Counts a request while it waits for its reply.
-struct InFlight(Arc<AtomicUsize>);
+/// Counts a request (or a receive from a channel) while it waits for its answer.
+pub(super) struct InFlight(Arc<AtomicUsize>);
 
 impl InFlight {
-    fn new(count: &Arc<AtomicUsize>) -> InFlight {
+    pub(super) fn new(count: &Arc<AtomicUsize>) -> InFlight {
         count.fetch_add(1, Ordering::Relaxed);
         InFlight(count.clone())
     }

@@ -1,0 +1,591 @@
+//! Channels and groups, for a Django Channels layer.
+//!
+//! A channel keeps the messages sent to it until a receiver takes them: each goes to
+//! exactly one receiver (competing consumers), in the order sent, and a message not
+//! taken within its ttl is dropped. A channel is created by the first send (or the
+//! first receive that waits) and goes once it holds nothing and nobody waits on it.
+//! Process-specific channels (`name!local`) are kept under their part up to and
+//! including the `!`: one process receives all of them with one call, and each
+//! message says which channel it was sent to.
+//!
+//! A receive either takes what is there or waits: the waiting receiver is handed the
+//! next message directly by the send. A receiver that went away before it was
+//! answered gives what it was handed back to the front of the channel
+//! ([`Channels::forget_waiter`]), so a message is lost only once written to its
+//! connection.
+//!
+//! A group is a set of channels, each member with its own expiry and the capacity
+//! its channel was added with; a message sent to a group goes to every member with
+//! room, and a full member is skipped and counted, never an error.
+//!
+//! Everything belongs to a prefix (a layer's namespace), which `flush` clears alone.
+//! Everything is bounded: a channel by its capacity and [`MAX_CHANNEL_BYTES`], all
+//! channels together by the broker's `max_memory`, and the number of channels,
+//! groups and members by the limits of [`crate::protocol::rules`]. Expiry is lazy (at
+//! each send and receive of a channel) and swept by the broker's upkeep tick.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::error::{ErrorCode, RpcError};
+use crate::protocol::channels::queue_key;
+use crate::protocol::rules::{
+    MAX_CHANNEL_BYTES, MAX_CHANNEL_CAPACITY, MAX_CHANNELS, MAX_GROUP_MEMBERS, MAX_GROUPS, MAX_MEMBERSHIPS,
+};
+
+/// What a kept message costs beyond its text and its channel's name, near enough.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// A message for a receiver: the channel it was sent to, its JSON text, and when it
+/// expires (seconds since the epoch).
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub channel: Arc<str>,
+    pub message: Arc<RawValue>,
+    pub expires: f64,
+}
+
+impl Taken {
+    fn size(&self) -> usize {
+        self.channel.len() + self.message.get().len() + ENTRY_OVERHEAD
+    }
+}
+
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<Vec<Taken>>,
+}
+
+#[derive(Default)]
+struct ChannelQueue {
+    entries: VecDeque<Taken>,
+    bytes: usize,
+    /// Receivers waiting, oldest first; only ever waiting while `entries` is empty.
+    waiters: VecDeque<Waiter>,
+}
+
+impl ChannelQueue {
+    fn is_idle(&self) -> bool {
+        self.entries.is_empty() && self.waiters.iter().all(|w| w.tx.is_closed())
+    }
+}
+
+struct Member {
+    expires: f64,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct Space {
+    queues: HashMap<Arc<str>, ChannelQueue>,
+    groups: HashMap<Arc<str>, HashMap<Arc<str>, Member>>,
+}
+
+/// Counters over every prefix, reported by `status`.
+#[derive(Debug, Default, Clone, Copy)]
+struct ChannelStats {
+    sent: u64,
+    received: u64,
+    /// Taken by a receiver that went away before it was answered, and put back.
+    returned: u64,
+    expired: u64,
+    /// Sends refused with `CHANNEL_FULL`.
+    refused: u64,
+    group_sends: u64,
+    /// Messages of group sends not kept by a full member.
+    group_dropped: u64,
+    flushes: u64,
+}
+
+/// Why a channel did not keep a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Capacity(usize),
+    Bytes,
+    Memory(usize),
+    TooManyChannels,
+}
+
+impl Refusal {
+    fn error(self, channel: &str) -> RpcError {
+        let why = match self {
+            Refusal::Capacity(capacity) => format!("it holds its capacity of {capacity} messages"),
+            Refusal::Bytes => format!("the message would take it past {MAX_CHANNEL_BYTES} bytes"),
+            Refusal::Memory(max) => format!("the channels hold the broker's max_memory ({max} bytes)"),
+            Refusal::TooManyChannels => format!("the broker holds its most channels ({MAX_CHANNELS})"),
+        };
+        RpcError::new(
+            ErrorCode::ChannelFull,
+            format!("channel {channel:?} is full: {why}; the message was not kept"),
+        )
+    }
+}
+
+/// How much one receive takes at most.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveLimit {
+    pub max: usize,
+    /// Bytes of message text, so that the answer stays within a frame.
+    pub max_bytes: usize,
+}
+
+/// What a receive found.
+pub enum Received {
+    Ready(Vec<Taken>),
+    /// Nothing yet: the next message sent comes through `rx`. `id` names the waiter
+    /// for [`Channels::forget_waiter`].
+    Waiting {
+        id: u64,
+        rx: oneshot::Receiver<Vec<Taken>>,
+    },
+}
+
+/// Where a group send went.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GroupSent {
+    pub members: usize,
+    pub sent: usize,
+    /// Members that were full: the message was not kept for them.
+    pub full: usize,
+}
+
+/// Every channel and group of the broker, by prefix.
+pub struct Channels {
+    spaces: HashMap<Arc<str>, Space>,
+    queue_count: usize,
+    group_count: usize,
+    membership_count: usize,
+    /// Bytes the kept messages take, against `max_memory`.
+    memory: usize,
+    max_memory: usize,
+    next_waiter: u64,
+    stats: ChannelStats,
+}
+
+impl Channels {
+    /// Channels whose messages hold at most `max_memory` bytes together.
+    pub fn new(max_memory: usize) -> Channels {
+        Channels {
+            spaces: HashMap::new(),
+            queue_count: 0,
+            group_count: 0,
+            membership_count: 0,
+            memory: 0,
+            max_memory,
+            next_waiter: 0,
+            stats: ChannelStats::default(),
+        }
+    }
+
+    /// Keeps `message` for a receiver of `channel` for `ttl` seconds, unless the
+    /// channel holds `capacity` messages (or its bytes, or memory is used up).
+    pub fn send(
+        &mut self,
+        prefix: &str,
+        channel: &str,
+        message: Arc<RawValue>,
+        ttl: f64,
+        capacity: usize,
+        now: f64,
+    ) -> Result<(), RpcError> {
+        let taken = Taken { channel: channel.into(), message, expires: now + ttl };
+        self.offer(prefix, taken, capacity, now).map_err(|refusal| {
+            self.stats.refused += 1;
+            refusal.error(channel)
+        })
+    }
+
+    fn offer(&mut self, prefix: &str, taken: Taken, capacity: usize, now: f64) -> Result<(), Refusal> {
+        let channel = taken.channel.clone();
+        let key = queue_key(&channel);
+        let capacity = capacity.min(MAX_CHANNEL_CAPACITY);
+        let size = taken.size();
+        let space = match self.spaces.get_mut(prefix) {
+            Some(space) => space,
+            None => self.spaces.entry(prefix.into()).or_default(),
+        };
+        let queue = match space.queues.get_mut(key) {
+            Some(queue) => queue,
+            None if self.queue_count >= MAX_CHANNELS => {
+                self.drop_space_if_empty(prefix);
+                return Err(Refusal::TooManyChannels);
+            }
+            None => {
+                self.queue_count += 1;
+                space.queues.entry(key.into()).or_default()
+            }
+        };
+        expire_front(queue, now, &mut self.memory, &mut self.stats);
+        let mut taken = taken;
+        while let Some(waiter) = queue.waiters.pop_front() {
+            match waiter.tx.send(vec![taken]) {
+                Ok(()) => {
+                    self.stats.sent += 1;
+                    self.stats.received += 1;
+                    self.drop_queue_if_idle(prefix, key);
+                    return Ok(());
+                }
+                // That receiver went away: the next one, or the channel, gets it.
+                Err(back) => taken = back.into_iter().next().expect("sent one"),
+            }
+        }
+        let refusal = if queue.entries.len() >= capacity {
+            Some(Refusal::Capacity(capacity))
+        } else if queue.bytes + size > MAX_CHANNEL_BYTES {
+            Some(Refusal::Bytes)
+        } else if self.memory + size > self.max_memory {
+            Some(Refusal::Memory(self.max_memory))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            self.drop_queue_if_idle(prefix, key);
+            return Err(refusal);
+        }
+        queue.bytes += size;
+        self.memory += size;
+        queue.entries.push_back(taken);
+        self.stats.sent += 1;
+        Ok(())
+    }
+
+    /// Takes up to `max` messages of the channel kept under `key`, together at most
+    /// `max_bytes` of message text (the first one whatever its size); with none there,
+    /// and `wait`, registers a waiter for the next one.
+    pub fn receive(
+        &mut self,
+        prefix: &str,
+        key: &str,
+        limit: ReceiveLimit,
+        wait: bool,
+        now: f64,
+    ) -> Result<Received, RpcError> {
+        let mut taken: Vec<Taken> = Vec::new();
+        let mut text = 0;
+        if let Some(queue) = self.spaces.get_mut(prefix).and_then(|space| space.queues.get_mut(key)) {
+            expire_front(queue, now, &mut self.memory, &mut self.stats);
+            while taken.len() < limit.max {
+                let Some(front) = queue.entries.front() else { break };
+                let len = front.message.get().len();
+                if !taken.is_empty() && text + len > limit.max_bytes {
+                    break;
+                }
+                let entry = queue.entries.pop_front().expect("looked at");
+                let size = entry.size();
+                queue.bytes -= size;
+                self.memory -= size;
+                if entry.expires <= now {
+                    self.stats.expired += 1;
+                } else {
+                    text += len;
+                    taken.push(entry);
+                }
+            }
+        }
+        if !taken.is_empty() || !wait {
+            self.stats.received += taken.len() as u64;
+            self.drop_queue_if_idle(prefix, key);
+            return Ok(Received::Ready(taken));
+        }
+        let space = match self.spaces.get_mut(prefix) {
+            Some(space) => space,
+            None => self.spaces.entry(prefix.into()).or_default(),
+        };
+        let queue = match space.queues.get_mut(key) {
+            Some(queue) => queue,
+            None if self.queue_count >= MAX_CHANNELS => {
+                self.drop_space_if_empty(prefix);
+                return Err(Refusal::TooManyChannels.error(key));
+            }
+            None => {
+                self.queue_count += 1;
+                space.queues.entry(key.into()).or_default()
+            }
+        };
+        queue.waiters.retain(|waiter| !waiter.tx.is_closed());
+        self.next_waiter += 1;
+        let id = self.next_waiter;
+        let (tx, rx) = oneshot::channel();
+        queue.waiters.push_back(Waiter { id, tx });
+        Ok(Received::Waiting { id, rx })
+    }
+
+    /// A waiter that stops waiting: it goes, and what it was handed but could not pass
+    /// on (`given_back`, oldest first) goes to the next receivers, or back to the front
+    /// of its channel.
+    pub fn forget_waiter(&mut self, prefix: &str, key: &str, id: u64, given_back: Vec<Taken>, now: f64) {
+        let live: Vec<Taken> = given_back
+            .into_iter()
+            .filter(|taken| {
+                let expired = taken.expires <= now;
+                self.stats.expired += u64::from(expired);
+                !expired
+            })
+            .collect();
+        self.stats.received -= live.len() as u64;
+        self.stats.returned += live.len() as u64;
+        let space = match self.spaces.get_mut(prefix) {
+            Some(space) => space,
+            None if live.is_empty() => return,
+            None => self.spaces.entry(prefix.into()).or_default(),
+        };
+        let queue = match space.queues.get_mut(key) {
+            Some(queue) => queue,
+            None if live.is_empty() => return,
+            // Put back even past the bounds: it was kept a moment ago.
+            None => {
+                self.queue_count += 1;
+                space.queues.entry(key.into()).or_default()
+            }
+        };
+        queue.waiters.retain(|waiter| waiter.id != id && !waiter.tx.is_closed());
+        let mut live = VecDeque::from(live);
+        while let Some(taken) = live.pop_front() {
+            let Some(waiter) = queue.waiters.pop_front() else {
+                live.push_front(taken);
+                break;
+            };
+            match waiter.tx.send(vec![taken]) {
+                Ok(()) => self.stats.received += 1,
+                Err(back) => live.push_front(back.into_iter().next().expect("sent one")),
+            }
+        }
+        for taken in live.into_iter().rev() {
+            let size = taken.size();
+            queue.bytes += size;
+            self.memory += size;
+            queue.entries.push_front(taken);
+        }
+        self.drop_queue_if_idle(prefix, key);
+    }
+
+    /// Makes `channel` a member of `group` until `ttl` seconds from now; returns how
+    /// many members the group has.
+    pub fn group_add(
+        &mut self,
+        prefix: &str,
+        group: &str,
+        channel: &str,
+        ttl: f64,
+        capacity: usize,
+        now: f64,
+    ) -> Result<usize, RpcError> {
+        let full = |what: String| RpcError::new(ErrorCode::ChannelFull, what);
+        let space = match self.spaces.get_mut(prefix) {
+            Some(space) => space,
+            None => self.spaces.entry(prefix.into()).or_default(),
+        };
+        let members = match space.groups.get_mut(group) {
+            Some(members) => members,
+            None if self.group_count >= MAX_GROUPS => {
+                self.drop_space_if_empty(prefix);
+                return Err(full(format!("the broker holds its most groups ({MAX_GROUPS})")));
+            }
+            None => {
+                self.group_count += 1;
+                space.groups.entry(group.into()).or_default()
+            }
+        };
+        let before = members.len();
+        members.retain(|_, member| member.expires > now);
+        self.membership_count -= before - members.len();
+        let member = Member { expires: now + ttl, capacity };
+        if let Some(existing) = members.get_mut(channel) {
+            *existing = member;
+            return Ok(members.len());
+        }
+        if members.len() >= MAX_GROUP_MEMBERS || self.membership_count >= MAX_MEMBERSHIPS {
+            let count = members.len();
+            if count == 0 {
+                self.remove_group(prefix, group);
+            }
+            return Err(full(format!(
+                "group {group:?} has {count} members and the broker {} memberships; at most {MAX_GROUP_MEMBERS} \
+                 and {MAX_MEMBERSHIPS}",
+                self.membership_count
+            )));
+        }
+        members.insert(channel.into(), member);
+        self.membership_count += 1;
+        Ok(members.len())
+    }
+
+    /// `channel` leaves `group`; true when it was a member.
+    pub fn group_discard(&mut self, prefix: &str, group: &str, channel: &str) -> bool {
+        let Some(members) = self.spaces.get_mut(prefix).and_then(|space| space.groups.get_mut(group)) else {
+            return false;
+        };
+        let removed = members.remove(channel).is_some();
+        self.membership_count -= usize::from(removed);
+        if members.is_empty() {
+            self.remove_group(prefix, group);
+        }
+        removed
+    }
+
+    /// Sends `message` to every live member of `group` with room.
+    pub fn group_send(
+        &mut self,
+        prefix: &str,
+        group: &str,
+        message: Arc<RawValue>,
+        ttl: f64,
+        now: f64,
+    ) -> GroupSent {
+        self.stats.group_sends += 1;
+        let Some(members) = self.spaces.get_mut(prefix).and_then(|space| space.groups.get_mut(group)) else {
+            return GroupSent::default();
+        };
+        let before = members.len();
+        members.retain(|_, member| member.expires > now);
+        self.membership_count -= before - members.len();
+        let targets: Vec<(Arc<str>, usize)> =
+            members.iter().map(|(channel, member)| (channel.clone(), member.capacity)).collect();
+        if targets.is_empty() {
+            self.remove_group(prefix, group);
+        }
+        let mut sent = GroupSent { members: targets.len(), ..GroupSent::default() };
+        for (channel, capacity) in targets {
+            let taken = Taken { channel, message: message.clone(), expires: now + ttl };
+            match self.offer(prefix, taken, capacity, now) {
+                Ok(()) => sent.sent += 1,
+                Err(_) => sent.full += 1,
+            }
+        }
+        self.stats.group_dropped += sent.full as u64;
+        sent
+    }
+
+    /// Drops every channel (with its messages) and group of `prefix`; receivers waiting
+    /// there are answered with nothing. Returns how many channels and groups went.
+    pub fn flush(&mut self, prefix: &str) -> (usize, usize) {
+        self.stats.flushes += 1;
+        let Some(space) = self.spaces.remove(prefix) else { return (0, 0) };
+        for queue in space.queues.values() {
+            self.memory -= queue.bytes;
+        }
+        self.queue_count -= space.queues.len();
+        self.group_count -= space.groups.len();
+        self.membership_count -= space.groups.values().map(HashMap::len).sum::<usize>();
+        (space.queues.len(), space.groups.len())
+    }
+
+    /// Drops what expired everywhere, and what nobody holds or waits on any more.
+    pub fn tick(&mut self, now: f64) {
+        let prefixes: Vec<Arc<str>> = self.spaces.keys().cloned().collect();
+        for prefix in prefixes {
+            let space = self.spaces.get_mut(&prefix).expect("listed");
+            let mut idle = Vec::new();
+            for (key, queue) in &mut space.queues {
+                let before = queue.entries.len();
+                let mut released = 0;
+                queue.entries.retain(|taken| {
+                    let keep = taken.expires > now;
+                    if !keep {
+                        released += taken.size();
+                    }
+                    keep
+                });
+                queue.bytes -= released;
+                self.memory -= released;
+                self.stats.expired += (before - queue.entries.len()) as u64;
+                queue.waiters.retain(|waiter| !waiter.tx.is_closed());
+                if queue.is_idle() {
+                    idle.push(key.clone());
+                }
+            }
+            self.queue_count -= idle.len();
+            for key in idle {
+                space.queues.remove(&key);
+            }
+            let mut empty = Vec::new();
+            for (group, members) in &mut space.groups {
+                let before = members.len();
+                members.retain(|_, member| member.expires > now);
+                self.membership_count -= before - members.len();
+                if members.is_empty() {
+                    empty.push(group.clone());
+                }
+            }
+            self.group_count -= empty.len();
+            for group in empty {
+                space.groups.remove(&group);
+            }
+            self.drop_space_if_empty(&prefix);
+        }
+    }
+
+    pub fn status(&self) -> Value {
+        let queues = || self.spaces.values().flat_map(|space| space.queues.values());
+        let s = &self.stats;
+        json!({
+            "prefixes": self.spaces.len(),
+            "channels": self.queue_count,
+            "messages": queues().map(|queue| queue.entries.len()).sum::<usize>(),
+            "bytes": self.memory,
+            "receivers_waiting": queues().map(|queue| queue.waiters.len()).sum::<usize>(),
+            "groups": self.group_count,
+            "memberships": self.membership_count,
+            "sent": s.sent,
+            "received": s.received,
+            "returned": s.returned,
+            "expired": s.expired,
+            "refused_full": s.refused,
+            "group_sends": s.group_sends,
+            "group_dropped_full": s.group_dropped,
+            "flushes": s.flushes,
+            "limits": {
+                "max_channels": MAX_CHANNELS,
+                "max_channel_capacity": MAX_CHANNEL_CAPACITY,
+                "max_channel_bytes": MAX_CHANNEL_BYTES,
+                "max_groups": MAX_GROUPS,
+                "max_group_members": MAX_GROUP_MEMBERS,
+                "max_memberships": MAX_MEMBERSHIPS,
+                "max_memory": self.max_memory,
+            },
+        })
+    }
+
+    fn drop_queue_if_idle(&mut self, prefix: &str, key: &str) {
+        let Some(space) = self.spaces.get_mut(prefix) else { return };
+        if space.queues.get(key).is_some_and(ChannelQueue::is_idle) {
+            space.queues.remove(key);
+            self.queue_count -= 1;
+        }
+        self.drop_space_if_empty(prefix);
+    }
+
+    fn remove_group(&mut self, prefix: &str, group: &str) {
+        let Some(space) = self.spaces.get_mut(prefix) else { return };
+        if let Some(members) = space.groups.remove(group) {
+            self.group_count -= 1;
+            self.membership_count -= members.len();
+        }
+        self.drop_space_if_empty(prefix);
+    }
+
+    fn drop_space_if_empty(&mut self, prefix: &str) {
+        if self.spaces.get(prefix).is_some_and(|space| space.queues.is_empty() && space.groups.is_empty()) {
+            self.spaces.remove(prefix);
+        }
+    }
+}
+
+/// Drops the expired messages at the front of a channel: those a receive would take
+/// first (the others go at the upkeep tick, or when they come to the front).
+fn expire_front(queue: &mut ChannelQueue, now: f64, memory: &mut usize, stats: &mut ChannelStats) {
+    while queue.entries.front().is_some_and(|taken| taken.expires <= now) {
+        let taken = queue.entries.pop_front().expect("looked at");
+        let size = taken.size();
+        queue.bytes -= size;
+        *memory -= size;
+        stats.expired += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests;
