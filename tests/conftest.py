@@ -3,7 +3,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ os.environ.pop("MESSAGE_BROKER_TOKEN", None)
 
 
 import message_broker  # noqa: E402
-from message_broker import BrokerConfig, MessageBroker  # noqa: E402
+from message_broker import BrokerClient, BrokerConfig, MessageBroker  # noqa: E402
 
 from support.wire import RawClient  # noqa: E402
 
@@ -65,6 +65,24 @@ def start_broker() -> Iterator[Callable[..., MessageBroker]]:
 @pytest.fixture
 def broker(start_broker: Callable[..., MessageBroker]) -> MessageBroker:
     return start_broker()
+
+
+@pytest.fixture
+async def make_client(
+    broker: MessageBroker,
+) -> AsyncIterator[Callable[..., Awaitable[BrokerClient]]]:
+    """Connects asyncio clients to `broker`; disconnects them all afterwards."""
+    clients: list[BrokerClient] = []
+
+    async def make(client_id: str, **options: Any) -> BrokerClient:
+        client = BrokerClient(client_id, host="127.0.0.1", port=broker.port, **options)
+        assert await client.connect()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.disconnect()
 
 
 @pytest.fixture

@@ -33,16 +33,6 @@ SUCCEEDED, ABORTED, CANCELED = GoalStatus.SUCCEEDED, GoalStatus.ABORTED, GoalSta
 
 
 @pytest.fixture
-def make_client(broker):
-    async def make(client_id: str, **options) -> BrokerClient:
-        client = BrokerClient(client_id, host="127.0.0.1", port=broker.port, **options)
-        assert await client.connect()
-        return client
-
-    return make  # each test's clients close with its loop
-
-
-@pytest.fixture
 async def pair(make_client):
     """(service's client, goal sender's client)."""
     return await make_client("service"), await make_client("sender")

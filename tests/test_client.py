@@ -25,20 +25,6 @@ from message_broker import (
 from support.waiting import eventually
 
 
-@pytest.fixture
-def make_client(broker):
-    clients: list[BrokerClient] = []
-
-    async def make(client_id: str, **options) -> BrokerClient:
-        client = BrokerClient(client_id, host="127.0.0.1", port=broker.port, **options)
-        assert await client.connect()
-        clients.append(client)
-        return client
-
-    yield make
-    # Each test's loop is gone by now; clients close with their loop.
-
-
 async def test_message_fields_and_id(make_client):
     sub = await make_client("sub")
     pub = await make_client("pub")

@@ -13,7 +13,7 @@ import json
 import logging
 import socket
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -34,17 +34,6 @@ from message_broker import (
 from support.readme import readme_blocks
 from support.waiting import eventually
 from support.wire import error_code
-
-
-@pytest.fixture
-def make_client(broker: MessageBroker) -> Callable[..., Any]:
-    async def make(client_id: str, **options: Any) -> BrokerClient:
-        client = BrokerClient(client_id, host="127.0.0.1", port=broker.port, **options)
-        assert await client.connect()
-        return client
-
-    # Each test's loop is gone by the end: clients close with their loop.
-    return make
 
 
 def free_port() -> int:

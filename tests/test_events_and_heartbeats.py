@@ -7,7 +7,6 @@ import asyncio
 import pytest
 
 from message_broker import (
-    BrokerClient,
     Event,
     EventEmitter,
     Heartbeat,
@@ -16,16 +15,6 @@ from message_broker import (
     NodeMonitor,
     TypedMessage,
 )
-
-
-@pytest.fixture
-def make_client(broker):
-    async def make(client_id: str, **options) -> BrokerClient:
-        client = BrokerClient(client_id, host="127.0.0.1", port=broker.port, **options)
-        assert await client.connect()
-        return client
-
-    return make  # each test's clients close with its loop
 
 
 async def test_events_reach_the_subscribers_of_their_uri(make_client):

@@ -30,16 +30,6 @@ from support.waiting import eventually
 
 
 @pytest.fixture
-def make_client(broker):
-    async def make(client_id: str, **options) -> BrokerClient:
-        client = BrokerClient(client_id, host="127.0.0.1", port=broker.port, **options)
-        assert await client.connect()
-        return client
-
-    return make
-
-
-@pytest.fixture
 def sync_client(broker):
     clients: list[SyncBrokerClient] = []
 

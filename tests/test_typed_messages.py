@@ -12,7 +12,6 @@ import pydantic
 import pytest
 
 from message_broker import (
-    BrokerClient,
     BrokerError,
     Message,
     PayloadValidationError,
@@ -57,16 +56,6 @@ class Wheel:
     sonar: Sonar
     readings: list[Reading] = dataclasses.field(default_factory=list)
     label: str | None = None
-
-
-@pytest.fixture
-def make_client(broker):
-    async def make(client_id: str, **options) -> BrokerClient:
-        client = BrokerClient(client_id, host="127.0.0.1", port=broker.port, **options)
-        assert await client.connect()
-        return client
-
-    return make  # each test's clients close with its loop
 
 
 async def test_a_dataclass_round_trip(make_client):
