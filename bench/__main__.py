@@ -3,6 +3,9 @@
 `python -m bench channels [...]`: the Channels layer beside channels_redis (see
 bench/channels.py).
 
+`python -m bench instructions [...]`: instructions per routed message, counted by
+callgrind (see bench/instructions.py).
+
 `python -m bench role PEER ROLE ARGS_JSON` is how the runner starts one client role in
 its own process; it is not meant to be typed.
 """
@@ -17,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import channels
+from bench import channels, instructions
 from bench.common import RoleArgs, run_role
 from bench.processes import PEERS
 
@@ -59,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, help="JSON file (default bench/results/...)")
 
     channels.add_parser(commands)
+    instructions.add_parser(commands)
 
     role = commands.add_parser("role", help="(internal) run one client role")
     role.add_argument("peer", choices=PEERS)
@@ -115,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_role(roles[args.role], RoleArgs.from_json(args.args))
     if args.command == "channels":
         return channels.run(args)
+    if args.command == "instructions":
+        return instructions.run(args)
     return run(args)
 
 
