@@ -52,7 +52,8 @@ def build() -> Path:
     built = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     for line in built.stdout.splitlines():
         message = json.loads(line)
-        if message.get("reason") == "compiler-artifact" and message["target"]["name"] == "instructions":
+        artifact = message.get("reason") == "compiler-artifact"
+        if artifact and message["target"]["name"] == "instructions":
             executable = message.get("executable")
             if executable:
                 return Path(executable)
