@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::bridge::config::BridgeSpec;
 use crate::broker::permissions::PermissionRule;
 use crate::broker::queue::QueueSpec;
 use crate::error::BrokerError;
@@ -61,6 +62,9 @@ pub struct BrokerConfig {
     pub local_socket: bool,
     /// Which topics each client may publish to and subscribe to; none: all of them.
     pub permissions: Vec<PermissionRule>,
+    /// Links to NATS or MQTT servers that carry chosen topics and requests across
+    /// machines; they start and stop with the broker.
+    pub bridges: Vec<BridgeSpec>,
 }
 
 impl Default for BrokerConfig {
@@ -85,6 +89,7 @@ impl Default for BrokerConfig {
             runtime_dir: None,
             local_socket: true,
             permissions: Vec::new(),
+            bridges: Vec::new(),
         }
     }
 }
@@ -154,6 +159,7 @@ impl BrokerConfig {
         for rule in &self.permissions {
             rule.validate().map_err(|e| BrokerError::InvalidConfig(format!("permissions: {e}")))?;
         }
+        crate::bridge::validate(&self.bridges).map_err(BrokerError::InvalidConfig)?;
         if self.runtime_dir.as_ref().is_some_and(|dir| dir.as_os_str().is_empty()) {
             return invalid(
                 "runtime_dir must not be empty (leave it out for the user's runtime folder)".into(),

@@ -56,13 +56,36 @@ pub use self::session::MAX_REQUESTS_IN_FLIGHT;
 /// its sender waits.
 const IN_PROCESS_BACKLOG: usize = 64;
 
+/// How long a stopping broker waits for each bridge to close its far side.
+const BRIDGE_STOP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A running broker. Dropping it stops the broker too (without waiting).
 pub struct BrokerHandle {
     router: Arc<Router>,
     local_addr: SocketAddr,
-    in_process: mpsc::Sender<Messages>,
+    connector: InProcessConnector,
     stop: Option<oneshot::Sender<String>>,
     task: JoinHandle<()>,
+    bridges: Vec<JoinHandle<()>>,
+}
+
+/// Opens in-process connections: what the handle and the bridges share.
+#[derive(Clone)]
+pub(crate) struct InProcessConnector {
+    router: Arc<Router>,
+    in_process: mpsc::Sender<Messages>,
+}
+
+impl InProcessConnector {
+    pub(crate) async fn connect(&self) -> Result<InProcessConnection, BrokerError> {
+        let (to_broker, incoming) = mpsc::channel(IN_PROCESS_BACKLOG);
+        let (outgoing, from_broker) = mpsc::channel(self.router.config().max_queue_size.max(1));
+        self.in_process
+            .send(Messages { incoming, outgoing })
+            .await
+            .map_err(|_| BrokerError::Io(std::io::Error::other("the broker has stopped")))?;
+        Ok(InProcessConnection { to_broker, from_broker })
+    }
 }
 
 /// A connection to the broker within the same process: whole JSON-RPC messages in,
@@ -114,22 +137,18 @@ impl BrokerHandle {
     /// Opens a connection within this process, without a socket. It counts against
     /// `max_connections` of the same-user transports, like a local socket connection.
     pub async fn connect_in_process(&self) -> Result<InProcessConnection, BrokerError> {
-        let (to_broker, incoming) = mpsc::channel(IN_PROCESS_BACKLOG);
-        let (outgoing, from_broker) = mpsc::channel(self.router.config().max_queue_size.max(1));
-        self.in_process
-            .send(Messages { incoming, outgoing })
-            .await
-            .map_err(|_| BrokerError::Io(std::io::Error::other("the broker has stopped")))?;
-        Ok(InProcessConnection { to_broker, from_broker })
+        self.connector.connect().await
     }
 
     /// Stops the broker: announces `system.broker.shutdown` with `reason`, closes every
-    /// connection after flushing it, and returns when all are closed.
+    /// connection after flushing it (the bridges' too, which then close their far
+    /// side), and returns when all are closed.
     pub async fn stop(mut self, reason: &str) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(reason.to_owned());
         }
         let _ = (&mut self.task).await;
+        crate::bridge::join(std::mem::take(&mut self.bridges), BRIDGE_STOP_PATIENCE).await;
     }
 }
 
@@ -149,11 +168,13 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     router.set_access(access);
     let (stop, stopped) = oneshot::channel();
     let (in_process, admitted) = mpsc::channel(IN_PROCESS_BACKLOG);
+    let connector = InProcessConnector { router: router.clone(), in_process };
     let task = tokio::spawn(listener::serve(listener, local, admitted, router.clone(), stopped));
     tracing::info!(%local_addr, local = ?local_address, "message broker listening");
     router.publish_system(
         system::BROKER_READY,
         &json!({"host": local_addr.ip().to_string(), "port": local_addr.port()}),
     );
-    Ok(BrokerHandle { router, local_addr, in_process, stop: Some(stop), task })
+    let bridges = crate::bridge::start(&router, &connector, &router.config().bridges);
+    Ok(BrokerHandle { router, local_addr, connector, stop: Some(stop), task, bridges })
 }

@@ -41,9 +41,9 @@ use crate::protocol::message::Delivery;
 use crate::protocol::topic::{BROKER_SENDER, matches, system};
 
 pub use self::registry::ClientInfo;
-use self::registry::State;
+use self::registry::{Role, State};
 use self::requests::AwaitedReply;
-pub use self::requests::PendingReply;
+pub use self::requests::{PendingReply, RELAY_NO_RESPONDERS};
 pub use self::stats::Counters;
 pub use crate::protocol::method::SubscriptionFlags;
 
@@ -94,6 +94,9 @@ pub struct Published {
     /// Those of the recipients that may answer a request: all but passive subscribers.
     #[serde(skip)]
     pub responders: usize,
+    /// Those that are relays (see [`SubscriptionFlags::relay`]).
+    #[serde(skip)]
+    pub relays: usize,
     /// Completes once the message is committed to the store, for a `qos=1` message
     /// that went into durable queues backed by one.
     #[serde(skip)]
@@ -124,6 +127,8 @@ pub struct Router {
     retained: Mutex<BTreeMap<String, Arc<StoredMessage>>>,
     /// The store behind `queues`, reachable without their lock.
     store: Option<Arc<Store>>,
+    /// The bridges to other engines, for `status`.
+    bridges: crate::bridge::stats::Registry,
 }
 
 fn unix_now() -> f64 {
@@ -188,7 +193,17 @@ impl Router {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             counters: Counters::default(),
+            bridges: Default::default(),
         })
+    }
+
+    /// This broker's random id, which bridges carry in `mb-origin`.
+    pub fn broker_id(&self) -> &str {
+        self.ids.prefix()
+    }
+
+    pub(crate) fn bridges(&self) -> &crate::bridge::stats::Registry {
+        &self.bridges
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -251,6 +266,7 @@ impl Router {
         .encode();
         let fanned = self.fan_out(msg.topic, msg.origin, frame);
         let (mut recipients, mut responders) = (fanned.queued, fanned.responders);
+        let relays = fanned.relays;
         let (mut stored, mut full) = (None, Vec::new());
         if self.has_queues.load(Ordering::Acquire) {
             let (enqueued, dead) = {
@@ -273,7 +289,7 @@ impl Router {
         if stored.is_none() && msg.retain && msg.qos > 0 {
             stored = self.store.as_ref().map(|store| store.flush());
         }
-        let published = Published { message_id, recipients, responders, stored, full };
+        let published = Published { message_id, recipients, responders, relays, stored, full };
         self.counters.published.fetch_add(1, Ordering::Relaxed);
         if self.config.log_messages {
             tracing::info!(
@@ -310,13 +326,14 @@ impl Router {
             let Some(entry) = state.sessions.get(&session) else {
                 continue;
             };
-            let Some(responds) = entry.takes(topic, origin == Some(session)) else {
+            let Some(role) = entry.takes(topic, origin == Some(session)) else {
                 continue;
             };
             match entry.outbox.offer(frame.clone()) {
                 Offer::Queued => {
                     fanned.queued += 1;
-                    fanned.responders += usize::from(responds);
+                    fanned.responders += usize::from(role == Role::Responder);
+                    fanned.relays += usize::from(role == Role::Relay);
                 }
                 Offer::Dropped { newly_congested } => {
                     self.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -368,6 +385,7 @@ impl Router {
 struct FanOut {
     queued: usize,
     responders: usize,
+    relays: usize,
     /// Clients that just became congested, with what they dropped so far.
     congested: Vec<(Arc<str>, u64)>,
 }

@@ -92,6 +92,7 @@ impl Router {
                 "refused_by_full_queues": totals.dropped,
             },
             "queues": queues,
+            "bridges": self.bridges.status(),
             "security": access.map(Access::status),
             "persistence": {
                 "store": data_dir,
