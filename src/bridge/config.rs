@@ -181,9 +181,14 @@ impl BridgeSpec {
             (BridgeKind::Nats, "tls") => (true, 4222),
             (BridgeKind::Mqtt, "mqtt" | "tcp") => (false, 1883),
             (BridgeKind::Mqtt, "mqtts" | "ssl") => (true, 8883),
-            (BridgeKind::Nats, _) => return Err(format!("url {:?}: a NATS url starts with nats:// or tls://", self.shown_url())),
+            (BridgeKind::Nats, _) => {
+                return Err(format!("url {:?}: a NATS url starts with nats:// or tls://", self.shown_url()));
+            }
             (BridgeKind::Mqtt, _) => {
-                return Err(format!("url {:?}: an MQTT url starts with mqtt:// or mqtts://", self.shown_url()));
+                return Err(format!(
+                    "url {:?}: an MQTT url starts with mqtt:// or mqtts://",
+                    self.shown_url()
+                ));
             }
         };
         let host_port = rest.rsplit_once('@').map_or(rest, |(_, after)| after).trim_end_matches('/');
@@ -192,7 +197,9 @@ impl BridgeSpec {
         }
         let (host, port) = match host_port.rsplit_once(':') {
             Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
-                let port = port.parse::<u16>().map_err(|_| format!("url {:?}: bad port {port:?}", self.shown_url()))?;
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| format!("url {:?}: bad port {port:?}", self.shown_url()))?;
                 (host, port)
             }
             _ => (host_port, default_port),
@@ -207,10 +214,7 @@ impl BridgeSpec {
         let name_ok = (1..=64).contains(&self.name.len())
             && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !name_ok {
-            return Err(format!(
-                "name {:?} must be 1 to 64 letters, digits, '-' or '_'",
-                self.name
-            ));
+            return Err(format!("name {:?} must be 1 to 64 letters, digits, '-' or '_'", self.name));
         }
         self.address()?;
         if self.rules.is_empty() {
@@ -218,15 +222,20 @@ impl BridgeSpec {
         }
         for (index, rule) in self.rules.iter().enumerate() {
             let at = |message: String| format!("rules[{index}] (pattern {:?}): {message}", rule.pattern);
-            Mapping::new(self.kind.remote(), &rule.pattern, &rule.local_prefix, &rule.remote_prefix).map_err(at)?;
+            Mapping::new(self.kind.remote(), &rule.pattern, &rule.local_prefix, &rule.remote_prefix)
+                .map_err(at)?;
             if let Some(stream) = &rule.stream {
                 if self.kind != BridgeKind::Nats {
                     return Err(at("stream is for NATS bridges (JetStream)".into()));
                 }
                 if !rule.direction.exports() {
-                    return Err(at("stream needs direction \"out\" or \"both\": messages go out through it".into()));
+                    return Err(at(
+                        "stream needs direction \"out\" or \"both\": messages go out through it".into()
+                    ));
                 }
-                if stream.is_empty() || stream.contains(|c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>')) {
+                if stream.is_empty()
+                    || stream.contains(|c: char| c.is_whitespace() || matches!(c, '.' | '*' | '>'))
+                {
                     return Err(at(format!("stream {stream:?} is not a JetStream stream name")));
                 }
             }
@@ -254,7 +263,12 @@ impl BridgeSpec {
         if self.password.is_some() && self.username.is_none() {
             return Err("password needs username".into());
         }
-        let ways = [self.username.is_some(), self.token.is_some(), self.credentials_file.is_some(), self.nkey_file.is_some()];
+        let ways = [
+            self.username.is_some(),
+            self.token.is_some(),
+            self.credentials_file.is_some(),
+            self.nkey_file.is_some(),
+        ];
         if ways.iter().filter(|given| **given).count() > 1 {
             return Err("give one of username, token, credentials_file and nkey_file".into());
         }
@@ -289,7 +303,9 @@ impl BridgeSpec {
 pub fn validate(bridges: &[BridgeSpec]) -> Result<(), String> {
     let mut names = std::collections::HashSet::new();
     for (index, bridge) in bridges.iter().enumerate() {
-        bridge.validate().map_err(|message| format!("bridges[{index}] (name {:?}): {message}", bridge.name))?;
+        bridge
+            .validate()
+            .map_err(|message| format!("bridges[{index}] (name {:?}): {message}", bridge.name))?;
         if !names.insert(&bridge.name) {
             return Err(format!("bridges[{index}]: bridge {:?} is configured twice", bridge.name));
         }
@@ -341,8 +357,14 @@ mod tests {
             (json!({"url": "http://x"}), "nats:// or tls://"),
             (json!({"url": "nats://x:port"}), "bad port"),
             (json!({"rules": []}), "rules must not be empty"),
-            (json!({"rules": [{"pattern": "a..b", "direction": "in"}]}), "rules[0] (pattern \"a..b\"): pattern"),
-            (json!({"rules": [{"pattern": "a", "direction": "in", "stream": "S"}]}), "stream needs direction"),
+            (
+                json!({"rules": [{"pattern": "a..b", "direction": "in"}]}),
+                "rules[0] (pattern \"a..b\"): pattern",
+            ),
+            (
+                json!({"rules": [{"pattern": "a", "direction": "in", "stream": "S"}]}),
+                "stream needs direction",
+            ),
             (json!({"rules": [{"pattern": "a", "direction": "out", "qos": 1}]}), "qos is for MQTT"),
             (json!({"client_id": "x"}), "client_id is for MQTT"),
             (json!({"password": "x"}), "password needs username"),
@@ -361,7 +383,8 @@ mod tests {
         }
         let twice = [bridge(nats_bridge()).unwrap(), bridge(nats_bridge()).unwrap()];
         assert!(validate(&twice).unwrap_err().contains("configured twice"));
-        let unknown = bridge(json!({"name": "a", "kind": "nats", "url": "nats://x", "rules": [], "tsl_ca_file": "x"}));
+        let unknown =
+            bridge(json!({"name": "a", "kind": "nats", "url": "nats://x", "rules": [], "tsl_ca_file": "x"}));
         assert!(unknown.unwrap_err().contains("unknown field `tsl_ca_file`"));
         let kind = bridge(json!({"name": "a", "kind": "amqp", "url": "x", "rules": []}));
         assert!(kind.unwrap_err().contains("unknown variant `amqp`"));

@@ -35,7 +35,11 @@ impl LocalError {
     }
 
     fn closed() -> LocalError {
-        LocalError { code: i64::from(ErrorCode::ShuttingDown.code()), message: "the broker has stopped".into(), data: None }
+        LocalError {
+            code: i64::from(ErrorCode::ShuttingDown.code()),
+            message: "the broker has stopped".into(),
+            data: None,
+        }
     }
 }
 
@@ -146,7 +150,12 @@ impl LocalLink {
         client_id: String,
     ) -> Result<(Arc<LocalLink>, mpsc::Receiver<LocalMessage>), LocalError> {
         let InProcessConnection { to_broker, mut from_broker } = connection;
-        let link = Arc::new(LocalLink { to_broker, pending: Mutex::new(HashMap::new()), next_id: AtomicU64::new(1), client_id });
+        let link = Arc::new(LocalLink {
+            to_broker,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            client_id,
+        });
         let (deliver, messages) = mpsc::channel(BACKLOG);
         let reader = link.clone();
         tokio::spawn(async move {
@@ -199,7 +208,9 @@ impl LocalLink {
         let id = incoming.id.as_ref().and_then(serde_json::Value::as_u64)?;
         let waiter = self.pending.lock().remove(&id)?;
         let answer = match (incoming.result, incoming.error) {
-            (_, Some(error)) => Err(LocalError { code: error.code, message: error.message, data: error.data }),
+            (_, Some(error)) => {
+                Err(LocalError { code: error.code, message: error.message, data: error.data })
+            }
             (Some(result), None) => Ok(result.to_owned()),
             (None, None) => Ok(RawValue::NULL.to_owned()),
         };

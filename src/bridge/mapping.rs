@@ -73,7 +73,12 @@ fn split_prefix(prefix: &str, separator: char) -> Vec<String> {
 
 impl Mapping {
     /// Checks the three parts of a rule; the error says which is wrong and why.
-    pub fn new(remote: Remote, pattern: &str, local_prefix: &str, remote_prefix: &str) -> Result<Mapping, String> {
+    pub fn new(
+        remote: Remote,
+        pattern: &str,
+        local_prefix: &str,
+        remote_prefix: &str,
+    ) -> Result<Mapping, String> {
         parse_pattern(pattern).map_err(|e| format!("pattern: {}", e.message))?;
         if !local_prefix.is_empty() {
             validate_topic(local_prefix).map_err(|e| format!("local_prefix: {}", e.message))?;
@@ -185,7 +190,8 @@ impl Mapping {
         if !relative_matches(&self.pattern, rest) {
             return Err(invalid());
         }
-        let topic: Vec<&str> = self.local_prefix.iter().map(String::as_str).chain(rest.iter().copied()).collect();
+        let topic: Vec<&str> =
+            self.local_prefix.iter().map(String::as_str).chain(rest.iter().copied()).collect();
         let topic = topic.join(".");
         validate_topic(&topic).map_err(|_| invalid())?;
         if is_reserved(&topic) {
@@ -293,7 +299,10 @@ mod tests {
             assert_eq!(all.to_local(subject), Err(Unmappable::Reserved(subject.into())), "{subject}");
         }
         let all = mqtt("#", "", "");
-        assert_eq!(all.to_local("$SYS/broker/uptime"), Err(Unmappable::Reserved("$SYS/broker/uptime".into())));
+        assert_eq!(
+            all.to_local("$SYS/broker/uptime"),
+            Err(Unmappable::Reserved("$SYS/broker/uptime".into()))
+        );
         assert!(Mapping::new(Remote::Nats, "#", "system", "").is_err());
         assert!(Mapping::new(Remote::Nats, "system.#", "", "").is_err());
         assert!(Mapping::new(Remote::Nats, "#", "", "$SYS").is_err());
@@ -362,7 +371,10 @@ mod tests {
     }
 
     fn pattern() -> impl Strategy<Value = String> {
-        (prop::collection::vec(prop_oneof![segment(), Just("*".into()), Just("+".into())], 0..4), any::<bool>())
+        (
+            prop::collection::vec(prop_oneof![segment(), Just("*".into()), Just("+".into())], 0..4),
+            any::<bool>(),
+        )
             .prop_filter_map("a pattern has a segment", |(mut segments, rest)| {
                 if rest {
                     segments.push("#".into());

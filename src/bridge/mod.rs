@@ -120,8 +120,9 @@ impl Bridge {
         let index = match queue_rule {
             Some(found) => found?,
             None => {
-                let index =
-                    self.rules().position(|(rule, mapping)| rule.direction.exports() && mapping.covers_local(&message.topic))?;
+                let index = self.rules().position(|(rule, mapping)| {
+                    rule.direction.exports() && mapping.covers_local(&message.topic)
+                })?;
                 if self.spec.rules[index].stream.is_some() {
                     return None;
                 }
@@ -144,7 +145,14 @@ impl Bridge {
 
     /// The topic and payload here of a message from the far side that rule `index`
     /// subscribed to, or None when it is not to be carried (counted).
-    fn route_in(&self, index: usize, name: &str, origin: Option<&str>, hops: Option<&str>, payload: &[u8]) -> Option<Imported> {
+    fn route_in(
+        &self,
+        index: usize,
+        name: &str,
+        origin: Option<&str>,
+        hops: Option<&str>,
+        payload: &[u8],
+    ) -> Option<Imported> {
         let hops = hops.and_then(|h| h.parse::<u32>().ok()).unwrap_or(0);
         if origin == Some(self.broker_id.as_str()) || hops >= self.spec.max_hops {
             self.stats.count(|c| &c.looped);
@@ -222,7 +230,11 @@ fn publish_state(router: &Router, stats: &BridgeStats) {
 /// Starts every configured bridge on the current runtime. Each one opens its session
 /// here and its link there in the background, and ends when the broker closes its
 /// session (the broker is stopping).
-pub(crate) fn start(router: &Arc<Router>, connector: &InProcessConnector, specs: &[BridgeSpec]) -> Vec<JoinHandle<()>> {
+pub(crate) fn start(
+    router: &Arc<Router>,
+    connector: &InProcessConnector,
+    specs: &[BridgeSpec],
+) -> Vec<JoinHandle<()>> {
     specs
         .iter()
         .map(|spec| {
@@ -251,7 +263,8 @@ async fn serve(
     stats: Arc<BridgeStats>,
 ) -> Result<(), String> {
     let connection = connector.connect().await.map_err(|e| e.to_string())?;
-    let client_id = format!("bridge.{}", spec.name);
+    // Without a dot: on a broker with permission rules a client id is one segment.
+    let client_id = format!("bridge-{}", spec.name);
     let (link, messages) = LocalLink::open(connection, client_id).await.map_err(|e| e.to_string())?;
     let bridge = Arc::new(Bridge {
         mappings: spec.mappings(),

@@ -25,6 +25,9 @@ use crate::error::ErrorCode;
 const SERVICE_ERROR: &str = "Nats-Service-Error";
 const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 
+/// How long a stopping bridge waits for what it published to reach the server.
+const FLUSH_PATIENCE: Duration = Duration::from_secs(1);
+
 /// Deliveries of a stream rule's queue that JetStream has not yet acknowledged.
 const JETSTREAM_WINDOW: usize = 64;
 
@@ -55,7 +58,11 @@ async fn connect(bridge: &Arc<Bridge>) -> Result<async_nats::Client, String> {
                         tracing::warn!(bridge = %bridge.spec.name, %error, "NATS server error");
                         bridge.set_state(bridge.stats.state(), Some(error.to_string()));
                     }
-                    Event::ClientError(error) => tracing::warn!(bridge = %bridge.spec.name, %error, "NATS client error"),
+                    // Repeated at every failed attempt while the server is away; the
+                    // state change says it once.
+                    Event::ClientError(error) => {
+                        tracing::debug!(bridge = %bridge.spec.name, %error, "NATS client error")
+                    }
                     other => tracing::debug!(bridge = %bridge.spec.name, event = %other, "NATS event"),
                 }
             }
@@ -90,7 +97,10 @@ async fn connect(bridge: &Arc<Bridge>) -> Result<async_nats::Client, String> {
 }
 
 /// Serves the bridge until `messages` ends (the broker closed the bridge's session).
-pub(super) async fn run(bridge: Arc<Bridge>, mut messages: mpsc::Receiver<LocalMessage>) -> Result<(), String> {
+pub(super) async fn run(
+    bridge: Arc<Bridge>,
+    mut messages: mpsc::Receiver<LocalMessage>,
+) -> Result<(), String> {
     let client = connect(&bridge).await?;
     let mut incoming: Vec<BoxStream<'static, (usize, async_nats::Message)>> = Vec::new();
     for (index, (rule, mapping)) in bridge.rules().enumerate() {
@@ -98,7 +108,8 @@ pub(super) async fn run(bridge: Arc<Bridge>, mut messages: mpsc::Receiver<LocalM
             continue;
         }
         for filter in mapping.remote_filters() {
-            let subscriber = client.subscribe(filter.clone()).await.map_err(|e| format!("subscribe {filter}: {e}"))?;
+            let subscriber =
+                client.subscribe(filter.clone()).await.map_err(|e| format!("subscribe {filter}: {e}"))?;
             incoming.push(subscriber.map(move |message| (index, message)).boxed());
         }
     }
@@ -107,7 +118,8 @@ pub(super) async fn run(bridge: Arc<Bridge>, mut messages: mpsc::Receiver<LocalM
 
     let (stop, stopped) = watch::channel(false);
     let (to_jetstream, jetstream_queue) = mpsc::channel(JETSTREAM_WINDOW);
-    let jetstream = tokio::spawn(confirm_in_jetstream(bridge.clone(), client.clone(), jetstream_queue, stopped));
+    let jetstream =
+        tokio::spawn(confirm_in_jetstream(bridge.clone(), client.clone(), jetstream_queue, stopped));
     let side = NatsSide { bridge: bridge.clone(), client: client.clone() };
     loop {
         tokio::select! {
@@ -121,7 +133,8 @@ pub(super) async fn run(bridge: Arc<Bridge>, mut messages: mpsc::Receiver<LocalM
     let _ = stop.send(true);
     drop(to_jetstream);
     let _ = jetstream.await;
-    let _ = client.flush().await;
+    // What was published goes out before the connection closes, unless the server is away.
+    let _ = tokio::time::timeout(FLUSH_PATIENCE, client.flush()).await;
     Ok(())
 }
 
@@ -157,7 +170,9 @@ impl NatsSide {
         let origin = message.headers.get(ORIGIN_HEADER).cloned().unwrap_or_else(|| bridge.broker_id.clone());
         headers.insert(ORIGIN_HEADER, origin.as_str());
         headers.insert(HOPS_HEADER, (hops + 1).to_string().as_str());
-        if message.payload.len() > self.client.server_info().max_payload && self.client.server_info().max_payload > 0 {
+        if message.payload.len() > self.client.server_info().max_payload
+            && self.client.server_info().max_payload > 0
+        {
             bridge.stats.count(|c| &c.oversize);
             if let Some(delivery) = message.delivery {
                 let _ = bridge.link.ack(delivery).await;
@@ -184,7 +199,9 @@ impl NatsSide {
                 if let Some(stream) = &bridge.spec.rules[index].stream {
                     headers.insert("Nats-Expected-Stream", stream.as_str());
                 }
-                let _ = to_jetstream.send(ForStream { subject, headers, payload: message.payload, delivery }).await;
+                let _ = to_jetstream
+                    .send(ForStream { subject, headers, payload: message.payload, delivery })
+                    .await;
             }
             (delivery, _) => {
                 match self.client.publish_with_headers(subject, headers, message.payload).await {
@@ -206,8 +223,15 @@ impl NatsSide {
         if message.status.is_some() {
             return;
         }
-        let header = |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
-        let imported = bridge.route_in(index, message.subject.as_str(), header(ORIGIN_HEADER).as_deref(), header(HOPS_HEADER).as_deref(), &message.payload);
+        let header =
+            |name: &str| message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+        let imported = bridge.route_in(
+            index,
+            message.subject.as_str(),
+            header(ORIGIN_HEADER).as_deref(),
+            header(HOPS_HEADER).as_deref(),
+            &message.payload,
+        );
         let Some(imported) = imported else {
             return;
         };
@@ -240,7 +264,8 @@ impl NatsSide {
         };
         bridge.stats.count(|c| &c.requests_in);
         let timeout = bridge.spec.request_timeout;
-        let request = serde_json::to_value(&Outgoing { timeout: Some(timeout), ..outgoing }).expect("serialisable");
+        let request =
+            serde_json::to_value(&Outgoing { timeout: Some(timeout), ..outgoing }).expect("serialisable");
         let (bridge, client) = (bridge.clone(), self.client.clone());
         tokio::spawn(async move {
             let answer = bridge.link.call("request", &request).await;
@@ -286,22 +311,36 @@ async fn relay_answer(
             let service_error = reply.headers.as_ref().and_then(|h| {
                 let code = h.get(SERVICE_ERROR_CODE).map(|v| v.as_str().to_owned());
                 let text = h.get(SERVICE_ERROR).map(|v| v.as_str().to_owned());
-                (code.is_some() || text.is_some()).then(|| (code.unwrap_or_default(), text.unwrap_or_default()))
+                (code.is_some() || text.is_some())
+                    .then(|| (code.unwrap_or_default(), text.unwrap_or_default()))
             });
             match service_error {
                 Some((code, _)) if code == "503" => {
                     bridge.stats.count(|c| &c.no_responders);
-                    Outgoing { error: Some(failure(super::RELAY_NO_RESPONDERS, "no responders".into())), ..reply_to_only(reply_to) }
+                    Outgoing {
+                        error: Some(failure(super::RELAY_NO_RESPONDERS, "no responders".into())),
+                        ..reply_to_only(reply_to)
+                    }
                 }
                 Some((code, text)) => Outgoing {
                     error: Some(failure("NatsServiceError", format!("{code} {text}").trim().to_owned())),
                     ..reply_to_only(reply_to)
                 },
                 None => {
-                    let payload = if reply.payload.is_empty() { Ok(RawValue::NULL.to_owned()) } else { parse_json(&reply.payload) };
+                    let payload = if reply.payload.is_empty() {
+                        Ok(RawValue::NULL.to_owned())
+                    } else {
+                        parse_json(&reply.payload)
+                    };
                     match payload {
                         Ok(payload) => {
-                            let sent = bridge.link.notify("publish", &Outgoing { payload: Some(&payload), ..reply_to_only(reply_to) }).await;
+                            let sent = bridge
+                                .link
+                                .notify(
+                                    "publish",
+                                    &Outgoing { payload: Some(&payload), ..reply_to_only(reply_to) },
+                                )
+                                .await;
                             if sent.is_err() {
                                 bridge.stats.count(|c| &c.errors);
                             }
@@ -321,7 +360,10 @@ async fn relay_answer(
         Err(error) => match error.kind() {
             RequestErrorKind::NoResponders => {
                 bridge.stats.count(|c| &c.no_responders);
-                Outgoing { error: Some(failure(super::RELAY_NO_RESPONDERS, "no responders on NATS".into())), ..reply_to_only(reply_to) }
+                Outgoing {
+                    error: Some(failure(super::RELAY_NO_RESPONDERS, "no responders on NATS".into())),
+                    ..reply_to_only(reply_to)
+                }
             }
             // The requester's own timeout says it.
             RequestErrorKind::TimedOut => return,
@@ -358,7 +400,11 @@ async fn confirm_in_jetstream(
         let mut attempt = 0;
         loop {
             let acknowledged = match context
-                .publish_with_headers(message.subject.clone(), message.headers.clone(), message.payload.clone())
+                .publish_with_headers(
+                    message.subject.clone(),
+                    message.headers.clone(),
+                    message.payload.clone(),
+                )
                 .await
             {
                 Ok(ack) => ack.await.map_err(|e| e.to_string()),

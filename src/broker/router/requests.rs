@@ -53,7 +53,9 @@ impl Router {
         let token = RandomState::new().hash_one(seq);
         let reply_to = format!("{REPLY_PREFIX}{seq}.{token:016x}");
         let (tx, rx) = oneshot::channel();
-        self.replies.lock().insert(seq, AwaitedReply { token, requester: tx, reached: None, relays_gave_up: 0 });
+        self.replies
+            .lock()
+            .insert(seq, AwaitedReply { token, requester: tx, reached: None, relays_gave_up: 0 });
         let published = match self.publish(Publish { reply_to: Some(&reply_to), ..msg }) {
             Ok(published) => published,
             Err(error) => {

@@ -1,0 +1,91 @@
+"""Messages per second through a NATS bridge, each way: a BrokerClient publishes to
+our broker, whose bridge carries the messages to nats-server, where a nats-py
+subscriber counts them (out); nats-py publishes, the bridge carries them in, a
+BrokerClient counts them (in). Median of --runs runs.
+
+    python bench/bridge_throughput.py --messages 50000 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nats
+
+from message_broker import BrokerClient, BrokerConfig, MessageBroker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.peer_servers import NatsServer  # noqa: E402
+
+PAYLOAD = {"sensor": "t1", "value": 21.5, "unit": "C", "seq": 0, "site": "lab-1", "ok": True}
+TIMEOUT = 120.0
+
+
+async def wait_connected(broker: MessageBroker) -> None:
+    deadline = time.monotonic() + 10
+    while broker.status()["bridges"][0]["state"] != "connected":
+        assert time.monotonic() < deadline, "the bridge did not connect"
+        await asyncio.sleep(0.01)
+
+
+async def run_once(server: NatsServer, count: int, direction: str) -> float:
+    rules = [{"pattern": "bench.#", "direction": direction}]
+    config = BrokerConfig(host="127.0.0.1", port=0, bridges=[{"name": "bench", "kind": "nats", "url": server.url, "rules": rules}])
+    broker = MessageBroker(config)
+    broker.start_sync()
+    try:
+        await wait_connected(broker)
+        far = await nats.connect(server.url)
+        local = BrokerClient("bench", host="127.0.0.1", port=broker.port)
+        assert await local.connect()
+        done = asyncio.Event()
+        times: list[float] = []
+
+        def take(*_: object) -> None:
+            times.append(time.perf_counter())
+            if len(times) == count:
+                done.set()
+
+        async def take_far(msg: object) -> None:
+            take()
+
+        if direction == "out":
+            await far.subscribe("bench.>", cb=take_far)
+            await far.flush()
+            for i in range(count):
+                await local.publish(f"bench.{i % 100}", {**PAYLOAD, "seq": i})
+        else:
+            await local.subscribe("bench.#", take)
+            for i in range(count):
+                await far.publish(f"bench.{i % 100}", b'{"sensor":"t1","value":21.5,"unit":"C","seq":%d}' % i)
+            await far.flush()
+        await asyncio.wait_for(done.wait(), TIMEOUT)
+        await local.disconnect()
+        await far.close()
+        return (count - 1) / (times[-1] - times[0])
+    finally:
+        broker.stop_sync()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder, NatsServer(Path(folder)) as server:
+        for direction in ("out", "in"):
+            rates = [await run_once(server, args.messages, direction) for _ in range(args.runs)]
+            print(
+                f"{direction:>3}: median {statistics.median(rates):,.0f} msg/s "
+                f"(runs: {', '.join(f'{rate:,.0f}' for rate in rates)})"
+            )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
