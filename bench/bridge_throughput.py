@@ -21,7 +21,7 @@ import nats
 from message_broker import BrokerClient, BrokerConfig, MessageBroker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from support.peer_servers import NatsServer  # noqa: E402
+from support.peer_servers import NatsServer
 
 PAYLOAD = {"sensor": "t1", "value": 21.5, "unit": "C", "seq": 0, "site": "lab-1", "ok": True}
 TIMEOUT = 120.0
@@ -36,7 +36,11 @@ async def wait_connected(broker: MessageBroker) -> None:
 
 async def run_once(server: NatsServer, count: int, direction: str) -> float:
     rules = [{"pattern": "bench.#", "direction": direction}]
-    config = BrokerConfig(host="127.0.0.1", port=0, bridges=[{"name": "bench", "kind": "nats", "url": server.url, "rules": rules}])
+    config = BrokerConfig(
+        host="127.0.0.1",
+        port=0,
+        bridges=[{"name": "bench", "kind": "nats", "url": server.url, "rules": rules}],
+    )
     broker = MessageBroker(config)
     broker.start_sync()
     try:
@@ -63,7 +67,9 @@ async def run_once(server: NatsServer, count: int, direction: str) -> float:
         else:
             await local.subscribe("bench.#", take)
             for i in range(count):
-                await far.publish(f"bench.{i % 100}", b'{"sensor":"t1","value":21.5,"unit":"C","seq":%d}' % i)
+                await far.publish(
+                    f"bench.{i % 100}", b'{"sensor":"t1","value":21.5,"unit":"C","seq":%d}' % i
+                )
             await far.flush()
         await asyncio.wait_for(done.wait(), TIMEOUT)
         await local.disconnect()

@@ -32,12 +32,16 @@ class FarClient:
     def __init__(self, server: Mosquitto, name: str) -> None:
         self.received: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.messages: Received = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5
+        )
         self.client.on_message = lambda client, userdata, message: self._take(message)
         self.client.connect("127.0.0.1", server.port)
         self.client.loop_start()
         self.subscribed: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self.client.on_subscribe = lambda client, userdata, mid, codes, properties: self.subscribed.put(mid)
+        self.client.on_subscribe = lambda client, userdata, mid, codes, properties: (
+            self.subscribed.put(mid)
+        )
 
     def _take(self, message: Any) -> None:
         payload = json.loads(message.payload) if message.payload else None
@@ -49,7 +53,9 @@ class FarClient:
         assert self.subscribed.get(timeout=5) == mid
 
     def publish(self, topic: str, payload: bytes, properties: Any = None) -> None:
-        self.client.publish(topic, payload, qos=0, properties=properties).wait_for_publish(timeout=5)
+        self.client.publish(topic, payload, qos=0, properties=properties).wait_for_publish(
+            timeout=5
+        )
 
     def close(self) -> None:
         self.client.disconnect()
@@ -94,7 +100,9 @@ def rule(pattern: str, direction: str, **options: Any) -> dict[str, Any]:
 
 async def bridge_connected(broker: MessageBroker, name: str, timeout: float = 10.0) -> None:
     def connected() -> bool:
-        return any(b["name"] == name and b["state"] == "connected" for b in broker.status()["bridges"])
+        return any(
+            b["name"] == name and b["state"] == "connected" for b in broker.status()["bridges"]
+        )
 
     await eventually(connected, timeout)
 
@@ -124,7 +132,16 @@ async def test_every_mapping_row_crosses_both_ways(start_broker, mosquitto, clie
     far = await clients(mosquitto, "far")
 
     far.subscribe("#")
-    for topic in ["lit.x", "lit.y", "star.q", "star.q.r", "plus.b.c", "plus.b.d", "tree", "tree.a.b"]:
+    for topic in [
+        "lit.x",
+        "lit.y",
+        "star.q",
+        "star.q.r",
+        "plus.b.c",
+        "plus.b.d",
+        "tree",
+        "tree.a.b",
+    ]:
         await app.publish(topic, {"topic": topic}, headers={"trace": topic})
     for topic in ["pre.z.y", "pre", "other.x"]:
         await app.publish(topic, {"topic": topic})
@@ -140,18 +157,38 @@ async def test_every_mapping_row_crosses_both_ways(start_broker, mosquitto, clie
     seen_here = await local_collector(app, ["ilit.#", "istar.#", "iplus.#", "itree.#", "ipre.#"])
     headers = Properties(PacketTypes.PUBLISH)
     headers.UserProperty = ("lang", "en")
-    for topic in ["ilit/x", "ilit/y", "istar/q", "istar/q/r", "iplus/b/c", "iplus/b/d", "itree", "itree/a/b"]:
+    for topic in [
+        "ilit/x",
+        "ilit/y",
+        "istar/q",
+        "istar/q/r",
+        "iplus/b/c",
+        "iplus/b/d",
+        "itree",
+        "itree/a/b",
+    ]:
         far.publish(topic, b'{"n": 1.50}', headers)
     for topic in ["ifar/z", "ifar", "ipre/z", "ifar/a.b", "ifar//x", "ilit/x"]:
         far.publish(topic, b"" if topic == "ilit/x" else b"[1]")
     await eventually(lambda: ("ilit.x", None) in seen_here)
-    assert [topic for topic, _ in seen_here] == ["ilit.x", "istar.q", "iplus.b.c", "itree", "itree.a.b", "ipre.z", "ipre", "ilit.x"]
+    assert [topic for topic, _ in seen_here] == [
+        "ilit.x",
+        "istar.q",
+        "iplus.b.c",
+        "itree",
+        "itree.a.b",
+        "ipre.z",
+        "ipre",
+        "ilit.x",
+    ]
     assert seen_here[0][1] == {"n": 1.5}
     skipped = broker.status()["bridges"][0]["skipped"]
     assert skipped["unmappable"] == 2, skipped
 
 
-async def test_both_ways_carries_each_message_once_and_never_loops(start_broker, mosquitto, clients) -> None:
+async def test_both_ways_carries_each_message_once_and_never_loops(
+    start_broker, mosquitto, clients
+) -> None:
     broker = start_broker(bridges=[bridge("loop", mosquitto.url, rule("loop.#", "both"))])
     await bridge_connected(broker, "loop")
     publisher = await clients(broker, "publisher")
@@ -163,7 +200,9 @@ async def test_both_ways_carries_each_message_once_and_never_loops(start_broker,
     for i in range(500):
         await publisher.publish(f"loop.here.{i}", i)
         far_publisher.publish(f"loop/there/{i}", str(i).encode())
-    await eventually(lambda: len(seen_here) >= 1000 and len(far_listener.messages) >= 1000, timeout=20)
+    await eventually(
+        lambda: len(seen_here) >= 1000 and len(far_listener.messages) >= 1000, timeout=20
+    )
     await publisher.publish("loop.marker", "end")
     await eventually(lambda: ("loop/marker", "end") in far_listener.messages)
     await eventually(lambda: ("loop.marker", "end") in seen_here)
@@ -187,7 +226,11 @@ async def test_requests_cross_both_ways(start_broker, mosquitto, clients) -> Non
         if message.topic == "svc/echo":
             reply = Properties(PacketTypes.PUBLISH)
             reply.CorrelationData = message.properties.CorrelationData
-            client.publish(message.properties.ResponseTopic, b'{"echo": ' + message.payload + b"}", properties=reply)
+            client.publish(
+                message.properties.ResponseTopic,
+                b'{"echo": ' + message.payload + b"}",
+                properties=reply,
+            )
         else:
             far._take(message)
 

@@ -4,7 +4,6 @@ server crash, and reconnecting. The far side is nats-py, an independent client."
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -68,7 +67,9 @@ async def clients() -> AsyncIterator[Callable[..., Any]]:
 
 async def bridge_connected(broker: MessageBroker, name: str, timeout: float = 10.0) -> None:
     def connected() -> bool:
-        return any(b["name"] == name and b["state"] == "connected" for b in broker.status()["bridges"])
+        return any(
+            b["name"] == name and b["state"] == "connected" for b in broker.status()["bridges"]
+        )
 
     await eventually(connected, timeout)
 
@@ -92,7 +93,9 @@ async def nats_collector(client: Any, subject: str) -> Received:
 
 def test_a_bad_bridge_is_refused_naming_it() -> None:
     broken = bridge("hub", "nats://127.0.0.1:4222", rule("a..b", "both"))
-    with pytest.raises(ConfigError, match=r'bridges\[0\] \(name "hub"\): rules\[0\] \(pattern "a\.\.b"\): pattern'):
+    with pytest.raises(
+        ConfigError, match=r'bridges\[0\] \(name "hub"\): rules\[0\] \(pattern "a\.\.b"\): pattern'
+    ):
         BrokerConfig.from_dict({"bridges": [broken]})
     misspelt = {**bridge("hub", "nats://x", rule("a", "in")), "tsl_ca_file": "ca.pem"}
     with pytest.raises(ConfigError, match="did you mean tls_ca_file"):
@@ -120,7 +123,16 @@ async def test_every_mapping_row_crosses_both_ways(start_broker, nats_server, cl
     far = await clients(nats_server, "far")
 
     seen_there = await nats_collector(far, ">")
-    for topic in ["lit.x", "lit.y", "star.q", "star.q.r", "plus.b.c", "plus.b.d", "tree", "tree.a.b"]:
+    for topic in [
+        "lit.x",
+        "lit.y",
+        "star.q",
+        "star.q.r",
+        "plus.b.c",
+        "plus.b.d",
+        "tree",
+        "tree.a.b",
+    ]:
         await app.publish(topic, {"topic": topic})
     for topic in ["pre.z.y", "pre", "other.x"]:
         await app.publish(topic, {"topic": topic})
@@ -132,7 +144,16 @@ async def test_every_mapping_row_crosses_both_ways(start_broker, nats_server, cl
     assert seen_there[0][1].replace(" ", "") == '{"topic":"lit.x"}'
 
     seen_here = await local_collector(app, ["ilit.#", "istar.#", "iplus.#", "itree.#", "ipre.#"])
-    for subject in ["ilit.x", "ilit.y", "istar.q", "istar.q.r", "iplus.b.c", "iplus.b.d", "itree", "itree.a.b"]:
+    for subject in [
+        "ilit.x",
+        "ilit.y",
+        "istar.q",
+        "istar.q.r",
+        "iplus.b.c",
+        "iplus.b.d",
+        "itree",
+        "itree.a.b",
+    ]:
         await far.publish(subject, b'{"n": 1.50}')
     for subject in ["ifar.z", "ifar", "ipre.z"]:
         await far.publish(subject, b"[1]")
@@ -151,10 +172,14 @@ async def test_every_mapping_row_crosses_both_ways(start_broker, nats_server, cl
     assert ("ilit.x", {"n": 1.5}) in seen_here
 
     status = broker.status()["bridges"][0]
-    assert status["messages"]["sent"] == 8 and status["messages"]["received"] == 7 + len(markers), status
+    assert status["messages"]["sent"] == 8 and status["messages"]["received"] == 7 + len(markers), (
+        status
+    )
 
 
-async def test_both_ways_carries_each_message_once_and_never_loops(start_broker, nats_server, clients) -> None:
+async def test_both_ways_carries_each_message_once_and_never_loops(
+    start_broker, nats_server, clients
+) -> None:
     broker = start_broker(bridges=[bridge("loop", nats_server.url, rule("loop.#", "both"))])
     await bridge_connected(broker, "loop")
     publisher = await clients(broker, "publisher")
@@ -176,20 +201,28 @@ async def test_both_ways_carries_each_message_once_and_never_loops(start_broker,
 
     here = Counter(topic for topic, _ in seen_here)
     there = Counter(subject for subject, _ in seen_there)
-    expected = {f"loop.here.{i}" for i in range(500)} | {f"loop.there.{i}" for i in range(500)} | {"loop.marker"}
+    expected = (
+        {f"loop.here.{i}" for i in range(500)}
+        | {f"loop.there.{i}" for i in range(500)}
+        | {"loop.marker"}
+    )
     assert set(here) == expected and set(here.values()) == {1}, "each message once, here"
     assert set(there) == expected and set(there.values()) == {1}, "each message once, there"
 
     link = nats_server.connection("message-broker bridge loop")
     assert sorted(sub for sub in link["subscriptions_list"]) == ["loop", "loop.>"]
-    assert (link["in_msgs"], link["out_msgs"]) == (501, 500), "the bridge sent what came from here, took what came from there"
+    assert (link["in_msgs"], link["out_msgs"]) == (501, 500), (
+        "the bridge sent what came from here, took what came from there"
+    )
     varz = nats_server.monitor("varz")
     # far-publisher's 500, the bridge's 501; nothing went round again.
     assert varz["in_msgs"] == 1001, varz["in_msgs"]
     assert broker.status()["bridges"][0]["skipped"]["looped"] == 0
 
 
-async def test_two_brokers_on_one_nats_see_each_message_once(start_broker, nats_server, clients) -> None:
+async def test_two_brokers_on_one_nats_see_each_message_once(
+    start_broker, nats_server, clients
+) -> None:
     first = start_broker(bridges=[bridge("one", nats_server.url, rule("chat.#", "both"))])
     second = start_broker(bridges=[bridge("two", nats_server.url, rule("chat.#", "both"))])
     await bridge_connected(first, "one")
@@ -209,11 +242,18 @@ async def test_two_brokers_on_one_nats_see_each_message_once(start_broker, nats_
     await eventually(lambda: all(len(got) >= 300 for got in seen.values()), timeout=20)
     for marker, sender in [("chat.a.end", senders["a"]), ("chat.b.end", senders["b"])]:
         await sender.publish(marker, "end")
-    await eventually(lambda: all(sum(t.endswith(".end") for t, _ in got) == 2 for got in seen.values()))
-    expected = {f"chat.{side}.{i}" for side in "abn" for i in range(100)} | {"chat.a.end", "chat.b.end"}
+    await eventually(
+        lambda: all(sum(t.endswith(".end") for t, _ in got) == 2 for got in seen.values())
+    )
+    expected = {f"chat.{side}.{i}" for side in "abn" for i in range(100)} | {
+        "chat.a.end",
+        "chat.b.end",
+    }
     for name, got in seen.items():
         counts = Counter(topic for topic, _ in got)
-        assert set(counts) == expected and set(counts.values()) == {1}, f"{name}: {counts.most_common(3)}"
+        assert set(counts) == expected and set(counts.values()) == {1}, (
+            f"{name}: {counts.most_common(3)}"
+        )
 
 
 async def test_requests_cross_both_ways(start_broker, nats_server, clients) -> None:
@@ -254,7 +294,11 @@ async def test_requests_cross_both_ways(start_broker, nats_server, clients) -> N
     assert reply.headers["Nats-Service-Error-Code"] == "408", reply.headers
 
     counters = broker.status()["bridges"][0]["messages"]
-    assert (counters["requests_out"], counters["requests_in"], counters["no_responders"]) == (3, 3, 1), counters
+    assert (counters["requests_out"], counters["requests_in"], counters["no_responders"]) == (
+        3,
+        3,
+        1,
+    ), counters
 
 
 async def test_a_passive_local_listener_never_makes_a_bridged_request_look_answered(
@@ -279,7 +323,14 @@ async def test_qos1_through_jetstream_loses_no_confirmed_message_across_a_crash(
     await jetstream.add_stream(name="ORDERS", subjects=["orders.>"])
     await far.close()
     broker = start_broker(
-        bridges=[bridge("js", jetstream_server.url, rule("orders.#", "out", stream="ORDERS"), request_timeout=1)]
+        bridges=[
+            bridge(
+                "js",
+                jetstream_server.url,
+                rule("orders.#", "out", stream="ORDERS"),
+                request_timeout=1,
+            )
+        ]
     )
     await bridge_connected(broker, "js")
     app = await clients(broker, "app")
@@ -292,7 +343,9 @@ async def test_qos1_through_jetstream_loses_no_confirmed_message_across_a_crash(
     for i in range(100, 200):
         confirmed.append(await app.publish(f"orders.{i}", {"n": i}, qos=1))
     jetstream_server.start()
-    await eventually(lambda: broker.status()["bridges"][0]["messages"]["confirmed"] >= 200, timeout=20)
+    await eventually(
+        lambda: broker.status()["bridges"][0]["messages"]["confirmed"] >= 200, timeout=20
+    )
 
     far = await nats.connect(jetstream_server.url)
     try:
@@ -308,7 +361,9 @@ async def test_qos1_through_jetstream_loses_no_confirmed_message_across_a_crash(
         await far.close()
 
 
-async def test_the_bridge_is_back_within_two_seconds_of_a_nats_restart(start_broker, nats_server, clients) -> None:
+async def test_the_bridge_is_back_within_two_seconds_of_a_nats_restart(
+    start_broker, nats_server, clients
+) -> None:
     broker = start_broker(bridges=[bridge("back", nats_server.url, rule("news.#", "both"))])
     await bridge_connected(broker, "back")
     app = await clients(broker, "app")

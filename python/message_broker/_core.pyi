@@ -18,8 +18,8 @@ CONNECTION_LOST: Final[int]
 wire code: the client makes it)."""
 
 class BrokerDefaults(TypedDict):
-    """The default of each setting of ``BrokerConfig`` (``queues`` and ``permissions``
-    aside: none)."""
+    """The default of each setting of ``BrokerConfig`` (``queues``, ``permissions`` and
+    ``bridges`` aside: none)."""
 
     host: str
     port: int

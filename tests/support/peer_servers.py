@@ -91,7 +91,15 @@ class NatsServer(_Server):
         self.store = folder / f"{name}-store"
 
     def _command(self) -> list[str]:
-        command = [self.program, "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port)]
+        command = [
+            self.program,
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-m",
+            str(self.monitor_port),
+        ]
         if self.jetstream:
             command += ["-js", "-sd", str(self.store)]
         return command
@@ -114,7 +122,7 @@ class NatsServer(_Server):
     def monitor(self, path: str) -> Any:
         """A monitoring endpoint's JSON (`varz`, `connz?subs=1`, ...)."""
         address = f"http://127.0.0.1:{self.monitor_port}/{path}"
-        with urllib.request.urlopen(address, timeout=5) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(address, timeout=5) as response:
             return json.loads(response.read())
 
     def connection(self, name: str) -> dict[str, Any]:
@@ -132,7 +140,8 @@ class Mosquitto(_Server):
         self.program = require_program("mosquitto")
         self.config = folder / "mosquitto.conf"
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n", encoding="utf-8"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n",
+            encoding="utf-8",
         )
 
     def _command(self) -> list[str]:
