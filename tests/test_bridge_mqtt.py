@@ -113,7 +113,7 @@ async def local_collector(client: BrokerClient, patterns: list[str]) -> Received
     return received
 
 
-async def test_every_mapping_row_crosses_both_ways(start_broker, mosquitto, clients) -> None:
+async def test_every_mapping_row_crosses_both_ways(mosquitto, start_broker, clients) -> None:
     rules = [
         rule("lit.x", "out"),
         rule("star.*", "out"),
@@ -187,7 +187,7 @@ async def test_every_mapping_row_crosses_both_ways(start_broker, mosquitto, clie
 
 
 async def test_both_ways_carries_each_message_once_and_never_loops(
-    start_broker, mosquitto, clients
+    mosquitto, start_broker, clients
 ) -> None:
     broker = start_broker(bridges=[bridge("loop", mosquitto.url, rule("loop.#", "both"))])
     await bridge_connected(broker, "loop")
@@ -214,7 +214,7 @@ async def test_both_ways_carries_each_message_once_and_never_loops(
     assert (counters["sent"], counters["received"]) == (501, 500), counters
 
 
-async def test_requests_cross_both_ways(start_broker, mosquitto, clients) -> None:
+async def test_requests_cross_both_ways(mosquitto, start_broker, clients) -> None:
     rules = [rule("svc.#", "out"), rule("api.#", "in")]
     broker = start_broker(bridges=[bridge("rpc", mosquitto.url, *rules, request_timeout=1)])
     await bridge_connected(broker, "rpc")
@@ -253,7 +253,7 @@ async def test_requests_cross_both_ways(start_broker, mosquitto, clients) -> Non
     assert reply.properties.CorrelationData == b"42"
 
 
-async def test_the_bridge_reconnects_after_a_restart(start_broker, mosquitto, clients) -> None:
+async def test_the_bridge_reconnects_after_a_restart(mosquitto, start_broker, clients) -> None:
     broker = start_broker(bridges=[bridge("back", mosquitto.url, rule("news.#", "both"))])
     await bridge_connected(broker, "back")
     app = await clients(broker, "app")

@@ -104,7 +104,7 @@ def test_a_bad_bridge_is_refused_naming_it() -> None:
         BrokerConfig.from_dict({"bridges": [bridge("hub", "http://x", rule("a", "in"))]})
 
 
-async def test_every_mapping_row_crosses_both_ways(start_broker, nats_server, clients) -> None:
+async def test_every_mapping_row_crosses_both_ways(nats_server, start_broker, clients) -> None:
     rules = [
         rule("lit.x", "out"),
         rule("star.*", "out"),
@@ -178,7 +178,7 @@ async def test_every_mapping_row_crosses_both_ways(start_broker, nats_server, cl
 
 
 async def test_both_ways_carries_each_message_once_and_never_loops(
-    start_broker, nats_server, clients
+    nats_server, start_broker, clients
 ) -> None:
     broker = start_broker(bridges=[bridge("loop", nats_server.url, rule("loop.#", "both"))])
     await bridge_connected(broker, "loop")
@@ -221,7 +221,7 @@ async def test_both_ways_carries_each_message_once_and_never_loops(
 
 
 async def test_two_brokers_on_one_nats_see_each_message_once(
-    start_broker, nats_server, clients
+    nats_server, start_broker, clients
 ) -> None:
     first = start_broker(bridges=[bridge("one", nats_server.url, rule("chat.#", "both"))])
     second = start_broker(bridges=[bridge("two", nats_server.url, rule("chat.#", "both"))])
@@ -256,7 +256,7 @@ async def test_two_brokers_on_one_nats_see_each_message_once(
         )
 
 
-async def test_requests_cross_both_ways(start_broker, nats_server, clients) -> None:
+async def test_requests_cross_both_ways(nats_server, start_broker, clients) -> None:
     rules = [rule("svc.#", "out"), rule("api.#", "in")]
     broker = start_broker(bridges=[bridge("rpc", nats_server.url, *rules, request_timeout=0.5)])
     await bridge_connected(broker, "rpc")
@@ -302,7 +302,7 @@ async def test_requests_cross_both_ways(start_broker, nats_server, clients) -> N
 
 
 async def test_a_passive_local_listener_never_makes_a_bridged_request_look_answered(
-    start_broker, nats_server, clients
+    nats_server, start_broker, clients
 ) -> None:
     broker = start_broker(bridges=[bridge("rpc", nats_server.url, rule("svc.#", "both"))])
     await bridge_connected(broker, "rpc")
@@ -316,7 +316,7 @@ async def test_a_passive_local_listener_never_makes_a_bridged_request_look_answe
 
 
 async def test_qos1_through_jetstream_loses_no_confirmed_message_across_a_crash(
-    start_broker, jetstream_server, clients
+    jetstream_server, start_broker, clients
 ) -> None:
     far = await nats.connect(jetstream_server.url)
     jetstream = far.jetstream()
@@ -334,14 +334,16 @@ async def test_qos1_through_jetstream_loses_no_confirmed_message_across_a_crash(
     )
     await bridge_connected(broker, "js")
     app = await clients(broker, "app")
-    confirmed = []
-    for i in range(100):
-        confirmed.append(await app.publish(f"orders.{i}", {"n": i}, qos=1))
-    await eventually(lambda: broker.status()["bridges"][0]["messages"]["confirmed"] == 100)
+    def in_jetstream() -> int:
+        return int(broker.status()["bridges"][0]["messages"]["confirmed"])
 
-    jetstream_server.kill()
-    for i in range(100, 200):
+    confirmed = []
+    for i in range(200):
         confirmed.append(await app.publish(f"orders.{i}", {"n": i}, qos=1))
+        if i == 100:
+            # Killed while the bridge carries the messages on, and more come meanwhile.
+            await eventually(lambda: in_jetstream() >= 20)
+            jetstream_server.kill()
     jetstream_server.start()
     await eventually(
         lambda: broker.status()["bridges"][0]["messages"]["confirmed"] >= 200, timeout=20
@@ -362,7 +364,7 @@ async def test_qos1_through_jetstream_loses_no_confirmed_message_across_a_crash(
 
 
 async def test_the_bridge_is_back_within_two_seconds_of_a_nats_restart(
-    start_broker, nats_server, clients
+    nats_server, start_broker, clients
 ) -> None:
     broker = start_broker(bridges=[bridge("back", nats_server.url, rule("news.#", "both"))])
     await bridge_connected(broker, "back")

@@ -106,7 +106,7 @@ impl Mapping {
             remote_prefix: remote_levels,
             pattern: pattern.to_owned(),
         };
-        if mapping.local_pattern().split('.').next().is_some_and(|first| is_reserved(first)) {
+        if mapping.local_pattern().split('.').next().is_some_and(is_reserved) {
             return Err(format!(
                 "pattern {pattern:?} with local_prefix {local_prefix:?} only covers topics reserved for the broker"
             ));

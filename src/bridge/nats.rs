@@ -134,7 +134,9 @@ pub(super) async fn run(
     drop(to_jetstream);
     let _ = jetstream.await;
     // What was published goes out before the connection closes, unless the server is away.
-    let _ = tokio::time::timeout(FLUSH_PATIENCE, client.flush()).await;
+    if client.connection_state() == async_nats::connection::State::Connected {
+        let _ = tokio::time::timeout(FLUSH_PATIENCE, client.flush()).await;
+    }
     Ok(())
 }
 

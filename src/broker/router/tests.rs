@@ -235,7 +235,11 @@ async fn a_request_only_relays_take_waits_and_fails_once_every_relay_gave_up() {
     let reply_to = |rx: &mut OutboxReceiver| drain(rx)[0]["params"]["reply_to"].as_str().unwrap().to_owned();
     let (address, same) = (reply_to(&mut first_rx), reply_to(&mut second_rx));
     assert_eq!(address, same);
-    assert_eq!(router.reply_failure(&address, gave_up(RELAY_NO_RESPONDERS)).recipients, 0, "one relay is left");
+    assert_eq!(
+        router.reply_failure(&address, gave_up(RELAY_NO_RESPONDERS)).recipients,
+        0,
+        "one relay is left"
+    );
     router.reply_failure(&address, gave_up(RELAY_NO_RESPONDERS));
     assert_eq!(pending.wait().await.unwrap_err().code, ErrorCode::NoResponders);
 
