@@ -91,6 +91,26 @@ async def nats_collector(client: Any, subject: str) -> Received:
     return received
 
 
+def test_a_config_file_declares_bridges(tmp_path: Path) -> None:
+    path = tmp_path / "broker.toml"
+    path.write_text(
+        "[[bridges]]\n"
+        'name = "hub"\n'
+        'kind = "nats"\n'
+        'url = "nats://hub.lan:4222"\n'
+        "rules = [\n"
+        '  { pattern = "orders.#", direction = "both" },\n'
+        '  { pattern = "audit.#", direction = "out", stream = "AUDIT" },\n'
+        "]\n",
+        encoding="utf-8",
+    )
+    (hub,) = BrokerConfig.from_file(path).bridges
+    assert hub["rules"][1] == {"pattern": "audit.#", "direction": "out", "stream": "AUDIT"}
+    path.write_text(path.read_text().replace('"both"', '"sideways"'), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"broker\.toml: .*bridges\[0\].*unknown variant `sideways`"):
+        BrokerConfig.from_file(path)
+
+
 def test_a_bad_bridge_is_refused_naming_it() -> None:
     broken = bridge("hub", "nats://127.0.0.1:4222", rule("a..b", "both"))
     with pytest.raises(

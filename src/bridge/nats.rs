@@ -7,6 +7,7 @@
 //! `Nats-Msg-Id`, so that a retry after a lost acknowledgement is not stored twice).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event, HeaderMap, Subject};
@@ -36,10 +37,13 @@ fn backoff(attempt: usize, max: Duration) -> Duration {
     Duration::from_millis(50u64 << shift).min(max)
 }
 
-async fn connect(bridge: &Arc<Bridge>) -> Result<async_nats::Client, String> {
+/// Connects in the background. `ready` is set once the bridge has subscribed on both
+/// sides: only then does it say it is connected.
+async fn connect(bridge: &Arc<Bridge>, ready: &Arc<AtomicBool>) -> Result<async_nats::Client, String> {
     let spec = &bridge.spec;
     let max_delay = spec.max_reconnect_delay();
     let events = bridge.clone();
+    let ready = ready.clone();
     let mut options = ConnectOptions::new()
         .name(format!("message-broker bridge {}", spec.name))
         .no_echo()
@@ -50,9 +54,10 @@ async fn connect(bridge: &Arc<Bridge>) -> Result<async_nats::Client, String> {
         .reconnect_delay_callback(move |attempt| backoff(attempt, max_delay))
         .event_callback(move |event| {
             let bridge = events.clone();
+            let ready = ready.load(Ordering::Acquire);
             async move {
                 match event {
-                    Event::Connected => bridge.set_state(LinkState::Connected, None),
+                    Event::Connected if ready => bridge.set_state(LinkState::Connected, None),
                     Event::Disconnected => bridge.set_state(LinkState::Disconnected, None),
                     Event::ServerError(error) => {
                         tracing::warn!(bridge = %bridge.spec.name, %error, "NATS server error");
@@ -101,7 +106,8 @@ pub(super) async fn run(
     bridge: Arc<Bridge>,
     mut messages: mpsc::Receiver<LocalMessage>,
 ) -> Result<(), String> {
-    let client = connect(&bridge).await?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let client = connect(&bridge, &ready).await?;
     let mut incoming: Vec<BoxStream<'static, (usize, async_nats::Message)>> = Vec::new();
     for (index, (rule, mapping)) in bridge.rules().enumerate() {
         if !rule.direction.imports() {
@@ -115,6 +121,11 @@ pub(super) async fn run(
     }
     let mut incoming = select_all(incoming);
     bridge.subscribe_locally().await.map_err(|e| e.to_string())?;
+    ready.store(true, Ordering::Release);
+    // Connected before it was ready: the event said nothing then.
+    if client.connection_state() == async_nats::connection::State::Connected {
+        bridge.set_state(LinkState::Connected, None);
+    }
 
     let (stop, stopped) = watch::channel(false);
     let (to_jetstream, jetstream_queue) = mpsc::channel(JETSTREAM_WINDOW);
