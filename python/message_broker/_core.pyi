@@ -18,8 +18,8 @@ CONNECTION_LOST: Final[int]
 wire code: the client makes it)."""
 
 class BrokerDefaults(TypedDict):
-    """The default of each setting of ``BrokerConfig`` (``queues``, ``permissions`` and
-    ``bridges`` aside: none)."""
+    """The default of each setting of ``BrokerConfig`` (``queues`` and ``permissions``
+    aside: none)."""
 
     host: str
     port: int
@@ -38,6 +38,8 @@ class BrokerDefaults(TypedDict):
     require_token: bool
     runtime_dir: str | None
     local_socket: bool
+    bridges: list[dict[str, Any]]
+    """Always empty: a broker bridges nothing unless told to."""
 
 class ClientDefaults(TypedDict):
     """The defaults of a client's options."""

@@ -7,7 +7,6 @@
 //! `Nats-Msg-Id`, so that a retry after a lost acknowledgement is not stored twice).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::{ConnectOptions, Event, HeaderMap, Subject};
@@ -37,13 +36,15 @@ fn backoff(attempt: usize, max: Duration) -> Duration {
     Duration::from_millis(50u64 << shift).min(max)
 }
 
-/// Connects in the background. `ready` is set once the bridge has subscribed on both
-/// sides: only then does it say it is connected.
-async fn connect(bridge: &Arc<Bridge>, ready: &Arc<AtomicBool>) -> Result<async_nats::Client, String> {
+/// Connects in the background; each connection and loss of it is sent to `links`,
+/// for the bridge to announce once its subscriptions there are in place.
+async fn connect(
+    bridge: &Arc<Bridge>,
+    links: mpsc::UnboundedSender<LinkState>,
+) -> Result<async_nats::Client, String> {
     let spec = &bridge.spec;
     let max_delay = spec.max_reconnect_delay();
     let events = bridge.clone();
-    let ready = ready.clone();
     let mut options = ConnectOptions::new()
         .name(format!("message-broker bridge {}", spec.name))
         .no_echo()
@@ -54,11 +55,15 @@ async fn connect(bridge: &Arc<Bridge>, ready: &Arc<AtomicBool>) -> Result<async_
         .reconnect_delay_callback(move |attempt| backoff(attempt, max_delay))
         .event_callback(move |event| {
             let bridge = events.clone();
-            let ready = ready.load(Ordering::Acquire);
+            let links = links.clone();
             async move {
                 match event {
-                    Event::Connected if ready => bridge.set_state(LinkState::Connected, None),
-                    Event::Disconnected => bridge.set_state(LinkState::Disconnected, None),
+                    Event::Connected => {
+                        let _ = links.send(LinkState::Connected);
+                    }
+                    Event::Disconnected => {
+                        let _ = links.send(LinkState::Disconnected);
+                    }
                     Event::ServerError(error) => {
                         tracing::warn!(bridge = %bridge.spec.name, %error, "NATS server error");
                         bridge.set_state(bridge.stats.state(), Some(error.to_string()));
@@ -106,8 +111,8 @@ pub(super) async fn run(
     bridge: Arc<Bridge>,
     mut messages: mpsc::Receiver<LocalMessage>,
 ) -> Result<(), String> {
-    let ready = Arc::new(AtomicBool::new(false));
-    let client = connect(&bridge, &ready).await?;
+    let (links, mut link_changes) = mpsc::unbounded_channel();
+    let client = connect(&bridge, links).await?;
     let mut incoming: Vec<BoxStream<'static, (usize, async_nats::Message)>> = Vec::new();
     for (index, (rule, mapping)) in bridge.rules().enumerate() {
         if !rule.direction.imports() {
@@ -121,11 +126,6 @@ pub(super) async fn run(
     }
     let mut incoming = select_all(incoming);
     bridge.subscribe_locally().await.map_err(|e| e.to_string())?;
-    ready.store(true, Ordering::Release);
-    // Connected before it was ready: the event said nothing then.
-    if client.connection_state() == async_nats::connection::State::Connected {
-        bridge.set_state(LinkState::Connected, None);
-    }
 
     let (stop, stopped) = watch::channel(false);
     let (to_jetstream, jetstream_queue) = mpsc::channel(JETSTREAM_WINDOW);
@@ -139,6 +139,14 @@ pub(super) async fn run(
                 None => break,
             },
             Some((rule, message)) = incoming.next() => side.import(rule, message).await,
+            Some(state) = link_changes.recv() => {
+                if state == LinkState::Connected {
+                    // A round trip: the server has the bridge's subscriptions when it
+                    // is announced as connected.
+                    let _ = tokio::time::timeout(FLUSH_PATIENCE, client.flush()).await;
+                }
+                bridge.set_state(state, None);
+            }
         }
     }
     let _ = stop.send(true);

@@ -71,6 +71,8 @@ fn broker_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     defaults.set_item("require_token", config.require_token)?;
     defaults.set_item("runtime_dir", config.runtime_dir.as_ref().and_then(|dir| dir.to_str()))?;
     defaults.set_item("local_socket", config.local_socket)?;
+    // None: a broker bridges nothing unless told to.
+    defaults.set_item("bridges", pyo3::types::PyList::empty(py))?;
     Ok(defaults)
 }
 
