@@ -107,7 +107,8 @@ def test_a_config_file_declares_bridges(tmp_path: Path) -> None:
     (hub,) = BrokerConfig.from_file(path).bridges
     assert hub["rules"][1] == {"pattern": "audit.#", "direction": "out", "stream": "AUDIT"}
     path.write_text(path.read_text().replace('"both"', '"sideways"'), encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"broker\.toml: .*bridges\[0\].*unknown variant `sideways`"):
+    refused = r"broker\.toml: .*bridges\[0\].*unknown variant `sideways`"
+    with pytest.raises(ConfigError, match=refused):
         BrokerConfig.from_file(path)
 
 
@@ -354,6 +355,7 @@ async def test_qos1_through_jetstream_loses_no_confirmed_message_across_a_crash(
     )
     await bridge_connected(broker, "js")
     app = await clients(broker, "app")
+
     def in_jetstream() -> int:
         return int(broker.status()["bridges"][0]["messages"]["confirmed"])
 
