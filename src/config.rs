@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::bridge::config::BridgeSpec;
 use crate::broker::permissions::PermissionRule;
 use crate::broker::queue::QueueSpec;
 use crate::error::BrokerError;
@@ -65,6 +66,9 @@ pub struct BrokerConfig {
     /// this port (0 picks a free one); `None` serves no HTTP. Everything but the page
     /// itself and `/healthz` needs the token.
     pub http_port: Option<u16>,
+    /// Links to NATS or MQTT servers that carry chosen topics and requests across
+    /// machines; they start and stop with the broker.
+    pub bridges: Vec<BridgeSpec>,
 }
 
 impl Default for BrokerConfig {
@@ -90,6 +94,7 @@ impl Default for BrokerConfig {
             local_socket: true,
             permissions: Vec::new(),
             http_port: None,
+            bridges: Vec::new(),
         }
     }
 }
@@ -159,6 +164,7 @@ impl BrokerConfig {
         for rule in &self.permissions {
             rule.validate().map_err(|e| BrokerError::InvalidConfig(format!("permissions: {e}")))?;
         }
+        crate::bridge::validate(&self.bridges).map_err(BrokerError::InvalidConfig)?;
         if self.runtime_dir.as_ref().is_some_and(|dir| dir.as_os_str().is_empty()) {
             return invalid(
                 "runtime_dir must not be empty (leave it out for the user's runtime folder)".into(),

@@ -9,6 +9,8 @@
 //!   the JSON-RPC envelope, the methods and their checked params, delivered messages,
 //!   topics and reserved names, limits.
 //! - [`broker`]: the listener, transports, sessions, the router, queues and store.
+//! - [`bridge`]: topics and requests carried to NATS or an MQTT server, for apps that
+//!   span machines; it talks to the broker as an in-process client.
 //! - [`client`]: the engine behind the Python clients; it depends on [`protocol`]
 //!   (and the shared [`index`], [`ids`] and [`error`]), never on the broker.
 //! - [`index`]: the subscription trie shared by the router and the client; a publish
@@ -25,6 +27,7 @@
 //! The Python bindings live in `python` behind the `python` cargo feature, the only
 //! place PyO3 appears, so the core builds and tests without it.
 
+pub mod bridge;
 pub mod broker;
 pub mod client;
 pub mod config;

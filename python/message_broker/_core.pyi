@@ -39,6 +39,8 @@ class BrokerDefaults(TypedDict):
     runtime_dir: str | None
     local_socket: bool
     http_port: int | None
+    bridges: list[dict[str, Any]]
+    """Always empty: a broker bridges nothing unless told to."""
 
 class ClientDefaults(TypedDict):
     """The defaults of a client's options."""
@@ -190,6 +192,38 @@ class SecurityStatus(TypedDict):
     transports: list[TransportStatus]
     permission_rules: int
 
+class BridgeMessageCounters(TypedDict):
+    sent: int
+    """Carried from this broker to the far side."""
+    received: int
+    """Carried from the far side to this broker."""
+    requests_out: int
+    requests_in: int
+    no_responders: int
+    confirmed: int
+    """Acknowledged by JetStream (or the MQTT server at QoS 1)."""
+    errors: int
+
+class BridgeSkipped(TypedDict):
+    """Messages not carried, by reason."""
+
+    unmappable: int
+    reserved: int
+    oversize: int
+    not_json: int
+    looped: int
+
+class BridgeStatus(TypedDict):
+    name: str
+    kind: Literal["nats", "mqtt"]
+    url: str
+    """Without the password."""
+    state: Literal["connecting", "connected", "disconnected", "stopped"]
+    error: str | None
+    messages: BridgeMessageCounters
+    skipped: BridgeSkipped
+    reconnects: int
+
 class Status(TypedDict):
     """The broker's status: what ``MessageBroker.status()`` and
     ``request("status", {})`` return."""
@@ -205,6 +239,7 @@ class Status(TypedDict):
     subscription_count: int
     messages: MessageCounters
     queues: list[QueueStatus]
+    bridges: list[BridgeStatus]
     security: SecurityStatus
     persistence: PersistenceStatus
     memory: MemoryStatus

@@ -125,6 +125,13 @@ class BrokerConfig:
     and deny entries are patterns where ``{client}`` is the client's id. Deny wins; a
     client no rule names may do anything; replies to requests are always allowed."""
 
+    bridges: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Links to NATS or MQTT servers that carry chosen topics and requests between
+    machines: tables like ``{"name": "hub", "kind": "nats", "url":
+    "nats://hub.lan:4222", "rules": [{"pattern": "orders.#", "direction": "both"}]}``,
+    with credentials and TLS files as the server needs them. They start and stop with
+    the broker; see docs/scale-out.md."""
+
     def __post_init__(self) -> None:
         for name in ("data_dir", "runtime_dir"):
             value = getattr(self, name)
@@ -139,7 +146,7 @@ class BrokerConfig:
                     f"BrokerConfig.{field.name} must be {field.type}, "
                     f"got {type(value).__name__} {value!r}"
                 )
-        for name in ("queues", "permissions"):
+        for name in ("queues", "permissions", "bridges"):
             for table in getattr(self, name):
                 if not isinstance(table, dict):
                     raise TypeError(f"BrokerConfig.{name} must hold tables (dicts), got {table!r}")

@@ -62,14 +62,43 @@ pub use self::transport::{Peer, TransportKind};
 /// its sender waits.
 const IN_PROCESS_BACKLOG: usize = 64;
 
+/// How long a stopping broker waits for each bridge to close its far side.
+const BRIDGE_STOP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A running broker. Dropping it stops the broker too (without waiting).
 pub struct BrokerHandle {
     router: Arc<Router>,
     local_addr: SocketAddr,
-    in_process: mpsc::Sender<(Messages, Peer)>,
+    connector: InProcessConnector,
     stop: Option<oneshot::Sender<String>>,
     task: JoinHandle<()>,
     web: Option<WebServer>,
+    bridges: Vec<JoinHandle<()>>,
+}
+
+/// Opens in-process connections: what the handle, the bridges and the HTTP listener
+/// share.
+#[derive(Clone)]
+pub(crate) struct InProcessConnector {
+    router: Arc<Router>,
+    in_process: mpsc::Sender<(Messages, Peer)>,
+}
+
+impl InProcessConnector {
+    pub(crate) async fn connect(&self) -> Result<InProcessConnection, BrokerError> {
+        let (to_broker, incoming) = mpsc::channel(IN_PROCESS_BACKLOG);
+        let (outgoing, from_broker) = mpsc::channel(self.router.config().max_queue_size.max(1));
+        self.in_process
+            .send((Messages { incoming, outgoing }, Peer::in_process()))
+            .await
+            .map_err(|_| BrokerError::Io(std::io::Error::other("the broker has stopped")))?;
+        Ok(InProcessConnection { to_broker, from_broker })
+    }
+
+    /// Where transports of whole messages (WebSocket sessions) are admitted.
+    pub(crate) fn admission(&self) -> mpsc::Sender<(Messages, Peer)> {
+        self.in_process.clone()
+    }
 }
 
 /// A connection to the broker within the same process: whole JSON-RPC messages in,
@@ -126,17 +155,12 @@ impl BrokerHandle {
     /// Opens a connection within this process, without a socket. It counts against
     /// `max_connections` of the same-user transports, like a local socket connection.
     pub async fn connect_in_process(&self) -> Result<InProcessConnection, BrokerError> {
-        let (to_broker, incoming) = mpsc::channel(IN_PROCESS_BACKLOG);
-        let (outgoing, from_broker) = mpsc::channel(self.router.config().max_queue_size.max(1));
-        self.in_process
-            .send((Messages { incoming, outgoing }, Peer::in_process()))
-            .await
-            .map_err(|_| BrokerError::Io(std::io::Error::other("the broker has stopped")))?;
-        Ok(InProcessConnection { to_broker, from_broker })
+        self.connector.connect().await
     }
 
     /// Stops the broker: announces `system.broker.shutdown` with `reason`, closes every
-    /// connection after flushing it, and returns when all are closed.
+    /// connection after flushing it (the bridges' too, which then close their far
+    /// side), and returns when all are closed.
     pub async fn stop(mut self, reason: &str) {
         // HTTP first: long polls end, and WebSocket sessions close with the others.
         if let Some(web) = self.web.take() {
@@ -146,6 +170,7 @@ impl BrokerHandle {
             let _ = stop.send(reason.to_owned());
         }
         let _ = (&mut self.task).await;
+        crate::bridge::join(std::mem::take(&mut self.bridges), BRIDGE_STOP_PATIENCE).await;
     }
 }
 
@@ -165,8 +190,9 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
     router.set_access(access);
     let (stop, stopped) = oneshot::channel();
     let (in_process, admitted) = mpsc::channel(IN_PROCESS_BACKLOG);
+    let connector = InProcessConnector { router: router.clone(), in_process };
     let web = match router.config().http_port {
-        Some(port) => match web::start(router.clone(), in_process.clone(), port).await {
+        Some(port) => match web::start(router.clone(), connector.admission(), port).await {
             Ok(web) => Some(web),
             Err(error) => {
                 if let Some(access) = router.access() {
@@ -183,5 +209,6 @@ pub async fn start(config: BrokerConfig) -> Result<BrokerHandle, BrokerError> {
         system::BROKER_READY,
         &json!({"host": local_addr.ip().to_string(), "port": local_addr.port()}),
     );
-    Ok(BrokerHandle { router, local_addr, in_process, stop: Some(stop), task, web })
+    let bridges = crate::bridge::start(&router, &connector, &router.config().bridges);
+    Ok(BrokerHandle { router, local_addr, connector, stop: Some(stop), task, web, bridges })
 }

@@ -172,9 +172,9 @@ mod tests {
         p(patterns).into_iter().map(|pattern| (pattern, SubscriptionFlags::default())).collect()
     }
 
-    const PLAIN: SubscriptionFlags = SubscriptionFlags { passive: false, no_local: false };
-    const PASSIVE: SubscriptionFlags = SubscriptionFlags { passive: true, no_local: false };
-    const NO_LOCAL: SubscriptionFlags = SubscriptionFlags { passive: false, no_local: true };
+    const PLAIN: SubscriptionFlags = SubscriptionFlags { passive: false, no_local: false, relay: false };
+    const PASSIVE: SubscriptionFlags = SubscriptionFlags { passive: true, no_local: false, relay: false };
+    const NO_LOCAL: SubscriptionFlags = SubscriptionFlags { passive: false, no_local: true, relay: false };
 
     #[test]
     fn wire_patterns_are_reference_counted() {

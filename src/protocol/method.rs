@@ -254,6 +254,10 @@ pub struct Subscribe {
     /// Never receives what its own connection publishes.
     #[serde(default)]
     pub no_local: bool,
+    /// A passive subscription that carries requests on elsewhere (a bridge): a request
+    /// that only relays match waits for them instead of failing at once.
+    #[serde(default)]
+    pub relay: bool,
 }
 
 impl Subscribe {
@@ -270,9 +274,9 @@ impl Subscribe {
                     "prefetch, max_length, max_bytes, max_deliveries and dead_letter_topic apply to queues: give \"queue\" or \"durable\"",
                 ));
             }
-        } else if subscribe.passive || subscribe.no_local {
+        } else if subscribe.passive || subscribe.no_local || subscribe.relay {
             return Err(RpcError::invalid_params(
-                "passive and no_local apply to plain subscriptions, not to queues",
+                "passive, no_local and relay apply to plain subscriptions, not to queues",
             ));
         }
         Ok(subscribe)
@@ -288,6 +292,11 @@ pub struct SubscriptionFlags {
     /// Never receives what its own connection publishes.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub no_local: bool,
+    /// Passive, but a request that only relays match waits for their answer: a relay
+    /// carries it on elsewhere (a bridge to another broker) and says when no one
+    /// there answers.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub relay: bool,
 }
 
 impl SubscriptionFlags {
@@ -297,6 +306,7 @@ impl SubscriptionFlags {
         SubscriptionFlags {
             passive: self.passive && other.passive,
             no_local: self.no_local && other.no_local,
+            relay: self.relay || other.relay,
         }
     }
 }

@@ -220,7 +220,7 @@ impl Client {
         passive: bool,
         no_local: bool,
     ) -> PyResult<Option<u64>> {
-        let flags = SubscriptionFlags { passive, no_local };
+        let flags = SubscriptionFlags { passive, no_local, relay: false };
         self.inner.subscribe(subscription, &patterns, flags).map_err(to_py_error)
     }
 

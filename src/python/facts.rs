@@ -72,6 +72,8 @@ fn broker_defaults(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     defaults.set_item("runtime_dir", config.runtime_dir.as_ref().and_then(|dir| dir.to_str()))?;
     defaults.set_item("local_socket", config.local_socket)?;
     defaults.set_item("http_port", config.http_port)?;
+    // None: a broker bridges nothing unless told to.
+    defaults.set_item("bridges", pyo3::types::PyList::empty(py))?;
     Ok(defaults)
 }
 

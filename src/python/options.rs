@@ -64,12 +64,17 @@ pub fn broker_config(config: &Bound<'_, PyAny>) -> PyResult<BrokerConfig> {
         local_socket: setting(config, "local_socket")?,
         permissions: tables(&config.getattr("permissions")?, "permissions", PERMISSION_FIELDS)?,
         http_port: setting(config, "http_port")?,
+        bridges: tables(&config.getattr("bridges")?, "bridges", BRIDGE_FIELDS)?,
     };
     broker.validate().map_err(|error| PyValueError::new_err(error.to_string()))?;
     Ok(broker)
 }
 
 const QUEUE_FIELDS: &str = "each queue is a table with name, patterns and optionally max_length, max_bytes, max_deliveries, dead_letter_topic";
+const BRIDGE_FIELDS: &str = "each bridge is a table with name, kind (nats or mqtt), url and rules \
+     (tables with pattern, direction and optionally local_prefix, remote_prefix, stream, qos), and optionally \
+     username, password, token, credentials_file, nkey_file, client_id, tls_ca_file, tls_cert_file, \
+     tls_key_file, request_timeout, max_reconnect_delay, keep_alive, max_hops";
 const PERMISSION_FIELDS: &str = "each rule is a table with client (a glob on client ids) and optionally \
      publish and subscribe, each a table with allow and deny lists of patterns";
 

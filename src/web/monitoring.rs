@@ -78,6 +78,7 @@ pub(super) async fn varz(State(web): State<Arc<Web>>) -> Json<Value> {
         "messages": status["messages"],
         "queues": status["queues"],
         "channels": status["channels"],
+        "bridges": status["bridges"],
         "memory": status["memory"],
         "security": status["security"],
     }))
@@ -180,7 +181,14 @@ fn connection(c: &Connection, subs: bool, now: SystemTime) -> Value {
         value["subscriptions_list_detail"] = c
             .subscriptions
             .iter()
-            .map(|(pattern, flags)| json!({"subject": &**pattern, "passive": flags.passive, "no_local": flags.no_local}))
+            .map(|(pattern, flags)| {
+                json!({
+                    "subject": &**pattern,
+                    "passive": flags.passive,
+                    "no_local": flags.no_local,
+                    "relay": flags.relay,
+                })
+            })
             .collect();
     }
     value
@@ -231,6 +239,7 @@ pub(super) async fn subsz(
                         "client_id": &*c.client_id,
                         "passive": flags.passive,
                         "no_local": flags.no_local,
+                        "relay": flags.relay,
                     })
                 })
             })

@@ -48,9 +48,9 @@ use crate::protocol::topic::{BROKER_SENDER, matches, system};
 pub use self::channels::{ChannelReceipt, ChannelWait};
 pub use self::connections::Connection;
 pub use self::registry::ClientInfo;
-use self::registry::State;
+use self::registry::{Role, State};
 use self::requests::AwaitedReply;
-pub use self::requests::PendingReply;
+pub use self::requests::{PendingReply, RELAY_NO_RESPONDERS};
 pub use self::stats::Counters;
 pub use crate::protocol::method::SubscriptionFlags;
 
@@ -101,6 +101,9 @@ pub struct Published {
     /// Those of the recipients that may answer a request: all but passive subscribers.
     #[serde(skip)]
     pub responders: usize,
+    /// Those that are relays (see [`SubscriptionFlags::relay`]).
+    #[serde(skip)]
+    pub relays: usize,
     /// Completes once the message is committed to the store, for a `qos=1` message
     /// that went into durable queues backed by one.
     #[serde(skip)]
@@ -135,6 +138,8 @@ pub struct Router {
     monitor: OnceLock<Arc<Monitor>>,
     /// Channels and groups of the Channels layer methods, in memory.
     channels: Mutex<Channels>,
+    /// The bridges to other engines, for `status`.
+    bridges: crate::bridge::stats::Registry,
 }
 
 fn unix_now() -> f64 {
@@ -201,7 +206,17 @@ impl Router {
             shutting_down: AtomicBool::new(false),
             counters: Counters::default(),
             monitor: OnceLock::new(),
+            bridges: Default::default(),
         })
+    }
+
+    /// This broker's random id, which bridges carry in `mb-origin`.
+    pub fn broker_id(&self) -> &str {
+        self.ids.prefix()
+    }
+
+    pub(crate) fn bridges(&self) -> &crate::bridge::stats::Registry {
+        &self.bridges
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -284,6 +299,7 @@ impl Router {
         let fanned = self.fan_out(msg.topic, msg.origin, frame);
         let payload_len = msg.payload.get().len() as u64;
         let (mut recipients, mut responders) = (fanned.queued, fanned.responders);
+        let relays = fanned.relays;
         let (mut stored, mut full) = (None, Vec::new());
         if self.has_queues.load(Ordering::Acquire) {
             let (enqueued, dead) = {
@@ -306,7 +322,7 @@ impl Router {
         if stored.is_none() && msg.retain && msg.qos > 0 {
             stored = self.store.as_ref().map(|store| store.flush());
         }
-        let published = Published { message_id, recipients, responders, stored, full };
+        let published = Published { message_id, recipients, responders, relays, stored, full };
         let c = &self.counters;
         c.published.fetch_add(1, Ordering::Relaxed);
         c.published_bytes.fetch_add(payload_len, Ordering::Relaxed);
@@ -349,7 +365,7 @@ impl Router {
     /// Offers `frame` to each matching client.
     fn fan_out(&self, topic: &str, origin: Option<SessionId>, frame: Bytes) -> FanOut {
         let mut targets = Vec::new();
-        let mut fanned = FanOut { frame, queued: 0, responders: 0, congested: Vec::new() };
+        let mut fanned = FanOut { frame, queued: 0, responders: 0, relays: 0, congested: Vec::new() };
         let frame = &fanned.frame;
         let state = self.state.read();
         state.index.collect(topic, &mut targets);
@@ -357,13 +373,14 @@ impl Router {
             let Some(entry) = state.sessions.get(&session) else {
                 continue;
             };
-            let Some(responds) = entry.takes(topic, origin == Some(session)) else {
+            let Some(role) = entry.takes(topic, origin == Some(session)) else {
                 continue;
             };
             match entry.outbox.offer(frame.clone()) {
                 Offer::Queued => {
                     fanned.queued += 1;
-                    fanned.responders += usize::from(responds);
+                    fanned.responders += usize::from(role == Role::Responder);
+                    fanned.relays += usize::from(role == Role::Relay);
                 }
                 Offer::Dropped { newly_congested } => {
                     self.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -417,6 +434,7 @@ struct FanOut {
     frame: Bytes,
     queued: usize,
     responders: usize,
+    relays: usize,
     /// Clients that just became congested, with what they dropped so far.
     congested: Vec<(Arc<str>, u64)>,
 }

@@ -45,11 +45,10 @@ pub(super) struct Entry {
 
 impl Entry {
     /// Whether this client takes a message on `topic` that the index matched to it
-    /// (`own`: its own connection published it), and if so whether it counts as a
-    /// responder.
-    pub(super) fn takes(&self, topic: &str, own: bool) -> Option<bool> {
+    /// (`own`: its own connection published it), and if so in which role.
+    pub(super) fn takes(&self, topic: &str, own: bool) -> Option<Role> {
         if self.passive == 0 && (!own || self.no_local == 0) {
-            return Some(true);
+            return Some(Role::Responder);
         }
         let mut takes = None;
         for (pattern, flags) in &self.flags {
@@ -57,9 +56,10 @@ impl Entry {
                 continue;
             }
             if !flags.passive {
-                return Some(true);
+                return Some(Role::Responder);
             }
-            takes = Some(false);
+            let role = if flags.relay { Role::Relay } else { Role::Listener };
+            takes = takes.max(Some(role));
         }
         takes
     }
@@ -79,6 +79,18 @@ impl Entry {
         change(&mut self.passive, flags.passive);
         change(&mut self.no_local, flags.no_local);
     }
+}
+
+/// What a client that takes a message is to a request among them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Role {
+    /// A passive subscriber: it never answers.
+    Listener,
+    /// A passive subscriber that carries the request on elsewhere and says when no
+    /// one there answers.
+    Relay,
+    /// A subscriber that may answer.
+    Responder,
 }
 
 #[derive(Default)]

@@ -104,6 +104,7 @@ impl Router {
             },
             "queues": queues,
             "channels": self.channels_status(),
+            "bridges": self.bridges.status(),
             "security": access.map(Access::status),
             "persistence": {
                 "store": data_dir,

@@ -221,3 +221,69 @@ async fn passive_subscribers_receive_requests_but_are_no_responders() {
     router.subscribe(watcher, &["jobs.#".into()], SubscriptionFlags::default()).unwrap();
     assert!(router.request(Publish::new("jobs.run", &payload, "asker"), Duration::from_secs(5)).is_ok());
 }
+
+fn relay_flags() -> SubscriptionFlags {
+    SubscriptionFlags { passive: true, no_local: true, relay: true }
+}
+
+fn gave_up(kind: &str) -> ResponderFailure {
+    ResponderFailure { kind: kind.into(), message: "none there".into(), responder: "bridge".into() }
+}
+
+#[tokio::test]
+async fn a_request_only_relays_take_waits_and_fails_once_every_relay_gave_up() {
+    let router = Router::new(BrokerConfig::default());
+    let (first, mut first_rx, _) = connect(&router, "bridge-a");
+    let (second, mut second_rx, _) = connect(&router, "bridge-b");
+    router.subscribe(first, &["svc.#".into()], relay_flags()).unwrap();
+    router.subscribe(second, &["svc.#".into()], relay_flags()).unwrap();
+    let payload = payload(json!({}));
+    let pending = router.request(Publish::new("svc.x", &payload, "asker"), Duration::from_secs(5)).unwrap();
+    let reply_to = |rx: &mut OutboxReceiver| drain(rx)[0]["params"]["reply_to"].as_str().unwrap().to_owned();
+    let (address, same) = (reply_to(&mut first_rx), reply_to(&mut second_rx));
+    assert_eq!(address, same);
+    assert_eq!(
+        router.reply_failure(&address, gave_up(RELAY_NO_RESPONDERS)).recipients,
+        0,
+        "one relay is left"
+    );
+    router.reply_failure(&address, gave_up(RELAY_NO_RESPONDERS));
+    assert_eq!(pending.wait().await.unwrap_err().code, ErrorCode::NoResponders);
+
+    // A relay's answer is an answer like any other.
+    let pending = router.request(Publish::new("svc.x", &payload, "asker"), Duration::from_secs(5)).unwrap();
+    let address = reply_to(&mut first_rx);
+    drain(&mut second_rx);
+    router.reply(&address, &payload);
+    assert_eq!(pending.wait().await.unwrap().get(), "{}");
+}
+
+#[tokio::test]
+async fn a_relay_giving_up_never_fails_a_request_a_subscriber_here_may_answer() {
+    let router = Router::new(BrokerConfig::default());
+    let (relay, mut relayed, _) = connect(&router, "bridge");
+    let (responder, mut asked, _) = connect(&router, "service");
+    router.subscribe(relay, &["svc.#".into()], relay_flags()).unwrap();
+    router.subscribe(responder, &["svc.#".into()], SubscriptionFlags::default()).unwrap();
+    let payload = payload(json!(1));
+    let pending = router.request(Publish::new("svc.x", &payload, "asker"), Duration::from_secs(5)).unwrap();
+    let address = drain(&mut relayed)[0]["params"]["reply_to"].as_str().unwrap().to_owned();
+    drain(&mut asked);
+    router.reply_failure(&address, gave_up(RELAY_NO_RESPONDERS));
+    router.reply(&address, &payload);
+    assert_eq!(pending.wait().await.unwrap().get(), "1");
+}
+
+#[test]
+fn a_relay_is_no_responder_and_its_own_requests_skip_it() {
+    let router = Router::new(BrokerConfig::default());
+    let (relay, mut relayed, _) = connect(&router, "bridge");
+    router.subscribe(relay, &["svc.#".into()], relay_flags()).unwrap();
+    let payload = payload(json!(1));
+    let own = Publish { origin: Some(relay), ..Publish::new("svc.x", &payload, "bridge") };
+    let error = router.request(own, Duration::from_secs(5)).err().unwrap();
+    assert_eq!(error.code, ErrorCode::NoResponders, "no_local: a bridge never relays its own request back");
+    assert!(drain(&mut relayed).is_empty());
+    let published = publish(&router, "svc.x", json!(2));
+    assert_eq!((published.recipients, published.responders, published.relays), (1, 0, 1));
+}

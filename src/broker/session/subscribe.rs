@@ -32,7 +32,8 @@ impl Session {
             (None, false) => None,
         };
         let Some(name) = queue else {
-            let flags = SubscriptionFlags { passive: p.passive, no_local: p.no_local };
+            let flags =
+                SubscriptionFlags { passive: p.passive || p.relay, no_local: p.no_local, relay: p.relay };
             self.router.subscribe(self.id, &patterns, flags)?;
             return to_raw(&json!({"subscribed": patterns.iter().map(|p| &**p).collect::<Vec<_>>()}));
         };
