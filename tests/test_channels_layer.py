@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 
 import channels.exceptions
 import pytest
@@ -232,6 +233,31 @@ def test_a_receive_whose_loop_closes_right_after_the_broker_answered_loses_nothi
     async_to_sync(layer.send)("handed-over", {"type": "marker"})
     assert async_to_sync(layer.receive)("handed-over") == {"type": "marker"}, "received once"
     async_to_sync(layer.flush)()
+
+
+def test_async_to_sync_receives_while_messages_arrive_lose_and_reorder_nothing(broker):
+    # Each receive's loop closes while its connection may be waiting at the broker for
+    # the next message, which arrives meanwhile.
+    receiver = BrokerChannelLayer(host="127.0.0.1", port=broker.port, capacity=1000)
+    sender = BrokerChannelLayer(host="127.0.0.1", port=broker.port, capacity=1000)
+    channel = async_to_sync(receiver.new_channel)()
+    total = 150
+    received: dict[str, list[int]] = {"plain-work": [], channel: []}
+
+    def receive_all() -> None:
+        for n in range(2 * total):
+            name = "plain-work" if n % 2 else channel
+            received[name].append(async_to_sync(receiver.receive)(name)["n"])
+
+    thread = threading.Thread(target=receive_all, daemon=True)
+    thread.start()
+    for n in range(total):
+        async_to_sync(sender.send)(channel, {"n": n})
+        async_to_sync(sender.send)("plain-work", {"n": n})
+    thread.join(60)
+    assert not thread.is_alive(), {name: len(got) for name, got in received.items()}
+    assert received == {"plain-work": list(range(total)), channel: list(range(total))}
+    async_to_sync(receiver.flush)()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on Windows")
