@@ -130,7 +130,7 @@ async def test_a_plain_channel_nobody_here_waits_on_leaves_its_messages_to_other
     await eventually(lambda: broker.status()["channels"]["receivers_waiting"] == 1)
     gone.cancel()
     await asyncio.gather(gone, return_exceptions=True)
-    await eventually(lambda: broker.status()["channels"]["receivers_waiting"] == 0)
+    # Sent at once: the stopped layer's wait at the broker may not have ended yet.
     await sender.send("jobs", {"n": 1})
     assert await asyncio.wait_for(worker.receive("jobs"), 3) == {"n": 1}
     await worker.flush()
