@@ -143,31 +143,92 @@ async fn a_waiting_receive_is_answered_by_the_next_send_or_empty_at_its_timeout(
     finish(broker).await;
 }
 
-#[tokio::test]
-async fn a_receive_whose_connection_ends_leaves_the_messages_for_the_next_receiver() {
-    let broker = broker().await;
-    let mut sender = Framed::connect(&broker, "sender").await;
-    {
-        let mut gone = Framed::connect(&broker, "gone").await;
-        gone.send("channel_receive", json!({"prefix": "asgi", "channel": "c", "timeout": 30})).await;
-        gone.result("ping", json!({})).await;
-    }
-    // The broker may not have seen the close yet: whichever it is, nothing is lost.
-    for n in 0..3 {
-        sender.result("channel_send", send_params("c", json!(n), 10)).await;
-    }
-    let mut next = Framed::connect(&broker, "next").await;
+/// Receives on `channel` until `count` messages came (each receive waits up to a
+/// second, five at most); their values.
+async fn receive_all(client: &mut Framed, channel: &str, count: usize) -> Vec<i64> {
     let mut got = Vec::new();
-    for _ in 0..50 {
-        let result = next
-            .result("channel_receive", json!({"prefix": "asgi", "channel": "c", "max": 10, "timeout": 0.1}))
+    for _ in 0..5 {
+        let result = client
+            .result("channel_receive", json!({"prefix": "asgi", "channel": channel, "max": 10, "timeout": 1}))
             .await;
         got.extend(messages(&result).into_iter().map(|(_, m)| m.as_i64().unwrap()));
-        if got.len() == 3 {
+        if got.len() >= count {
             break;
         }
     }
-    assert_eq!(got, vec![0, 1, 2]);
+    got
+}
+
+fn tags(result: &Value) -> Vec<u64> {
+    result["messages"].as_array().unwrap().iter().map(|m| m["tag"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn what_a_connection_received_and_did_not_acknowledge_goes_back_in_order_when_it_ends() {
+    let broker = broker().await;
+    let mut sender = Framed::connect(&broker, "sender").await;
+    for n in 0..3 {
+        sender.result("channel_send", send_params("c", json!(n), 10)).await;
+    }
+    {
+        let mut gone = Framed::connect(&broker, "gone").await;
+        let first = gone.result("channel_receive", json!({"prefix": "asgi", "channel": "c", "max": 2})).await;
+        let last = gone.result("channel_receive", json!({"prefix": "asgi", "channel": "c"})).await;
+        assert_eq!(messages(&last), vec![("c".to_owned(), json!(2))]);
+        assert_eq!(
+            gone.result("channel_ack", json!({"prefix": "asgi", "tags": tags(&last)})).await,
+            json!({"acked": 1})
+        );
+        // Answered, on the wire, and never read: the connection ends first.
+        gone.send("channel_receive", json!({"prefix": "asgi", "channel": "c", "timeout": 5})).await;
+        gone.result("ping", json!({})).await;
+        sender.result("channel_send", send_params("c", json!(3), 10)).await;
+        assert_eq!(tags(&first).len(), 2);
+    }
+    let mut next = Framed::connect(&broker, "next").await;
+    assert_eq!(receive_all(&mut next, "c", 3).await, vec![0, 1, 3]);
+    finish(broker).await;
+}
+
+#[tokio::test]
+async fn a_receive_without_an_id_is_refused_before_it_takes_anything() {
+    let broker = broker().await;
+    let mut client = Framed::connect(&broker, "layer").await;
+    client.result("channel_send", send_params("c", json!(1), 10)).await;
+    let body =
+        json!({"jsonrpc": "2.0", "method": "channel_receive", "params": {"prefix": "asgi", "channel": "c"}})
+            .to_string();
+    client.0.write_all(&(body.len() as u32).to_be_bytes()).await.unwrap();
+    client.0.write_all(body.as_bytes()).await.unwrap();
+    let kept = client.result("channel_receive", json!({"prefix": "asgi", "channel": "c"})).await;
+    assert_eq!(messages(&kept), vec![("c".to_owned(), json!(1))]);
+    finish(broker).await;
+}
+
+#[tokio::test]
+async fn given_back_messages_lead_their_channel_and_excluded_channels_stay_on_the_broker() {
+    let broker = broker().await;
+    let mut client = Framed::connect(&broker, "layer").await;
+    for (channel, n) in [("p!full", 1), ("p!room", 2), ("p!full", 3)] {
+        client.result("channel_send", send_params(channel, json!(n), 10)).await;
+    }
+    let receive = json!({"prefix": "asgi", "channel": "p!", "max": 10, "exclude": ["p!full"]});
+    let room = client.result("channel_receive", receive).await;
+    assert_eq!(messages(&room), vec![("p!room".to_owned(), json!(2))]);
+    let back = json!({"prefix": "asgi", "tags": tags(&room)});
+    assert_eq!(client.result("channel_nack", back).await, json!({"returned": 1}));
+    let all = client.result("channel_receive", json!({"prefix": "asgi", "channel": "p!", "max": 10})).await;
+    let values: Vec<Value> = messages(&all).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(values, vec![json!(1), json!(2), json!(3)], "back where it was, by when it was sent");
+
+    let wait = client.send("channel_receive", json!({"prefix": "asgi", "channel": "p!", "timeout": 5})).await;
+    client.result("ping", json!({})).await;
+    let cancel = client.send("channel_cancel", json!({"prefix": "asgi", "channel": "p!"})).await;
+    let mut answers = [client.next().await, client.next().await];
+    answers.sort_by_key(|answer| answer["id"].as_u64());
+    assert_eq!((answers[0]["id"].as_u64(), answers[1]["id"].as_u64()), (Some(wait), Some(cancel)));
+    assert!(messages(&answers[0]["result"]).is_empty(), "{}", answers[0]);
+    assert_eq!(answers[1]["result"], json!({"cancelled": 1}));
     finish(broker).await;
 }
 

@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 
 import channels.exceptions
 import pytest
@@ -98,22 +99,41 @@ async def test_group_send_never_raises_for_full_members_and_logs_how_many(make_l
     await layer.flush()
 
 
-async def test_what_no_one_receives_here_is_kept_up_to_the_channels_capacity(make_layer):
+async def test_what_no_one_receives_here_waits_on_the_broker_past_the_channels_capacity(make_layer):
     # The broker hands the process's channels over together: one that nobody receives
-    # keeps the newest `capacity` of them, as channels_redis does.
-    layer = make_layer(capacity=100)
+    # fills its capacity here, then its messages stay on the broker, where the channel
+    # fills up and refuses the sender. Nothing is dropped.
+    layer = make_layer(capacity=10)
     listened, idle = await layer.new_channel(), await layer.new_channel()
     waiting = asyncio.ensure_future(layer.receive(listened))
-    for round_ in range(3):
-        for n in range(50):
-            await layer.send(idle, {"n": round_ * 50 + n})
-        await layer.send(listened, {"type": "marker"})
-        assert await asyncio.wait_for(waiting, 10) == {"type": "marker"}
-        waiting = asyncio.ensure_future(layer.receive(listened))
-    waiting.cancel()
-    got = [(await asyncio.wait_for(layer.receive(idle), 10))["n"] for _ in range(100)]
-    assert got == list(range(50, 150))
+    for n in range(10):
+        await layer.send(idle, {"n": n})
+    await layer.send(listened, {"type": "marker"})
+    assert await asyncio.wait_for(waiting, 10) == {"type": "marker"}
+    waiting = asyncio.ensure_future(layer.receive(listened))
+    for n in range(10, 20):
+        await layer.send(idle, {"n": n})
+    with pytest.raises(ChannelFull):
+        await layer.send(idle, {"n": 20})
+    await layer.send(listened, {"type": "second marker"})
+    assert await asyncio.wait_for(waiting, 10) == {"type": "second marker"}
+    got = [(await asyncio.wait_for(layer.receive(idle), 10))["n"] for _ in range(20)]
+    assert got == list(range(20))
     await layer.flush()
+
+
+async def test_a_plain_channel_nobody_here_waits_on_leaves_its_messages_to_other_workers(
+    broker, make_layer
+):
+    stopped, worker, sender = make_layer(), make_layer(), make_layer()
+    gone = asyncio.ensure_future(stopped.receive("jobs"))
+    await eventually(lambda: broker.status()["channels"]["receivers_waiting"] == 1)
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    # Sent at once: the stopped layer's wait at the broker may not have ended yet.
+    await sender.send("jobs", {"n": 1})
+    assert await asyncio.wait_for(worker.receive("jobs"), 3) == {"n": 1}
+    await worker.flush()
 
 
 async def test_a_thousand_cancelled_receives_under_load_lose_and_reorder_nothing(make_layer):
@@ -175,6 +195,69 @@ def test_async_to_sync_gets_a_connection_per_event_loop_closed_with_it(broker):
 
     asyncio.run(clients_left())
     async_to_sync(layer.flush)()
+
+
+def test_async_to_sync_calls_leave_no_event_loops_or_connections_behind(broker):
+    layer = BrokerChannelLayer(host="127.0.0.1", port=broker.port)
+    for _ in range(200):
+        async_to_sync(layer.group_send)("room", {"type": "nobody"})
+        assert len(layer._loops) <= 2, "the state of closed loops goes"
+
+    async def clients_left() -> None:
+        await eventually(lambda: broker.status()["client_count"] == 0)
+
+    asyncio.run(clients_left())
+
+
+def test_a_receive_whose_loop_closes_right_after_the_broker_answered_loses_nothing(
+    broker, monkeypatch
+):
+    layer = BrokerChannelLayer(host="127.0.0.1", port=broker.port)
+
+    async def receive_and_vanish() -> None:
+        receiving = asyncio.ensure_future(layer.receive("handed-over"))
+        answered = asyncio.get_running_loop().create_future()
+        # The answer reaches the connection and goes no further: the loop closes first.
+        monkeypatch.setattr(layer, "_keep", lambda *_: answered.set_result(None))
+        await eventually(lambda: broker.status()["channels"]["receivers_waiting"] == 1)
+        await layer._call(
+            "channel_send",
+            {"channel": "handed-over", "message": {"n": 1}, "ttl": 60, "capacity": 10},
+        )
+        await asyncio.wait_for(answered, 10)
+        receiving.cancel()
+
+    async_to_sync(receive_and_vanish)()
+    monkeypatch.undo()
+    assert async_to_sync(layer.receive)("handed-over") == {"n": 1}
+    async_to_sync(layer.send)("handed-over", {"type": "marker"})
+    assert async_to_sync(layer.receive)("handed-over") == {"type": "marker"}, "received once"
+    async_to_sync(layer.flush)()
+
+
+def test_async_to_sync_receives_while_messages_arrive_lose_and_reorder_nothing(broker):
+    # Each receive's loop closes while its connection may be waiting at the broker for
+    # the next message, which arrives meanwhile.
+    receiver = BrokerChannelLayer(host="127.0.0.1", port=broker.port, capacity=1000)
+    sender = BrokerChannelLayer(host="127.0.0.1", port=broker.port, capacity=1000)
+    channel = async_to_sync(receiver.new_channel)()
+    total = 150
+    received: dict[str, list[int]] = {"plain-work": [], channel: []}
+
+    def receive_all() -> None:
+        for n in range(2 * total):
+            name = "plain-work" if n % 2 else channel
+            received[name].append(async_to_sync(receiver.receive)(name)["n"])
+
+    thread = threading.Thread(target=receive_all, daemon=True)
+    thread.start()
+    for n in range(total):
+        async_to_sync(sender.send)(channel, {"n": n})
+        async_to_sync(sender.send)("plain-work", {"n": n})
+    thread.join(60)
+    assert not thread.is_alive(), {name: len(got) for name, got in received.items()}
+    assert received == {"plain-work": list(range(total)), channel: list(range(total))}
+    async_to_sync(receiver.flush)()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on Windows")

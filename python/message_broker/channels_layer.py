@@ -23,12 +23,23 @@ and a dict whose only key starts with ``$`` as ``{"$dict": {...}}``, so that eve
 message reads back as it was sent.
 
 How Channels calls a layer is taken into account. ``receive()`` is cancelled whenever a
-consumer's connection ends: what the broker handed over is never lost, it waits here
-(per channel, up to its capacity, until it expires) for the next ``receive()`` of that
-channel, in order. ``async_to_sync`` runs each call in a new event loop: each event
-loop has a connection of its own, closed with its loop. A layer made before
-``fork()`` (a server that forks its workers) starts afresh in the child, with its own
-connections and its own process-specific channels.
+consumer's connection ends: what the broker handed over is never lost. The broker keeps
+every message it hands to a connection until the layer acknowledges it, which it does
+when ``receive()`` returns it; until then it waits here (per channel, up to its
+capacity, until it expires) for the next ``receive()`` of that channel, in order, and
+when the connection ends first (its event loop closed, the process died, the broker
+restarted) the broker puts it back at the front of its channel for the next receiver.
+So a message is received at least once: exactly once unless a connection ends between
+handing it to a consumer and the acknowledgement reaching the broker. A plain channel
+(shared by processes) keeps nothing here that nobody here waits for: it goes back to
+the broker for other workers. A channel whose messages here fill its capacity leaves
+the next ones on the broker, where ``send()`` raises :class:`ChannelFull` once the
+channel is full there too.
+
+``async_to_sync`` runs each call in a new event loop: each event loop has a connection
+of its own, closed with its loop, and forgotten once the loop is closed. A layer made
+before ``fork()`` (a server that forks its workers) starts afresh in the child, with its
+own connections and its own process-specific channels.
 """
 
 from __future__ import annotations
@@ -36,13 +47,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import logging
 import os
 import threading
 import time
 import uuid
 import weakref
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from channels.exceptions import ChannelFull as ChannelsChannelFull
 from channels.layers import BaseChannelLayer
@@ -60,8 +72,8 @@ __all__ = ["BrokerChannelLayer", "ChannelFull", "MessageTooLarge"]
 logger = logging.getLogger("message_broker.channels_layer")
 
 # How long one receive call waits at the broker before it is asked again, in seconds:
-# short enough that a process no longer receiving on a channel soon stops taking its
-# messages, long enough to cost nothing while idle.
+# short enough that a process no longer receiving on its channels soon stops taking
+# their messages, long enough to cost nothing while idle.
 _RECEIVE_WAIT = 5.0
 # Messages one call takes from the channels of this process (each goes to its own
 # channel's receivers); one from a plain channel, which other processes share.
@@ -70,6 +82,9 @@ _PROCESS_BATCH = 100
 _RETRY_DELAY = 0.5
 # How often kept messages are looked over for expiry, in seconds.
 _SWEEP_INTERVAL = 10.0
+# The most full channels one receive call asks the broker to leave (the broker's own
+# limit).
+_MAX_EXCLUDE = 1000
 
 
 class ChannelFull(ChannelsChannelFull, ChannelFullError):
@@ -116,36 +131,74 @@ def _decode(value: Any) -> Any:
     return value
 
 
-class _ChannelBuffer:
-    """Messages handed over by the broker for one channel, not yet received, oldest
-    first, with when each expires (``time.monotonic()``); and the receivers waiting."""
-
-    __slots__ = ("messages", "waiters")
-
-    def __init__(self) -> None:
-        self.messages: collections.deque[tuple[float, dict[str, Any]]] = collections.deque()
-        self.waiters: list[asyncio.Future[None]] = []
-
-    def take(self, now: float) -> dict[str, Any] | None:
-        while self.messages:
-            expires, message = self.messages.popleft()
-            if expires > now:
-                return message
-        return None
-
-    def drop_expired(self, now: float) -> None:
-        self.messages = collections.deque(entry for entry in self.messages if entry[0] > now)
-
-
 class _LoopState:
-    """What one event loop has: its connection, and the receive calls running on it,
-    by the part of the channel name they receive (see ``non_local_name``)."""
+    """What one event loop has: its connection, the receive calls running on it, by
+    the part of the channel name they receive (see ``non_local_name``), and the tags
+    of messages received that it could not acknowledge at once (they go with its next
+    receive call)."""
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.client: BrokerClient | None = None
         self.connecting: asyncio.Future[BrokerClient] | None = None
         self.pumps: dict[str, asyncio.Task[None]] = {}
         self.waiting: collections.Counter[str] = collections.Counter()
+        self.unsent_acks: list[int] = []
+
+
+class _Handed(NamedTuple):
+    """A message for ``channel`` the broker handed to ``client`` (whose connection
+    holds it until acknowledged by ``tag``), with when it expires
+    (``time.monotonic()``)."""
+
+    channel: str
+    expires: float
+    message: dict[str, Any]
+    owner: _LoopState
+    client: BrokerClient
+    tag: int
+
+    def held(self) -> bool:
+        """Whether the connection that took it still holds it: once that connection
+        has ended, the broker has put it back in its channel."""
+        return self.owner.client is self.client and self.client._core.running
+
+
+class _ChannelBuffer:
+    """Messages handed over by the broker for one channel, not yet received, oldest
+    first; and the receivers waiting."""
+
+    __slots__ = ("messages", "waiters")
+
+    def __init__(self) -> None:
+        self.messages: collections.deque[_Handed] = collections.deque()
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def take(self, now: float) -> tuple[_Handed | None, list[_Handed]]:
+        """The next message to receive, and those that expired before it (to
+        acknowledge: they are received by nobody)."""
+        expired: list[_Handed] = []
+        while self.messages:
+            handed = self.messages.popleft()
+            if not handed.held():
+                continue
+            if handed.expires > now:
+                return handed, expired
+            expired.append(handed)
+        return None, expired
+
+    def drop_expired(self, now: float) -> list[_Handed]:
+        """Drops expired messages and those the broker has back; returns the expired."""
+        expired = [handed for handed in self.messages if handed.expires <= now and handed.held()]
+        self.messages = collections.deque(
+            handed for handed in self.messages if handed.expires > now and handed.held()
+        )
+        return expired
+
+
+def _ignore_answer(_result: Any, _error: Any) -> None:
+    """Acknowledgements and give-backs are not waited for: a connection that ends
+    before one arrives gives the messages back all the same."""
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -213,13 +266,17 @@ class BrokerChannelLayer(BaseChannelLayer):
             self._start_process()
 
     def _here(self) -> _LoopState:
-        """This event loop's state, in this process."""
+        """This event loop's state, in this process; the state of loops closed since
+        (``async_to_sync`` closes one per call) goes."""
         self._check_fork()
         loop = asyncio.get_running_loop()
         with self._lock:
             state = self._loops.get(loop)
             if state is None:
-                state = self._loops[loop] = _LoopState()
+                for closed in [other for other in self._loops if other.is_closed()]:
+                    # Its client (stopped with its loop) refers to the loop: let both go.
+                    self._loops.pop(closed).client = None
+                state = self._loops[loop] = _LoopState(loop)
             return state
 
     def __repr__(self) -> str:
@@ -255,9 +312,16 @@ class BrokerChannelLayer(BaseChannelLayer):
 
     async def _call(self, method: str, params: dict[str, Any]) -> Any:
         state = self._here()
+        _, answer = await self._call_on(state, method, params)
+        return answer
+
+    async def _call_on(
+        self, state: _LoopState, method: str, params: dict[str, Any]
+    ) -> tuple[BrokerClient, Any]:
+        """The answer to a call on ``state``'s connection, and the client it came on."""
         client = await self._client(state)
         try:
-            return await client.call(method, {"prefix": self.prefix, **params})
+            return client, await client.call(method, {"prefix": self.prefix, **params})
         except NotConnectedError:
             if state.client is client and not client._core.running:
                 # Stopped for good (not reconnecting): the next call connects anew.
@@ -302,26 +366,38 @@ class BrokerChannelLayer(BaseChannelLayer):
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message of ``channel``, waiting for one as long as it takes.
         Cancelled, it loses nothing: what the broker had already handed over is
-        received next."""
+        received next (here, or by another receiver once this connection ends)."""
         self.require_valid_channel_name(channel)
         self._check_fork()
         key = self.non_local_name(channel)
         if key != channel:
             assert key.endswith(self.client_prefix + "!"), "Wrong client prefix"
         state = self._here()
+        try:
+            return await self._receive_here(state, channel, key)
+        finally:
+            if not state.waiting[key] and not key.endswith("!"):
+                self._release_plain_channel(state, channel)
+
+    async def _receive_here(self, state: _LoopState, channel: str, key: str) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         while True:
             now = time.monotonic()
             with self._lock:
-                self._sweep(now)
+                expired = self._sweep(now)
                 buffer = self._buffers.setdefault(channel, _ChannelBuffer())
-                message = buffer.take(now)
-                if message is not None:
-                    if not buffer.messages and not buffer.waiters:
-                        del self._buffers[channel]
-                    return message
-                waiter: asyncio.Future[None] = loop.create_future()
-                buffer.waiters.append(waiter)
+                handed, expired_here = buffer.take(now)
+                expired += expired_here
+                if handed is None:
+                    waiter: asyncio.Future[None] = loop.create_future()
+                    buffer.waiters.append(waiter)
+                elif not buffer.messages and not buffer.waiters:
+                    del self._buffers[channel]
+            self._settle(expired, "channel_ack")
+            if handed is not None:
+                # The consumer has it: the broker may forget it.
+                self._settle([handed], "channel_ack")
+                return handed.message
             state.waiting[key] += 1
             if key not in state.pumps:
                 state.pumps[key] = loop.create_task(self._pump(state, key))
@@ -333,18 +409,44 @@ class BrokerChannelLayer(BaseChannelLayer):
                     if waiter in buffer.waiters:
                         buffer.waiters.remove(waiter)
 
+    def _release_plain_channel(self, state: _LoopState, channel: str) -> None:
+        """Nobody in this event loop waits on the plain ``channel`` any more: its
+        receive waiting at the broker ends, and what this loop's connection took of it
+        and nobody here waits for goes back to the broker, for other workers."""
+        client = state.client
+        if channel in state.pumps and client is not None:
+            self._send_now(client, "channel_cancel", {"channel": channel})
+        with self._lock:
+            buffer = self._buffers.get(channel)
+            if buffer is None or buffer.waiters:
+                return
+            mine = [handed for handed in buffer.messages if handed.owner is state]
+            buffer.messages = collections.deque(
+                handed for handed in buffer.messages if handed.owner is not state
+            )
+            if not buffer.messages:
+                del self._buffers[channel]
+        self._settle(mine, "channel_nack")
+
     async def _pump(self, state: _LoopState, key: str) -> None:
         """Takes messages of the channels received through ``key`` from the broker, as
         long as someone in this event loop waits for one. A task of its own, so that a
         cancelled ``receive()`` never cancels a call the broker may have answered."""
-        batch = _PROCESS_BATCH if key.endswith("!") else 1
+        process = key.endswith("!")
+        batch = _PROCESS_BATCH if process else 1
         reported = False
         try:
             while state.waiting[key] > 0:
+                params: dict[str, Any] = {"channel": key, "max": batch, "timeout": _RECEIVE_WAIT}
+                acks, state.unsent_acks = state.unsent_acks, []
+                if acks:
+                    params["ack"] = acks
+                if process:
+                    full = self._full_channels(key)
+                    if full:
+                        params["exclude"] = full
                 try:
-                    answer = await self._call(
-                        "channel_receive", {"channel": key, "max": batch, "timeout": _RECEIVE_WAIT}
-                    )
+                    client, answer = await self._call_on(state, "channel_receive", params)
                 except NotConnectedError as error:
                     if not reported:
                         logger.warning(
@@ -355,8 +457,24 @@ class BrokerChannelLayer(BaseChannelLayer):
                     continue
                 reported = False
                 now = time.monotonic()
-                for item in answer["messages"]:
-                    self._keep(item["channel"], _decode(item["message"]), now + item["expires_in"])
+                handed = [
+                    _Handed(
+                        item["channel"],
+                        now + item["expires_in"],
+                        _decode(item["message"]),
+                        state,
+                        client,
+                        item["tag"],
+                    )
+                    for item in answer["messages"]
+                ]
+                if not process and not state.waiting[key]:
+                    # Everyone here stopped waiting meanwhile: it is another worker's.
+                    self._settle(handed, "channel_nack")
+                else:
+                    self._keep(handed)
+                # The receivers woken take theirs before this asks the broker again.
+                await asyncio.sleep(0)
         except Exception as error:
             # The receivers hear of it rather than waiting for ever.
             logger.exception("receiving on %s failed", key)
@@ -365,23 +483,74 @@ class BrokerChannelLayer(BaseChannelLayer):
             if state.pumps.get(key) is asyncio.current_task():
                 del state.pumps[key]
 
-    def _keep(self, channel: str, message: dict[str, Any], expires: float) -> None:
-        """Keeps a message the broker handed over for the receivers of ``channel``, and
-        wakes them."""
-        capacity = self.get_capacity(channel)
+    def _full_channels(self, key: str) -> list[str]:
+        """The channels received through ``key`` whose messages here fill their
+        capacity: the broker keeps their next ones."""
         with self._lock:
-            buffer = self._buffers.setdefault(channel, _ChannelBuffer())
-            if len(buffer.messages) >= capacity:
-                # Nobody received on it for that long: as channels_redis, the oldest goes.
-                buffer.messages.popleft()
-                logger.warning(
-                    "channel %s holds %s messages not received; the oldest was dropped",
-                    channel,
-                    capacity,
-                )
-            buffer.messages.append((expires, message))
-            waiters = list(buffer.waiters)
+            return [
+                channel
+                for channel, buffer in self._buffers.items()
+                if channel.startswith(key) and len(buffer.messages) >= self.get_capacity(channel)
+            ][:_MAX_EXCLUDE]
+
+    def _keep(self, handed: list[_Handed]) -> None:
+        """Keeps messages the broker handed over for the receivers of their channels,
+        and wakes them; a channel that holds its capacity here gives the rest back (to
+        the front of its channel on the broker)."""
+        waiters: list[asyncio.Future[None]] = []
+        over: list[_Handed] = []
+        with self._lock:
+            for each in handed:
+                buffer = self._buffers.setdefault(each.channel, _ChannelBuffer())
+                if len(buffer.messages) >= self.get_capacity(each.channel):
+                    over.append(each)
+                    continue
+                buffer.messages.append(each)
+                waiters.extend(buffer.waiters)
+        self._settle(over, "channel_nack")
         self._wake_all(waiters)
+
+    def _settle(self, handed: list[_Handed], method: str) -> None:
+        """Acknowledges (``channel_ack``) or gives back (``channel_nack``) messages
+        on the connections that took them, at once: from the loop of each (a
+        message's connection is its event loop's)."""
+        by_owner: dict[int, tuple[_LoopState, BrokerClient, list[int]]] = {}
+        for each in handed:
+            if each.held():
+                by_owner.setdefault(id(each.client), (each.owner, each.client, []))[2].append(
+                    each.tag
+                )
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        for owner, client, tags in by_owner.values():
+            if owner.loop is running:
+                self._settle_here(owner, client, method, tags)
+            elif not owner.loop.is_closed():
+                # Closed meanwhile (RuntimeError): its connection went, and the broker
+                # has them back.
+                with contextlib.suppress(RuntimeError):
+                    owner.loop.call_soon_threadsafe(self._settle_here, owner, client, method, tags)
+
+    def _settle_here(
+        self, owner: _LoopState, client: BrokerClient, method: str, tags: list[int]
+    ) -> None:
+        if not self._send_now(client, method, {"tags": tags}) and method == "channel_ack":
+            # Not sent now (the connection's outgoing queue is full): with the next
+            # receive call.
+            owner.unsent_acks.extend(tags)
+
+    def _send_now(self, client: BrokerClient, method: str, params: dict[str, Any]) -> bool:
+        """Queues a call on ``client``'s connection before returning (its answer is not
+        waited for): the call is on the wire before a connection closed after it."""
+        if not client._core.running:
+            return False
+        try:
+            client._core.call(method, {"prefix": self.prefix, **params}, _ignore_answer)
+        except (BlockingIOError, NotConnectedError):
+            return False
+        return True
 
     def _fail_waiters(self, key: str, error: BaseException) -> None:
         with self._lock:
@@ -409,16 +578,19 @@ class BrokerChannelLayer(BaseChannelLayer):
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(_wake, waiter)
 
-    def _sweep(self, now: float) -> None:
-        """Drops expired messages and unused buffers, now and then (under the lock)."""
+    def _sweep(self, now: float) -> list[_Handed]:
+        """Drops expired messages and unused buffers, now and then (under the lock);
+        returns the expired, to acknowledge."""
         if now - self._swept < _SWEEP_INTERVAL:
-            return
+            return []
         self._swept = now
+        expired = []
         for channel in list(self._buffers):
             buffer = self._buffers[channel]
-            buffer.drop_expired(now)
+            expired += buffer.drop_expired(now)
             if not buffer.messages and not buffer.waiters:
                 del self._buffers[channel]
+        return expired
 
     # -- groups and flush -----------------------------------------------------------------
     async def group_add(self, group: str, channel: str) -> None:
@@ -459,6 +631,7 @@ class BrokerChannelLayer(BaseChannelLayer):
         """Drops every channel, message and group of this layer's ``prefix`` on the
         broker, and what this process holds for its receivers."""
         await self._call("channel_flush", {})
+        # The broker dropped what it had handed over too: their tags are gone with it.
         with self._lock:
             for buffer in self._buffers.values():
                 buffer.messages.clear()

@@ -11,8 +11,16 @@
 //! A receive either takes what is there or waits: the waiting receiver is handed the
 //! next message directly by the send. A receiver that went away before it was
 //! answered gives what it was handed back to the front of the channel
-//! ([`Channels::forget_waiter`]), so a message is lost only once written to its
-//! connection.
+//! ([`Channels::forget_waiter`]).
+//!
+//! What a connection receives stays its own until it acknowledges it: each message
+//! taken for a connection (its *lease*, [`Channels::lease`]) carries a tag, and is
+//! kept, up to [`MAX_UNACKED`] per connection, until `channel_ack` names the tag.
+//! `channel_nack` gives messages back, and when the connection ends for any reason
+//! everything it had not acknowledged goes back to the front of its channels
+//! ([`Channels::end_lease`]), in the order it was sent: a message is lost only once
+//! its receiver said it has it, and may be received twice when a connection ends
+//! between taking a message and acknowledging it (at least once).
 //!
 //! A group is a set of channels, each member with its own expiry and the capacity
 //! its channel was added with; a message sent to a group goes to every member with
@@ -24,7 +32,7 @@
 //! groups and members by the limits of [`crate::protocol::rules`]. Expiry is lazy (at
 //! each send and receive of a channel) and swept by the broker's upkeep tick.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
@@ -32,6 +40,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::error::{ErrorCode, RpcError};
+use crate::index::SessionId;
 use crate::protocol::channels::queue_key;
 use crate::protocol::rules::{
     MAX_CHANNEL_BYTES, MAX_CHANNEL_CAPACITY, MAX_CHANNELS, MAX_GROUP_MEMBERS, MAX_GROUPS, MAX_MEMBERSHIPS,
@@ -40,13 +49,20 @@ use crate::protocol::rules::{
 /// What a kept message costs beyond its text and its channel's name, near enough.
 const ENTRY_OVERHEAD: usize = 96;
 
+/// Messages one connection may hold unacknowledged: past them its receives are
+/// refused until it acknowledges some.
+pub const MAX_UNACKED: usize = 10_000;
+
 /// A message for a receiver: the channel it was sent to, its JSON text, and when it
-/// expires (seconds since the epoch).
+/// expires (seconds since the epoch); `seq` orders messages by when they were sent,
+/// and `tag` names one taken for a connection (0 when it was not).
 #[derive(Debug, Clone)]
 pub struct Taken {
     pub channel: Arc<str>,
     pub message: Arc<RawValue>,
     pub expires: f64,
+    pub seq: u64,
+    pub tag: u64,
 }
 
 impl Taken {
@@ -55,16 +71,34 @@ impl Taken {
     }
 }
 
+/// Who receives, and what: the connection the messages are taken for (`None`: taken
+/// for good, acknowledged at once), and channels whose messages it leaves where they
+/// are (its own buffer for them is full).
+#[derive(Debug, Clone, Default)]
+pub struct ReceiveBy {
+    pub lease: Option<SessionId>,
+    pub exclude: Arc<HashSet<Box<str>>>,
+}
+
+impl ReceiveBy {
+    fn takes(&self, channel: &str) -> bool {
+        !self.exclude.contains(channel)
+    }
+}
+
 struct Waiter {
     id: u64,
+    by: ReceiveBy,
     tx: oneshot::Sender<Vec<Taken>>,
 }
 
 #[derive(Default)]
 struct ChannelQueue {
+    /// Oldest first (by `seq`).
     entries: VecDeque<Taken>,
     bytes: usize,
-    /// Receivers waiting, oldest first; only ever waiting while `entries` is empty.
+    /// Receivers waiting, oldest first; while some wait, `entries` holds only messages
+    /// each of them leaves (see [`ReceiveBy::exclude`]).
     waiters: VecDeque<Waiter>,
 }
 
@@ -72,6 +106,63 @@ impl ChannelQueue {
     fn is_idle(&self) -> bool {
         self.entries.is_empty() && self.waiters.iter().all(|w| w.tx.is_closed())
     }
+
+    /// Hands `taken` to the oldest live waiter that takes its channel, or gives it back.
+    fn hand_to_waiter(&mut self, mut taken: Taken) -> Result<(), Taken> {
+        let mut index = 0;
+        while let Some(waiter) = self.waiters.get(index) {
+            if waiter.tx.is_closed() {
+                self.waiters.remove(index);
+                continue;
+            }
+            if !waiter.by.takes(&taken.channel) {
+                index += 1;
+                continue;
+            }
+            let waiter = self.waiters.remove(index).expect("looked at");
+            match waiter.tx.send(vec![taken]) {
+                Ok(()) => return Ok(()),
+                // That receiver went away: the next one, or the channel, gets it.
+                Err(back) => taken = back.into_iter().next().expect("sent one"),
+            }
+        }
+        Err(taken)
+    }
+
+    /// Puts messages given back where they belong by `seq` (they were sent before
+    /// those kept since).
+    fn merge_front(&mut self, returned: Vec<Taken>) {
+        let kept = std::mem::take(&mut self.entries);
+        self.bytes = 0;
+        let mut returned = returned.into_iter().peekable();
+        let mut kept = kept.into_iter().peekable();
+        let mut merged = VecDeque::with_capacity(returned.len() + kept.len());
+        loop {
+            let next = match (returned.peek(), kept.peek()) {
+                (Some(back), Some(here)) if back.seq < here.seq => returned.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => kept.next(),
+                (Some(_), None) => returned.next(),
+                (None, None) => break,
+            };
+            let next = next.expect("peeked");
+            self.bytes += next.size();
+            merged.push_back(next);
+        }
+        self.entries = merged;
+    }
+}
+
+/// A message taken for a connection and not yet acknowledged.
+struct Leased {
+    prefix: Arc<str>,
+    key: Arc<str>,
+    taken: Taken,
+}
+
+/// What one connection holds unacknowledged, by tag.
+#[derive(Default)]
+struct Lease {
+    unacked: BTreeMap<u64, Leased>,
 }
 
 struct Member {
@@ -90,8 +181,10 @@ struct Space {
 struct ChannelStats {
     sent: u64,
     received: u64,
-    /// Taken by a receiver that went away before it was answered, and put back.
+    /// Put back: taken by a receiver that went away before it acknowledged them,
+    /// or given back.
     returned: u64,
+    acked: u64,
     expired: u64,
     /// Sends refused with `CHANNEL_FULL`.
     refused: u64,
@@ -135,13 +228,11 @@ pub struct ReceiveLimit {
 
 /// What a receive found.
 pub enum Received {
+    /// Taken (tagged and leased when taken for a connection).
     Ready(Vec<Taken>),
     /// Nothing yet: the next message sent comes through `rx`. `id` names the waiter
     /// for [`Channels::forget_waiter`].
-    Waiting {
-        id: u64,
-        rx: oneshot::Receiver<Vec<Taken>>,
-    },
+    Waiting { id: u64, rx: oneshot::Receiver<Vec<Taken>> },
 }
 
 /// Where a group send went.
@@ -163,6 +254,10 @@ pub struct Channels {
     memory: usize,
     max_memory: usize,
     next_waiter: u64,
+    next_seq: u64,
+    next_tag: u64,
+    leases: HashMap<SessionId, Lease>,
+    unacked: usize,
     stats: ChannelStats,
 }
 
@@ -177,6 +272,10 @@ impl Channels {
             memory: 0,
             max_memory,
             next_waiter: 0,
+            next_seq: 0,
+            next_tag: 0,
+            leases: HashMap::new(),
+            unacked: 0,
             stats: ChannelStats::default(),
         }
     }
@@ -192,11 +291,16 @@ impl Channels {
         capacity: usize,
         now: f64,
     ) -> Result<(), RpcError> {
-        let taken = Taken { channel: channel.into(), message, expires: now + ttl };
+        let taken = self.new_taken(channel.into(), message, now + ttl);
         self.offer(prefix, taken, capacity, now).map_err(|refusal| {
             self.stats.refused += 1;
             refusal.error(channel)
         })
+    }
+
+    fn new_taken(&mut self, channel: Arc<str>, message: Arc<RawValue>, expires: f64) -> Taken {
+        self.next_seq += 1;
+        Taken { channel, message, expires, seq: self.next_seq, tag: 0 }
     }
 
     fn offer(&mut self, prefix: &str, taken: Taken, capacity: usize, now: f64) -> Result<(), Refusal> {
@@ -220,19 +324,15 @@ impl Channels {
             }
         };
         expire_front(queue, now, &mut self.memory, &mut self.stats);
-        let mut taken = taken;
-        while let Some(waiter) = queue.waiters.pop_front() {
-            match waiter.tx.send(vec![taken]) {
-                Ok(()) => {
-                    self.stats.sent += 1;
-                    self.stats.received += 1;
-                    self.drop_queue_if_idle(prefix, key);
-                    return Ok(());
-                }
-                // That receiver went away: the next one, or the channel, gets it.
-                Err(back) => taken = back.into_iter().next().expect("sent one"),
+        let taken = match queue.hand_to_waiter(taken) {
+            Ok(()) => {
+                self.stats.sent += 1;
+                self.stats.received += 1;
+                self.drop_queue_if_idle(prefix, key);
+                return Ok(());
             }
-        }
+            Err(taken) => taken,
+        };
         let refusal = if queue.entries.len() >= capacity {
             Some(Refusal::Capacity(capacity))
         } else if queue.bytes + size > MAX_CHANNEL_BYTES {
@@ -253,9 +353,9 @@ impl Channels {
         Ok(())
     }
 
-    /// Takes up to `max` messages of the channel kept under `key`, together at most
-    /// `max_bytes` of message text (the first one whatever its size); with none there,
-    /// and `wait`, registers a waiter for the next one.
+    /// Takes up to `max` messages of the channel kept under `key` for good, as
+    /// [`Channels::receive_by`] for nobody in particular.
+    #[cfg(test)]
     pub fn receive(
         &mut self,
         prefix: &str,
@@ -264,17 +364,52 @@ impl Channels {
         wait: bool,
         now: f64,
     ) -> Result<Received, RpcError> {
+        self.receive_by(&ReceiveBy::default(), prefix, key, limit, wait, now)
+    }
+
+    /// Takes up to `max` messages of the channel kept under `key` that `by` takes,
+    /// together at most `max_bytes` of message text (the first one whatever its size),
+    /// leased to `by`'s connection; with none there, and `wait`, registers a waiter for
+    /// the next one. Refused when the connection holds [`MAX_UNACKED`] messages.
+    pub fn receive_by(
+        &mut self,
+        by: &ReceiveBy,
+        prefix: &str,
+        key: &str,
+        limit: ReceiveLimit,
+        wait: bool,
+        now: f64,
+    ) -> Result<Received, RpcError> {
+        let mut max = limit.max;
+        if let Some(session) = by.lease {
+            let held = self.leases.entry(session).or_default().unacked.len();
+            if held >= MAX_UNACKED {
+                return Err(RpcError::new(
+                    ErrorCode::TooManyRequests,
+                    format!(
+                        "this connection holds {held} channel messages not acknowledged, the most it may; \
+                         channel_ack some first"
+                    ),
+                ));
+            }
+            max = max.min(MAX_UNACKED - held);
+        }
         let mut taken: Vec<Taken> = Vec::new();
         let mut text = 0;
         if let Some(queue) = self.spaces.get_mut(prefix).and_then(|space| space.queues.get_mut(key)) {
             expire_front(queue, now, &mut self.memory, &mut self.stats);
-            while taken.len() < limit.max {
-                let Some(front) = queue.entries.front() else { break };
-                let len = front.message.get().len();
-                if !taken.is_empty() && text + len > limit.max_bytes {
+            let mut index = 0;
+            while taken.len() < max {
+                let Some(entry) = queue.entries.get(index) else { break };
+                if entry.expires > now && !by.takes(&entry.channel) {
+                    index += 1;
+                    continue;
+                }
+                let len = entry.message.get().len();
+                if entry.expires > now && !taken.is_empty() && text + len > limit.max_bytes {
                     break;
                 }
-                let entry = queue.entries.pop_front().expect("looked at");
+                let entry = queue.entries.remove(index).expect("looked at");
                 let size = entry.size();
                 queue.bytes -= size;
                 self.memory -= size;
@@ -289,6 +424,10 @@ impl Channels {
         if !taken.is_empty() || !wait {
             self.stats.received += taken.len() as u64;
             self.drop_queue_if_idle(prefix, key);
+            let taken = match by.lease {
+                Some(session) => self.lease(session, prefix, key, taken, now),
+                None => taken,
+            };
             return Ok(Received::Ready(taken));
         }
         let space = match self.spaces.get_mut(prefix) {
@@ -310,15 +449,104 @@ impl Channels {
         self.next_waiter += 1;
         let id = self.next_waiter;
         let (tx, rx) = oneshot::channel();
-        queue.waiters.push_back(Waiter { id, tx });
+        queue.waiters.push_back(Waiter { id, by: by.clone(), tx });
         Ok(Received::Waiting { id, rx })
     }
 
-    /// A waiter that stops waiting: it goes, and what it was handed but could not pass
-    /// on (`given_back`, oldest first) goes to the next receivers, or back to the front
-    /// of its channel.
-    pub fn forget_waiter(&mut self, prefix: &str, key: &str, id: u64, given_back: Vec<Taken>, now: f64) {
-        let live: Vec<Taken> = given_back
+    /// Keeps `taken` (of the channel under `key`) for the connection `session` until it
+    /// acknowledges them, and tags them. A connection that has ended gets nothing: the
+    /// messages go back to their channel.
+    pub fn lease(
+        &mut self,
+        session: SessionId,
+        prefix: &str,
+        key: &str,
+        taken: Vec<Taken>,
+        now: f64,
+    ) -> Vec<Taken> {
+        let Some(lease) = self.leases.get_mut(&session) else {
+            self.put_back(prefix, key, taken, now);
+            return Vec::new();
+        };
+        let (prefix, key): (Arc<str>, Arc<str>) = (prefix.into(), key.into());
+        let mut tagged = Vec::with_capacity(taken.len());
+        for mut taken in taken {
+            self.next_tag += 1;
+            taken.tag = self.next_tag;
+            tagged.push(taken.clone());
+            lease.unacked.insert(taken.tag, Leased { prefix: prefix.clone(), key: key.clone(), taken });
+        }
+        self.unacked += tagged.len();
+        tagged
+    }
+
+    /// The messages of `tags` that `session` holds are received for good; returns how
+    /// many it held.
+    pub fn ack(&mut self, session: SessionId, tags: &[u64]) -> usize {
+        let released = self.release(session, tags).len();
+        self.stats.acked += released as u64;
+        released
+    }
+
+    /// The messages of `tags` that `session` holds go back to the front of their
+    /// channels; returns how many it held.
+    pub fn nack(&mut self, session: SessionId, tags: &[u64], now: f64) -> usize {
+        let released = self.release(session, tags);
+        let count = released.len();
+        self.give_back(released, now);
+        count
+    }
+
+    /// The connection `session` ended: what it held goes back to the front of its
+    /// channels, in the order it was sent.
+    pub fn end_lease(&mut self, session: SessionId, now: f64) {
+        let Some(lease) = self.leases.remove(&session) else { return };
+        self.unacked -= lease.unacked.len();
+        self.give_back(lease.unacked.into_values().collect(), now);
+    }
+
+    /// Answers the receivers of `session` waiting on the channel under `key` with
+    /// nothing, now; returns how many there were.
+    pub fn cancel(&mut self, session: SessionId, prefix: &str, key: &str) -> usize {
+        let Some(queue) = self.spaces.get_mut(prefix).and_then(|space| space.queues.get_mut(key)) else {
+            return 0;
+        };
+        let mut cancelled = 0;
+        queue.waiters.retain_mut(|waiter| {
+            if waiter.by.lease != Some(session) {
+                return !waiter.tx.is_closed();
+            }
+            let (closed, _) = oneshot::channel();
+            let tx = std::mem::replace(&mut waiter.tx, closed);
+            cancelled += usize::from(tx.send(Vec::new()).is_ok());
+            false
+        });
+        self.drop_queue_if_idle(prefix, key);
+        cancelled
+    }
+
+    fn release(&mut self, session: SessionId, tags: &[u64]) -> Vec<Leased> {
+        let Some(lease) = self.leases.get_mut(&session) else { return Vec::new() };
+        let released: Vec<Leased> = tags.iter().filter_map(|tag| lease.unacked.remove(tag)).collect();
+        self.unacked -= released.len();
+        released
+    }
+
+    fn give_back(&mut self, leased: Vec<Leased>, now: f64) {
+        let mut by_channel: HashMap<(Arc<str>, Arc<str>), Vec<Taken>> = HashMap::new();
+        for Leased { prefix, key, mut taken } in leased {
+            taken.tag = 0;
+            by_channel.entry((prefix, key)).or_default().push(taken);
+        }
+        for ((prefix, key), taken) in by_channel {
+            self.put_back(&prefix, &key, taken, now);
+        }
+    }
+
+    /// Messages taken from the channel under `key` that go back: to the receivers
+    /// waiting for them, or to the front of the channel, in the order they were sent.
+    fn put_back(&mut self, prefix: &str, key: &str, given_back: Vec<Taken>, now: f64) {
+        let mut live: Vec<Taken> = given_back
             .into_iter()
             .filter(|taken| {
                 let expired = taken.expires <= now;
@@ -326,6 +554,7 @@ impl Channels {
                 !expired
             })
             .collect();
+        live.sort_by_key(|taken| taken.seq);
         self.stats.received -= live.len() as u64;
         self.stats.returned += live.len() as u64;
         let space = match self.spaces.get_mut(prefix) {
@@ -342,24 +571,27 @@ impl Channels {
                 space.queues.entry(key.into()).or_default()
             }
         };
-        queue.waiters.retain(|waiter| waiter.id != id && !waiter.tx.is_closed());
-        let mut live = VecDeque::from(live);
-        while let Some(taken) = live.pop_front() {
-            let Some(waiter) = queue.waiters.pop_front() else {
-                live.push_front(taken);
-                break;
-            };
-            match waiter.tx.send(vec![taken]) {
+        let mut kept = Vec::with_capacity(live.len());
+        for taken in live {
+            match queue.hand_to_waiter(taken) {
                 Ok(()) => self.stats.received += 1,
-                Err(back) => live.push_front(back.into_iter().next().expect("sent one")),
+                Err(taken) => kept.push(taken),
             }
         }
-        for taken in live.into_iter().rev() {
-            let size = taken.size();
-            queue.bytes += size;
-            self.memory += size;
-            queue.entries.push_front(taken);
+        let before = queue.bytes;
+        queue.merge_front(kept);
+        self.memory += queue.bytes - before;
+        self.drop_queue_if_idle(prefix, key);
+    }
+
+    /// A waiter that stops waiting: it goes, and what it was handed but could not pass
+    /// on (`given_back`) goes to the next receivers, or back to the front of its
+    /// channel, in the order it was sent.
+    pub fn forget_waiter(&mut self, prefix: &str, key: &str, id: u64, given_back: Vec<Taken>, now: f64) {
+        if let Some(queue) = self.spaces.get_mut(prefix).and_then(|space| space.queues.get_mut(key)) {
+            queue.waiters.retain(|waiter| waiter.id != id && !waiter.tx.is_closed());
         }
+        self.put_back(prefix, key, given_back, now);
         self.drop_queue_if_idle(prefix, key);
     }
 
@@ -450,7 +682,7 @@ impl Channels {
         }
         let mut sent = GroupSent { members: targets.len(), ..GroupSent::default() };
         for (channel, capacity) in targets {
-            let taken = Taken { channel, message: message.clone(), expires: now + ttl };
+            let taken = self.new_taken(channel, message.clone(), now + ttl);
             match self.offer(prefix, taken, capacity, now) {
                 Ok(()) => sent.sent += 1,
                 Err(_) => sent.full += 1,
@@ -460,10 +692,16 @@ impl Channels {
         sent
     }
 
-    /// Drops every channel (with its messages) and group of `prefix`; receivers waiting
-    /// there are answered with nothing. Returns how many channels and groups went.
+    /// Drops every channel (with its messages, those received and not acknowledged
+    /// too) and group of `prefix`; receivers waiting there are answered with nothing.
+    /// Returns how many channels and groups went.
     pub fn flush(&mut self, prefix: &str) -> (usize, usize) {
         self.stats.flushes += 1;
+        for lease in self.leases.values_mut() {
+            let before = lease.unacked.len();
+            lease.unacked.retain(|_, leased| &*leased.prefix != prefix);
+            self.unacked -= before - lease.unacked.len();
+        }
         let Some(space) = self.spaces.remove(prefix) else { return (0, 0) };
         for queue in space.queues.values() {
             self.memory -= queue.bytes;
@@ -528,11 +766,13 @@ impl Channels {
             "messages": queues().map(|queue| queue.entries.len()).sum::<usize>(),
             "bytes": self.memory,
             "receivers_waiting": queues().map(|queue| queue.waiters.len()).sum::<usize>(),
+            "unacked": self.unacked,
             "groups": self.group_count,
             "memberships": self.membership_count,
             "sent": s.sent,
             "received": s.received,
             "returned": s.returned,
+            "acked": s.acked,
             "expired": s.expired,
             "refused_full": s.refused,
             "group_sends": s.group_sends,
@@ -546,6 +786,7 @@ impl Channels {
                 "max_group_members": MAX_GROUP_MEMBERS,
                 "max_memberships": MAX_MEMBERSHIPS,
                 "max_memory": self.max_memory,
+                "max_unacked_per_connection": MAX_UNACKED,
             },
         })
     }

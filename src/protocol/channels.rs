@@ -38,10 +38,16 @@ impl ChannelSend {
     }
 }
 
+/// Channels one `channel_receive` may leave where they are, at most.
+pub const MAX_RECEIVE_EXCLUDE: usize = 1000;
+
 /// `channel_receive`: up to `max` messages from a channel, waiting up to `timeout`
 /// seconds for the first. `channel` is a plain channel, or the part of
 /// process-specific channels up to and including the `!` (their messages come with
-/// the name each was sent to).
+/// the name each was sent to). Each message comes with a tag, and stays the
+/// connection's until acknowledged (`channel_ack`, or the `ack` tags of the next
+/// receive, acknowledged before it takes anything); `exclude` names channels whose
+/// messages it leaves on the broker (the receiver holds all it can of them).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelReceive {
@@ -51,6 +57,10 @@ pub struct ChannelReceive {
     pub max: usize,
     #[serde(default)]
     pub timeout: f64,
+    #[serde(default)]
+    pub ack: Vec<u64>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
 }
 
 fn one() -> usize {
@@ -76,7 +86,51 @@ impl ChannelReceive {
                 receive.timeout
             )));
         }
+        if receive.exclude.len() > MAX_RECEIVE_EXCLUDE {
+            return Err(RpcError::invalid_params(format!(
+                "exclude names at most {MAX_RECEIVE_EXCLUDE} channels, got {}",
+                receive.exclude.len()
+            )));
+        }
+        for channel in &receive.exclude {
+            channel_name(channel)?;
+        }
         Ok(receive)
+    }
+}
+
+/// `channel_ack` (received for good) and `channel_nack` (back to the front of their
+/// channels): messages this connection received, by their tags.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelTags {
+    pub prefix: String,
+    pub tags: Vec<u64>,
+}
+
+impl ChannelTags {
+    pub fn parse(params: Option<&RawValue>) -> Result<ChannelTags, RpcError> {
+        let tags: ChannelTags = jsonrpc::params(params)?;
+        prefix(&tags.prefix)?;
+        Ok(tags)
+    }
+}
+
+/// `channel_cancel`: this connection's receives waiting on `channel` (as
+/// `channel_receive` names it) are answered now, with no messages.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelCancel {
+    pub prefix: String,
+    pub channel: String,
+}
+
+impl ChannelCancel {
+    pub fn parse(params: Option<&RawValue>) -> Result<ChannelCancel, RpcError> {
+        let cancel: ChannelCancel = jsonrpc::params(params)?;
+        prefix(&cancel.prefix)?;
+        receive_key(&cancel.channel)?;
+        Ok(cancel)
     }
 }
 
@@ -294,5 +348,16 @@ mod tests {
         assert_eq!((receive.max, receive.timeout), (1, 0.0));
         assert!(ChannelReceive::parse(Some(&raw(r#"{"prefix":"p","channel":"a","timeout":61}"#))).is_err());
         assert!(ChannelReceive::parse(Some(&raw(r#"{"prefix":"p","channel":"a","max":0}"#))).is_err());
+        let acking =
+            ChannelReceive::parse(Some(&raw(r#"{"prefix":"p","channel":"a!","ack":[3],"exclude":["a!x"]}"#)));
+        assert_eq!(acking.map(|r| (r.ack, r.exclude)).unwrap(), (vec![3], vec!["a!x".to_owned()]));
+        assert!(
+            ChannelReceive::parse(Some(&raw(r#"{"prefix":"p","channel":"a!","exclude":["a b"]}"#))).is_err()
+        );
+        assert_eq!(
+            ChannelTags::parse(Some(&raw(r#"{"prefix":"p","tags":[1,2]}"#))).unwrap().tags,
+            vec![1, 2]
+        );
+        assert!(ChannelCancel::parse(Some(&raw(r#"{"prefix":"p","channel":"a!b"}"#))).is_err());
     }
 }

@@ -41,10 +41,13 @@ pub enum MethodName {
     GroupDiscard,
     GroupSend,
     ChannelFlush,
+    ChannelAck,
+    ChannelNack,
+    ChannelCancel,
 }
 
 impl MethodName {
-    pub const ALL: [MethodName; 18] = [
+    pub const ALL: [MethodName; 21] = [
         MethodName::Connect,
         MethodName::Disconnect,
         MethodName::Subscribe,
@@ -63,6 +66,9 @@ impl MethodName {
         MethodName::GroupDiscard,
         MethodName::GroupSend,
         MethodName::ChannelFlush,
+        MethodName::ChannelAck,
+        MethodName::ChannelNack,
+        MethodName::ChannelCancel,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -85,6 +91,9 @@ impl MethodName {
             MethodName::GroupDiscard => "group_discard",
             MethodName::GroupSend => "group_send",
             MethodName::ChannelFlush => "channel_flush",
+            MethodName::ChannelAck => "channel_ack",
+            MethodName::ChannelNack => "channel_nack",
+            MethodName::ChannelCancel => "channel_cancel",
         }
     }
 
@@ -126,6 +135,9 @@ pub enum Method<'a> {
     GroupDiscard(channels::GroupDiscard),
     GroupSend(channels::GroupSend),
     ChannelFlush(channels::ChannelFlush),
+    ChannelAck(channels::ChannelTags),
+    ChannelNack(channels::ChannelTags),
+    ChannelCancel(channels::ChannelCancel),
 }
 
 impl<'a> Method<'a> {
@@ -149,6 +161,9 @@ impl<'a> Method<'a> {
             MethodName::GroupDiscard => Method::GroupDiscard(channels::GroupDiscard::parse(params)?),
             MethodName::GroupSend => Method::GroupSend(channels::GroupSend::parse(params)?),
             MethodName::ChannelFlush => Method::ChannelFlush(channels::ChannelFlush::parse(params)?),
+            MethodName::ChannelAck => Method::ChannelAck(channels::ChannelTags::parse(params)?),
+            MethodName::ChannelNack => Method::ChannelNack(channels::ChannelTags::parse(params)?),
+            MethodName::ChannelCancel => Method::ChannelCancel(channels::ChannelCancel::parse(params)?),
         })
     }
 }

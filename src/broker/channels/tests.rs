@@ -173,3 +173,78 @@ fn one_receive_takes_at_most_its_bytes_but_always_one_message() {
     let tiny = ReceiveLimit { max: 10, max_bytes: 10 };
     assert_eq!(ready(channels.receive("asgi", "c", tiny, false, 0.0).unwrap()).len(), 1);
 }
+
+fn leased(received: Received) -> Vec<(u64, String)> {
+    match received {
+        Received::Ready(taken) => taken.into_iter().map(|t| (t.tag, t.message.get().to_owned())).collect(),
+        Received::Waiting { .. } => panic!("expected messages, the receive waits"),
+    }
+}
+
+fn by(session: SessionId, exclude: &[&str]) -> ReceiveBy {
+    ReceiveBy { lease: Some(session), exclude: Arc::new(exclude.iter().map(|&c| c.into()).collect()) }
+}
+
+#[test]
+fn unacknowledged_messages_go_back_in_the_order_sent_when_their_connections_end() {
+    let mut channels = Channels::new(usize::MAX);
+    for n in 0..4 {
+        channels.send("asgi", "c", text(&n.to_string()), 60.0, 10, 0.0).unwrap();
+    }
+    let first = leased(channels.receive_by(&by(1, &[]), "asgi", "c", limit(1), false, 0.0).unwrap());
+    let second = leased(channels.receive_by(&by(2, &[]), "asgi", "c", limit(2), false, 0.0).unwrap());
+    assert_eq!(second.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>(), vec!["1", "2"]);
+    assert_eq!(channels.ack(2, &[second[1].0]), 1);
+    assert_eq!(channels.ack(1, &[second[0].0]), 0, "a tag is its connection's");
+    assert_eq!(status(&channels, "unacked"), 2);
+    channels.end_lease(2, 0.0);
+    channels.end_lease(1, 0.0);
+    assert_eq!(first[0].1, "0");
+    let got = ready(channels.receive("asgi", "c", limit(10), false, 0.0).unwrap());
+    assert_eq!(got.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>(), vec!["0", "1", "3"]);
+    assert_eq!(
+        (status(&channels, "unacked"), status(&channels, "returned"), status(&channels, "acked")),
+        (0, 2, 1)
+    );
+}
+
+#[test]
+fn a_connection_holds_a_bounded_number_unacknowledged_and_flush_drops_them() {
+    let mut channels = Channels::new(usize::MAX);
+    for n in 0..MAX_UNACKED + 1 {
+        channels.send("asgi", &format!("p!{}", n % 7), text("1"), 60.0, MAX_CHANNEL_CAPACITY, 0.0).unwrap();
+    }
+    let mut held = 0;
+    while held < MAX_UNACKED {
+        held +=
+            leased(channels.receive_by(&by(1, &[]), "asgi", "p!", limit(1000), false, 0.0).unwrap()).len();
+    }
+    let Err(error) = channels.receive_by(&by(1, &[]), "asgi", "p!", limit(1), false, 0.0) else {
+        panic!("past its bound");
+    };
+    assert_eq!(error.code, ErrorCode::TooManyRequests);
+    channels.flush("asgi");
+    channels.end_lease(1, 0.0);
+    assert_eq!((status(&channels, "unacked"), status(&channels, "messages")), (0, 0), "flushed, never back");
+}
+
+#[tokio::test]
+async fn a_waiter_is_never_handed_what_it_excludes_and_a_cancelled_one_gets_nothing() {
+    let mut channels = Channels::new(usize::MAX);
+    let Received::Waiting { rx, .. } =
+        channels.receive_by(&by(1, &["p!full"]), "asgi", "p!", limit(5), true, 0.0).unwrap()
+    else {
+        panic!("nothing there yet");
+    };
+    channels.send("asgi", "p!full", text("1"), 60.0, 10, 0.0).unwrap();
+    channels.send("asgi", "p!room", text("2"), 60.0, 10, 0.0).unwrap();
+    assert_eq!(rx.await.unwrap()[0].message.get(), "2");
+    assert_eq!(status(&channels, "messages"), 1, "p!full stays on the broker");
+    let Received::Waiting { rx, .. } =
+        channels.receive_by(&by(1, &["p!full"]), "asgi", "p!", limit(5), true, 0.0).unwrap()
+    else {
+        panic!("only excluded messages there");
+    };
+    assert_eq!((channels.cancel(2, "asgi", "p!"), channels.cancel(1, "asgi", "p!")), (0, 1));
+    assert!(rx.await.unwrap().is_empty());
+}

@@ -1,6 +1,7 @@
 //! The router's door to channels and groups (see [`crate::broker::channels`]): the
 //! calls of the session, and the receive that waits, which gives back what it was
-//! handed if it ends before answering.
+//! handed if it ends before answering, and leases what it answers with to its
+//! connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +11,9 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use super::{Router, unix_now};
-use crate::broker::channels::{GroupSent, ReceiveLimit, Received, Taken};
+use crate::broker::channels::{GroupSent, ReceiveBy, ReceiveLimit, Received, Taken};
 use crate::error::RpcError;
+use crate::index::SessionId;
 
 /// What a receive got: messages at once, or a wait for the next one.
 pub enum ChannelReceipt {
@@ -23,6 +25,7 @@ pub enum ChannelReceipt {
 /// connection ended), it gives back what it was handed.
 pub struct ChannelWait {
     router: Arc<Router>,
+    lease: Option<SessionId>,
     prefix: String,
     key: String,
     id: u64,
@@ -30,9 +33,20 @@ pub struct ChannelWait {
 }
 
 impl ChannelWait {
-    /// The messages handed to it within `timeout`; none when the time is up or the
-    /// prefix was flushed.
+    /// The messages handed to it within `timeout` (leased to its connection, in the
+    /// same step); none when the time is up, the prefix was flushed or the wait
+    /// cancelled.
     pub async fn until(mut self, timeout: Duration) -> Vec<Taken> {
+        let handed = self.handed_within(timeout).await;
+        match self.lease {
+            Some(session) if !handed.is_empty() => {
+                self.router.channels.lock().lease(session, &self.prefix, &self.key, handed, unix_now())
+            }
+            _ => handed,
+        }
+    }
+
+    async fn handed_within(&mut self, timeout: Duration) -> Vec<Taken> {
         let rx = self.rx.as_mut().expect("set until answered");
         match tokio::time::timeout(timeout, &mut *rx).await {
             Ok(handed) => {
@@ -79,22 +93,24 @@ impl Router {
         self.channels.lock().send(prefix, channel, message, ttl, capacity, unix_now())
     }
 
-    /// Up to `max` messages of the channel kept under `key` (together within the
-    /// broker's `max_message_size`, so that the answer is a frame clients accept); with
-    /// none there and `wait`, a wait for the next one.
+    /// Up to `max` messages of the channel kept under `key` that `by` takes (together
+    /// within the broker's `max_message_size`, so that the answer is a frame clients
+    /// accept); with none there and `wait`, a wait for the next one.
     pub fn channel_receive(
         self: &Arc<Self>,
+        by: ReceiveBy,
         prefix: &str,
         key: &str,
         max: usize,
         wait: bool,
     ) -> Result<ChannelReceipt, RpcError> {
         let limit = ReceiveLimit { max, max_bytes: self.config.max_message_size };
-        let received = self.channels.lock().receive(prefix, key, limit, wait, unix_now())?;
+        let received = self.channels.lock().receive_by(&by, prefix, key, limit, wait, unix_now())?;
         Ok(match received {
             Received::Ready(taken) => ChannelReceipt::Ready(taken),
             Received::Waiting { id, rx } => ChannelReceipt::Waiting(ChannelWait {
                 router: self.clone(),
+                lease: by.lease,
                 prefix: prefix.to_owned(),
                 key: key.to_owned(),
                 id,
@@ -132,6 +148,27 @@ impl Router {
         sent
     }
 
+    /// Messages `session` received are received for good; returns how many it held.
+    pub fn channel_ack(&self, session: SessionId, tags: &[u64]) -> usize {
+        self.channels.lock().ack(session, tags)
+    }
+
+    /// Messages `session` received go back to the front of their channels.
+    pub fn channel_nack(&self, session: SessionId, tags: &[u64]) -> usize {
+        self.channels.lock().nack(session, tags, unix_now())
+    }
+
+    /// The receives of `session` waiting on `key` are answered now, with nothing.
+    pub fn channel_cancel(&self, session: SessionId, prefix: &str, key: &str) -> usize {
+        self.channels.lock().cancel(session, prefix, key)
+    }
+
+    /// The connection `session` ended: what it received and did not acknowledge goes
+    /// back to its channels.
+    pub(super) fn end_channel_lease(&self, session: SessionId) {
+        self.channels.lock().end_lease(session, unix_now());
+    }
+
     /// Drops the channels and groups of `prefix`; returns how many of each went.
     pub fn channel_flush(&self, prefix: &str) -> (usize, usize) {
         self.channels.lock().flush(prefix)
@@ -156,14 +193,14 @@ mod tests {
     }
 
     fn waiting(router: &Arc<Router>, key: &str) -> ChannelWait {
-        match router.channel_receive("asgi", key, 10, true).unwrap() {
+        match router.channel_receive(ReceiveBy::default(), "asgi", key, 10, true).unwrap() {
             ChannelReceipt::Waiting(wait) => wait,
             ChannelReceipt::Ready(_) => panic!("nothing was sent yet"),
         }
     }
 
     fn ready(router: &Arc<Router>, key: &str) -> Vec<String> {
-        match router.channel_receive("asgi", key, 10, false).unwrap() {
+        match router.channel_receive(ReceiveBy::default(), "asgi", key, 10, false).unwrap() {
             ChannelReceipt::Ready(taken) => taken.iter().map(|t| t.message.get().to_owned()).collect(),
             ChannelReceipt::Waiting(_) => panic!("a receive without wait never waits"),
         }

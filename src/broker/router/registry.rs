@@ -171,8 +171,9 @@ impl Router {
             }
             removed
         };
-        // Whatever it had in flight goes back to its queues.
+        // Whatever it had in flight goes back to its queues, and to its channels.
         self.leave_queues(session, None);
+        self.end_channel_lease(session);
         if let Some(entry) = removed {
             tracing::debug!(client_id = %entry.info.client_id, reason, "client disconnected");
             self.announce(

@@ -1,6 +1,8 @@
 //! The Channels layer methods: `channel_send` (answered at once, `CHANNEL_FULL` when
 //! the channel is full), `channel_receive` (answered when a message comes, or empty at
-//! its timeout), `group_add`, `group_discard`, `group_send` and `channel_flush`.
+//! its timeout; what it answers with stays this connection's until `channel_ack`),
+//! `channel_nack`, `channel_cancel`, `group_add`, `group_discard`, `group_send` and
+//! `channel_flush`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,11 +15,11 @@ use super::Session;
 use super::dispatch::{Outcome, RpcResult, to_raw, unix_now};
 use super::publish::Payload;
 use super::request::{InFlight, MAX_REQUESTS_IN_FLIGHT};
-use crate::broker::channels::Taken;
+use crate::broker::channels::{ReceiveBy, Taken};
 use crate::broker::router::ChannelReceipt;
 use crate::error::{ErrorCode, RpcError};
 use crate::protocol::channels::{
-    ChannelFlush, ChannelReceive, ChannelSend, GroupAdd, GroupDiscard, GroupSend,
+    ChannelCancel, ChannelFlush, ChannelReceive, ChannelSend, ChannelTags, GroupAdd, GroupDiscard, GroupSend,
 };
 
 impl Session {
@@ -27,7 +29,22 @@ impl Session {
         to_raw(&json!({"sent": true}))
     }
 
-    pub(super) fn channel_receive(&mut self, params: ChannelReceive) -> Result<Outcome, RpcError> {
+    /// A receive that will not be `answered` (a notification) is refused before it
+    /// takes anything: its messages would have nowhere to go.
+    pub(super) fn channel_receive(
+        &mut self,
+        params: ChannelReceive,
+        answered: bool,
+    ) -> Result<Outcome, RpcError> {
+        if !answered {
+            return Err(RpcError::new(
+                ErrorCode::InvalidRequest,
+                "channel_receive needs an id: the messages it takes come in its answer",
+            ));
+        }
+        if !params.ack.is_empty() {
+            self.router.channel_ack(self.id, &params.ack);
+        }
         let wait = params.timeout > 0.0;
         if wait && self.in_flight.load(Ordering::Relaxed) >= MAX_REQUESTS_IN_FLIGHT {
             return Err(RpcError::new(
@@ -35,7 +52,11 @@ impl Session {
                 format!("{MAX_REQUESTS_IN_FLIGHT} calls already wait for answers on this connection"),
             ));
         }
-        match self.router.channel_receive(&params.prefix, &params.channel, params.max, wait)? {
+        let by = ReceiveBy {
+            lease: Some(self.id),
+            exclude: Arc::new(params.exclude.into_iter().map(String::into_boxed_str).collect()),
+        };
+        match self.router.channel_receive(by, &params.prefix, &params.channel, params.max, wait)? {
             ChannelReceipt::Ready(taken) => Ok(Outcome::Done(answer(&taken))),
             ChannelReceipt::Waiting(waiting) => {
                 let in_flight = InFlight::new(&self.in_flight);
@@ -46,6 +67,21 @@ impl Session {
                 })))
             }
         }
+    }
+
+    pub(super) fn channel_ack(&mut self, params: ChannelTags) -> RpcResult {
+        let acked = self.router.channel_ack(self.id, &params.tags);
+        to_raw(&json!({"acked": acked}))
+    }
+
+    pub(super) fn channel_nack(&mut self, params: ChannelTags) -> RpcResult {
+        let returned = self.router.channel_nack(self.id, &params.tags);
+        to_raw(&json!({"returned": returned}))
+    }
+
+    pub(super) fn channel_cancel(&mut self, params: ChannelCancel) -> RpcResult {
+        let cancelled = self.router.channel_cancel(self.id, &params.prefix, &params.channel);
+        to_raw(&json!({"cancelled": cancelled}))
     }
 
     pub(super) fn group_add(&mut self, params: GroupAdd) -> RpcResult {
@@ -83,8 +119,8 @@ fn kept(message: &RawValue) -> Arc<RawValue> {
     Arc::from(flat.get().to_owned())
 }
 
-/// `{"messages": [{"channel", "message", "expires_in"}]}`, each message as it was sent
-/// (never re-read: any JSON text goes through).
+/// `{"messages": [{"channel", "message", "expires_in", "tag"}]}`, each message as it
+/// was sent (never re-read: any JSON text goes through).
 fn answer(taken: &[Taken]) -> RpcResult {
     let now = unix_now();
     let mut text = String::from(r#"{"messages":["#);
@@ -95,8 +131,9 @@ fn answer(taken: &[Taken]) -> RpcResult {
         let channel = serde_json::to_string(&*taken.channel).expect("strings serialise");
         let expires_in = (taken.expires - now).max(0.0);
         text.push_str(&format!(
-            r#"{{"channel":{channel},"message":{},"expires_in":{expires_in}}}"#,
-            taken.message.get()
+            r#"{{"channel":{channel},"message":{},"expires_in":{expires_in},"tag":{}}}"#,
+            taken.message.get(),
+            taken.tag
         ));
     }
     text.push_str("]}");

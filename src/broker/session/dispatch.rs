@@ -240,11 +240,16 @@ impl Session {
             Method::DeleteQueue(params) => Outcome::Done(self.delete_queue(params)),
             Method::PurgeQueue(params) => Outcome::Done(self.purge_queue(params)),
             Method::ChannelSend(params) => Outcome::Done(self.channel_send(params)),
-            Method::ChannelReceive(params) => Outcome::from_result(self.channel_receive(params)),
+            Method::ChannelReceive(params) => {
+                Outcome::from_result(self.channel_receive(params, call.id.is_some()))
+            }
             Method::GroupAdd(params) => Outcome::Done(self.group_add(params)),
             Method::GroupDiscard(params) => Outcome::Done(self.group_discard(params)),
             Method::GroupSend(params) => Outcome::Done(self.group_send(params)),
             Method::ChannelFlush(params) => Outcome::Done(self.channel_flush(params)),
+            Method::ChannelAck(params) => Outcome::Done(self.channel_ack(params)),
+            Method::ChannelNack(params) => Outcome::Done(self.channel_nack(params)),
+            Method::ChannelCancel(params) => Outcome::Done(self.channel_cancel(params)),
             Method::Ping => {
                 self.pinged = true;
                 Outcome::Done(to_raw(&json!({"pong": true, "time": unix_now()})))
