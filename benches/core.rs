@@ -6,19 +6,18 @@
 //! - matcher: matching a topic against an index of many unrelated subscriptions.
 //! - router: publishing to 1 and to 8 subscribers (encode once, queue to each).
 
+#[path = "support/routing.rs"]
+mod routing;
+
 use std::hint::black_box;
-use std::sync::Arc;
 
 use bytes::BytesMut;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use message_broker::BrokerConfig;
-use message_broker::broker::router::{ClientInfo, Publish, Router, SubscriptionFlags};
-use message_broker::broker::{Peer, outbox};
+use message_broker::broker::router::Publish;
 use message_broker::index::SubscriptionIndex;
 use message_broker::protocol::frame::{FrameDecoder, Framing};
 use message_broker::protocol::jsonrpc;
 use serde_json::value::RawValue;
-use tokio::sync::Notify;
 
 const PUBLISH: &str = r#"{"jsonrpc":"2.0","method":"publish","params":{"topic":"jobs.activated","payload":{"job_id":123456,"status":"activated","worker":"saw-01","note":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"},"message_id":"0f3c2a9e11d3-42"},"id":"pub:0f3c2a9e11d3-42"}"#;
 
@@ -83,21 +82,7 @@ fn matcher(c: &mut Criterion) {
 fn router(c: &mut Criterion) {
     let mut group = c.benchmark_group("router");
     for subscribers in [1usize, 8] {
-        let router = Router::new(BrokerConfig::default());
-        let mut queues = Vec::new();
-        for i in 0..subscribers {
-            let session = router.new_session_id();
-            let (outbox, queue) = outbox::channel(1 << 20, usize::MAX);
-            let info = ClientInfo {
-                client_id: format!("sub{i}").into(),
-                client_type: None,
-                version: None,
-                peer: Peer::in_process(),
-            };
-            router.register(session, info, outbox, Arc::new(Notify::new())).unwrap();
-            router.subscribe(session, &["jobs.*".into()], SubscriptionFlags::default()).unwrap();
-            queues.push(queue);
-        }
+        let (router, mut queues) = routing::router_with_subscribers(subscribers);
         let payload = RawValue::from_string(r#"{"job_id":123456,"status":"activated"}"#.into()).unwrap();
         group.throughput(Throughput::Elements(subscribers as u64));
         group.bench_function(format!("publish to {subscribers}"), |b| {

@@ -7,15 +7,14 @@
 //! once, queued to each, taken off each queue). The runner counts two runs and takes
 //! the difference, so setting up costs nothing in the per-message figure.
 
-use std::hint::black_box;
-use std::sync::Arc;
+#[path = "support/routing.rs"]
+mod routing;
 
-use message_broker::BrokerConfig;
-use message_broker::broker::router::{ClientInfo, Publish, Router, SubscriptionFlags};
-use message_broker::broker::{Peer, outbox};
+use std::hint::black_box;
+
+use message_broker::broker::router::Publish;
 use message_broker::protocol::jsonrpc::{self, Incoming};
 use message_broker::protocol::method::{Method, MethodName};
-use tokio::sync::Notify;
 
 const PUBLISH: &str = r#"{"jsonrpc":"2.0","method":"publish","params":{"topic":"jobs.activated","payload":{"job_id":123456,"status":"activated","worker":"saw-01","note":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"},"message_id":"0f3c2a9e11d3-42"},"id":"pub:0f3c2a9e11d3-42"}"#;
 
@@ -25,21 +24,7 @@ fn main() {
         (Some(s), Some(m)) => (s, m),
         _ => panic!("usage: instructions <subscribers> <messages>"),
     };
-    let router = Router::new(BrokerConfig::default());
-    let mut queues = Vec::new();
-    for i in 0..subscribers {
-        let session = router.new_session_id();
-        let (outbox, queue) = outbox::channel(1 << 20, usize::MAX);
-        let info = ClientInfo {
-            client_id: format!("sub{i}").into(),
-            client_type: None,
-            version: None,
-            peer: Peer::in_process(),
-        };
-        router.register(session, info, outbox, Arc::new(Notify::new())).unwrap();
-        router.subscribe(session, &["jobs.*".into()], SubscriptionFlags::default()).unwrap();
-        queues.push(queue);
-    }
+    let (router, mut queues) = routing::router_with_subscribers(subscribers);
     for _ in 0..messages {
         let Ok(Incoming::Single(Ok(call))) = jsonrpc::parse(black_box(PUBLISH.as_bytes())) else {
             unreachable!("one valid call")
