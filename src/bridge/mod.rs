@@ -176,16 +176,9 @@ impl Bridge {
             self.stats.count(|c| &c.oversize);
             return None;
         }
-        let payload = if payload.is_empty() {
-            RawValue::NULL.to_owned()
-        } else {
-            match serde_json::from_slice::<&RawValue>(payload) {
-                Ok(raw) => raw.to_owned(),
-                Err(_) => {
-                    self.stats.count(|c| &c.not_json);
-                    return None;
-                }
-            }
+        let Some(payload) = json_payload(payload) else {
+            self.stats.count(|c| &c.not_json);
+            return None;
         };
         Some(Imported { topic, payload, hops: hops + 1 })
     }
@@ -288,4 +281,13 @@ pub(crate) async fn join(bridges: Vec<JoinHandle<()>>, patience: Duration) {
             abort.abort();
         }
     }
+}
+
+/// A far side's message body as the payload of ours: its JSON text as written, an
+/// empty body as `null`; `None` when it is not JSON.
+pub(crate) fn json_payload(body: &[u8]) -> Option<Box<RawValue>> {
+    if body.is_empty() {
+        return Some(RawValue::NULL.to_owned());
+    }
+    serde_json::from_slice::<&RawValue>(body).ok().map(RawValue::to_owned)
 }

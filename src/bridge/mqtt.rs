@@ -18,7 +18,6 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -315,16 +314,9 @@ impl MqttSide {
         let Some(reply_to) = correlation.and_then(|id| self.waiting.lock().remove(&id)) else {
             return;
         };
-        let payload = if payload.is_empty() {
-            RawValue::NULL.to_owned()
-        } else {
-            match serde_json::from_slice::<&RawValue>(payload) {
-                Ok(raw) => raw.to_owned(),
-                Err(_) => {
-                    bridge.stats.count(|c| &c.not_json);
-                    return;
-                }
-            }
+        let Some(payload) = super::json_payload(payload) else {
+            bridge.stats.count(|c| &c.not_json);
+            return;
         };
         let reply = Outgoing { topic: &reply_to, payload: Some(&payload), ..Outgoing::default() };
         if bridge.link.notify("publish", &reply).await.is_err() {
