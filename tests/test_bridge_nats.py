@@ -4,6 +4,7 @@ server crash, and reconnecting. The far side is nats-py, an independent client."
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from message_broker import BrokerClient, BrokerConfig, ConfigError, MessageBroker
-from message_broker.errors import NoRespondersError, RequestTimeoutError
+from message_broker.errors import NoRespondersError, RequestTimeoutError, StorageError
 
 from support.peer_servers import NatsServer
 from support.waiting import eventually
@@ -336,7 +337,7 @@ async def test_a_passive_local_listener_never_makes_a_bridged_request_look_answe
     assert time.monotonic() - started < 0.1
 
 
-async def test_qos1_through_jetstream_loses_no_confirmed_message_across_a_crash(
+async def test_qos1_through_jetstream_is_confirmed_only_once_jetstream_has_it(
     jetstream_server, start_broker, clients
 ) -> None:
     far = await nats.connect(jetstream_server.url)
@@ -350,6 +351,7 @@ async def test_qos1_through_jetstream_loses_no_confirmed_message_across_a_crash(
                 jetstream_server.url,
                 rule("orders.#", "out", stream="ORDERS"),
                 request_timeout=1,
+                confirm_timeout=2,
             )
         ]
     )
@@ -359,28 +361,40 @@ async def test_qos1_through_jetstream_loses_no_confirmed_message_across_a_crash(
     def in_jetstream() -> int:
         return int(broker.status()["bridges"][0]["messages"]["confirmed"])
 
-    confirmed = []
-    for i in range(200):
-        confirmed.append(await app.publish(f"orders.{i}", {"n": i}, qos=1))
-        if i == 100:
-            # Killed while the bridge carries the messages on, and more come meanwhile.
-            await eventually(lambda: in_jetstream() >= 20)
-            jetstream_server.kill()
+    confirmed: dict[int, str] = {}
+    refused: dict[int, str] = {}
+
+    async def publish(i: int) -> None:
+        try:
+            confirmed[i] = await app.publish(f"orders.{i}", {"n": i}, qos=1)
+        except StorageError as error:
+            refused[i] = str(error)
+
+    # Killed while the bridge carries the first hundred on; the second hundred are
+    # published while nats-server is down, so none of them can be confirmed.
+    first = [asyncio.create_task(publish(i)) for i in range(100)]
+    await eventually(lambda: in_jetstream() >= 20)
+    jetstream_server.kill()
+    second = [asyncio.create_task(publish(i)) for i in range(100, 200)]
+    await asyncio.wait_for(asyncio.gather(*second), timeout=10)
+    assert set(refused) >= set(range(100, 200)), "nothing confirmed while JetStream is away"
+    for why in refused.values():
+        assert "is not confirmed" in why and "within 2 s; it stays queued" in why, why
     jetstream_server.start()
-    await eventually(
-        lambda: broker.status()["bridges"][0]["messages"]["confirmed"] >= 200, timeout=20
-    )
+    await asyncio.wait_for(asyncio.gather(*first), timeout=10)
+    await eventually(lambda: in_jetstream() >= 200, timeout=20)
 
     far = await nats.connect(jetstream_server.url)
     try:
         info = await far.jetstream().stream_info("ORDERS")
-        assert info.state.messages == 200, "every confirmed message, once"
+        assert info.state.messages == 200, "every message, confirmed or not, once"
         subscription = await far.jetstream().subscribe("orders.>", ordered_consumer=True)
-        stored = []
+        stored: dict[str, str] = {}
         for _ in range(200):
             msg = await subscription.next_msg(timeout=5)
-            stored.append(msg.headers["Nats-Msg-Id"])
-        assert sorted(stored) == sorted(confirmed)
+            stored[msg.headers["Nats-Msg-Id"]] = msg.subject
+        assert set(confirmed.values()) <= set(stored), "no confirmed message lost"
+        assert sorted(stored.values()) == sorted(f"orders.{i}" for i in range(200))
     finally:
         await far.close()
 

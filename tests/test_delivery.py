@@ -14,10 +14,13 @@ import pytest
 
 from message_broker import (
     BrokerClient,
+    BrokerConfig,
+    ConfigError,
     InvalidMessageError,
     Message,
     MessageBroker,
     QueueFullError,
+    StorageError,
 )
 
 from support import SUPPORT
@@ -580,3 +583,34 @@ async def test_the_readme_example_runs_as_written():
         await broker.stop()
     assert process.returncode == 0
     assert out.decode().split("\n")[0] == "{'id': 7} 1"
+
+
+async def test_confirm_on_ack_confirms_a_qos1_publish_once_a_consumer_acknowledged_it(
+    start_broker, connect
+) -> None:
+    broker = start_broker(
+        queues=[{"name": "audit", "patterns": ["audit.#"], "confirm_on_ack": 1.0}]
+    )
+    consumer = await connect("consumer", broker)
+    publisher = await connect("publisher", broker)
+    taken = await consumer.subscribe("audit.#", queue="audit", durable=True)
+
+    confirmed = asyncio.create_task(publisher.publish("audit.login", {"user": "ada"}, qos=1))
+    msg = await taken.next_msg(timeout=5)
+    await asyncio.sleep(0.2)
+    assert not confirmed.done(), "confirmed before the consumer acknowledged it"
+    msg.ack()
+    assert await asyncio.wait_for(confirmed, timeout=5) == msg.id
+
+    # Never acknowledged in time: the publisher hears so, and the message stays queued.
+    not_confirmed = r"is not confirmed: .*within 1(\.0)? s; it stays queued"
+    with pytest.raises(StorageError, match=not_confirmed):
+        await publisher.publish("audit.logout", {"user": "ada"}, qos=1)
+    held = await taken.next_msg(timeout=5)
+    assert held.payload == {"user": "ada"} and held.topic == "audit.logout"
+
+
+def test_confirm_on_ack_must_be_a_sensible_time() -> None:
+    queue = {"name": "audit", "patterns": ["audit.#"], "confirm_on_ack": 0}
+    with pytest.raises(ConfigError, match="confirm_on_ack must be more than 0"):
+        BrokerConfig.from_dict({"queues": [queue]})

@@ -91,8 +91,9 @@ class BrokerConfig:
     broker being killed; with it, also a power failure (at a cost in throughput)."""
     queues: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """Durable queues that exist from the start: tables with ``name`` and ``patterns``,
-    and optionally ``max_length``, ``max_bytes``, ``max_deliveries`` and
-    ``dead_letter_topic``."""
+    and optionally ``max_length``, ``max_bytes``, ``max_deliveries``,
+    ``dead_letter_topic`` and ``confirm_on_ack`` (seconds: a ``qos=1`` publish is
+    confirmed only once a consumer acknowledged the message)."""
     max_memory: int = _DEFAULTS["max_memory"]
     """Bytes that queues kept in memory (queue groups, and durable queues without a
     ``data_dir``) may hold together; past it they refuse new messages (``QueueFullError``

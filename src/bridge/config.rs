@@ -65,7 +65,8 @@ pub struct RuleSpec {
     #[serde(default)]
     pub remote_prefix: String,
     /// NATS only: messages go out through this JetStream stream, each removed from
-    /// the bridge's durable queue here only once JetStream has acknowledged it.
+    /// the bridge's durable queue here only once JetStream has acknowledged it; a
+    /// `qos=1` publish is confirmed only then.
     #[serde(default)]
     pub stream: Option<String>,
     /// MQTT only: the QoS of what the bridge publishes and subscribes there (0 or 1).
@@ -75,6 +76,10 @@ pub struct RuleSpec {
 
 fn default_request_timeout() -> f64 {
     5.0
+}
+
+fn default_confirm_timeout() -> f64 {
+    10.0
 }
 
 fn default_max_reconnect_delay() -> f64 {
@@ -128,6 +133,11 @@ pub struct BridgeSpec {
     /// Seconds a request carried across waits for its reply.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: f64,
+    /// Seconds a `qos=1` publish to a stream rule's topic waits for JetStream's
+    /// acknowledgement; past it the publisher hears that the message is not
+    /// confirmed (it stays queued and is still carried).
+    #[serde(default = "default_confirm_timeout")]
+    pub confirm_timeout: f64,
     /// Longest pause, in seconds, between attempts to reach the far side again.
     #[serde(default = "default_max_reconnect_delay")]
     pub max_reconnect_delay: f64,
@@ -282,6 +292,7 @@ impl BridgeSpec {
         }
         for (field, value) in [
             ("request_timeout", self.request_timeout),
+            ("confirm_timeout", self.confirm_timeout),
             ("max_reconnect_delay", self.max_reconnect_delay),
             ("keep_alive", self.keep_alive),
         ] {
@@ -371,6 +382,7 @@ mod tests {
             (json!({"username": "u", "token": "t"}), "give one of"),
             (json!({"tls_cert_file": "c.pem"}), "go together"),
             (json!({"request_timeout": 0}), "request_timeout"),
+            (json!({"confirm_timeout": 3601}), "confirm_timeout"),
             (json!({"max_hops": 0}), "max_hops"),
         ];
         for (change, expected) in cases {

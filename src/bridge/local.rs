@@ -243,4 +243,10 @@ impl LocalLink {
     pub async fn ack(&self, delivery: u64) -> Result<(), LocalError> {
         self.notify("ack", serde_json::json!({"deliveries": [delivery]})).await
     }
+
+    /// Gives a queue delivery up: it goes to the queue's dead letters, and a
+    /// publisher waiting for its acknowledgement hears that it is not confirmed.
+    pub async fn reject(&self, delivery: u64) -> Result<(), LocalError> {
+        self.notify("nack", serde_json::json!({"deliveries": [delivery], "requeue": false})).await
+    }
 }

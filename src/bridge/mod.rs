@@ -93,6 +93,8 @@ impl Bridge {
                     "queue": self.queue_name(index),
                     "durable": true,
                     "prefetch": STREAM_PREFETCH,
+                    // A qos=1 publish is confirmed once JetStream has the message.
+                    "confirm_on_ack": self.spec.confirm_timeout,
                 });
                 self.link.call("subscribe", &queue).await?;
             } else {
@@ -141,6 +143,15 @@ impl Bridge {
                 None
             }
         }
+    }
+
+    /// Settles a queue delivery the bridge does not carry (counted by the caller): a
+    /// `qos=1` one is rejected, so that its publisher, waiting for the far side to
+    /// have it, hears that it is not confirmed.
+    async fn not_carried(&self, message: &LocalMessage) {
+        let Some(delivery) = message.delivery else { return };
+        let _ =
+            if message.qos > 0 { self.link.reject(delivery).await } else { self.link.ack(delivery).await };
     }
 
     /// The topic and payload here of a message from the far side that rule `index`

@@ -177,10 +177,7 @@ impl NatsSide {
     async fn export(&self, message: LocalMessage, to_jetstream: &mpsc::Sender<ForStream>) {
         let bridge = &self.bridge;
         let Some((index, subject, hops)) = bridge.route_out(&message) else {
-            if let Some(delivery) = message.delivery {
-                let _ = bridge.link.ack(delivery).await;
-            }
-            return;
+            return bridge.not_carried(&message).await;
         };
         let mut headers = HeaderMap::new();
         for (name, value) in &message.headers {
@@ -195,10 +192,7 @@ impl NatsSide {
             && self.client.server_info().max_payload > 0
         {
             bridge.stats.count(|c| &c.oversize);
-            if let Some(delivery) = message.delivery {
-                let _ = bridge.link.ack(delivery).await;
-            }
-            return;
+            return bridge.not_carried(&message).await;
         }
         let subject = Subject::from(subject);
         if let Some(reply_to) = message.reply_to {

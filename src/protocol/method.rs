@@ -263,6 +263,10 @@ pub struct Subscribe {
     pub max_deliveries: Option<u32>,
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// Seconds a `qos=1` publish into the queue waits for a consumer's
+    /// acknowledgement before it is confirmed.
+    #[serde(default)]
+    pub confirm_on_ack: Option<f64>,
     /// Receives messages but never counts as a responder to a request.
     #[serde(default)]
     pub passive: bool,
@@ -284,9 +288,10 @@ impl Subscribe {
                 || subscribe.max_bytes.is_some()
                 || subscribe.max_deliveries.is_some()
                 || subscribe.dead_letter_topic.is_some()
+                || subscribe.confirm_on_ack.is_some()
             {
                 return Err(RpcError::invalid_params(
-                    "prefetch, max_length, max_bytes, max_deliveries and dead_letter_topic apply to queues: give \"queue\" or \"durable\"",
+                    "prefetch, max_length, max_bytes, max_deliveries, dead_letter_topic and confirm_on_ack apply to queues: give \"queue\" or \"durable\"",
                 ));
             }
         } else if subscribe.passive || subscribe.no_local || subscribe.relay {

@@ -70,7 +70,7 @@ pub fn broker_config(config: &Bound<'_, PyAny>) -> PyResult<BrokerConfig> {
     Ok(broker)
 }
 
-const QUEUE_FIELDS: &str = "each queue is a table with name, patterns and optionally max_length, max_bytes, max_deliveries, dead_letter_topic";
+const QUEUE_FIELDS: &str = "each queue is a table with name, patterns and optionally max_length, max_bytes, max_deliveries, dead_letter_topic, confirm_on_ack";
 const BRIDGE_FIELDS: &str = "each bridge is a table with name, kind (nats or mqtt), url and rules \
      (tables with pattern, direction and optionally local_prefix, remote_prefix, stream, qos), and optionally \
      username, password, token, credentials_file, nkey_file, client_id, tls_ca_file, tls_cert_file, \

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 
 use super::message::{DeadLetter, DeadLetterBody, QueueStats, Refusal, StoredMessage};
 use super::spec::{MAX_UNACKED_BYTES, QueueSpec, WINDOW_BYTES, WINDOW_COUNT};
@@ -77,7 +78,14 @@ pub(super) struct Queue {
     pub(super) cursor: usize,
     pub(super) next_seq: u64,
     pub(super) stats: QueueStats,
+    /// Publishers waiting for a consumer to acknowledge their message, by its
+    /// sequence number (a queue with `confirm_on_ack`); at most one per message held.
+    pub(super) awaiting_ack: HashMap<u64, oneshot::Sender<AckOutcome>>,
 }
+
+/// What a publisher waiting on `confirm_on_ack` hears: acknowledged, or why the
+/// message left the queue without that.
+pub type AckOutcome = Result<(), String>;
 
 /// Why a message leaves a queue unacknowledged.
 #[derive(Debug, Clone, Copy)]
@@ -130,6 +138,7 @@ impl Queue {
             cursor: 0,
             next_seq: 1,
             stats: QueueStats::default(),
+            awaiting_ack: HashMap::new(),
         }
     }
 
@@ -165,11 +174,13 @@ impl Queue {
         }
     }
 
+    /// Takes a message; for a `qos=1` message into a queue with `confirm_on_ack`, the
+    /// answer comes on the receiver once a consumer acknowledged it.
     pub(super) fn enqueue(
         &mut self,
         message: &Arc<StoredMessage>,
         ctx: &mut Context<'_>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<oneshot::Receiver<AckOutcome>>, Refusal> {
         let record = self.stored.then(|| message.record());
         let size = record.as_ref().map_or_else(|| message.size(), Bytes::len);
         let refusal = if self.len() >= self.spec.max_length {
@@ -187,6 +198,11 @@ impl Queue {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
+        let awaited = (message.qos > 0 && self.spec.confirm_on_ack.is_some()).then(|| {
+            let (answer, awaited) = oneshot::channel();
+            self.awaiting_ack.insert(seq, answer);
+            awaited
+        });
         if let (Some(store), Some(record)) = (self.store(ctx), record) {
             store.write(Op::Put { queue: self.spec.name.clone(), seq, delivery_count: 0, record });
         }
@@ -197,7 +213,7 @@ impl Queue {
         if self.stored && !fits_window {
             self.on_disk.count += 1;
             self.on_disk.bytes += size;
-            return Ok(());
+            return Ok(awaited);
         }
         if self.stored {
             self.on_disk.after = seq;
@@ -206,7 +222,16 @@ impl Queue {
         }
         self.ready_bytes += size;
         self.ready.push_back(Item { seq, message: message.clone(), delivery_count: 0, size });
-        Ok(())
+        Ok(awaited)
+    }
+
+    /// Answers the publisher waiting for message `seq`, if one is.
+    fn answer_publisher(&mut self, seq: u64, outcome: impl FnOnce(&str) -> AckOutcome) {
+        if let Some(waiting) = self.awaiting_ack.remove(&seq) {
+            // A publisher that stopped waiting (its time ran out, its connection
+            // went) no longer hears it.
+            let _ = waiting.send(outcome(&self.name));
+        }
     }
 
     /// Asks the store for the next messages when the window runs low and somebody
@@ -346,6 +371,7 @@ impl Queue {
     pub(super) fn ack(&mut self, session: SessionId, tag: u64, ctx: &mut Context<'_>) -> bool {
         let Some(item) = self.settle(session, tag, ctx) else { return false };
         self.stats.acked += 1;
+        self.answer_publisher(item.seq, |_| Ok(()));
         self.forget(&item, ctx);
         if let Some(store) = self.store(ctx) {
             store.write(Op::Remove { queue: self.spec.name.clone(), seq: item.seq });
@@ -397,6 +423,9 @@ impl Queue {
             Exit::Rejected | Exit::TooManyDeliveries => {}
         }
         self.stats.dead_lettered += 1;
+        self.answer_publisher(item.seq, |queue| {
+            Err(format!("it left queue {queue:?} unacknowledged ({})", exit.reason()))
+        });
         let message = &item.message;
         // Serialised around the payload as written: going through a `Value` would
         // re-read it (and fail on numbers serde_json cannot hold).
@@ -432,6 +461,14 @@ impl Queue {
         self.ready_bytes = 0;
         self.on_disk.count = 0;
         self.on_disk.bytes = 0;
+        if !self.awaiting_ack.is_empty() {
+            let kept: std::collections::HashSet<u64> = self.in_flight.values().map(|f| f.item.seq).collect();
+            let purged: Vec<u64> =
+                self.awaiting_ack.keys().copied().filter(|seq| !kept.contains(seq)).collect();
+            for seq in purged {
+                self.answer_publisher(seq, |queue| Err(format!("queue {queue:?} was purged")));
+            }
+        }
         // A read of the store still on its way returns messages dropped here: skipped,
         // as they are not past `after`.
         self.on_disk.after = self.next_seq - 1;
@@ -494,6 +531,7 @@ impl Queue {
             "max_bytes": self.spec.max_bytes(self.stored),
             "max_deliveries": self.spec.max_deliveries,
             "dead_letter_topic": self.spec.dead_letter_topic(),
+            "confirm_on_ack": self.spec.confirm_on_ack,
         })
     }
 }

@@ -25,8 +25,10 @@ mod spec;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::oneshot;
 
 use crate::broker::access::denied;
 use crate::broker::outbox::Outbox;
@@ -34,6 +36,7 @@ use crate::broker::permissions::ClientPermissions;
 use crate::broker::store::{Loaded, Op, Restored, Store, StoreError};
 use crate::error::{ErrorCode, RpcError};
 use crate::index::{SessionId, SubscriptionIndex};
+pub use dispatch::AckOutcome;
 use dispatch::{Consumer, Context, Memory, Queue};
 pub use message::{DeadLetter, QueueStats, Refusal, StoredMessage};
 pub use spec::*;
@@ -49,6 +52,9 @@ pub struct Join {
     pub max_bytes: Option<u64>,
     pub max_deliveries: Option<u32>,
     pub dead_letter_topic: Option<String>,
+    /// Sets the queue's `confirm_on_ack` (its consumer knows when a message is taken
+    /// care of, so the last one to join with it decides).
+    pub confirm_on_ack: Option<f64>,
     /// What the joining client may do (unrestricted on a broker without rules).
     pub permissions: Arc<ClientPermissions>,
 }
@@ -62,6 +68,18 @@ pub struct Enqueued {
     pub stored: usize,
     /// Queues that refused it, and why.
     pub full: Vec<(Arc<str>, Refusal)>,
+    /// Queues with `confirm_on_ack` that took a `qos=1` message: its publisher waits
+    /// for their consumers' acknowledgements.
+    pub awaiting_ack: Vec<AwaitedAck>,
+}
+
+/// A consumer's acknowledgement a `qos=1` publisher waits for.
+#[derive(Debug)]
+pub struct AwaitedAck {
+    pub queue: Arc<str>,
+    /// How long the publisher waits.
+    pub within: Duration,
+    pub outcome: oneshot::Receiver<AckOutcome>,
 }
 
 /// Every queue of the broker.
@@ -238,11 +256,17 @@ impl Queues {
                 let new: Vec<String> =
                     patterns.into_iter().filter(|p| !queue.spec.patterns.contains(p)).collect();
                 check_permissions(&join, &queue.spec, &new, &queue.consumers)?;
-                if !new.is_empty() {
-                    for pattern in &new {
-                        self.index.insert(queue.number, pattern.as_str().into());
-                    }
-                    queue.spec.patterns.extend(new);
+                let confirm_on_ack = join.confirm_on_ack.filter(|c| Some(*c) != queue.spec.confirm_on_ack);
+                if let Some(seconds) = confirm_on_ack {
+                    validate_confirm_on_ack(seconds)?;
+                    queue.spec.confirm_on_ack = Some(seconds);
+                }
+                let changed = !new.is_empty() || confirm_on_ack.is_some();
+                for pattern in &new {
+                    self.index.insert(queue.number, pattern.as_str().into());
+                }
+                queue.spec.patterns.extend(new);
+                if changed {
                     queue.save_definition(self.store.as_deref());
                 }
             }
@@ -255,6 +279,7 @@ impl Queues {
                     max_bytes: join.max_bytes,
                     max_deliveries: join.max_deliveries.unwrap_or(DEFAULT_MAX_DELIVERIES),
                     dead_letter_topic: join.dead_letter_topic.clone(),
+                    confirm_on_ack: join.confirm_on_ack,
                 };
                 spec.validate()?;
                 check_permissions(&join, &spec, &[], &[])?;
@@ -318,7 +343,10 @@ impl Queues {
     }
 
     fn remove(&mut self, name: &str) -> Option<Queue> {
-        let queue = self.queues.remove(name)?;
+        let mut queue = self.queues.remove(name)?;
+        for (_, waiting) in queue.awaiting_ack.drain() {
+            let _ = waiting.send(Err(format!("queue {name:?} was removed")));
+        }
         for pattern in &queue.spec.patterns {
             self.index.remove(queue.number, pattern);
         }
@@ -385,18 +413,22 @@ impl Queues {
             if skip == Some(&*name) {
                 continue;
             }
-            let ((taken, stored), dead) = self
+            let ((taken, stored, confirm_on_ack), dead) = self
                 .with_queue(&name, now, |queue, ctx| {
                     let taken = queue.enqueue(message, ctx);
                     queue.dispatch(ctx);
-                    (taken, queue.stored)
+                    (taken, queue.stored, queue.spec.confirm_on_ack)
                 })
                 .expect("indexed queues exist");
             dead_letters.extend(dead);
             match taken {
-                Ok(()) => {
+                Ok(awaited) => {
                     enqueued.queued += 1;
                     enqueued.stored += usize::from(stored);
+                    if let (Some(outcome), Some(seconds)) = (awaited, confirm_on_ack) {
+                        let within = Duration::from_secs_f64(seconds);
+                        enqueued.awaiting_ack.push(AwaitedAck { queue: name, within, outcome });
+                    }
                 }
                 Err(refusal) => enqueued.full.push((name, refusal)),
             }
@@ -515,426 +547,4 @@ fn check_permissions(
 }
 
 #[cfg(test)]
-mod tests {
-    use serde::Deserialize;
-    use serde_json::value::RawValue;
-
-    use super::*;
-    use crate::broker::outbox::{self, OutboxReceiver};
-    use crate::broker::permissions;
-
-    fn message(topic: &str, n: u64, ttl: Option<f64>) -> Arc<StoredMessage> {
-        Arc::new(StoredMessage {
-            topic: topic.into(),
-            payload: RawValue::from_string(n.to_string()).unwrap(),
-            sender: "test".into(),
-            id: format!("m{n}"),
-            timestamp: 100.0,
-            reply_to: None,
-            ttl,
-            qos: 1,
-            headers: None,
-        })
-    }
-
-    fn consumer() -> (Outbox, OutboxReceiver) {
-        outbox::channel(100, 1 << 20)
-    }
-
-    fn join(name: &str, patterns: &[&str], durable: bool, prefetch: usize) -> Join {
-        Join {
-            name: name.into(),
-            patterns: patterns.iter().map(|p| Arc::from(*p)).collect(),
-            durable,
-            prefetch,
-            max_length: None,
-            max_bytes: None,
-            max_deliveries: None,
-            dead_letter_topic: None,
-            permissions: Arc::default(),
-        }
-    }
-
-    /// `(payload, delivery tag, delivery count)` of each delivery waiting in `rx`.
-    fn received(rx: &mut OutboxReceiver) -> Vec<(u64, u64, u64)> {
-        let mut out = Vec::new();
-        while let Some(frame) = rx.try_recv() {
-            let v: Value = serde_json::from_slice(&frame).unwrap();
-            let p = &v["params"];
-            out.push((
-                p["payload"].as_u64().unwrap(),
-                p["delivery"].as_u64().unwrap(),
-                p["delivery_count"].as_u64().unwrap(),
-            ));
-        }
-        out
-    }
-
-    #[test]
-    fn each_message_goes_to_exactly_one_member_in_turn() {
-        let mut queues = Queues::new(None, usize::MAX);
-        let (a, mut a_rx) = consumer();
-        let (b, mut b_rx) = consumer();
-        queues.join(1, a, join("workers", &["jobs.*"], false, 100), 0.0).unwrap();
-        queues.join(2, b, join("workers", &["jobs.*"], false, 100), 0.0).unwrap();
-        for n in 0..10 {
-            let (enqueued, _) = queues.enqueue("jobs.x", || message("jobs.x", n, None), None, 0.0);
-            assert_eq!(enqueued.queued, 1);
-        }
-        let a_got: Vec<u64> = received(&mut a_rx).iter().map(|r| r.0).collect();
-        let b_got: Vec<u64> = received(&mut b_rx).iter().map(|r| r.0).collect();
-        assert_eq!(a_got, vec![0, 2, 4, 6, 8]);
-        assert_eq!(b_got, vec![1, 3, 5, 7, 9]);
-    }
-
-    #[test]
-    fn prefetch_holds_back_until_acknowledged() {
-        let mut queues = Queues::new(None, usize::MAX);
-        let (a, mut rx) = consumer();
-        queues.join(1, a, join("q", &["t"], true, 2), 0.0).unwrap();
-        for n in 0..5 {
-            queues.enqueue("t", || message("t", n, None), None, 0.0);
-        }
-        let first = received(&mut rx);
-        assert_eq!(first.iter().map(|r| r.0).collect::<Vec<_>>(), vec![0, 1]);
-        let (acked, _) = queues.settle(1, &[first[0].1], true, false, 0.0);
-        assert_eq!(acked, 1);
-        assert_eq!(received(&mut rx).iter().map(|r| r.0).collect::<Vec<_>>(), vec![2]);
-        let (acked, _) = queues.settle(2, &[first[1].1], true, false, 0.0);
-        assert_eq!(acked, 0, "another session cannot acknowledge it");
-    }
-
-    #[test]
-    fn a_lost_consumer_hands_back_its_messages_in_order_then_dead_letters() {
-        let mut queues = Queues::new(None, usize::MAX);
-        let mut spec = join("q", &["t"], true, 10);
-        spec.max_deliveries = Some(2);
-        let (a, mut a_rx) = consumer();
-        queues.join(1, a, spec.clone(), 0.0).unwrap();
-        for n in 0..3 {
-            queues.enqueue("t", || message("t", n, None), None, 0.0);
-        }
-        assert_eq!(received(&mut a_rx).len(), 3);
-        let (left, dead) = queues.leave(1, None, 0.0);
-        assert_eq!((left.len(), dead.len()), (1, 0));
-
-        let (b, mut b_rx) = consumer();
-        queues.join(2, b, spec.clone(), 0.0).unwrap();
-        let again = received(&mut b_rx);
-        assert_eq!(again.iter().map(|r| (r.0, r.2)).collect::<Vec<_>>(), vec![(0, 2), (1, 2), (2, 2)]);
-        let (_, dead) = queues.settle(2, &[again[1].1], false, true, 0.0);
-        assert_eq!(dead.len(), 1, "the second delivery was the last");
-        assert_eq!(dead[0].topic, "dead_letter.q");
-        let letter: Value = serde_json::from_str(dead[0].payload.get()).unwrap();
-        assert_eq!(
-            (letter["reason"].as_str(), letter["payload"].as_u64()),
-            (Some("max_deliveries"), Some(1))
-        );
-        let (_, dead) = queues.settle(2, &[again[0].1], false, false, 0.0);
-        assert_eq!(dead.len(), 1, "a rejection dead-letters at once");
-        let status = &queues.status()[0];
-        assert_eq!((status["depth"].as_u64(), status["in_flight"].as_u64()), (Some(0), Some(1)));
-        assert_eq!(status["dead_lettered"], 2);
-    }
-
-    #[test]
-    fn a_dead_letter_carries_any_payload_as_written() {
-        let mut queues = Queues::new(None, usize::MAX);
-        let (a, mut rx) = consumer();
-        queues.join(1, a, join("q", &["t"], false, 10), 0.0).unwrap();
-        let digits = "9".repeat(5000);
-        for text in [digits.as_str(), "1e999", r#""\ud800""#] {
-            let mut odd = Arc::into_inner(message("t", 0, None)).unwrap();
-            odd.payload = RawValue::from_string(text.to_owned()).unwrap();
-            queues.enqueue("t", || Arc::new(odd), None, 0.0);
-            let frame = rx.try_recv().unwrap();
-            // Read without a `Value`, which cannot hold every payload.
-            #[derive(Deserialize)]
-            struct Frame {
-                params: Params,
-            }
-            #[derive(Deserialize)]
-            struct Params {
-                delivery: u64,
-            }
-            let tag = serde_json::from_slice::<Frame>(&frame).unwrap().params.delivery;
-            let (_, dead) = queues.settle(1, &[tag], false, false, 0.0);
-            assert!(dead[0].payload.get().contains(&format!(r#""payload":{text}"#)), "{}", dead[0].payload);
-        }
-    }
-
-    #[test]
-    fn a_queue_group_goes_away_with_its_last_member_but_a_durable_queue_stays() {
-        let mut queues = Queues::new(None, usize::MAX);
-        let (a, _rx) = consumer();
-        queues.join(1, a.clone(), join("group", &["t"], false, 10), 0.0).unwrap();
-        queues.join(1, a, join("durable", &["t"], true, 10), 0.0).unwrap();
-        queues.leave(1, None, 0.0);
-        let (enqueued, _) = queues.enqueue("t", || message("t", 1, None), None, 0.0);
-        assert_eq!(enqueued.queued, 1);
-        assert_eq!(queues.status().len(), 1);
-        assert_eq!(queues.status()[0]["depth"], 1);
-    }
-
-    #[test]
-    fn full_queues_refuse_and_expired_messages_are_never_delivered() {
-        let mut queues = Queues::new(None, usize::MAX);
-        let mut spec = join("q", &["t"], true, 10);
-        spec.max_length = Some(2);
-        let (a, _rx) = consumer();
-        queues.join(1, a, spec, 0.0).unwrap();
-        queues.leave(1, None, 0.0);
-        queues.enqueue("t", || message("t", 1, Some(5.0)), None, 0.0);
-        queues.enqueue("t", || message("t", 2, None), None, 0.0);
-        let (enqueued, _) = queues.enqueue("t", || message("t", 3, None), None, 0.0);
-        assert_eq!(enqueued.full.len(), 1);
-        let dead = queues.tick(200.0);
-        assert_eq!(dead.len(), 1);
-        let (b, mut b_rx) = consumer();
-        queues.join(2, b, join("q", &["t"], true, 10), 0.0).unwrap();
-        assert_eq!(received(&mut b_rx).iter().map(|r| r.0).collect::<Vec<_>>(), vec![2]);
-        let totals = queues.totals();
-        assert_eq!((totals.expired, totals.dropped), (1, 1));
-    }
-
-    fn big(topic: &str, n: u64, size: usize) -> Arc<StoredMessage> {
-        let mut m = Arc::into_inner(message(topic, n, None)).unwrap();
-        m.payload = RawValue::from_string(format!("[{n},\"{}\"]", "x".repeat(size))).unwrap();
-        Arc::new(m)
-    }
-
-    fn payload_number(frame: &[u8]) -> (u64, u64) {
-        let v: Value = serde_json::from_slice(frame).unwrap();
-        (v["params"]["payload"][0].as_u64().unwrap(), v["params"]["delivery"].as_u64().unwrap())
-    }
-
-    /// Consumes everything `queues` hands to session 1, acknowledging each, while
-    /// answering the store's reads; returns the payload numbers in arrival order.
-    async fn drain_with_loads(
-        queues: &mut Queues,
-        rx: &mut OutboxReceiver,
-        loaded: &mut tokio::sync::mpsc::UnboundedReceiver<Loaded>,
-        expected: usize,
-    ) -> Vec<u64> {
-        let mut got = Vec::new();
-        while got.len() < expected {
-            let mut tags = Vec::new();
-            while let Some(frame) = rx.try_recv() {
-                let (n, tag) = payload_number(&frame);
-                // Those past `expected` stay unacknowledged: still the queue's.
-                if got.len() < expected {
-                    tags.push(tag);
-                }
-                got.push(n);
-            }
-            let status = &queues.status()[0];
-            assert!(
-                status["memory_bytes"].as_u64().unwrap() <= (WINDOW_BYTES + MAX_UNACKED_BYTES + 8192) as u64
-            );
-            if tags.is_empty() {
-                let answer = tokio::time::timeout(std::time::Duration::from_secs(10), loaded.recv()).await;
-                queues.loaded(answer.expect("the store answers").unwrap(), 0.0);
-            } else {
-                queues.settle(1, &tags, true, false, 0.0);
-            }
-        }
-        got
-    }
-
-    #[tokio::test]
-    async fn a_stored_queue_keeps_a_window_in_memory_and_reads_the_rest_back_in_order() {
-        let dir = std::env::temp_dir().join(format!("mb-queue-window-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let count = 3000u64;
-        {
-            let (store, _) = Store::open(&dir, false).unwrap();
-            let mut queues = Queues::new(Some(Arc::new(store)), usize::MAX);
-            let (a, _rx) = consumer();
-            queues.join(1, a, join("q", &["t"], true, 10), 0.0).unwrap();
-            queues.leave(1, None, 0.0);
-            for n in 0..count {
-                let (enqueued, _) = queues.enqueue("t", || big("t", n, 20_000), None, 0.0);
-                assert_eq!(enqueued.queued, 1);
-            }
-            let status = &queues.status()[0];
-            assert_eq!(status["depth"], count);
-            assert!(status["memory_bytes"].as_u64().unwrap() <= WINDOW_BYTES as u64, "{status}");
-            assert!(status["bytes"].as_u64().unwrap() > count * 20_000);
-            // Half of it consumed before a restart.
-            let mut loaded = queues.store().unwrap().take_loaded().unwrap();
-            let (b, mut rx) = outbox::channel(100, 1 << 30);
-            queues.join(1, b, join("q", &["t"], true, 1000), 0.0).unwrap();
-            let got = drain_with_loads(&mut queues, &mut rx, &mut loaded, 1500).await;
-            assert_eq!(got, (0..got.len() as u64).collect::<Vec<_>>());
-            queues.store().unwrap().flush().await.unwrap().unwrap();
-        }
-        let (store, restored) = Store::open(&dir, false).unwrap();
-        let mut loaded = store.take_loaded().unwrap();
-        let mut queues = Queues::new(Some(Arc::new(store)), usize::MAX);
-        queues.restore(restored, &[], "test").unwrap();
-        let status = &queues.status()[0];
-        assert_eq!(
-            (status["depth"].as_u64(), status["memory_bytes"].as_u64()),
-            (Some(count - 1500), Some(0))
-        );
-        let (b, mut rx) = outbox::channel(100, 1 << 30);
-        queues.join(1, b, join("q", &["t"], true, 1000), 0.0).unwrap();
-        let rest = drain_with_loads(&mut queues, &mut rx, &mut loaded, (count - 1500) as usize).await;
-        assert_eq!(rest, (1500..count).collect::<Vec<_>>(), "the unacknowledged ones come back first");
-        assert_eq!(queues.status()[0]["depth"], 0);
-        drop(queues);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn byte_bounds_refuse_with_their_reason() {
-        let mut queues = Queues::new(None, 200_000);
-        let mut spec = join("small", &["s"], true, 10);
-        spec.max_bytes = Some(50_000);
-        let (a, _rx) = consumer();
-        queues.join(1, a.clone(), spec, 0.0).unwrap();
-        queues.join(1, a, join("big", &["b"], true, 10), 0.0).unwrap();
-        queues.leave(1, None, 0.0);
-        let refusals = |queues: &mut Queues, topic: &str, n| {
-            (0..n)
-                .filter_map(|i| queues.enqueue(topic, || big(topic, i, 10_000), None, 0.0).0.full.pop())
-                .count()
-        };
-        assert_eq!(refusals(&mut queues, "s", 10), 6, "4 fit in 50,000 bytes");
-        let (enqueued, _) = queues.enqueue("s", || big("s", 0, 10_000), None, 0.0);
-        assert!(matches!(enqueued.full[0].1, Refusal::MaxBytes(50_000)));
-        assert_eq!(refusals(&mut queues, "b", 30), 15, "the broker's max_memory is shared");
-        let (enqueued, _) = queues.enqueue("b", || big("b", 0, 10_000), None, 0.0);
-        assert!(matches!(enqueued.full[0].1, Refusal::Memory(200_000)));
-        assert!(queues.memory().0 <= 200_000);
-        queues.delete("big", &ClientPermissions::default()).unwrap().unwrap();
-        assert!(queues.memory().0 < 50_000, "a deleted queue gives its memory back");
-        let (a, _rx) = consumer();
-        queues.join(1, a, join("big", &["b"], true, 10), 0.0).unwrap();
-        queues.leave(1, None, 0.0);
-        assert_eq!(refusals(&mut queues, "b", 10), 0, "room again");
-    }
-
-    #[test]
-    fn a_consumer_holds_a_bounded_number_of_bytes_unacknowledged() {
-        let mut queues = Queues::new(None, usize::MAX);
-        let mut spec = join("q", &["t"], true, 1000);
-        spec.max_bytes = Some(1 << 30);
-        let (a, mut rx) = outbox::channel(100, 1 << 30);
-        queues.join(1, a, spec, 0.0).unwrap();
-        for n in 0..100 {
-            queues.enqueue("t", || big("t", n, 1 << 20), None, 0.0);
-        }
-        let mut held = 0;
-        while rx.try_recv().is_some() {
-            held += 1;
-        }
-        let size = big("t", 0, 1 << 20).size();
-        assert_eq!(held, MAX_UNACKED_BYTES.div_ceil(size), "prefetch 1000, but bytes bound it");
-    }
-
-    #[test]
-    fn purging_drops_ready_messages_and_keeps_bindings_consumers_and_deliveries_in_flight() {
-        let mut queues = Queues::new(None, usize::MAX);
-        let (a, mut rx) = consumer();
-        queues.join(1, a, join("q", &["t"], true, 2), 0.0).unwrap();
-        for n in 0..5 {
-            queues.enqueue("t", || message("t", n, None), None, 0.0);
-        }
-        let held = received(&mut rx);
-        assert_eq!(held.len(), 2, "prefetch 2: three stay ready");
-        let memory_before = queues.memory().0;
-
-        assert_eq!(queues.purge("q", &ClientPermissions::default(), 0.0).unwrap(), Some(3));
-        let status = &queues.status()[0];
-        assert_eq!(
-            (status["depth"].as_u64(), status["in_flight"].as_u64(), status["consumers"].as_u64()),
-            (Some(0), Some(2), Some(1))
-        );
-        assert!(queues.memory().0 < memory_before, "the dropped messages give their memory back");
-        assert_eq!(queues.purge("q", &ClientPermissions::default(), 0.0).unwrap(), Some(0));
-        assert_eq!(queues.purge("none", &ClientPermissions::default(), 0.0).unwrap(), None);
-
-        // The binding and the consumer are still there: a new message is delivered once
-        // the consumer has room, after what it held.
-        queues.enqueue("t", || message("t", 9, None), None, 0.0);
-        queues.settle(1, &[held[0].1], true, false, 0.0);
-        assert_eq!(received(&mut rx).iter().map(|r| r.0).collect::<Vec<_>>(), vec![9]);
-    }
-
-    #[test]
-    fn purging_needs_leave_to_read_what_the_queue_is_bound_to() {
-        let rule: permissions::PermissionRule = serde_json::from_value(serde_json::json!(
-            {"client": "spy", "subscribe": {"deny": ["secret.#"]}}
-        ))
-        .unwrap();
-        let spy = permissions::Permissions::new(vec![rule]).for_client("spy");
-        let mut queues = Queues::new(None, usize::MAX);
-        let (a, _rx) = consumer();
-        queues.join(1, a, join("vault", &["secret.x"], true, 10), 0.0).unwrap();
-        queues.leave(1, None, 0.0);
-        queues.enqueue("secret.x", || message("secret.x", 1, None), None, 0.0);
-        let error = queues.purge("vault", &spy, 0.0).unwrap_err();
-        assert_eq!(error.code, ErrorCode::PermissionDenied);
-        assert_eq!(queues.status()[0]["depth"], 1, "nothing was dropped");
-    }
-
-    #[tokio::test]
-    async fn purging_a_stored_queue_deletes_its_messages_on_disk_but_not_those_in_flight() {
-        let dir = std::env::temp_dir().join(format!("mb-queue-purge-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        // More than the window holds, so that most are only on disk.
-        let count = 1000u64;
-        let in_flight = {
-            let (store, _) = Store::open(&dir, false).unwrap();
-            let mut queues = Queues::new(Some(Arc::new(store)), usize::MAX);
-            let mut loaded = queues.store().unwrap().take_loaded().unwrap();
-            let (a, _rx) = consumer();
-            queues.join(1, a, join("q", &["t"], true, 1), 0.0).unwrap();
-            queues.leave(1, None, 0.0);
-            for n in 0..count {
-                queues.enqueue("t", || big("t", n, 20_000), None, 0.0);
-            }
-            // The consumer takes the whole window, so the queue asks the store for more.
-            let (b, mut rx) = outbox::channel(1000, 1 << 30);
-            queues.join(2, b, join("q", &["t"], true, 1000), 0.0).unwrap();
-            let mut in_flight = 0;
-            while rx.try_recv().is_some() {
-                in_flight += 1;
-            }
-            assert!(in_flight > 0 && in_flight < count as usize / 2, "{in_flight}");
-
-            let purged = queues.purge("q", &ClientPermissions::default(), 0.0).unwrap();
-            assert_eq!(purged, Some(count as usize - in_flight));
-            // The read asked for before the purge brings back messages it dropped.
-            let answer = tokio::time::timeout(std::time::Duration::from_secs(10), loaded.recv()).await;
-            let answer = answer.expect("the store answers").unwrap();
-            assert!(!answer.rows.as_ref().unwrap().is_empty());
-            queues.loaded(answer, 0.0);
-            assert_eq!(queues.status()[0]["depth"], 0, "what was purged stays purged");
-            assert!(rx.try_recv().is_none());
-
-            queues.enqueue("t", || big("t", count, 20_000), None, 0.0);
-            queues.store().unwrap().flush().await.unwrap().unwrap();
-            in_flight
-        };
-        let (store, restored) = Store::open(&dir, false).unwrap();
-        assert_eq!(restored.queues.len(), 1, "the queue stays");
-        assert_eq!(restored.queues[0].count, in_flight + 1, "those in flight and the one queued after");
-        drop(store);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn joining_with_other_limits_is_refused() {
-        let mut queues = Queues::new(None, usize::MAX);
-        let (a, _rx) = consumer();
-        queues.join(1, a.clone(), join("q", &["t"], true, 10), 0.0).unwrap();
-        let error = queues.join(2, a.clone(), join("q", &["t"], false, 10), 0.0).unwrap_err();
-        assert!(error.message.contains("durable"), "{}", error.message);
-        let mut other = join("q", &["t"], true, 10);
-        other.max_length = Some(5);
-        assert!(queues.join(2, a.clone(), other, 0.0).unwrap_err().message.contains("max_length"));
-        assert!(queues.join(2, a, join("bad name", &["t"], true, 10), 0.0).is_err());
-    }
-}
+mod tests;

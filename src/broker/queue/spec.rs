@@ -43,6 +43,11 @@ pub struct QueueSpec {
     pub max_deliveries: u32,
     #[serde(default)]
     pub dead_letter_topic: Option<String>,
+    /// Seconds a `qos=1` publish waits for a consumer to acknowledge the message: its
+    /// confirmation then means "taken care of" (a bridge: the far side has it), not
+    /// only "kept here". `None`: confirmed once the queue keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_on_ack: Option<f64>,
 }
 
 fn durable_default() -> bool {
@@ -65,6 +70,7 @@ impl QueueSpec {
             max_bytes: None,
             max_deliveries: DEFAULT_MAX_DELIVERIES,
             dead_letter_topic: None,
+            confirm_on_ack: None,
         }
     }
 
@@ -92,12 +98,28 @@ impl QueueSpec {
         if let Some(topic) = &self.dead_letter_topic {
             crate::protocol::topic::validate_topic(topic)?;
         }
+        if let Some(seconds) = self.confirm_on_ack {
+            validate_confirm_on_ack(seconds)?;
+        }
         Ok(())
     }
 
     /// The byte bound in force, for a queue kept in the store or in memory.
     pub fn max_bytes(&self, stored: bool) -> u64 {
         self.max_bytes.unwrap_or(if stored { DEFAULT_MAX_BYTES_STORED } else { DEFAULT_MAX_BYTES_IN_MEMORY })
+    }
+}
+
+/// The longest a `qos=1` publish may be kept waiting for a consumer's acknowledgement.
+pub const MAX_CONFIRM_ON_ACK: f64 = 3600.0;
+
+pub fn validate_confirm_on_ack(seconds: f64) -> Result<(), RpcError> {
+    if seconds > 0.0 && seconds <= MAX_CONFIRM_ON_ACK {
+        Ok(())
+    } else {
+        Err(RpcError::invalid_params(format!(
+            "confirm_on_ack must be more than 0 and at most {MAX_CONFIRM_ON_ACK} seconds, got {seconds}"
+        )))
     }
 }
 

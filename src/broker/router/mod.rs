@@ -36,7 +36,7 @@ use super::access::Access;
 use super::channels::Channels;
 use super::monitor::Monitor;
 use super::outbox::Offer;
-use super::queue::{Queues, Refusal, StoredMessage};
+use super::queue::{AwaitedAck, Queues, Refusal, StoredMessage};
 use super::store::{Store, StoreError};
 use crate::config::BrokerConfig;
 use crate::error::{BrokerError, RpcError};
@@ -108,6 +108,10 @@ pub struct Published {
     /// that went into durable queues backed by one.
     #[serde(skip)]
     pub stored: Option<oneshot::Receiver<Result<(), String>>>,
+    /// Acknowledgements the confirmation of a `qos=1` message waits for, from queues
+    /// with `confirm_on_ack`.
+    #[serde(skip)]
+    pub awaiting_ack: Vec<AwaitedAck>,
     /// Queues that refused the message, and why.
     #[serde(skip)]
     pub full: Vec<(Arc<str>, Refusal)>,
@@ -300,7 +304,7 @@ impl Router {
         let payload_len = msg.payload.get().len() as u64;
         let (mut recipients, mut responders) = (fanned.queued, fanned.responders);
         let relays = fanned.relays;
-        let (mut stored, mut full) = (None, Vec::new());
+        let (mut stored, mut full, mut awaiting_ack) = (None, Vec::new(), Vec::new());
         if self.has_queues.load(Ordering::Acquire) {
             let (enqueued, dead) = {
                 let mut queues = self.queues.lock();
@@ -316,13 +320,14 @@ impl Router {
                 tracing::warn!(%queue, topic = msg.topic, "the queue is full ({why}); the message was not kept in it");
             }
             full = enqueued.full;
+            awaiting_ack = enqueued.awaiting_ack;
             self.dead_letter(dead);
         }
         // A retained qos=1 message is confirmed once the retained store has it too.
         if stored.is_none() && msg.retain && msg.qos > 0 {
             stored = self.store.as_ref().map(|store| store.flush());
         }
-        let published = Published { message_id, recipients, responders, relays, stored, full };
+        let published = Published { message_id, recipients, responders, relays, stored, awaiting_ack, full };
         let c = &self.counters;
         c.published.fetch_add(1, Ordering::Relaxed);
         c.published_bytes.fetch_add(payload_len, Ordering::Relaxed);

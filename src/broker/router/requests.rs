@@ -149,6 +149,7 @@ impl Router {
             responders: recipients,
             relays: 0,
             stored: None,
+            awaiting_ack: Vec::new(),
             full: Vec::new(),
         }
     }

@@ -1,10 +1,15 @@
 //! `publish`: routing a message, answered at once or, for a `qos=1` message bound
-//! for durable queues, once the store has it. A publish to a reply address is the
-//! answer to a request: its payload, or with `error` the responder's failure.
+//! for durable queues, once the store has it (and, for queues with
+//! `confirm_on_ack`, once their consumers acknowledged it). A publish to a reply
+//! address is the answer to a request: its payload, or with `error` the
+//! responder's failure.
+
+use tokio::time::Instant;
 
 use super::Session;
 use super::dispatch::{Outcome, to_raw};
 use crate::broker::access;
+use crate::broker::queue::AwaitedAck;
 use crate::broker::router::Publish;
 use crate::error::{ErrorCode, ResponderFailure, RpcError};
 use crate::protocol::message::single_line;
@@ -55,22 +60,57 @@ impl Session {
             ));
         }
         let answer = to_raw(&published)?;
-        let Some(stored) = published.stored else {
+        if published.stored.is_none() && published.awaiting_ack.is_empty() {
             return Ok(Outcome::Done(Ok(answer)));
-        };
+        }
+        let (stored, awaiting_ack) = (published.stored, published.awaiting_ack);
+        let message_id = published.message_id;
         Ok(Outcome::Pending(Box::pin(async move {
-            match stored.await {
-                Ok(Ok(())) => Ok(answer),
-                Ok(Err(reason)) => Err(RpcError::new(
-                    ErrorCode::StorageFailed,
-                    format!("the message could not be stored: {reason}"),
-                )),
-                Err(_) => Err(RpcError::new(
-                    ErrorCode::StorageFailed,
-                    "the store closed before the message was stored",
-                )),
+            if let Some(stored) = stored {
+                match stored.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(reason)) => {
+                        return Err(RpcError::new(
+                            ErrorCode::StorageFailed,
+                            format!("the message could not be stored: {reason}"),
+                        ));
+                    }
+                    Err(_) => {
+                        return Err(RpcError::new(
+                            ErrorCode::StorageFailed,
+                            "the store closed before the message was stored",
+                        ));
+                    }
+                }
             }
+            let started = Instant::now();
+            for awaited in awaiting_ack {
+                acknowledged(awaited, started, &message_id).await?;
+            }
+            Ok(answer)
         })))
+    }
+}
+
+/// Waits for a `confirm_on_ack` queue's consumer to acknowledge the message. When it
+/// does not in time, the message stays in the queue (it may still be taken care
+/// of): the publisher hears that it is not confirmed, and may publish it again.
+async fn acknowledged(awaited: AwaitedAck, started: Instant, message_id: &str) -> Result<(), RpcError> {
+    let not_confirmed = |why: String| {
+        RpcError::new(ErrorCode::StorageFailed, format!("message {message_id} is not confirmed: {why}"))
+    };
+    match tokio::time::timeout_at(started + awaited.within, awaited.outcome).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(why))) => Err(not_confirmed(why)),
+        Ok(Err(_)) => Err(not_confirmed(format!(
+            "queue {:?} closed before its consumer acknowledged it",
+            awaited.queue
+        ))),
+        Err(_) => Err(not_confirmed(format!(
+            "the consumer of queue {:?} did not acknowledge it within {} s; it stays queued",
+            awaited.queue,
+            awaited.within.as_secs_f64()
+        ))),
     }
 }
 

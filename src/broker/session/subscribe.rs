@@ -8,7 +8,9 @@ use serde_json::json;
 use super::Session;
 use super::dispatch::{RpcResult, to_raw};
 use crate::broker::access;
-use crate::broker::queue::{DEFAULT_PREFETCH, Join, MAX_PREFETCH, validate_queue_name};
+use crate::broker::queue::{
+    DEFAULT_PREFETCH, Join, MAX_PREFETCH, validate_confirm_on_ack, validate_queue_name,
+};
 use crate::broker::router::SubscriptionFlags;
 use crate::error::RpcError;
 use crate::protocol::method::{Subscribe, Unsubscribe};
@@ -50,6 +52,9 @@ impl Session {
         if p.max_bytes == Some(0) {
             return Err(RpcError::invalid_params("max_bytes must be at least 1"));
         }
+        if let Some(seconds) = p.confirm_on_ack {
+            validate_confirm_on_ack(seconds)?;
+        }
         if let Some(topic) = &p.dead_letter_topic {
             validate_topic(topic)?;
             // The broker publishes there on this client's behalf: never on its own
@@ -65,6 +70,7 @@ impl Session {
             max_bytes: p.max_bytes,
             max_deliveries: p.max_deliveries,
             dead_letter_topic: p.dead_letter_topic,
+            confirm_on_ack: p.confirm_on_ack,
             permissions: self.permissions.clone(),
         };
         self.router.join_queue(self.id, join)?;
