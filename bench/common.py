@@ -27,6 +27,8 @@ SMALL_PAYLOAD: dict[str, Any] = {
 """The ~100 B JSON dict (106 B compact) of the small-message workloads."""
 
 REQUEST_TOPIC = "bench.echo"
+PATTERNS_PER_HOLDER = 1_000
+"""Patterns each connection of the pattern-holder role subscribes to."""
 DURABLE_TOPIC = "bench.durable"
 DURABLE_QUEUE = "bench"
 
@@ -49,7 +51,12 @@ class RoleArgs:
     host: str
     port: int
     count: int = 0
-    """Messages to publish, or connections to open (idle role)."""
+    """Messages each publishing connection publishes, connections to open (idle role),
+    or patterns to hold (pattern holder)."""
+    clients: int = 1
+    """Connections of a publisher or subscriber process, each doing the whole role."""
+    rate: float = 0.0
+    """Messages per second a publisher keeps to (0: as fast as it can)."""
     expected: int = 0
     """Messages a subscriber waits for before it reports."""
     topics: list[str] = field(default_factory=lambda: ["bench.data"])
@@ -81,6 +88,30 @@ class RoleArgs:
 Role = Callable[[RoleArgs], Awaitable[dict[str, Any]]]
 """A client role: sets up, calls `emit("ready")` when the runner may go on, and returns
 its figures."""
+
+
+def other_patterns(count: int) -> list[str]:
+    """`count` distinct patterns beside the workloads' topics, none matching them: exact
+    names, `*` and `#` patterns, sharing the first segment `bench` with the topics."""
+    shapes = ("bench.other{}", "*.other{}", "bench.other{}.#")
+    return [shapes[i % 3].format(i) for i in range(count)]
+
+
+async def keep_pace(started: float, sent: int, rate: float) -> None:
+    """Sleeps while `sent` messages are ahead of `rate` per second since `started`."""
+    ahead = started + sent / rate - time.monotonic()
+    if ahead > 0:
+        await asyncio.sleep(ahead)
+
+
+def combine_received(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of several trackers of one process, as one subscriber's."""
+    active = [r for r in results if r["received"]]
+    return {
+        "received": sum(r["received"] for r in results),
+        "first": min((r["first"] for r in active), default=0.0),
+        "last": max((r["last"] for r in active), default=0.0),
+    }
 
 
 def make_payload(size: int) -> dict[str, Any]:

@@ -43,6 +43,14 @@ class Settings:
     large_size: int = 65_536
     idle_connections: int = 1_000
     durable_messages: int = 20_000
+    wide_fanout_messages: int = 10_000
+    """Messages published to the 100 subscribers (10 processes x 10 clients)."""
+    fanin_messages: int = 100_000
+    """Messages the 100 publishers (10 processes x 10 clients) send in all."""
+    patterns: int = 10_000
+    """Other patterns held beside the 1->1 subscriber (and a tenth of it)."""
+    loaded_seconds: float = 6.0
+    """How long the half-rate flood runs while requests are timed."""
     settle: float = 2.0
     timeout: float = 120.0
     """Seconds any one wait of a run may take (a publisher's run, a subscriber's)."""
@@ -70,33 +78,65 @@ def _role_args(server: Server, settings: Settings) -> RoleArgs:
     )
 
 
+@dataclass(frozen=True)
+class Shape:
+    """Who takes part in a publish/subscribe workload: processes of each role, and the
+    connections of each process (each one a whole publisher or subscriber)."""
+
+    subscribers: int = 1
+    clients_per_subscriber: int = 1
+    publishers: int = 1
+    clients_per_publisher: int = 1
+    other_patterns: int = 0
+    """Patterns held by other connections beside the subscribers, matching nothing."""
+    idle_connections: int = 0
+    """Silent connections open beside the traffic."""
+
+
 async def _pubsub(
     group: ProcessGroup,
     peer: str,
     settings: Settings,
     *,
-    subscribers: int,
     pattern: str,
     topics: list[str],
     count: int,
     size: int = 0,
+    shape: Shape = Shape(),
 ) -> Metrics:
-    """One publisher, `subscribers` subscribers; figures measured at the subscribers."""
-    server = await start_server(group, peer)
+    """`count` messages from the publishers in all, to every subscribing connection;
+    figures measured at the subscribers."""
+    if shape.idle_connections:
+        raise_fd_limit(2 * shape.idle_connections + 200)
+    server = await start_server(group, peer, max_connections=2 * shape.idle_connections + 200)
     base = _role_args(server, settings)
-    subscriber_args = replace(base, pattern=pattern, expected=count)
+    await _beside_traffic(group, peer, base, settings, shape)
+    per_publisher = count // (shape.publishers * shape.clients_per_publisher)
+    expected = per_publisher * shape.publishers * shape.clients_per_publisher
+    subscriber_args = replace(
+        base, pattern=pattern, expected=expected, clients=shape.clients_per_subscriber
+    )
     subs: list[Child] = []
-    for i in range(subscribers):
+    for i in range(shape.subscribers):
         subs.append(await spawn_role(group, peer, "subscriber", subscriber_args, f"sub{i + 1}"))
     await _all([sub.expect("ready", READY_TIMEOUT) for sub in subs])
 
     cpu_before = cpu_seconds(server.pid)
-    publisher_args = replace(base, topics=topics, count=count, size=size)
-    publisher = await spawn_role(group, peer, "publisher", publisher_args, "publisher")
-    publisher_result = await publisher.expect("result", settings.timeout)
-    published = publisher_result["published"]
+    publisher_args = replace(
+        base, topics=topics, count=per_publisher, size=size, clients=shape.clients_per_publisher
+    )
+    publishers = [
+        await spawn_role(group, peer, "publisher", publisher_args, f"publisher{i + 1}")
+        for i in range(shape.publishers)
+    ]
+    publisher_results = await _all([p.expect("result", settings.timeout) for p in publishers])
+    published = sum(r["published"] for r in publisher_results)
     results = await _all([sub.expect("result", settings.timeout) for sub in subs])
     cpu = cpu_seconds(server.pid) - cpu_before
+    subscribers = shape.subscribers * shape.clients_per_subscriber
+    publisher_result = {
+        "broker_dropped": max(r.get("broker_dropped", 0) for r in publisher_results)
+    }
 
     received = sum(r["received"] for r in results)
     active = [r for r in results if r["received"]]
@@ -113,23 +153,46 @@ async def _pubsub(
         "peak_rss": peak_rss_bytes(server.pid),
         "version": server.version,
     }
-    if "broker_dropped" in publisher_result:  # what our broker counted as dropped
+    if peer == "ours":  # what our broker counted as dropped
         metrics["broker_dropped"] = publisher_result["broker_dropped"]
     if size:
         metrics["mb_per_s"] = metrics["rate"] * len(encode(make_payload(size))) / 1e6
     return metrics
 
 
-async def throughput(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
+async def _beside_traffic(
+    group: ProcessGroup, peer: str, base: RoleArgs, settings: Settings, shape: Shape
+) -> None:
+    """Starts the pattern holders and idle connections of `shape`, ready before the
+    traffic starts; the group stops them with everything else."""
+    if shape.other_patterns:
+        holder = await spawn_role(
+            group, peer, "pattern_holder", replace(base, count=shape.other_patterns), "holder"
+        )
+        await holder.expect("ready", settings.timeout)
+    if shape.idle_connections:
+        idle = await spawn_role(
+            group, peer, "idle", replace(base, count=shape.idle_connections), "idle"
+        )
+        await idle.expect("ready", settings.timeout)
+
+
+async def _one_to_one(
+    group: ProcessGroup, peer: str, settings: Settings, shape: Shape = Shape()
+) -> Metrics:
     return await _pubsub(
         group,
         peer,
         settings,
-        subscribers=1,
         pattern="bench.data",
         topics=["bench.data"],
         count=settings.messages,
+        shape=shape,
     )
+
+
+async def throughput(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
+    return await _one_to_one(group, peer, settings)
 
 
 async def fanout(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
@@ -137,23 +200,17 @@ async def fanout(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
         group,
         peer,
         settings,
-        subscribers=settings.fanout,
         pattern="bench.fan",
         topics=["bench.fan"],
         count=settings.fanout_messages,
+        shape=Shape(subscribers=settings.fanout),
     )
 
 
 async def wildcard(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
     topics = [f"jobs.t{i}" for i in range(settings.topics)]
     return await _pubsub(
-        group,
-        peer,
-        settings,
-        subscribers=1,
-        pattern="jobs.*",
-        topics=topics,
-        count=settings.messages,
+        group, peer, settings, pattern="jobs.*", topics=topics, count=settings.messages
     )
 
 
@@ -162,12 +219,116 @@ async def large(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
         group,
         peer,
         settings,
-        subscribers=1,
         pattern="bench.large",
         topics=["bench.large"],
         count=settings.large_messages,
         size=settings.large_size,
     )
+
+
+async def wide_fanout(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
+    """100 subscribers: 10 processes of 10 connections, on one topic."""
+    return await _pubsub(
+        group,
+        peer,
+        settings,
+        pattern="bench.wide",
+        topics=["bench.wide"],
+        count=settings.wide_fanout_messages,
+        shape=Shape(subscribers=10, clients_per_subscriber=10),
+    )
+
+
+async def fan_in(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
+    """100 publishers (10 processes of 10 connections) into one subscriber."""
+    return await _pubsub(
+        group,
+        peer,
+        settings,
+        pattern="bench.in",
+        topics=["bench.in"],
+        count=settings.fanin_messages,
+        shape=Shape(publishers=10, clients_per_publisher=10),
+    )
+
+
+async def patterns_tenth(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
+    """1->1 beside a tenth of `patterns` other patterns."""
+    return await _one_to_one(group, peer, settings, Shape(other_patterns=settings.patterns // 10))
+
+
+async def patterns_all(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
+    """1->1 beside `patterns` other patterns."""
+    return await _one_to_one(group, peer, settings, Shape(other_patterns=settings.patterns))
+
+
+async def beside_idle(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
+    """1->1 beside `idle_connections` silent connections."""
+    shape = Shape(idle_connections=settings.idle_connections)
+    return await _one_to_one(group, peer, settings, shape)
+
+
+async def request_under_load(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
+    """Sequential requests while a 1->1 flood runs at half the rate this broker reached
+    unthrottled a moment before (measured on the same broker, with its own figures)."""
+    server = await start_server(group, peer)
+    base = _role_args(server, settings)
+    calibration = min(settings.messages, 50_000)
+    flat_out = await _flood(group, peer, base, settings, count=calibration, rate=0.0, tag="max")
+    rate = flat_out["rate"] / 2
+    flood_count = int(rate * settings.loaded_seconds)
+    responder = await spawn_role(group, peer, "responder", base, "responder")
+    await responder.expect("ready", READY_TIMEOUT)
+    flood = asyncio.ensure_future(
+        _flood(group, peer, base, settings, count=flood_count, rate=rate, tag="half")
+    )
+    try:
+        await asyncio.sleep(min(1.0, settings.loaded_seconds / 4))  # the flood is on
+        requester_args = replace(base, requests=settings.requests)
+        requester = await spawn_role(group, peer, "requester", requester_args, "requester")
+        result = await requester.expect("result", settings.timeout)
+        flooded = await flood
+    finally:
+        flood.cancel()
+    if flooded["seconds_after_flood"] < 0:
+        raise BenchError("the requests outlasted the flood: raise --loaded-seconds")
+    return {
+        "requests": result["requests"],
+        "p50": result["p50"],
+        "p90": result["p90"],
+        "p99": result["p99"],
+        "flood_rate": flooded["rate"],
+        "max_rate": flat_out["rate"],
+        "lost": flooded["lost"],
+        "peak_rss": peak_rss_bytes(server.pid),
+        "version": server.version,
+    }
+
+
+async def _flood(
+    group: ProcessGroup,
+    peer: str,
+    base: RoleArgs,
+    settings: Settings,
+    *,
+    count: int,
+    rate: float,
+    tag: str,
+) -> Metrics:
+    sub_args = replace(base, pattern=f"bench.flood.{tag}", expected=count)
+    sub = await spawn_role(group, peer, "subscriber", sub_args, f"flood-sub-{tag}")
+    await sub.expect("ready", READY_TIMEOUT)
+    pub_args = replace(base, topics=[f"bench.flood.{tag}"], count=count, rate=rate)
+    pub = await spawn_role(group, peer, "publisher", pub_args, f"flood-pub-{tag}")
+    published = (await pub.expect("result", settings.timeout))["published"]
+    ended = time.monotonic()
+    received = await sub.expect("result", settings.timeout)
+    span = received["last"] - received["first"]
+    return {
+        "rate": received["received"] / span if span > 0 else 0.0,
+        "lost": published - received["received"],
+        "seconds_after_flood": ended - time.monotonic(),
+    }
 
 
 async def request_reply(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
@@ -259,6 +420,12 @@ WORKLOADS: dict[str, Workload] = {
     "large": large,
     "idle": idle_memory,
     "durable": durable,
+    "fanout100": wide_fanout,
+    "fanin100": fan_in,
+    "patterns1k": patterns_tenth,
+    "patterns10k": patterns_all,
+    "idle_traffic": beside_idle,
+    "request_loaded": request_under_load,
 }
 
 
@@ -319,9 +486,15 @@ def progress(workload: str, peer: str, run: int, runs: int, result: Metrics) -> 
         summary = f"{result['rate']:,.0f} msg/s, lost {result['lost']}"
         if result.get("broker_dropped"):
             summary += f" (broker dropped {result['broker_dropped']})"
+    elif "flood_rate" in result:
+        summary = (
+            f"p50 {result['p50']:.0f} us, p99 {result['p99']:.0f} us beside "
+            f"{result['flood_rate']:,.0f} msg/s (of {result['max_rate']:,.0f}), "
+            f"lost {result['lost']}"
+        )
     elif "p50" in result:
         summary = f"p50 {result['p50']:.0f} us, p90 {result['p90']:.0f} us"
     else:
         summary = f"idle {result['idle_rss'] / MB:.1f} MB, +{result['connections_rss'] / MB:.1f} MB"
     took = result["wall_seconds"]
-    print(f"  {workload:<10} {peer:<4} run {run}/{runs}: {summary} ({took:.1f} s)", file=sys.stderr)
+    print(f"  {workload:<14} {peer:<4} run {run}/{runs}: {summary} ({took:.1f} s)", file=sys.stderr)

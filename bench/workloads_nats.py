@@ -16,14 +16,18 @@ from nats.aio.msg import Msg
 from bench.common import (
     DURABLE_QUEUE,
     DURABLE_TOPIC,
+    PATTERNS_PER_HOLDER,
     REQUEST_TOPIC,
     Role,
     RoleArgs,
     Tracker,
+    combine_received,
     emit,
     hold_until_deadline,
     in_window,
+    keep_pace,
     make_payload,
+    other_patterns,
     percentiles_us,
     raise_fd_limit,
 )
@@ -35,7 +39,7 @@ async def _connect(args: RoleArgs) -> Client:
     )
 
 
-async def subscriber(args: RoleArgs) -> dict[str, Any]:
+async def _subscribed(args: RoleArgs) -> tuple[Client, Tracker]:
     nc = await _connect(args)
     tracker = Tracker(args.expected)
 
@@ -45,22 +49,62 @@ async def subscriber(args: RoleArgs) -> dict[str, Any]:
 
     await nc.subscribe(args.pattern, cb=on_message)
     await nc.flush(timeout=5)  # the server has the subscription before we say ready
+    return nc, tracker
+
+
+async def subscriber(args: RoleArgs) -> dict[str, Any]:
+    subscribed = [await _subscribed(args) for _ in range(args.clients)]
     emit("ready")
-    result = await tracker.wait(args)
-    await nc.close()
-    return result
+    results = await asyncio.gather(*(tracker.wait(args) for _, tracker in subscribed))
+    for nc, _ in subscribed:
+        await nc.close()
+    return combine_received(list(results))
+
+
+async def _publish_all(nc: Client, args: RoleArgs, started: float) -> None:
+    payload, topics = make_payload(args.size), args.topics
+    for i in range(args.count):
+        if args.rate and i % 100 == 0:
+            await keep_pace(started, i, args.rate)
+        await nc.publish(topics[i % len(topics)], json.dumps(payload).encode())
+    await nc.flush(timeout=30)  # the server has read everything
 
 
 async def publisher(args: RoleArgs) -> dict[str, Any]:
-    nc = await _connect(args)
-    payload, topics = make_payload(args.size), args.topics
+    clients = [await _connect(args) for _ in range(args.clients)]
     started = time.monotonic()
-    for i in range(args.count):
-        await nc.publish(topics[i % len(topics)], json.dumps(payload).encode())
-    await nc.flush(timeout=30)  # the server has read everything
+    await asyncio.gather(*(_publish_all(nc, args, started) for nc in clients))
     seconds = time.monotonic() - started
-    await nc.close()
-    return {"published": args.count, "seconds": seconds}
+    for nc in clients:
+        await nc.close()
+    return {"published": args.count * len(clients), "seconds": seconds}
+
+
+async def pattern_holder(args: RoleArgs) -> dict[str, Any]:
+    """Holds `count` patterns that match none of the workload's topics, over
+    connections of PATTERNS_PER_HOLDER subscriptions each, until stopped."""
+    patterns = [to_subject(p) for p in other_patterns(args.count)]
+    clients = []
+    try:
+        for start in range(0, len(patterns), PATTERNS_PER_HOLDER):
+            nc = await _connect(args)
+            clients.append(nc)
+            for pattern in patterns[start : start + PATTERNS_PER_HOLDER]:
+                await nc.subscribe(pattern, cb=_ignore)
+            await nc.flush(timeout=5)
+        return await hold_until_deadline(args, len(clients))
+    finally:
+        for nc in clients:
+            await nc.close()
+
+
+async def _ignore(msg: Msg) -> None:
+    return None
+
+
+def to_subject(pattern: str) -> str:
+    """Our pattern as a NATS subject: `#` (last) is NATS's `>`."""
+    return pattern[:-1] + ">" if pattern.endswith("#") else pattern
 
 
 async def responder(args: RoleArgs) -> dict[str, Any]:
@@ -165,6 +209,7 @@ ROLES: dict[str, Role] = {
     "responder": responder,
     "requester": requester,
     "idle": idle,
+    "pattern_holder": pattern_holder,
     "durable_consumer": durable_consumer,
     "durable_publisher": durable_publisher,
 }

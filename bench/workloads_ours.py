@@ -12,14 +12,18 @@ from typing import Any
 from bench.common import (
     DURABLE_QUEUE,
     DURABLE_TOPIC,
+    PATTERNS_PER_HOLDER,
     REQUEST_TOPIC,
     Role,
     RoleArgs,
     Tracker,
+    combine_received,
     emit,
     hold_until_deadline,
     in_window,
+    keep_pace,
     make_payload,
+    other_patterns,
     percentiles_us,
     raise_fd_limit,
 )
@@ -33,33 +37,65 @@ async def _connect(args: RoleArgs, name: str) -> BrokerClient:
     return client
 
 
-async def subscriber(args: RoleArgs) -> dict[str, Any]:
-    client = await _connect(args, "sub")
+async def _subscribed(args: RoleArgs, name: str) -> tuple[BrokerClient, Tracker]:
+    client = await _connect(args, name)
     tracker = Tracker(args.expected)
 
     def on_message(msg: Message) -> None:  # msg.payload is already decoded
         tracker.hit()
 
     await client.subscribe(args.pattern, on_message)
+    return client, tracker
+
+
+async def subscriber(args: RoleArgs) -> dict[str, Any]:
+    subscribed = [await _subscribed(args, f"sub{i}") for i in range(args.clients)]
     emit("ready")
-    result = await tracker.wait(args)
-    await client.disconnect()
-    return result
+    results = await asyncio.gather(*(tracker.wait(args) for _, tracker in subscribed))
+    for client, _ in subscribed:
+        await client.disconnect()
+    return combine_received(list(results))
 
 
-async def publisher(args: RoleArgs) -> dict[str, Any]:
-    client = await _connect(args, "pub")
+async def _publish_all(client: BrokerClient, args: RoleArgs, started: float) -> dict[str, Any]:
     payload, topics = make_payload(args.size), args.topics
-    started = time.monotonic()
     for i in range(args.count):
+        if args.rate and i % 100 == 0:
+            await keep_pace(started, i, args.rate)
         await client.publish(topics[i % len(topics)], payload)
     # A round trip after the last publish, as nats-py's flush(): the broker handles a
     # connection's calls in order, so its answer means it has routed every message.
-    status = await client.request("status", {}, timeout=args.deadline)
+    status: dict[str, Any] = await client.request("status", {}, timeout=args.deadline)
+    return status
+
+
+async def publisher(args: RoleArgs) -> dict[str, Any]:
+    clients = [await _connect(args, f"pub{i}") for i in range(args.clients)]
+    started = time.monotonic()
+    statuses = await asyncio.gather(*(_publish_all(client, args, started) for client in clients))
     seconds = time.monotonic() - started
-    await client.disconnect()
-    dropped = status["messages"]["dropped"]  # queues of slow subscribers that overflowed
-    return {"published": args.count, "seconds": seconds, "broker_dropped": dropped}
+    for client in clients:
+        await client.disconnect()
+    # Messages the broker dropped for slow subscribers whose queue overflowed.
+    dropped = max(status["messages"]["dropped"] for status in statuses)
+    published = args.count * len(clients)
+    return {"published": published, "seconds": seconds, "broker_dropped": dropped}
+
+
+async def pattern_holder(args: RoleArgs) -> dict[str, Any]:
+    """Holds `count` patterns that match none of the workload's topics, over
+    connections of PATTERNS_PER_HOLDER patterns each, until stopped."""
+    patterns = other_patterns(args.count)
+    clients = []
+    for start in range(0, len(patterns), PATTERNS_PER_HOLDER):
+        client = await _connect(args, f"holder{start}")
+        await client.subscribe(patterns[start : start + PATTERNS_PER_HOLDER], lambda msg: None)
+        clients.append(client)
+    try:
+        return await hold_until_deadline(args, len(clients))
+    finally:
+        for client in clients:
+            await client.disconnect()
 
 
 async def durable_consumer(args: RoleArgs) -> dict[str, Any]:
@@ -144,6 +180,7 @@ ROLES: dict[str, Role] = {
     "responder": responder,
     "requester": requester,
     "idle": idle,
+    "pattern_holder": pattern_holder,
     "durable_consumer": durable_consumer,
     "durable_publisher": durable_publisher,
 }

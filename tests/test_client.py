@@ -530,3 +530,37 @@ async def test_headers_count_towards_the_message_size(start_broker):
         await pub.publish("t", "x" * 1000, qos=1)
         with pytest.raises(InvalidMessageError, match="max_message_size"):
             await pub.publish("t", "x" * 1000, qos=1, headers={"h": "y" * 1500})
+
+
+async def test_publish_nowait_queues_in_order_beside_publish(make_client):
+    subscriber = await make_client("sub")
+    publisher = await make_client("pub")
+    got: list[Message] = []
+    await subscriber.subscribe("nowait.*", got.append)
+    ids = []
+    for n in range(1000):
+        if n % 3:
+            ids.append(publisher.publish_nowait("nowait.a", n, headers={"n": str(n)}))
+        else:
+            ids.append(await publisher.publish("nowait.a", n, headers={"n": str(n)}))
+    await eventually(lambda: len(got) == 1000)
+    assert [m.payload for m in got] == list(range(1000))
+    assert [m.id for m in got] == ids and len(set(ids)) == 1000
+    assert all(m.headers == {"n": str(m.payload)} for m in got)
+    retained = publisher.publish_nowait("nowait.state", {"on": True}, retain=True, ttl=60)
+    late = await make_client("late")
+    seen: list[Message] = []
+    await late.subscribe("nowait.state", seen.append)
+    await eventually(lambda: len(seen) == 1)
+    assert (seen[0].id, seen[0].retained, seen[0].payload) == (retained, True, {"on": True})
+
+    # The same refusals as publish(), raised where it is called.
+    with pytest.raises(InvalidMessageError, match="reserved"):
+        publisher.publish_nowait("system.x", 1)
+    with pytest.raises(InvalidMessageError):
+        publisher.publish_nowait("nowait.a", float("nan"))
+    with pytest.raises(InvalidMessageError, match="max_message_size"):
+        publisher.publish_nowait("nowait.a", "x" * (2 << 20))
+    await publisher.disconnect()
+    with pytest.raises(NotConnectedError):
+        publisher.publish_nowait("nowait.a", 1)

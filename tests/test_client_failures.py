@@ -27,6 +27,7 @@ from message_broker import (
     Message,
     MessageBroker,
     NotConnectedError,
+    OutgoingQueueFullError,
     RequestTimeoutError,
     ResponderError,
 )
@@ -443,3 +444,57 @@ def test_good_constructor_arguments_are_accepted():
     client = BrokerClient("app", "127.0.0.1", 41234, connect_timeout=0.5, reconnect_delay=1)
     assert client.url == "tcp://127.0.0.1:41234"
     assert BrokerClient("app", url="unix:///tmp/broker.sock", token=None).url.startswith("unix")
+
+
+@pytest.fixture
+async def deaf_broker() -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """A server that accepts a client's connect and then stops reading, so that what
+    the client writes piles up in the socket and then in its outgoing queue; it hangs
+    up when the event is set."""
+    stop = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        length = int.from_bytes(await reader.readexactly(4), "big")
+        call = json.loads(await reader.readexactly(length))
+        accepted = {
+            "client_id": call["params"]["client_id"],
+            "heartbeat_interval": 5.0,
+            "heartbeat_timeout": 30.0,
+            "max_message_size": 1 << 20,
+        }
+        body = json.dumps({"jsonrpc": "2.0", "result": accepted, "id": call["id"]})
+        writer.write(len(body).to_bytes(4, "big") + body.encode())
+        await stop.wait()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], stop
+    finally:
+        stop.set()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_publish_nowait_says_when_the_outgoing_queue_is_full(deaf_broker):
+    port, hang_up = deaf_broker
+    client = BrokerClient("flood", host="127.0.0.1", port=port, max_pending=4)
+    assert await client.connect()
+    try:
+        payload = "x" * 100_000
+        queued = 0
+        with pytest.raises(OutgoingQueueFullError, match="outgoing queue is full") as caught:
+            # The socket's buffers hold a few MB; 1,000 messages are 100 MB.
+            for _ in range(1000):
+                client.publish_nowait("flood", payload)
+                queued += 1
+        assert isinstance(caught.value, BlockingIOError)
+        assert 4 <= queued < 1000
+        # publish() waits for room instead: here, none comes.
+        waiting = asyncio.ensure_future(client.publish("flood", payload))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        waiting.cancel()
+    finally:
+        hang_up.set()  # else disconnect() would wait for the queue to drain
+        await client.disconnect()

@@ -40,6 +40,7 @@ from message_broker.errors import (
     ERROR_CODES,
     BrokerError,
     NotConnectedError,
+    OutgoingQueueFullError,
     PayloadValidationError,
     RequestTimeoutError,
     error_from_code,
@@ -421,6 +422,28 @@ class BrokerClient:
         if confirmed is not None:
             await confirmed
         return message_id
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        ttl: float = 0,
+        retain: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        """Publishes at most once (``qos=0``) without awaiting anything; returns the
+        message id. The message is queued for the connection's writer, as with
+        ``await publish()``, but no coroutine is made, so a loop that publishes many
+        messages costs less. It raises what ``publish()`` raises, and
+        :class:`OutgoingQueueFullError` when the outgoing queue is full (``publish()``
+        would wait for room): nothing was queued then.
+        """
+        self._require_loop()
+        try:
+            return self._core.publish(topic, payload, 0, ttl, retain, headers)
+        except BlockingIOError as full:
+            raise OutgoingQueueFullError(str(full)) from None
 
     async def _wait_for_room(self) -> None:
         room = asyncio.get_running_loop().create_future()

@@ -49,7 +49,15 @@ class QueueFullError(BrokerError):
 
 class StorageError(BrokerError):
     """The broker could not store a ``qos=1`` message, so it is not confirmed
-    (``STORAGE_FAILED``, -32012)."""
+    (``STORAGE_FAILED``, -32012); or, for a queue that confirms on acknowledgement (a
+    bridge's JetStream rule), its consumer did not acknowledge the message in time
+    (it stays queued) or gave it up."""
+
+
+class OutgoingQueueFullError(BrokerError, BlockingIOError):
+    """``publish_nowait()`` found the client's outgoing queue full (``max_pending``
+    messages not yet written to the broker), so the message was not queued.
+    ``await publish()`` waits for room instead."""
 
 
 class AuthenticationError(NotConnectedError):
