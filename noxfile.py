@@ -166,7 +166,7 @@ def bench(session: nox.Session) -> None:
     with apt-get when it is missing (as root); `nox -s bench -- --help` lists options."""
     import shutil
 
-    session.install(".", "nats-py")
+    session.install(".", "nats-py", "matplotlib>=3.8")
     wants_nats = "nats" in session.posargs or "--peer=nats" in session.posargs
     has_nats = shutil.which("nats-server") or os.path.exists("/usr/sbin/nats-server")
     if wants_nats and not has_nats:

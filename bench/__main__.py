@@ -6,6 +6,9 @@ bench/channels.py).
 `python -m bench instructions [...]`: instructions per routed message, counted by
 callgrind (see bench/instructions.py).
 
+`python -m bench plot RESULTS.json`: how cost grows with subscribers and patterns, as a
+PNG (see bench/plot.py).
+
 `python -m bench role PEER ROLE ARGS_JSON` is how the runner starts one client role in
 its own process; it is not meant to be typed.
 """
@@ -20,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import channels, instructions
+from bench import channels, instructions, plot
 from bench.common import RoleArgs, run_role
 from bench.processes import PEERS
 
@@ -67,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     channels.add_parser(commands)
     instructions.add_parser(commands)
+    plot.add_parser(commands)
 
     role = commands.add_parser("role", help="(internal) run one client role")
     role.add_argument("peer", choices=PEERS)
@@ -125,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return channels.run(args)
     if args.command == "instructions":
         return instructions.run(args)
+    if args.command == "plot":
+        return plot.main(args)
     return run(args)
 
 

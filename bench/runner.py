@@ -287,10 +287,11 @@ async def request_under_load(group: ProcessGroup, peer: str, settings: Settings)
         requester_args = replace(base, requests=settings.requests)
         requester = await spawn_role(group, peer, "requester", requester_args, "requester")
         result = await requester.expect("result", settings.timeout)
+        requests_done = time.monotonic()
         flooded = await flood
     finally:
         flood.cancel()
-    if flooded["seconds_after_flood"] < 0:
+    if flooded["published_at"] < requests_done:
         raise BenchError("the requests outlasted the flood: raise --loaded-seconds")
     return {
         "requests": result["requests"],
@@ -321,13 +322,13 @@ async def _flood(
     pub_args = replace(base, topics=[f"bench.flood.{tag}"], count=count, rate=rate)
     pub = await spawn_role(group, peer, "publisher", pub_args, f"flood-pub-{tag}")
     published = (await pub.expect("result", settings.timeout))["published"]
-    ended = time.monotonic()
+    published_at = time.monotonic()
     received = await sub.expect("result", settings.timeout)
     span = received["last"] - received["first"]
     return {
         "rate": received["received"] / span if span > 0 else 0.0,
         "lost": published - received["received"],
-        "seconds_after_flood": ended - time.monotonic(),
+        "published_at": published_at,
     }
 
 
