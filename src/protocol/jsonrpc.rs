@@ -59,6 +59,14 @@ pub fn parse(body: &[u8]) -> Result<Incoming<'_>, RpcError> {
             format!("JSON is nested more than {MAX_DEPTH} levels deep"),
         ));
     }
+    // Almost every frame is one well-formed call: its envelope is read in one pass.
+    // Anything else is read again below, which tells invalid JSON apart from a JSON
+    // value that is not a valid call.
+    if text.trim_start().starts_with('{')
+        && let Ok(envelope) = serde_json::from_str::<Envelope<'_>>(text)
+    {
+        return Ok(Incoming::Single(check_envelope(envelope)));
+    }
     let raw: &RawValue = serde_json::from_str(text)
         .map_err(|e| RpcError::new(ErrorCode::ParseError, format!("invalid JSON: {e}")))?;
     if raw.get().starts_with('[') {
@@ -101,6 +109,11 @@ fn parse_call(raw: &RawValue) -> Parsed<'_> {
     }
     let envelope: Envelope<'_> =
         serde_json::from_str(text).map_err(|e| invalid(None, format!("malformed request: {e}")))?;
+    check_envelope(envelope)
+}
+
+/// The call an envelope holds, when it is a valid one.
+fn check_envelope(envelope: Envelope<'_>) -> Parsed<'_> {
     let id = envelope.id;
     if let Some(id) = id {
         let first = id.get().as_bytes()[0];

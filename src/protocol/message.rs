@@ -67,9 +67,70 @@ pub fn notification<P: Serialize>(method: &'static str, params: &P) -> Bytes {
 }
 
 impl Delivery<'_> {
+    /// The notification every subscriber receives, written field by field: the same
+    /// text as serialising the struct, without serde's per-key escaping and map
+    /// machinery, as this runs once for every message routed.
     pub fn encode(&self) -> Bytes {
-        notification("message", self)
+        let payload = self.payload.get();
+        let headers = self.headers.map_or(0, |h| h.get().len());
+        let strings = self.topic.len() + self.sender.len() + self.id.len();
+        let mut out = Vec::with_capacity(160 + payload.len() + headers + strings);
+        out.extend_from_slice(br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"#);
+        write_str(&mut out, self.topic);
+        out.extend_from_slice(br#","payload":"#);
+        out.extend_from_slice(payload.as_bytes());
+        out.extend_from_slice(br#","sender":"#);
+        write_str(&mut out, self.sender);
+        out.extend_from_slice(br#","id":"#);
+        write_str(&mut out, self.id);
+        out.extend_from_slice(br#","timestamp":"#);
+        write_number(&mut out, self.timestamp);
+        if let Some(reply_to) = self.reply_to {
+            out.extend_from_slice(br#","reply_to":"#);
+            write_str(&mut out, reply_to);
+        }
+        if let Some(ttl) = self.ttl {
+            out.extend_from_slice(br#","ttl":"#);
+            write_number(&mut out, ttl);
+        }
+        if self.qos != 0 {
+            out.extend_from_slice(br#","qos":"#);
+            out.extend_from_slice(self.qos.to_string().as_bytes());
+        }
+        if let Some(headers) = self.headers {
+            out.extend_from_slice(br#","headers":"#);
+            out.extend_from_slice(headers.get().as_bytes());
+        }
+        if self.retained {
+            out.extend_from_slice(br#","retained":true"#);
+        }
+        if let Some(from_queue) = &self.from_queue {
+            out.extend_from_slice(br#","queue":"#);
+            write_str(&mut out, from_queue.queue);
+            out.extend_from_slice(br#","delivery":"#);
+            out.extend_from_slice(from_queue.delivery.to_string().as_bytes());
+            out.extend_from_slice(br#","delivery_count":"#);
+            out.extend_from_slice(from_queue.delivery_count.to_string().as_bytes());
+        }
+        out.extend_from_slice(b"}}");
+        Bytes::from(out)
     }
+}
+
+/// A JSON string: as it is when nothing in it needs escaping (topics, ids and client
+/// ids almost never do), else as serde_json escapes it.
+fn write_str(out: &mut Vec<u8>, text: &str) {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, text).expect("a string always serialises");
+    }
+}
+
+fn write_number(out: &mut Vec<u8>, value: f64) {
+    serde_json::to_writer(out, &value).expect("a number always serialises");
 }
 
 /// Returns the payload with raw line breaks replaced by spaces. In valid JSON a raw
@@ -77,9 +138,7 @@ impl Delivery<'_> {
 /// and it keeps forwarded payloads safe for newline-delimited connections.
 pub fn single_line(payload: &RawValue) -> Option<Box<RawValue>> {
     let text = payload.get();
-    if !text.bytes().any(|b| b == b'\n' || b == b'\r') {
-        return None;
-    }
+    memchr::memchr2(b'\n', b'\r', text.as_bytes())?;
     let flat = text.replace(['\n', '\r'], " ");
     Some(RawValue::from_string(flat).expect("replacing whitespace keeps JSON valid"))
 }
@@ -119,6 +178,41 @@ mod tests {
         assert!(value.get("id").is_none(), "a notification has no id");
         for absent in ["qos", "retained", "queue", "delivery", "delivery_count"] {
             assert!(value["params"].get(absent).is_none(), "{absent} is left out when unset");
+        }
+    }
+
+    #[test]
+    fn delivery_is_written_as_serde_writes_it() {
+        let payload = RawValue::from_string(r#"[1, {"x":"\u0007"}]"#.into()).unwrap();
+        let headers = RawValue::from_string(r#"{"k":"v"}"#.into()).unwrap();
+        let plain = Delivery {
+            topic: "jobs.activated",
+            payload: &payload,
+            sender: "app1",
+            id: "abc-1",
+            timestamp: 1_764_000_000.123_456,
+            reply_to: None,
+            ttl: None,
+            qos: 0,
+            headers: None,
+            retained: false,
+            from_queue: None,
+        };
+        let everything = Delivery {
+            topic: "odd.\"quoted\".t\u{1}",
+            sender: "back\\slash é\u{7f}",
+            id: "id\n1",
+            reply_to: Some("_internal.reply.7.ab"),
+            ttl: Some(2.5),
+            qos: 1,
+            headers: Some(&headers),
+            retained: true,
+            from_queue: Some(FromQueue { queue: "jobs", delivery: 18_446_744_073_709, delivery_count: 3 }),
+            ..plain
+        };
+        for delivery in [&plain, &everything] {
+            let by_serde = notification("message", delivery);
+            assert_eq!(delivery.encode(), by_serde, "{}", String::from_utf8_lossy(&by_serde));
         }
     }
 

@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout};
 
 use self::connect::Will;
 use super::access::Origin;
@@ -209,24 +209,41 @@ impl Session {
         let router = self.router.clone();
         let config = router.config();
         let handshake_deadline = Instant::now() + config.handshake_timeout;
+        // Made once and polled again for every frame: a future made per frame would
+        // register with its notifier, and leave it, each time.
+        let evicted = self.evicted.clone();
+        let (evicted, write_failed, shutdown) =
+            (evicted.notified(), write_failed.notified(), shutdown.recv());
+        tokio::pin!(evicted, write_failed, shutdown);
+        // The timer is moved only when it fires before the deadline in force (which
+        // every frame pushes back) or when that deadline comes earlier than it.
+        let timer = tokio::time::sleep_until(handshake_deadline);
+        tokio::pin!(timer);
         loop {
             let deadline = match (&self.client_id, self.pinged) {
                 (None, _) => Some(handshake_deadline),
                 (Some(_), true) => Some(self.last_seen + config.heartbeat_timeout),
                 (Some(_), false) => None,
             };
-            let read = async {
-                match deadline {
-                    Some(deadline) => timeout_at(deadline, inbound.next()).await.ok(),
-                    None => Some(inbound.next().await),
-                }
-            };
+            if let Some(deadline) = deadline
+                && deadline < timer.deadline()
+            {
+                timer.as_mut().reset(deadline);
+            }
             let read = tokio::select! {
                 biased;
-                _ = shutdown.recv() => return End::Shutdown,
-                _ = self.evicted.notified() => return End::TakenOver,
-                _ = write_failed.notified() => return End::Lost("writing to the client failed or stalled".into()),
-                read = read => read,
+                _ = &mut shutdown => return End::Shutdown,
+                _ = &mut evicted => return End::TakenOver,
+                _ = &mut write_failed => return End::Lost("writing to the client failed or stalled".into()),
+                () = &mut timer, if deadline.is_some() => {
+                    let deadline = deadline.expect("a deadline");
+                    if Instant::now() < deadline {
+                        timer.as_mut().reset(deadline);
+                        continue;
+                    }
+                    None
+                }
+                read = inbound.next() => Some(read),
             };
             let decoded = match read {
                 None if self.client_id.is_none() => {
