@@ -103,6 +103,10 @@ pub(crate) trait Inbound: Send {
     /// The next message; `None` when the peer closed between messages. Cancel-safe.
     fn next(&mut self) -> impl Future<Output = Result<Option<Decoded>, ReadError>> + Send;
 
+    /// The next message if one is already at hand (it came with an earlier one),
+    /// without waiting; `None` otherwise, a closed connection included (`next` tells).
+    fn at_hand(&mut self) -> Option<Result<Decoded, ReadError>>;
+
     /// Called once the session has ended, before its closing notice is queued.
     fn ended(&mut self) {}
 }
@@ -144,6 +148,10 @@ impl<R: AsyncRead + Unpin + Send> Inbound for StreamInbound<R> {
         let read = self.reader.next().await;
         self.share_framing();
         read
+    }
+
+    fn at_hand(&mut self) -> Option<Result<Decoded, ReadError>> {
+        self.reader.buffered().transpose()
     }
 
     /// A client cut off inside its first frame (a read that never returned) still
@@ -188,14 +196,22 @@ pub(crate) struct MessagesInbound {
     max_message_size: usize,
 }
 
+impl MessagesInbound {
+    fn decoded(&self, message: Bytes) -> Decoded {
+        if message.len() > self.max_message_size {
+            Decoded::TooLarge { len: message.len() }
+        } else {
+            Decoded::Frame(message)
+        }
+    }
+}
+
 impl Inbound for MessagesInbound {
     async fn next(&mut self) -> Result<Option<Decoded>, ReadError> {
-        Ok(self.incoming.recv().await.map(|message| {
-            if message.len() > self.max_message_size {
-                Decoded::TooLarge { len: message.len() }
-            } else {
-                Decoded::Frame(message)
-            }
-        }))
+        Ok(self.incoming.recv().await.map(|message| self.decoded(message)))
+    }
+
+    fn at_hand(&mut self) -> Option<Result<Decoded, ReadError>> {
+        self.incoming.try_recv().ok().map(|message| Ok(self.decoded(message)))
     }
 }

@@ -54,12 +54,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.decoder.framing()
     }
 
+    /// The next frame if a whole one is already in the buffer (read with earlier
+    /// ones); never reads.
+    pub fn buffered(&mut self) -> Result<Option<Decoded>, ReadError> {
+        let decoded = self.decoder.decode(&mut self.buf)?;
+        if decoded.is_some() {
+            // What follows in the buffer is timed from the next wait for the rest of it.
+            self.partial_since = None;
+        }
+        Ok(decoded)
+    }
+
     /// The next frame; `None` when the client closed the connection between frames.
     /// Cancel-safe: bytes already read stay in the buffer.
     pub async fn next(&mut self) -> Result<Option<Decoded>, ReadError> {
         loop {
-            if let Some(decoded) = self.decoder.decode(&mut self.buf)? {
-                self.partial_since = self.decoder.is_mid_frame(&self.buf).then(Instant::now);
+            if let Some(decoded) = self.buffered()? {
                 return Ok(Some(decoded));
             }
             if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER_LIMIT {

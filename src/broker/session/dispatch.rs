@@ -25,6 +25,8 @@ pub(super) type PendingResult = Pin<Box<dyn Future<Output = RpcResult> + Send>>;
 /// What a method call produced.
 pub(super) enum Outcome {
     Done(RpcResult),
+    /// Carried out, for a notification: nothing to answer, so no answer was made.
+    Unanswered,
     /// Answered later (a request waiting for its reply, a publish waiting for the store).
     Pending(PendingResult),
     /// Answered, then the connection closes for the reason given (`disconnect`, a
@@ -61,6 +63,7 @@ impl Session {
         };
         let mut closes = None;
         match self.dispatch(&call) {
+            Outcome::Unanswered => {}
             Outcome::Done(result) => {
                 if let Some(response) = self.encode(&call, result) {
                     self.respond(response).await;
@@ -141,6 +144,7 @@ impl Session {
             return call.id.map(|id| Slot::Ready(jsonrpc::failure(Some(id), &error)));
         }
         match self.dispatch(call) {
+            Outcome::Unanswered => None,
             Outcome::Pending(pending) => call.id.map(|id| Slot::Waiting(id.to_owned(), pending)),
             Outcome::Close(result, end) => {
                 *close = Some(end);
@@ -234,7 +238,7 @@ impl Session {
             Method::Disconnect => Outcome::Close(to_raw(&json!({"disconnected": true})), End::Disconnected),
             Method::Subscribe(params) => Outcome::Done(self.subscribe(params)),
             Method::Unsubscribe(params) => Outcome::Done(self.unsubscribe(params)),
-            Method::Publish(params) => Outcome::from_result(self.publish(params)),
+            Method::Publish(params) => Outcome::from_result(self.publish(params, call.id.is_some())),
             Method::Request(params) => Outcome::from_result(self.request(params).map(Outcome::Pending)),
             Method::Settle(params) => Outcome::Done(self.settle(params)),
             Method::DeleteQueue(params) => Outcome::Done(self.delete_queue(params)),

@@ -39,6 +39,20 @@ use crate::protocol::reader::ReadError;
 
 pub use self::request::MAX_REQUESTS_IN_FLIGHT;
 
+/// Frames already read that a session handles before it looks at its signals again.
+const FRAMES_PER_WAKE: usize = 256;
+
+/// A message read, or why the connection ends (a closed connection given as
+/// `Err(End::Closed)` inside the read).
+fn frame_or_end(read: Result<Result<Decoded, End>, ReadError>) -> Result<Decoded, End> {
+    match read {
+        Ok(read) => read,
+        Err(ReadError::FrameTimeout(after)) => Err(End::FrameTimeout(after)),
+        Err(ReadError::Framing(err)) => Err(End::FarTooLarge(err)),
+        Err(err) => Err(End::Lost(err.to_string())),
+    }
+}
+
 /// How long a closing connection may take to flush what is queued for it.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 
@@ -245,42 +259,68 @@ impl Session {
                 }
                 read = inbound.next() => Some(read),
             };
-            let decoded = match read {
+            let mut decoded = match read {
                 None if self.client_id.is_none() => {
                     return End::HandshakeTimeout(config.handshake_timeout);
                 }
                 None => return End::HeartbeatTimeout(config.heartbeat_timeout),
-                Some(Ok(Some(decoded))) => decoded,
-                Some(Ok(None)) => return End::Closed,
-                Some(Err(ReadError::FrameTimeout(after))) => return End::FrameTimeout(after),
-                Some(Err(ReadError::Framing(err))) => return End::FarTooLarge(err),
-                Some(Err(err)) => return End::Lost(err.to_string()),
+                Some(read) => match frame_or_end(read.map(|read| read.ok_or(End::Closed))) {
+                    Ok(decoded) => decoded,
+                    Err(end) => return end,
+                },
             };
-            self.last_seen = Instant::now();
-            self.count_received(&decoded);
-            match decoded {
-                Decoded::TooLarge { len } => {
-                    let error = RpcError::new(
-                        ErrorCode::MessageTooLarge,
-                        format!(
-                            "message of {len} bytes exceeds max_message_size ({} bytes); it was discarded",
-                            config.max_message_size
-                        ),
-                    );
-                    self.protocol_error();
-                    self.respond(jsonrpc::failure(None, &error)).await;
+            self.note_activity();
+            // Then the frames that came with it, without waiting on the signals again
+            // (a bounded number, so that they are heard between batches).
+            for _ in 0..FRAMES_PER_WAKE {
+                if let Some(end) = self.take(decoded).await {
+                    return end;
                 }
-                Decoded::Frame(body) => {
-                    if let Some(end) = self.handle_frame(&body).await {
-                        return end;
-                    }
-                    // A publisher faster than the disk waits here, before its next frame.
-                    if let Some(store) = router.store() {
-                        store.room().await;
-                    }
+                decoded = match inbound.at_hand() {
+                    None => break,
+                    Some(read) => match frame_or_end(read.map(Ok)) {
+                        Ok(decoded) => decoded,
+                        Err(end) => return end,
+                    },
+                };
+            }
+        }
+    }
+
+    /// Handles one message; `Some` when the connection must close.
+    async fn take(&mut self, decoded: Decoded) -> Option<End> {
+        self.count_received(&decoded);
+        match decoded {
+            Decoded::TooLarge { len } => {
+                let error = RpcError::new(
+                    ErrorCode::MessageTooLarge,
+                    format!(
+                        "message of {len} bytes exceeds max_message_size ({} bytes); it was discarded",
+                        self.router.config().max_message_size
+                    ),
+                );
+                self.protocol_error();
+                self.respond(jsonrpc::failure(None, &error)).await;
+            }
+            Decoded::Frame(body) => {
+                if let Some(end) = self.handle_frame(&body).await {
+                    return Some(end);
+                }
+                // A publisher faster than the disk waits here, before its next frame.
+                if let Some(store) = self.router.store() {
+                    store.room().await;
                 }
             }
         }
+        None
+    }
+
+    /// The client was heard from: once per batch of frames read together.
+    fn note_activity(&mut self) {
+        self.last_seen = Instant::now();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let traffic = self.outbox.stats();
+        traffic.last_activity_ms.store(now.map_or(0, |d| d.as_millis() as u64), Ordering::Relaxed);
     }
 
     fn count_received(&self, decoded: &Decoded) {
@@ -291,8 +331,6 @@ impl Session {
         };
         traffic.received.fetch_add(1, Ordering::Relaxed);
         traffic.received_bytes.fetch_add(len as u64, Ordering::Relaxed);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-        traffic.last_activity_ms.store(now.map_or(0, |d| d.as_millis() as u64), Ordering::Relaxed);
     }
 
     fn protocol_error(&self) {

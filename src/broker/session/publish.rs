@@ -19,10 +19,15 @@ use crate::protocol::topic::REPLY_PREFIX;
 use serde_json::value::RawValue;
 
 impl Session {
-    pub(super) fn publish(&mut self, params: method::Publish<'_>) -> Result<Outcome, RpcError> {
+    /// `answered`: the call has an id, so its caller waits for the answer.
+    pub(super) fn publish(
+        &mut self,
+        params: method::Publish<'_>,
+        answered: bool,
+    ) -> Result<Outcome, RpcError> {
         let payload = Payload::new(params.payload);
         if params.topic.starts_with(REPLY_PREFIX) {
-            let answered = match params.error {
+            let replied = match params.error {
                 Some(error) => self.router.reply_failure(
                     &params.topic,
                     ResponderFailure {
@@ -33,7 +38,7 @@ impl Session {
                 ),
                 None => self.router.reply(&params.topic, payload.get()),
             };
-            return Ok(Outcome::Done(to_raw(&answered)));
+            return Ok(if answered { Outcome::Done(to_raw(&replied)) } else { Outcome::Unanswered });
         }
         rules::publishable(&params.topic)?;
         self.permissions.may_publish(&params.topic).map_err(access::denied)?;
@@ -58,6 +63,10 @@ impl Session {
                     published.message_id
                 ),
             ));
+        }
+        if !answered {
+            // Nobody waits: the answer is not made (nor the store waited for).
+            return Ok(Outcome::Unanswered);
         }
         let answer = to_raw(&published)?;
         if published.stored.is_none() && published.awaiting_ack.is_empty() {
