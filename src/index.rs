@@ -35,12 +35,18 @@ impl Node {
         self.literal.is_empty() && self.one.is_none() && self.exact.is_empty() && self.rest.is_empty()
     }
 
-    fn collect(&self, segments: &[&str], out: &mut Vec<SessionId>) {
+    /// `topic`: the segments still to match, `None` past the last one. Cut one
+    /// segment at a time, so that matching allocates nothing.
+    fn collect(&self, topic: Option<&str>, out: &mut Vec<SessionId>) {
         out.extend(self.rest.iter().map(|e| e.session));
-        match segments.split_first() {
+        match topic {
             None => out.extend(self.exact.iter().map(|e| e.session)),
-            Some((segment, tail)) => {
-                if let Some(child) = self.literal.get(*segment) {
+            Some(topic) => {
+                let (segment, tail) = match topic.split_once('.') {
+                    Some((segment, tail)) => (segment, Some(tail)),
+                    None => (topic, None),
+                };
+                if let Some(child) = self.literal.get(segment) {
                     child.collect(tail, out);
                 }
                 if let Some(child) = &self.one {
@@ -144,9 +150,8 @@ impl SubscriptionIndex {
 
     /// Appends to `out` every session with a pattern matching `topic`, each once.
     pub fn collect(&self, topic: &str, out: &mut Vec<SessionId>) {
-        let segments: Vec<&str> = topic.split('.').collect();
         let start = out.len();
-        self.root.collect(&segments, out);
+        self.root.collect(Some(topic), out);
         let found = &mut out[start..];
         found.sort_unstable();
         let unique = dedup_sorted(found);

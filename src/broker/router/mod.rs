@@ -117,6 +117,15 @@ pub struct Published {
     pub full: Vec<(Arc<str>, Refusal)>,
 }
 
+thread_local! {
+    /// See [`Router::fan_out`].
+    static MATCHED: std::cell::Cell<Vec<SessionId>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The largest matching buffer kept between messages (a message to more sessions
+/// allocates its own).
+const MATCHED_KEPT: usize = 4096;
+
 pub struct Router {
     config: BrokerConfig,
     /// Set once the listener is bound; a router without a listener (in tests and
@@ -369,12 +378,15 @@ impl Router {
 
     /// Offers `frame` to each matching client.
     fn fan_out(&self, topic: &str, origin: Option<SessionId>, frame: Bytes) -> FanOut {
-        let mut targets = Vec::new();
+        // The matching sessions go into a buffer of the routing thread's, kept for its
+        // next message (taken out while in use, so a nested publish gets its own).
+        let mut targets = MATCHED.take();
+        targets.clear();
         let mut fanned = FanOut { frame, queued: 0, responders: 0, relays: 0, congested: Vec::new() };
         let frame = &fanned.frame;
         let state = self.state.read();
         state.index.collect(topic, &mut targets);
-        for session in targets {
+        for &session in &targets {
             let Some(entry) = state.sessions.get(&session) else {
                 continue;
             };
@@ -398,6 +410,10 @@ impl Router {
             }
         }
         self.counters.delivered.fetch_add(fanned.queued as u64, Ordering::Relaxed);
+        drop(state);
+        if targets.capacity() <= MATCHED_KEPT {
+            MATCHED.set(targets);
+        }
         fanned
     }
 
