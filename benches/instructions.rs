@@ -29,7 +29,7 @@ fn main() {
         let Ok(Incoming::Single(Ok(call))) = jsonrpc::parse(black_box(PUBLISH.as_bytes())) else {
             unreachable!("one valid call")
         };
-        let Ok(Method::Publish(params)) = Method::parse(MethodName::Publish, call.params) else {
+        let Ok(Method::Publish(params)) = Method::of(MethodName::Publish, &call) else {
             unreachable!("a publish call")
         };
         let payload = params.payload.expect("a payload");

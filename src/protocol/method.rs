@@ -141,6 +141,15 @@ pub enum Method<'a> {
 }
 
 impl<'a> Method<'a> {
+    /// The method of `call`, named `name`, with its checked params (those of a
+    /// publish read together with the envelope, or else read now).
+    pub fn of(name: MethodName, call: &jsonrpc::Call<'a>) -> Result<Method<'a>, RpcError> {
+        match &call.publish {
+            Some(given) => Publish::check(given.clone()).map(Method::Publish),
+            None => Method::parse(name, call.params),
+        }
+    }
+
     /// Reads the params of `name` (missing params read as `{}`).
     pub fn parse(name: MethodName, params: Option<&'a RawValue>) -> Result<Method<'a>, RpcError> {
         Ok(match name {
@@ -368,29 +377,42 @@ pub struct ReplyError {
     pub message: String,
 }
 
+/// The params of `publish` as given, before [`Publish::check`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishParams<'a> {
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(default)]
+    qos: Option<Value>,
+    #[serde(default)]
+    ttl: f64,
+    #[serde(default)]
+    retain: bool,
+    #[serde(borrow, default)]
+    message_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    headers: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<ReplyError>,
+}
+
+impl PublishParams<'_> {
+    /// The id the publisher gave the message, if any.
+    pub fn message_id(&self) -> Option<&str> {
+        self.message_id.as_deref()
+    }
+}
+
 impl<'a> Publish<'a> {
     fn parse(params: Option<&'a RawValue>) -> Result<Publish<'a>, RpcError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Given<'a> {
-            #[serde(borrow)]
-            topic: Cow<'a, str>,
-            #[serde(borrow, default)]
-            payload: Option<&'a RawValue>,
-            #[serde(default)]
-            qos: Option<Value>,
-            #[serde(default)]
-            ttl: f64,
-            #[serde(default)]
-            retain: bool,
-            #[serde(borrow, default)]
-            message_id: Option<Cow<'a, str>>,
-            #[serde(borrow, default)]
-            headers: Option<&'a RawValue>,
-            #[serde(default)]
-            error: Option<ReplyError>,
-        }
-        let given: Given<'a> = jsonrpc::params(params)?;
+        Publish::check(jsonrpc::params(params)?)
+    }
+
+    /// Checks params read already (with the envelope, see [`jsonrpc::parse`]).
+    pub fn check(given: PublishParams<'a>) -> Result<Publish<'a>, RpcError> {
         validate_topic(&given.topic)?;
         if let Some(error) = &given.error {
             if !given.topic.starts_with(REPLY_PREFIX) {
@@ -622,7 +644,8 @@ mod tests {
         assert!(value.get("id").is_none(), "sent as a notification");
         let parsed = jsonrpc::parse(&frame).unwrap();
         let jsonrpc::Incoming::Single(Ok(parsed)) = parsed else { panic!("not one call") };
-        let Method::Publish(publish) = Method::parse(MethodName::Publish, parsed.params).unwrap() else {
+        assert!(parsed.publish.is_some(), "read in one pass");
+        let Method::Publish(publish) = Method::of(MethodName::Publish, &parsed).unwrap() else {
             panic!("not a publish");
         };
         assert_eq!(

@@ -186,10 +186,13 @@ impl Session {
             #[serde(borrow, default)]
             message_id: Option<Cow<'a, str>>,
         }
-        let named = (call.method == MethodName::Publish.as_str())
-            .then(|| call.params.and_then(|p| serde_json::from_str::<Named<'_>>(p.get()).ok()))
-            .flatten()
-            .and_then(|named| named.message_id);
+        let named = match &call.publish {
+            Some(given) => given.message_id().map(Cow::Borrowed),
+            None => (call.method == MethodName::Publish.as_str())
+                .then(|| call.params.and_then(|p| serde_json::from_str::<Named<'_>>(p.get()).ok()))
+                .flatten()
+                .and_then(|named| named.message_id),
+        };
         match named {
             Some(message_id) => {
                 let failed = json!({
@@ -224,7 +227,7 @@ impl Session {
                 format!("call \"connect\" before \"{}\"", name.as_str()),
             )));
         }
-        let method = match Method::parse(name, call.params) {
+        let method = match Method::of(name, call) {
             Ok(method) => method,
             Err(error) => return Outcome::Done(Err(error)),
         };
