@@ -55,8 +55,9 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
             timeout(stall_timeout, stream.write_all(&buf)).await.map_err(|_| stalled())??;
             buf.clear();
         }
-        queue.note_written();
-        if buf.capacity() > IDLE_BUFFER_LIMIT {
+        // A busy connection keeps its buffer from one batch to the next; an idle one
+        // gives back what a burst made it grow.
+        if queue.note_written() && buf.capacity() > IDLE_BUFFER_LIMIT {
             buf = BytesMut::new();
         }
     }

@@ -174,10 +174,13 @@ impl OutboxReceiver {
     }
 
     /// Called by the writer after a write: an empty queue ends a congestion episode.
-    pub fn note_written(&self) {
-        if self.rx.is_empty() {
+    /// Returns whether the queue is empty.
+    pub fn note_written(&self) -> bool {
+        let empty = self.rx.is_empty();
+        if empty {
             self.stats.congested.store(false, Ordering::Relaxed);
         }
+        empty
     }
 }
 

@@ -20,6 +20,7 @@ mod requests;
 mod retained;
 mod stats;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -94,8 +95,9 @@ impl<'a> Publish<'a> {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Published {
-    pub message_id: String,
+pub struct Published<'a> {
+    /// The publisher's id for the message (borrowed from its call), or one made here.
+    pub message_id: Cow<'a, str>,
     /// Clients and queues the message was queued for.
     pub recipients: usize,
     /// Those of the recipients that may answer a request: all but passive subscribers.
@@ -270,12 +272,16 @@ impl Router {
     /// Routes a message: to every matching subscriber, to every queue bound to its
     /// topic, and into the retained store when asked. Refused only for a retained
     /// message when the retained store is full.
-    pub fn publish(&self, msg: Publish<'_>) -> Result<Published, RpcError> {
+    pub fn publish<'a>(&self, msg: Publish<'a>) -> Result<Published<'a>, RpcError> {
         self.publish_skipping(msg, None)
     }
 
-    fn publish_skipping(&self, msg: Publish<'_>, skip_queue: Option<&str>) -> Result<Published, RpcError> {
-        let message_id = msg.message_id.map_or_else(|| self.ids.next(), str::to_owned);
+    fn publish_skipping<'a>(
+        &self,
+        msg: Publish<'a>,
+        skip_queue: Option<&str>,
+    ) -> Result<Published<'a>, RpcError> {
+        let message_id = msg.message_id.map_or_else(|| Cow::Owned(self.ids.next()), Cow::Borrowed);
         let timestamp = unix_now();
         // Copied out of the frame only when a queue or the retained store keeps it.
         let keep = || {
@@ -283,7 +289,7 @@ impl Router {
                 topic: msg.topic.to_owned(),
                 payload: msg.payload.to_owned(),
                 sender: msg.sender.to_owned(),
-                id: message_id.clone(),
+                id: message_id.clone().into_owned(),
                 timestamp,
                 reply_to: msg.reply_to.map(str::to_owned),
                 ttl: msg.ttl,

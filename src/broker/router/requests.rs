@@ -86,7 +86,7 @@ impl Router {
 
     /// Hands a reply to the waiting requester. An unknown or already answered reply
     /// address is counted as a late reply and discarded: the first answer wins.
-    pub fn reply(&self, reply_to: &str, payload: &RawValue) -> Published {
+    pub fn reply(&self, reply_to: &str, payload: &RawValue) -> Published<'static> {
         self.answer(reply_to, Ok(payload.to_owned()))
     }
 
@@ -95,14 +95,14 @@ impl Router {
     /// [`RELAY_NO_RESPONDERS`] is not an answer but a relay giving up: the request
     /// fails with `NO_RESPONDERS` once every relay has, unless a subscriber here may
     /// still answer.
-    pub fn reply_failure(&self, reply_to: &str, failure: ResponderFailure) -> Published {
+    pub fn reply_failure(&self, reply_to: &str, failure: ResponderFailure) -> Published<'static> {
         if failure.kind == RELAY_NO_RESPONDERS {
             return self.relay_gave_up(reply_to);
         }
         self.answer(reply_to, Err(RpcError::responder_failed(failure)))
     }
 
-    fn relay_gave_up(&self, reply_to: &str) -> Published {
+    fn relay_gave_up(&self, reply_to: &str) -> Published<'static> {
         let mut replies = self.replies.lock();
         let mut answered = false;
         if let Some((seq, token)) = reply_address(reply_to)
@@ -128,7 +128,7 @@ impl Router {
         awaited.requester.send(Err(error)).is_ok()
     }
 
-    fn answer(&self, reply_to: &str, answer: Answer) -> Published {
+    fn answer(&self, reply_to: &str, answer: Answer) -> Published<'static> {
         let waiter = reply_address(reply_to).and_then(|(seq, token)| {
             let mut replies = self.replies.lock();
             match replies.get(&seq) {
@@ -142,9 +142,9 @@ impl Router {
         self.published_answer(usize::from(delivered))
     }
 
-    fn published_answer(&self, recipients: usize) -> Published {
+    fn published_answer(&self, recipients: usize) -> Published<'static> {
         Published {
-            message_id: self.ids.next(),
+            message_id: self.ids.next().into(),
             recipients,
             responders: recipients,
             relays: 0,

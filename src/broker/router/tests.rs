@@ -36,9 +36,18 @@ fn payload(value: Value) -> Box<RawValue> {
     raw(&value)
 }
 
-fn publish(router: &Router, topic: &str, value: Value) -> Published {
+fn publish(router: &Router, topic: &str, value: Value) -> Published<'static> {
     let payload = payload(value);
-    router.publish(Publish::new(topic, &payload, "test")).unwrap()
+    let p = router.publish(Publish::new(topic, &payload, "test")).unwrap();
+    Published {
+        message_id: p.message_id.into_owned().into(),
+        recipients: p.recipients,
+        responders: p.responders,
+        relays: p.relays,
+        stored: p.stored,
+        awaiting_ack: p.awaiting_ack,
+        full: p.full,
+    }
 }
 
 #[test]
@@ -58,7 +67,7 @@ fn fan_out_to_matching_clients_only() {
         let messages: Vec<_> = frames.iter().filter(|f| f["params"]["topic"] == "jobs.activated").collect();
         assert_eq!(messages.len(), 1);
         assert_eq!(messages[0]["params"]["payload"]["job_id"], "123");
-        assert_eq!(messages[0]["params"]["id"], published.message_id.as_str());
+        assert_eq!(messages[0]["params"]["id"], &*published.message_id);
     }
     assert!(drain(&mut other_rx).is_empty());
 }

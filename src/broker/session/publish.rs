@@ -73,7 +73,7 @@ impl Session {
             return Ok(Outcome::Done(Ok(answer)));
         }
         let (stored, awaiting_ack) = (published.stored, published.awaiting_ack);
-        let message_id = published.message_id;
+        let message_id = published.message_id.into_owned();
         Ok(Outcome::Pending(Box::pin(async move {
             if let Some(stored) = stored {
                 match stored.await {
