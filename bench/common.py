@@ -104,16 +104,6 @@ async def keep_pace(started: float, sent: int, rate: float) -> None:
         await asyncio.sleep(ahead)
 
 
-def combine_received(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The figures of several trackers of one process, as one subscriber's."""
-    active = [r for r in results if r["received"]]
-    return {
-        "received": sum(r["received"] for r in results),
-        "first": min((r["first"] for r in active), default=0.0),
-        "last": max((r["last"] for r in active), default=0.0),
-    }
-
-
 def make_payload(size: int) -> dict[str, Any]:
     """The small payload for `size == 0`, else a dict whose compact JSON is `size` bytes."""
     if size <= 0:

@@ -21,7 +21,6 @@ from bench.common import (
     Role,
     RoleArgs,
     Tracker,
-    combine_received,
     emit,
     hold_until_deadline,
     in_window,
@@ -39,26 +38,25 @@ async def _connect(args: RoleArgs) -> Client:
     )
 
 
-async def _subscribed(args: RoleArgs) -> tuple[Client, Tracker]:
-    nc = await _connect(args)
-    tracker = Tracker(args.expected)
+async def subscriber(args: RoleArgs) -> dict[str, Any]:
+    # One tracker for every connection of the process (see workloads_ours.subscriber).
+    tracker = Tracker(args.expected * args.clients)
 
     async def on_message(msg: Msg) -> None:
         json.loads(msg.data)
         tracker.hit()
 
-    await nc.subscribe(args.pattern, cb=on_message)
-    await nc.flush(timeout=5)  # the server has the subscription before we say ready
-    return nc, tracker
-
-
-async def subscriber(args: RoleArgs) -> dict[str, Any]:
-    subscribed = [await _subscribed(args) for _ in range(args.clients)]
+    clients = []
+    for _ in range(args.clients):
+        nc = await _connect(args)
+        await nc.subscribe(args.pattern, cb=on_message)
+        await nc.flush(timeout=5)  # the server has the subscription before we say ready
+        clients.append(nc)
     emit("ready")
-    results = await asyncio.gather(*(tracker.wait(args) for _, tracker in subscribed))
-    for nc, _ in subscribed:
+    result = await tracker.wait(args)
+    for nc in clients:
         await nc.close()
-    return combine_received(list(results))
+    return result
 
 
 async def _publish_all(nc: Client, args: RoleArgs, started: float) -> None:

@@ -17,7 +17,6 @@ from bench.common import (
     Role,
     RoleArgs,
     Tracker,
-    combine_received,
     emit,
     hold_until_deadline,
     in_window,
@@ -37,24 +36,25 @@ async def _connect(args: RoleArgs, name: str) -> BrokerClient:
     return client
 
 
-async def _subscribed(args: RoleArgs, name: str) -> tuple[BrokerClient, Tracker]:
-    client = await _connect(args, name)
-    tracker = Tracker(args.expected)
+async def subscriber(args: RoleArgs) -> dict[str, Any]:
+    # One tracker for every connection of the process: they share its event loop, so
+    # "nothing came for `settle` seconds" is a fact about the process, not about one
+    # connection whose messages wait while the loop serves the others.
+    tracker = Tracker(args.expected * args.clients)
 
     def on_message(msg: Message) -> None:  # msg.payload is already decoded
         tracker.hit()
 
-    await client.subscribe(args.pattern, on_message)
-    return client, tracker
-
-
-async def subscriber(args: RoleArgs) -> dict[str, Any]:
-    subscribed = [await _subscribed(args, f"sub{i}") for i in range(args.clients)]
+    clients = []
+    for i in range(args.clients):
+        client = await _connect(args, f"sub{i}")
+        await client.subscribe(args.pattern, on_message)
+        clients.append(client)
     emit("ready")
-    results = await asyncio.gather(*(tracker.wait(args) for _, tracker in subscribed))
-    for client, _ in subscribed:
+    result = await tracker.wait(args)
+    for client in clients:
         await client.disconnect()
-    return combine_received(list(results))
+    return result
 
 
 async def _publish_all(client: BrokerClient, args: RoleArgs, started: float) -> dict[str, Any]:
