@@ -369,3 +369,53 @@ async fn the_runtime_file_tells_the_token_and_socket_until_the_broker_stops() {
     assert!(!std::path::Path::new(&socket).exists(), "and so is the socket");
     std::fs::remove_dir(path.parent().unwrap()).unwrap();
 }
+
+/// Publishes written all at once, so that the session finds far more than one batch
+/// of them already read (a large message first makes the socket's read buffer
+/// large): every one is routed, in order, over a socket and over the in-process
+/// channel.
+#[tokio::test]
+async fn frames_read_together_are_all_handled_in_order() {
+    const COUNT: usize = 2_000;
+    let broker = broker().await;
+    let mut subscriber = Framed::connect(&broker, "subscriber").await;
+    subscriber.call(1, "subscribe", json!({"patterns": ["burst.*"]})).await;
+
+    let publish = |topic: &str, payload: Value| {
+        json!({"jsonrpc": "2.0", "method": "publish", "params": {"topic": topic, "payload": payload}})
+            .to_string()
+    };
+    let mut socket = Framed::connect(&broker, "socket").await;
+    let mut burst = Vec::new();
+    let large = std::iter::once(publish("burst.large", json!("x".repeat(600_000))));
+    for body in large.chain((0..COUNT).map(|n| publish("burst.tcp", json!(n)))) {
+        burst.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        burst.extend_from_slice(body.as_bytes());
+    }
+    socket.0.write_all(&burst).await.unwrap();
+
+    let mut inside = InProcess(broker.connect_in_process().await.unwrap());
+    inside.call(1, "connect", json!({"client_id": "inside"})).await;
+    let to_broker = inside.0.to_broker.clone();
+    let inside_calls: Vec<String> = (0..COUNT).map(|n| publish("burst.inside", json!(n))).collect();
+    let sending = tokio::spawn(async move {
+        for call in inside_calls {
+            to_broker.send(Bytes::from(call)).await.unwrap();
+        }
+    });
+    let mut next =
+        std::collections::HashMap::from([("burst.tcp".to_owned(), 0), ("burst.inside".to_owned(), 0)]);
+    for _ in 0..=2 * COUNT {
+        let message = subscriber.next().await;
+        let topic = message["params"]["topic"].as_str().unwrap().to_owned();
+        if topic == "burst.large" {
+            assert_eq!(next["burst.tcp"], 0, "the large message first on its connection");
+            continue;
+        }
+        let expected = next.get_mut(&topic).unwrap();
+        assert_eq!(message["params"]["payload"], *expected, "{topic} in order, none missing");
+        *expected += 1;
+    }
+    sending.await.unwrap();
+    finish(broker).await;
+}

@@ -272,9 +272,14 @@ impl Session {
             self.note_activity();
             // Then the frames that came with it, without waiting on the signals again
             // (a bounded number, so that they are heard between batches).
-            for _ in 0..FRAMES_PER_WAKE {
+            let mut taken = 0;
+            loop {
                 if let Some(end) = self.take(decoded).await {
                     return end;
+                }
+                taken += 1;
+                if taken == FRAMES_PER_WAKE {
+                    break;
                 }
                 decoded = match inbound.at_hand() {
                     None => break,
