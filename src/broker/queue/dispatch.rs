@@ -225,6 +225,21 @@ impl Queue {
         Ok(awaited)
     }
 
+    /// Answers the publishers waiting for messages the queue no longer holds (neither
+    /// ready in memory nor in flight, and nothing counted on disk).
+    fn answer_publishers_of_missing(&mut self, outcome: impl Fn(&str) -> AckOutcome) {
+        if self.awaiting_ack.is_empty() || self.on_disk.count > 0 {
+            return;
+        }
+        let in_flight = self.in_flight.values().map(|f| f.item.seq);
+        let held: std::collections::HashSet<u64> =
+            in_flight.chain(self.ready.iter().map(|item| item.seq)).collect();
+        let missing: Vec<u64> = self.awaiting_ack.keys().copied().filter(|seq| !held.contains(seq)).collect();
+        for seq in missing {
+            self.answer_publisher(seq, &outcome);
+        }
+    }
+
     /// Answers the publisher waiting for message `seq`, if one is.
     fn answer_publisher(&mut self, seq: u64, outcome: impl FnOnce(&str) -> AckOutcome) {
         if let Some(waiting) = self.awaiting_ack.remove(&seq) {
@@ -271,6 +286,10 @@ impl Queue {
             );
             self.on_disk.count = 0;
             self.on_disk.bytes = 0;
+            // What was only on disk is gone: its publishers hear it.
+            self.answer_publishers_of_missing(|queue| {
+                Err(format!("it was lost from queue {queue:?}'s store"))
+            });
         }
         for row in rows {
             if row.seq <= self.on_disk.after {
@@ -293,6 +312,9 @@ impl Queue {
                 }
                 Err(error) => {
                     tracing::error!(queue = %self.name, seq = row.seq, %error, "a stored message cannot be read; it is removed");
+                    self.answer_publisher(row.seq, |queue| {
+                        Err(format!("it could not be read back from queue {queue:?}'s store"))
+                    });
                     if let Some(store) = self.store(ctx) {
                         store.write(Op::Remove { queue: self.spec.name.clone(), seq: row.seq });
                     }
@@ -461,14 +483,7 @@ impl Queue {
         self.ready_bytes = 0;
         self.on_disk.count = 0;
         self.on_disk.bytes = 0;
-        if !self.awaiting_ack.is_empty() {
-            let kept: std::collections::HashSet<u64> = self.in_flight.values().map(|f| f.item.seq).collect();
-            let purged: Vec<u64> =
-                self.awaiting_ack.keys().copied().filter(|seq| !kept.contains(seq)).collect();
-            for seq in purged {
-                self.answer_publisher(seq, |queue| Err(format!("queue {queue:?} was purged")));
-            }
-        }
+        self.answer_publishers_of_missing(|queue| Err(format!("queue {queue:?} was purged")));
         // A read of the store still on its way returns messages dropped here: skipped,
         // as they are not past `after`.
         self.on_disk.after = self.next_seq - 1;

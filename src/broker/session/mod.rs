@@ -249,6 +249,9 @@ impl Session {
                 _ = &mut shutdown => return End::Shutdown,
                 _ = &mut evicted => return End::TakenOver,
                 _ = &mut write_failed => return End::Lost("writing to the client failed or stalled".into()),
+                // Before the timer: a frame that is there when the deadline passes
+                // shows the client is alive.
+                read = inbound.next() => Some(read),
                 () = &mut timer, if deadline.is_some() => {
                     let deadline = deadline.expect("a deadline");
                     if Instant::now() < deadline {
@@ -257,7 +260,6 @@ impl Session {
                     }
                     None
                 }
-                read = inbound.next() => Some(read),
             };
             let mut decoded = match read {
                 None if self.client_id.is_none() => {
@@ -289,6 +291,9 @@ impl Session {
                     },
                 };
             }
+            // Handling the batch may have waited (for room to answer, for the store):
+            // the client was heard from until its last frame.
+            self.last_seen = Instant::now();
         }
     }
 
@@ -350,3 +355,6 @@ impl Session {
         self.client_id.as_deref().unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests;
