@@ -71,6 +71,18 @@ async def test_a_request_timeout_raises_the_brokers_own_message(make_client):
     assert arrived
 
 
+def connect_answer(call: dict[str, Any]) -> bytes:
+    """A fake broker's framed answer accepting a client's `connect` call."""
+    accepted = {
+        "client_id": call["params"]["client_id"],
+        "heartbeat_interval": 5.0,
+        "heartbeat_timeout": 30.0,
+        "max_message_size": 1 << 20,
+    }
+    body = json.dumps({"jsonrpc": "2.0", "result": accepted, "id": call["id"]})
+    return len(body).to_bytes(4, "big") + body.encode()
+
+
 @pytest.fixture
 async def mute_broker() -> AsyncIterator[int]:
     """A server that accepts a client's connect and then never answers anything."""
@@ -81,14 +93,7 @@ async def mute_broker() -> AsyncIterator[int]:
                 length = int.from_bytes(await reader.readexactly(4), "big")
                 call = json.loads(await reader.readexactly(length))
                 if call.get("method") == "connect":
-                    accepted = {
-                        "client_id": call["params"]["client_id"],
-                        "heartbeat_interval": 5.0,
-                        "heartbeat_timeout": 30.0,
-                        "max_message_size": 1 << 20,
-                    }
-                    body = json.dumps({"jsonrpc": "2.0", "result": accepted, "id": call["id"]})
-                    writer.write(len(body).to_bytes(4, "big") + body.encode())
+                    writer.write(connect_answer(call))
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -455,15 +460,7 @@ async def deaf_broker() -> AsyncIterator[tuple[int, asyncio.Event]]:
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         length = int.from_bytes(await reader.readexactly(4), "big")
-        call = json.loads(await reader.readexactly(length))
-        accepted = {
-            "client_id": call["params"]["client_id"],
-            "heartbeat_interval": 5.0,
-            "heartbeat_timeout": 30.0,
-            "max_message_size": 1 << 20,
-        }
-        body = json.dumps({"jsonrpc": "2.0", "result": accepted, "id": call["id"]})
-        writer.write(len(body).to_bytes(4, "big") + body.encode())
+        writer.write(connect_answer(json.loads(await reader.readexactly(length))))
         await stop.wait()
         writer.close()
 
