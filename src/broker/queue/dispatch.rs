@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+use super::confirm::AckOutcome;
 use super::message::{DeadLetter, DeadLetterBody, QueueStats, Refusal, StoredMessage};
 use super::spec::{MAX_UNACKED_BYTES, QueueSpec, WINDOW_BYTES, WINDOW_COUNT};
 use crate::broker::outbox::Outbox;
@@ -82,10 +83,6 @@ pub(super) struct Queue {
     /// sequence number (a queue with `confirm_on_ack`); at most one per message held.
     pub(super) awaiting_ack: HashMap<u64, oneshot::Sender<AckOutcome>>,
 }
-
-/// What a publisher waiting on `confirm_on_ack` hears: acknowledged, or why the
-/// message left the queue without that.
-pub type AckOutcome = Result<(), String>;
 
 /// Why a message leaves a queue unacknowledged.
 #[derive(Debug, Clone, Copy)]
@@ -223,30 +220,6 @@ impl Queue {
         self.ready_bytes += size;
         self.ready.push_back(Item { seq, message: message.clone(), delivery_count: 0, size });
         Ok(awaited)
-    }
-
-    /// Answers the publishers waiting for messages the queue no longer holds (neither
-    /// ready in memory nor in flight, and nothing counted on disk).
-    fn answer_publishers_of_missing(&mut self, outcome: impl Fn(&str) -> AckOutcome) {
-        if self.awaiting_ack.is_empty() || self.on_disk.count > 0 {
-            return;
-        }
-        let in_flight = self.in_flight.values().map(|f| f.item.seq);
-        let held: std::collections::HashSet<u64> =
-            in_flight.chain(self.ready.iter().map(|item| item.seq)).collect();
-        let missing: Vec<u64> = self.awaiting_ack.keys().copied().filter(|seq| !held.contains(seq)).collect();
-        for seq in missing {
-            self.answer_publisher(seq, &outcome);
-        }
-    }
-
-    /// Answers the publisher waiting for message `seq`, if one is.
-    fn answer_publisher(&mut self, seq: u64, outcome: impl FnOnce(&str) -> AckOutcome) {
-        if let Some(waiting) = self.awaiting_ack.remove(&seq) {
-            // A publisher that stopped waiting (its time ran out, its connection
-            // went) no longer hears it.
-            let _ = waiting.send(outcome(&self.name));
-        }
     }
 
     /// Asks the store for the next messages when the window runs low and somebody

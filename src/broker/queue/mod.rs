@@ -19,6 +19,7 @@
 //! `max_memory`; past it they refuse new messages. What a consumer holds
 //! unacknowledged is bounded by its prefetch and by [`MAX_UNACKED_BYTES`].
 
+mod confirm;
 mod dispatch;
 mod message;
 mod spec;
@@ -36,7 +37,7 @@ use crate::broker::permissions::ClientPermissions;
 use crate::broker::store::{Loaded, Op, Restored, Store, StoreError};
 use crate::error::{ErrorCode, RpcError};
 use crate::index::{SessionId, SubscriptionIndex};
-pub use dispatch::AckOutcome;
+pub use confirm::AckOutcome;
 use dispatch::{Consumer, Context, Memory, Queue};
 pub use message::{DeadLetter, QueueStats, Refusal, StoredMessage};
 pub use spec::*;
