@@ -633,32 +633,43 @@ class Countdown:
 
 
 async def follow(client: CommandClient, args: argparse.Namespace) -> None:
+    if args.queue is not None or args.durable:
+        await follow_queue(client, args)
+        return
     countdown = Countdown(args.count)
 
     def show(msg: Message) -> None:
-        if countdown.over:
-            # Past --count (or the reader left): another consumer of the queue takes it.
-            if msg.queue:
-                msg.nack(requeue=True)
-            return
-        try:
-            countdown.show(msg, as_json=args.json)
-        except OutputClosed:
-            if msg.queue:
-                msg.nack(requeue=True)
+        if not countdown.over:
+            with contextlib.suppress(OutputClosed):
+                countdown.show(msg, as_json=args.json)
 
-    from_queue = args.queue is not None or args.durable
-    prefetch = min(args.count, MAX_PREFETCH) if from_queue and args.count else None
-    await client.subscribe(
-        args.patterns,
-        show,
-        queue=args.queue,
-        durable=args.durable,
-        prefetch=prefetch,
-        # A terminal that watches never keeps a request waiting for an answer it will
-        # not give: a request nobody else hears fails at once with "no responders".
-        passive=not from_queue,
+    # A terminal that watches never keeps a request waiting for an answer it will not
+    # give: a request nobody else hears fails at once with "no responders".
+    await client.subscribe(args.patterns, show, passive=True)
+    await countdown.done
+
+
+async def follow_queue(client: CommandClient, args: argparse.Namespace) -> None:
+    """Takes messages from a queue one at a time, each acknowledged once shown (when
+    the next is asked for); what it was handed and did not show goes back to the
+    queue when it stops consuming, for the queue's other consumers, with no further
+    delivery to this command."""
+    countdown = Countdown(args.count)
+    prefetch = min(args.count, MAX_PREFETCH) if args.count else None
+    subscription = await client.subscribe(
+        args.patterns, queue=args.queue, durable=args.durable, prefetch=prefetch
     )
+    try:
+        async for msg in subscription:
+            try:
+                countdown.show(msg, as_json=args.json)
+            except OutputClosed:
+                break  # not acknowledged: it goes back to the queue
+            if countdown.over:
+                msg.ack()
+                break
+    finally:
+        await subscription.unsubscribe()
     await countdown.done
 
 
