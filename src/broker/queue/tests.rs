@@ -503,3 +503,43 @@ fn confirm_on_ack_is_set_by_the_joining_consumer_and_checked() {
     let error = queues.join(1, a, spec, 0.0).unwrap_err();
     assert!(error.message.contains("confirm_on_ack must be more than 0"), "{}", error.message);
 }
+
+#[test]
+fn confirm_on_ack_tells_the_publisher_when_the_store_cannot_give_its_message_back() {
+    use super::dispatch::{Context, Memory, Queue};
+    use crate::broker::store::StoredRow;
+    let mut spec = QueueSpec::new("q", vec!["t".into()], true);
+    spec.confirm_on_ack = Some(1.0);
+    let (mut tags, mut next_tag, mut dead) = (HashMap::new(), 0, Vec::new());
+    let mut memory = Memory { used: 0, limit: usize::MAX };
+    let mut ctx = Context {
+        store: None,
+        tags: &mut tags,
+        next_tag: &mut next_tag,
+        dead: &mut dead,
+        memory: &mut memory,
+        now: 0.0,
+    };
+    let mut queue = Queue::new(spec, 1, true);
+    // Taken into the window, then only on disk, as after a restart.
+    let mut only_on_disk = |queue: &mut Queue, n: u64, ctx: &mut Context<'_>| {
+        let awaited = queue.enqueue(&message("t", n, None), ctx).unwrap().expect("a qos=1 publisher waits");
+        let item = queue.ready.pop_front().unwrap();
+        queue.ready_bytes -= item.size;
+        queue.on_disk.count += 1;
+        queue.on_disk.bytes += item.size;
+        queue.on_disk.after = item.seq - 1;
+        (item.seq, awaited)
+    };
+    let (seq, mut unreadable) = only_on_disk(&mut queue, 0, &mut ctx);
+    let row = StoredRow { seq, delivery_count: 0, record: b"not a record".to_vec() };
+    queue.loaded(Ok(vec![row]), &mut ctx);
+    let why = unreadable.try_recv().unwrap().unwrap_err();
+    assert!(why.contains("could not be read back from queue \"q\"'s store"), "{why}");
+
+    let (_, mut missing) = only_on_disk(&mut queue, 1, &mut ctx);
+    queue.loaded(Ok(Vec::new()), &mut ctx);
+    let why = missing.try_recv().unwrap().unwrap_err();
+    assert!(why.contains("lost from queue \"q\"'s store"), "{why}");
+    assert!(queue.awaiting_ack.is_empty());
+}
