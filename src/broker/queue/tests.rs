@@ -522,7 +522,7 @@ fn confirm_on_ack_tells_the_publisher_when_the_store_cannot_give_its_message_bac
     };
     let mut queue = Queue::new(spec, 1, true);
     // Taken into the window, then only on disk, as after a restart.
-    let mut only_on_disk = |queue: &mut Queue, n: u64, ctx: &mut Context<'_>| {
+    let only_on_disk = |queue: &mut Queue, n: u64, ctx: &mut Context<'_>| {
         let awaited = queue.enqueue(&message("t", n, None), ctx).unwrap().expect("a qos=1 publisher waits");
         let item = queue.ready.pop_front().unwrap();
         queue.ready_bytes -= item.size;
