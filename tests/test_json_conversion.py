@@ -181,3 +181,27 @@ def test_loads_reads_odd_texts_as_the_standard_library_does(text):
 def test_loads_refuses_an_integer_python_cannot_hold_with_a_value_error():
     with pytest.raises(ValueError, match="4300 digits"):
         _core.loads("9" * 5000)
+
+
+def test_loads_reads_common_payloads_without_the_standard_library(monkeypatch):
+    # The standard library is the slow path for the few numbers serde_json reads
+    # otherwise; text inside strings ("saw-01", ids written in digits) is no number.
+    slow_path = []
+
+    def counting_loads(text, *args, **kwargs):
+        slow_path.append(text)
+        return json_loads(text, *args, **kwargs)
+
+    json_loads = json.loads
+    monkeypatch.setattr(json, "loads", counting_loads)
+    fast = [
+        '{"worker": "saw-01", "status": "activated"}',
+        '{"id": "12345678901234567890123", "n": -0.5, "m": -10, "e": -0e1}',
+        r'["a \"-0\" in quotes", "\\", -1]',
+    ]
+    for text in fast:
+        assert _core.loads(text) == json_loads(text)
+    assert slow_path == []
+    for text in ("-0", '{"worker": "saw", "n": -0}', '["-0", ' + "9" * 20 + "]"):
+        assert json.dumps(_core.loads(text)) == json.dumps(json_loads(text))
+    assert len(slow_path) == 3

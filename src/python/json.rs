@@ -138,12 +138,19 @@ pub fn decode<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
 
 /// Whether `text` may hold a number serde_json reads otherwise than Python: an
 /// integer beyond 64 bits (a float to serde_json, exact in Python) or `-0` (the
-/// float -0.0 to serde_json, the int 0 in Python). Strings may trigger it too; they
-/// then merely take the slower path.
+/// float -0.0 to serde_json, the int 0 in Python). Strings are skipped, so that text
+/// such as `"saw-01"` or a long id in digits keeps the fast path; a long fraction
+/// merely takes the slower one.
 fn read_differently(text: &str) -> bool {
     let bytes = text.as_bytes();
+    let mut at = 0;
     let mut run = 0;
-    for (at, &b) in bytes.iter().enumerate() {
+    while let Some(&b) = bytes.get(at) {
+        if b == b'"' {
+            at = after_string(bytes, at + 1);
+            run = 0;
+            continue;
+        }
         run = if b.is_ascii_digit() { run + 1 } else { 0 };
         let negative_zero = b == b'-'
             && bytes.get(at + 1) == Some(&b'0')
@@ -151,8 +158,23 @@ fn read_differently(text: &str) -> bool {
         if run >= 19 || negative_zero {
             return true;
         }
+        at += 1;
     }
     false
+}
+
+/// Where the string whose contents start at `at` ends (just past its closing quote),
+/// or the end of the text when it is not closed (serde_json then refuses the text).
+fn after_string(bytes: &[u8], mut at: usize) -> usize {
+    while let Some(found) = memchr::memchr2(b'"', b'\\', &bytes[at.min(bytes.len())..]) {
+        let found = at + found;
+        if bytes[found] == b'"' {
+            return found + 1;
+        }
+        // An escape: the next character is taken as it is, a quote included.
+        at = found + 2;
+    }
+    bytes.len()
 }
 
 /// Builds Python objects as the parser walks the text (serde_json bounds the depth).
