@@ -107,3 +107,36 @@ async def test_deliveries_are_messages_built_by_the_extension(broker):
         )
     finally:
         await client.disconnect()
+
+
+async def test_deliveries_go_from_the_extension_straight_to_the_callbacks(broker):
+    client = BrokerClient("c", host="127.0.0.1", port=broker.port)
+    publisher = BrokerClient("p", host="127.0.0.1", port=broker.port)
+    assert await client.connect()
+    assert await publisher.connect()
+    try:
+        core = client._core
+        handled: list[object] = []
+        handle = core.handle
+
+        def counting_handle(event):
+            handled.append(event)
+            handle(event)
+
+        core.handle = counting_handle  # type: ignore[method-assign]
+        first: list[int] = []
+        second: list[int] = []
+        await client.subscribe("burst.*", lambda m: first.append(m.payload))
+        await client.subscribe("burst.odd", lambda m: second.append(m.payload["n"]))
+        for n in range(2000):
+            publisher.publish_nowait(f"burst.{'odd' if n % 2 else 'even'}", {"n": n})
+        await publisher.flush()
+        await eventually(lambda: len(first) == 2000 and len(second) == 1000)
+        assert first == [{"n": n} for n in range(2000)]
+        assert second == list(range(1, 2000, 2))
+        # The core saw the answers to its own calls, never a delivery.
+        assert handled and all(not isinstance(event, Message) for event in handled)
+        assert len(handled) < 10, handled
+    finally:
+        await client.disconnect()
+        await publisher.disconnect()

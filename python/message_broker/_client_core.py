@@ -119,7 +119,8 @@ def broker_url(url: str | None = None, host: str | None = None, port: int | None
 
 class Front(Protocol):
     """What a front does when the core has news for it. Each runs on the thread that
-    drives the core."""
+    drives the core. A front that looks at every delivered message before its
+    callbacks also has ``_on_message(message)``."""
 
     def _on_connected(self) -> None: ...
     def _on_disconnected(self, reason: str, reconnecting: bool) -> None: ...
@@ -132,9 +133,6 @@ class Front(Protocol):
 
     def _on_writable(self) -> None:
         """Room again in the outgoing queue, after a publish raised BlockingIOError."""
-
-    def _on_message(self, message: Message) -> None:
-        """Every delivered message, before its callbacks."""
 
     def _on_publish_failed(self, message_id: str, error: BrokerError) -> None:
         """The broker refused a message published without confirmation."""
@@ -331,7 +329,9 @@ class ClientCore:
         self.undecodable = 0
         self._front = front
         self._connect_call = connect_call
-        self._callbacks: dict[int, Callback | None] = {}
+        # The callback of every subscription (None: acknowledged without one), read by
+        # the engine as it delivers.
+        self.callbacks: dict[int, Callback | None] = {}
         # Passive subscriptions never answer a request with their callback's failure.
         self._passive: set[int] = set()
         self._handles: dict[int, SubscriptionHandle] = {}
@@ -339,11 +339,11 @@ class ClientCore:
         # Why the engine stopped by itself, once it has: what "not connected" says.
         self._stop_reason: str | None = None
         self._calls: dict[int, Callable[[str | None, BrokerError | None], None]] = {}
-        # Called for every message: looked up once.
-        self._on_message = front._on_message
+        # A front that looks at every delivered message, before its callbacks, has
+        # ``_on_message``.
+        self.observer: Callable[[Message], None] | None = getattr(front, "_on_message", None)
         self._defer = front._defer
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
-            _core.Delivery: self._deliver,
             _core.Undecodable: self._undecodable,
             _core.Answer: self._answered,
             _core.CallFailed: self._call_failed,
@@ -406,7 +406,7 @@ class ClientCore:
         if engine is not None:
             self._stop_reason = engine.stop_reason
             engine.close()
-        self._callbacks.clear()
+        self.callbacks.clear()
         self._passive.clear()
         handles, self._handles = self._handles, {}
         for handle in handles.values():
@@ -438,25 +438,36 @@ class ClientCore:
             return self.not_connected()
         return NotConnectedError(str(error))
 
-    def take_events(self, limit: int | None = None) -> list[Event]:
-        """The events that are waiting, oldest first (at most a batch, or ``limit``)."""
-        if self.engine is None:
-            return []
+    def pump(self, limit: int | None = None) -> int:
+        """Handles the waiting events in order, at most a batch (or ``limit``): the
+        engine calls the callbacks of each delivery from its own loop and hands every
+        other event to :meth:`handle`. Returns how many were handled, 0 when none was
+        waiting."""
+        engine = self.engine
+        if engine is None:
+            return 0
         try:
-            return self.engine.drain() if limit is None else self.engine.drain(limit)
+            return engine.dispatch(self) if limit is None else engine.dispatch(self, limit)
         except Exception:
-            logger.exception("client %s: events could not be taken", self.client_id)
-            return []
+            logger.exception("client %s: events could not be handled", self.client_id)
+            return 0
 
-    def handle(self, events: Iterable[Event]) -> None:
-        """Handles events in order. A failure is logged and never costs the other
-        events (nor ends the client)."""
-        handlers = self._handlers
-        for event in events:
-            try:
-                handlers[type(event)](event)
-            except Exception:
-                logger.exception("client %s: an event could not be handled", self.client_id)
+    def handle(self, event: Event) -> None:
+        """Handles one event other than a delivery. A failure is logged and never costs
+        the other events (nor ends the client)."""
+        try:
+            self._handlers[type(event)](event)
+        except Exception:
+            logger.exception("client %s: an event could not be handled", self.client_id)
+
+    def handling_failed(self, error: Exception) -> None:
+        """A delivery could not be handled (the front's look at it failed): logged, and
+        the next event goes on."""
+        logger.error(
+            "client %s: an event could not be handled",
+            self.client_id,
+            exc_info=(type(error), error, error.__traceback__),
+        )
 
     def require(self) -> _core.Client:
         if self.engine is None:
@@ -575,7 +586,7 @@ class ClientCore:
         holds it. ``done(None, error)`` follows (at once when nothing was sent, or the
         subscription had ended already)."""
         subscription = handle._id
-        if self.engine is None or subscription is None or subscription not in self._callbacks:
+        if self.engine is None or subscription is None or subscription not in self.callbacks:
             handle._ended()
             done(None, None)
             return
@@ -588,7 +599,7 @@ class ClientCore:
         messages the broker sent before it dropped the subscriptions, until it has
         answered the last unsubscribe. ``done(None, None)`` follows."""
         engine = self.require()
-        subscriptions = list(self._callbacks)
+        subscriptions = list(self.callbacks)
         calls = [call for s in subscriptions if (call := engine.release(s)[1]) is not None]
         waiting = len(calls)
 
@@ -721,7 +732,7 @@ class ClientCore:
         queue: str | None,
     ) -> int:
         subscription = next(self._subscription_ids)
-        self._callbacks[subscription] = callback
+        self.callbacks[subscription] = callback
         if handle is not None:
             self._handles[subscription] = handle
             handle._started(subscription, patterns, queue)
@@ -729,7 +740,7 @@ class ClientCore:
 
     def _forget(self, subscription: int) -> None:
         """The subscription is gone: its callback goes, and its handle hears of it."""
-        self._callbacks.pop(subscription, None)
+        self.callbacks.pop(subscription, None)
         self._passive.discard(subscription)
         handle = self._handles.pop(subscription, None)
         if handle is not None:
@@ -743,48 +754,36 @@ class ClientCore:
             self._calls[call] = done
 
     # -- deliveries -----------------------------------------------------------------------
-    def _deliver(self, delivery: _core.Delivery) -> None:
-        message = delivery.message
-        self._on_message(message)
-        # A message from a queue has one subscription: it is acknowledged when its
-        # callback succeeds (or, without a callback, once the front has handed it
-        # over) and given back when it fails or the subscription has gone meanwhile.
-        succeeded = False
-        # What a callback raised, answered to a request unless another answers it.
-        failure: Exception | None = None
-        for subscription in delivery.subscriptions:
-            if subscription not in self._callbacks:
-                continue
-            callback = self._callbacks[subscription]
-            if callback is None:
-                succeeded = True
-                continue
-            try:
-                result = callback(message)
-            except Exception as error:
-                logger.exception("callback %r failed on a message on %r", callback, message.topic)
-                if subscription not in self._passive and failure is None:
-                    failure = error
-                continue
-            if result is not None:
-                if result is HELD:
-                    if message.queue is not None:
-                        return  # settled when taken from the buffer
-                    continue
-                answers = subscription not in self._passive
-                finish = functools.partial(self._finish_deferred, callback, message, answers)
-                if self._defer(result, finish):
-                    if message.queue is not None:
-                        return  # settled when it ends
-                    continue
-                self._answer(message, result)
-            succeeded = True
-        if failure is not None and self._answer_failure(message, failure):
-            # The requester has its answer: a request from a queue is not given back
-            # for another consumer to answer in vain.
-            succeeded = True
-        if message.queue is not None:
-            message._finish(succeeded, True)
+    # The engine calls each delivery's callbacks (Client.dispatch): a callback that
+    # returns None has handled its message, one from a queue is acknowledged once every
+    # callback has, and given back when one failed. What else a callback does comes here.
+    def returned(
+        self, callback: Callback, message: Message, subscription: int, result: Any
+    ) -> bool:
+        """A callback returned ``result``, not None: the message held in a buffer, work
+        still running (a coroutine), or the answer to a request. True when the message
+        is settled later, by whoever holds it (a message from a queue)."""
+        if result is HELD:
+            return message.queue is not None
+        answers = subscription not in self._passive
+        finish = functools.partial(self._finish_deferred, callback, message, answers)
+        if self._defer(result, finish):
+            return message.queue is not None
+        self._answer(message, result)
+        return False
+
+    def raised(
+        self, callback: Callback, message: Message, subscription: int, error: Exception
+    ) -> bool:
+        """A callback raised ``error``: logged. True when it is the answer to a request
+        (its subscription is not passive)."""
+        logger.error(
+            "callback %r failed on a message on %r",
+            callback,
+            message.topic,
+            exc_info=(type(error), error, error.__traceback__),
+        )
+        return subscription not in self._passive
 
     def _finish_deferred(
         self,
@@ -808,7 +807,7 @@ class ClientCore:
             message.topic,
             exc_info=(type(error), error, error.__traceback__),
         )
-        if answers and self._answer_failure(message, error):
+        if answers and self.answer_failure(message, error):
             message.ack()
         else:
             message.nack(requeue=True)
@@ -823,7 +822,7 @@ class ClientCore:
         except (BrokerError, ValueError, ConnectionError, BlockingIOError) as error:
             self._problem(f"could not answer the request on {message.topic!r}: {error}")
 
-    def _answer_failure(self, message: Message, error: Exception) -> bool:
+    def answer_failure(self, message: Message, error: Exception) -> bool:
         """Answers a request with what its callback raised, so its requester fails at
         once with ResponderError; True when sent."""
         if message.reply_to is None or message.responded:

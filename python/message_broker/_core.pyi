@@ -5,7 +5,8 @@
 Facts live here and the package reads them: the wire error codes, the defaults of
 the broker and of a client, and the rules for client ids and publish options."""
 
-from typing import Any, Final, Literal, TypedDict, final
+from collections.abc import Callable
+from typing import Any, Final, Literal, Protocol, TypedDict, final
 
 __version__: str
 
@@ -421,22 +422,51 @@ class Client:
     def close(self) -> None:
         """Flushes, says goodbye to the broker, and stops; the last event is ``Closed``."""
 
-    def drain(self, limit: int = ...) -> list[Event]:
-        """Up to ``limit`` events (by default a batch of 1,000), oldest first. When more
-        remain, the wake socket becomes readable again."""
+    def dispatch(self, core: Dispatcher, limit: int = ...) -> int:
+        """Handles up to ``limit`` waiting events (by default a batch of 1,000), oldest
+        first, for ``core``; returns how many. Each delivery becomes a :class:`Message`
+        handed to the callbacks of the subscriptions it matches, from this one loop;
+        every other event goes to ``core.handle``. When more remain, the wake socket
+        becomes readable again."""
 
-# -- what drain returns -----------------------------------------------------------------
+# -- what dispatch hands over -----------------------------------------------------------
 
-@final
-class Delivery:
-    """A message for this client."""
+class Dispatcher(Protocol):
+    """What :meth:`Client.dispatch` works for: the package's client core.
 
-    @property
-    def message(self) -> Message: ...
-    @property
-    def subscriptions(self) -> tuple[int, ...]:
-        """This client's subscriptions whose patterns match the topic (one, for a
-        delivery from a queue)."""
+    For each delivery, ``observer`` (when set) sees the message first; then each
+    matching subscription's callback is called with it, in order, unless the
+    subscription has left ``callbacks`` (its callback None: it counts as handled
+    without one). A callback that returns None has handled the message. A message from
+    a queue is then acknowledged when a callback handled it and none failed, and given
+    back to the queue (requeued) otherwise.
+    """
+
+    callbacks: dict[int, Callable[[Message], Any] | None]
+    observer: Callable[[Message], Any] | None
+
+    def returned(
+        self, callback: Callable[[Message], Any], message: Message, subscription: int, result: Any
+    ) -> bool:
+        """A callback returned ``result``, not None. True when the message is settled
+        later by whoever holds it: dispatch then leaves it; otherwise the callback has
+        handled it."""
+    def raised(
+        self,
+        callback: Callable[[Message], Any],
+        message: Message,
+        subscription: int,
+        error: Exception,
+    ) -> bool:
+        """A callback raised ``error``. True when the requester of a request should
+        hear of it: the first such error goes to :meth:`answer_failure`."""
+    def answer_failure(self, message: Message, error: Exception) -> bool:
+        """Answers the request ``message`` with ``error``; True when sent (a message
+        from a queue is then acknowledged: its requester has its answer)."""
+    def handle(self, event: Event) -> None:
+        """Handles any event but a delivery."""
+    def handling_failed(self, error: Exception) -> None:
+        """Handling a delivery failed outside its callbacks (``observer`` raised)."""
 
 @final
 class Undecodable:
@@ -532,8 +562,7 @@ class Closed:
     """The client has stopped for good: nothing follows."""
 
 Event = (
-    Delivery
-    | Undecodable
+    Undecodable
     | Answer
     | CallFailed
     | PublishFailed

@@ -767,7 +767,7 @@ class BrokerClient:
             while core.running:
                 if not await loop.sock_recv(wake, 4096):
                     break
-                core.handle(core.take_events())
+                core.pump()
         except Exception:
             logger.exception("client %s stopped: its event loop failed", self.client_id)
             raise
@@ -826,9 +826,6 @@ class BrokerClient:
         for waiter in room:
             if not waiter.done():
                 waiter.set_result(None)
-
-    def _on_message(self, message: Message) -> None:
-        pass  # messages go to the callbacks only
 
     def _on_publish_failed(self, message_id: str, error: BrokerError) -> None:
         # Logged by the core: a qos=0 publish has nobody waiting for it.

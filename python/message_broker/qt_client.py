@@ -16,9 +16,8 @@ from __future__ import annotations
 import itertools
 import socket
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 try:
     import PySide6
@@ -43,9 +42,6 @@ from message_broker.broker import MessageBroker
 from message_broker.config import BrokerConfig
 from message_broker.errors import BrokerError, InvalidMessageError, PayloadValidationError
 from message_broker.message import Message
-
-if TYPE_CHECKING:
-    from message_broker._core import Event
 
 __all__ = ["QtBrokerClient", "QtBrokerHost", "QtSubscription"]
 
@@ -74,9 +70,9 @@ ReplyCallback = Callable[[Any, "BrokerError | None"], None]
 # Events are handled in slices of at most this long, so a burst of messages never
 # holds up the rest of the GUI (timers, painting, input) for longer.
 SLICE_SECONDS = 0.008
-# Events taken from the engine at once: building them (payloads decoded) cannot be cut
-# short, so the batch is small enough to stay well inside one slice.
-EVENTS_PER_TAKE = 128
+# Events handled in one go (payloads decoded, callbacks called): a go cannot be cut
+# short, so it is small enough to stay well inside one slice.
+EVENTS_PER_PUMP = 32
 
 
 class QtSubscription(SubscriptionHandle):
@@ -191,7 +187,6 @@ class QtBrokerClient(QObject):
         # Events taken from the engine and not handled yet. The engine is drained again
         # only once this is empty: a GUI that falls behind slows the reading from the
         # broker instead of growing this.
-        self._backlog: deque[Event] = deque()
         self._slice_scheduled = False
 
     @property
@@ -429,21 +424,18 @@ class QtBrokerClient(QObject):
             return
         except OSError:
             pass
-        if not self._backlog:
+        if not self._slice_scheduled:
             self._handle_slice()
 
     def _handle_slice(self) -> None:
         self._slice_scheduled = False
         deadline = time.perf_counter() + SLICE_SECONDS
         core = self._core
-        while True:
-            if not self._backlog:
-                self._backlog.extend(core.take_events(EVENTS_PER_TAKE))
-                if not self._backlog:
-                    return
-            core.handle((self._backlog.popleft(),))
+        while core.pump(EVENTS_PER_PUMP):
             if time.perf_counter() > deadline:
                 break
+        else:
+            return
         if not self._slice_scheduled:
             self._slice_scheduled = True
             QTimer.singleShot(0, self._handle_slice)
@@ -468,7 +460,6 @@ class QtBrokerClient(QObject):
         if self._wake is not None:
             self._wake.close()
         self._wake = self._notifier = None
-        self._backlog.clear()
 
     def _on_writable(self) -> None:
         pass  # a full queue makes publish fail at once instead of waiting

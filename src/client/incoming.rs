@@ -46,6 +46,7 @@ struct WireError<'a> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug))]
 struct MessageParams<'a> {
     topic: String,
     #[serde(borrow)]
@@ -72,7 +73,14 @@ struct MessageParams<'a> {
     delivery_count: u32,
 }
 
+/// How the broker begins every delivery it writes (`protocol::message::Delivery`).
+const DELIVERY_START: &[u8] = br#"{"jsonrpc":"2.0","method":"message","params":"#;
+
 pub(super) fn handle_frame(shared: &Shared, body: &[u8]) -> Handled {
+    if let Some(params) = delivery_as_written(body) {
+        deliver(shared, params);
+        return Handled::Done;
+    }
     let frame: Frame<'_> = match serde_json::from_slice(body) {
         Ok(frame) => frame,
         Err(error) => {
@@ -82,7 +90,11 @@ pub(super) fn handle_frame(shared: &Shared, body: &[u8]) -> Handled {
     };
     if let Some(method) = frame.method {
         match method.as_ref() {
-            "message" => deliver(shared, frame.params),
+            "message" => match frame.params.map(|params| serde_json::from_str(params.get())) {
+                Some(Ok(params)) => deliver(shared, params),
+                Some(Err(error)) => tracing::warn!(%error, "ignored a malformed message from the broker"),
+                None => tracing::warn!("ignored a message from the broker without params"),
+            },
             "publish_failed" => publish_failed(shared, frame.params),
             _ => {}
         }
@@ -117,6 +129,14 @@ pub(super) fn handle_frame(shared: &Shared, body: &[u8]) -> Handled {
     Handled::Internal { id, result: result.map(str::to_owned) }
 }
 
+/// The params of a delivery written as the broker writes it, read in one pass: the
+/// envelope is matched as text. Anything else (or anything wrong) is read as a whole
+/// frame instead, with its errors.
+fn delivery_as_written(body: &[u8]) -> Option<MessageParams<'_>> {
+    let params = body.strip_prefix(DELIVERY_START)?.strip_suffix(b"}")?;
+    serde_json::from_slice(params).ok()
+}
+
 fn publish_failed(shared: &Shared, params: Option<&RawValue>) {
     #[derive(Deserialize)]
     struct Failed {
@@ -132,15 +152,7 @@ fn publish_failed(shared: &Shared, params: Option<&RawValue>) {
     shared.inbox.push(Event::PublishFailed { message_id: failed.message_id, error });
 }
 
-fn deliver(shared: &Shared, params: Option<&RawValue>) {
-    let Some(params) = params else { return };
-    let params: MessageParams<'_> = match serde_json::from_str(params.get()) {
-        Ok(params) => params,
-        Err(error) => {
-            tracing::warn!(%error, "ignored a malformed message from the broker");
-            return;
-        }
-    };
+fn deliver(shared: &Shared, params: MessageParams<'_>) {
     let from_queue = match (params.queue, params.delivery) {
         (Some(queue), Some(tag)) => Some(QueueDelivery {
             queue,
@@ -187,4 +199,72 @@ fn deliver(shared: &Shared, params: Option<&RawValue>) {
         retained: params.retained,
         from_queue,
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::protocol::message::{Delivery, FromQueue};
+
+    /// The params as the general reading finds them: the frame first, then its params.
+    fn read_as_a_whole(body: &[u8]) -> MessageParams<'_> {
+        let frame: Frame<'_> = serde_json::from_slice(body).unwrap();
+        assert_eq!(frame.method.as_deref(), Some("message"));
+        serde_json::from_str(frame.params.unwrap().get()).unwrap()
+    }
+
+    #[test]
+    fn a_delivery_as_the_broker_writes_it_is_read_in_one_pass_to_the_same_params() {
+        let payload = RawValue::from_string(r#"{"n": [1, "x\"}"], "m": null}"#.into()).unwrap();
+        let headers = RawValue::from_string(r#"{"trace":"a\u00e9"}"#.into()).unwrap();
+        let plain = Delivery {
+            topic: "jobs.a",
+            payload: &payload,
+            sender: "pub",
+            id: "m1",
+            timestamp: 1.5,
+            reply_to: None,
+            ttl: None,
+            qos: 0,
+            headers: None,
+            retained: false,
+            from_queue: None,
+        };
+        let full = Delivery {
+            topic: "jobs.\"quoted\"",
+            sender: "caf\u{e9}\n",
+            reply_to: Some("_inbox.x.1"),
+            ttl: Some(2.25),
+            qos: 1,
+            headers: Some(&headers),
+            retained: true,
+            from_queue: Some(FromQueue { queue: "work", delivery: 7, delivery_count: 2 }),
+            ..plain
+        };
+        for delivery in [plain, full] {
+            let body = delivery.encode();
+            let fast = delivery_as_written(&body).expect("read in one pass");
+            assert_eq!(format!("{fast:?}"), format!("{:?}", read_as_a_whole(&body)));
+            assert_eq!(fast.topic, delivery.topic);
+            assert_eq!(fast.sender, delivery.sender);
+            assert_eq!(fast.payload.get(), payload.get());
+        }
+    }
+
+    #[test]
+    fn other_frames_and_damaged_deliveries_are_left_to_the_general_reading() {
+        let written = br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s","id":"i"}}"#;
+        assert!(delivery_as_written(written).is_some());
+        for body in [
+            &br#"{"method":"message","jsonrpc":"2.0","params":{"topic":"t","payload":1,"sender":"s","id":"i"}}"#[..],
+            br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s","id":"i"},"id":3}"#,
+            br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s"}}"#,
+            br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s","id":"i"}"#,
+            br#"{"jsonrpc":"2.0","method":"publish_failed","params":{"message_id":"m","code":1,"message":"x"}}"#,
+        ] {
+            assert!(delivery_as_written(body).is_none(), "{}", String::from_utf8_lossy(body));
+        }
+    }
 }

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyBlockingIOError, PyConnectionError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::PyDict;
 use serde_json::value::RawValue;
 
 use super::options::ClientOptions;
-use super::{events, facts, json, runtime};
+use super::{dispatch, facts, json, runtime};
 use crate::client::{self, ClientError};
 use crate::protocol::method::{MethodName, SubscriptionFlags, Will};
 
@@ -241,14 +241,12 @@ impl Client {
         self.inner.close();
     }
 
-    /// Up to `limit` queued events, oldest first, as typed event objects. When more
-    /// remain, the wake socket is written again.
-    #[pyo3(signature = (limit = DRAIN_LIMIT))]
-    fn drain<'py>(slf: &Bound<'py, Self>, limit: usize) -> PyResult<Bound<'py, PyList>> {
-        let list = PyList::empty(slf.py());
-        for event in slf.get().inner.drain(limit) {
-            list.append(events::to_python(slf, event)?)?;
-        }
-        Ok(list)
+    /// Handles up to `limit` queued events, oldest first, for `core` (the client core:
+    /// see `Dispatcher` in `_core.pyi`): each delivery's callbacks are called from
+    /// this loop, every other event goes to `core.handle`. Returns how many were
+    /// handled. When more remain, the wake socket is written again.
+    #[pyo3(signature = (core, limit = DRAIN_LIMIT))]
+    fn dispatch(slf: &Bound<'_, Self>, core: &Bound<'_, PyAny>, limit: usize) -> PyResult<usize> {
+        dispatch::run(slf, core, slf.get().inner.drain(limit))
     }
 }

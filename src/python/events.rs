@@ -1,21 +1,14 @@
-//! The events `Client.drain` hands to Python, one frozen class per kind, so that the
-//! client core reads named attributes and dispatches on the class.
+//! The events `Client.dispatch` hands to the client core, one frozen class per kind,
+//! so that it reads named attributes and dispatches on the class; and the `Message`
+//! of each delivery, which goes to its callbacks instead.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyTuple};
+use pyo3::types::PyString;
 
 use super::client::Client;
 use super::json;
 use super::message::{Fields, Message, QueueSettle};
 use crate::client::{Delivered, Event, QueueDelivery};
-
-/// A message for this client: `subscriptions` are those of its subscriptions whose
-/// patterns match the topic (one, for a delivery from a queue).
-#[pyclass(module = "message_broker._core", frozen, get_all)]
-pub struct Delivery {
-    message: Py<Message>,
-    subscriptions: Py<PyTuple>,
-}
 
 /// A message whose payload Python cannot hold (an integer past Python's digit limit),
 /// handed over as text instead of the message, so the rest of the batch is not lost.
@@ -106,7 +99,6 @@ pub struct Writable {}
 pub struct Closed {}
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<Delivery>()?;
     m.add_class::<Undecodable>()?;
     m.add_class::<Answer>()?;
     m.add_class::<CallFailed>()?;
@@ -119,10 +111,19 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
-/// The Python object for one event of `client`.
-pub fn to_python<'py>(client: &Bound<'py, Client>, event: Event) -> PyResult<Bound<'py, PyAny>> {
+/// One event of a client as Python has it.
+pub enum PyEvent<'py> {
+    /// A message for this client, for those of its subscriptions whose patterns match
+    /// the topic (one, for a delivery from a queue).
+    Delivery { message: Bound<'py, Message>, subscriptions: Vec<u64> },
+    /// Any other event (an `Undecodable` delivery included), for the client core.
+    Other(Bound<'py, PyAny>),
+}
+
+/// The Python objects for one event of `client`.
+pub fn to_python<'py>(client: &Bound<'py, Client>, event: Event) -> PyResult<PyEvent<'py>> {
     let py = client.py();
-    Ok(match event {
+    Ok(PyEvent::Other(match event {
         Event::Message(delivered) => return delivery(client, delivered),
         Event::Response { call, result: Ok(result) } => Bound::new(py, Answer { call, result })?.into_any(),
         Event::Response { call, result: Err(error) } => {
@@ -140,14 +141,14 @@ pub fn to_python<'py>(client: &Bound<'py, Client>, event: Event) -> PyResult<Bou
         Event::ConnectFailed { reason, code } => Bound::new(py, ConnectFailed { reason, code })?.into_any(),
         Event::Writable => Bound::new(py, Writable {})?.into_any(),
         Event::Closed => Bound::new(py, Closed {})?.into_any(),
-    })
+    }))
 }
 
 fn settle_of(client: &Bound<'_, Client>, delivery: &QueueDelivery) -> QueueSettle {
     QueueSettle { client: client.clone().unbind(), generation: delivery.generation, tag: delivery.tag }
 }
 
-fn delivery<'py>(client: &Bound<'py, Client>, m: Delivered) -> PyResult<Bound<'py, PyAny>> {
+fn delivery<'py>(client: &Bound<'py, Client>, m: Delivered) -> PyResult<PyEvent<'py>> {
     let py = client.py();
     let payload = match json::decode(py, &m.payload) {
         Ok(payload) => payload,
@@ -164,7 +165,7 @@ fn delivery<'py>(client: &Bound<'py, Client>, m: Delivered) -> PyResult<Bound<'p
                 queue: m.from_queue.map(|q| q.queue),
                 settle,
             };
-            return Ok(Bound::new(py, undecodable)?.into_any());
+            return Ok(PyEvent::Other(Bound::new(py, undecodable)?.into_any()));
         }
     };
     // Checked by the broker: an object of strings, which json.loads always reads.
@@ -190,7 +191,6 @@ fn delivery<'py>(client: &Bound<'py, Client>, m: Delivered) -> PyResult<Bound<'p
     });
     // A request keeps its client, through which it is answered.
     let replier = fields.reply_to.is_some().then(|| client.clone().unbind());
-    let message = Py::new(py, Message::delivered(fields, from_queue, replier))?;
-    let subscriptions = PyTuple::new(py, m.subscriptions)?.unbind();
-    Ok(Bound::new(py, Delivery { message, subscriptions })?.into_any())
+    let message = Bound::new(py, Message::delivered(fields, from_queue, replier))?;
+    Ok(PyEvent::Delivery { message, subscriptions: m.subscriptions })
 }

@@ -330,7 +330,7 @@ impl Message {
 
     /// Settles it unless it is settled already: what the client does once the callback
     /// is done with it.
-    fn _finish(&mut self, ack: bool, requeue: bool) -> PyResult<()> {
+    pub fn _finish(&mut self, ack: bool, requeue: bool) -> PyResult<()> {
         match &self.settle {
             Some(settle) if !self.settled => {
                 self.settled = true;

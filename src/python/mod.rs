@@ -10,12 +10,14 @@
 //!   one typed object.
 //! - [`broker`]: `Broker`, the server behind `message_broker.MessageBroker`.
 //! - [`client`]: `Client`, the engine behind both Python clients.
-//! - [`events`]: the typed events `Client.drain` returns; [`message`]: `Message`,
-//!   built during the drain.
+//! - [`dispatch`]: `Client.dispatch`, which calls the callbacks of a batch of
+//!   deliveries from one loop; [`events`]: the typed events it hands the client core
+//!   for the rest; [`message`]: `Message`, built as it goes.
 //! - [`json`]: JSON straight between Python objects and bytes.
 
 mod broker;
 mod client;
+mod dispatch;
 mod events;
 mod facts;
 mod json;
