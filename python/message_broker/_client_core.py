@@ -431,7 +431,7 @@ class ClientCore:
             return NotConnectedError(f"not connected: {reason}; call {self._connect_call} again")
         return NotConnectedError(f"not connected: call {self._connect_call} first")
 
-    def _refused(self, error: ConnectionError) -> NotConnectedError:
+    def refused(self, error: ConnectionError) -> NotConnectedError:
         """A ``ConnectionError`` of the engine: not connected (and not queued), or
         stopped, saying why."""
         if self.stop_reason is not None:
@@ -498,7 +498,7 @@ class ClientCore:
         except ValueError as error:
             raise InvalidMessageError(str(error)) from None
         except ConnectionError as error:
-            raise self._refused(error) from None
+            raise self.refused(error) from None
         if call is not None and confirmed is not None:
             self._calls[call] = lambda _, error: confirmed(message_id, error)
         return message_id
@@ -722,7 +722,7 @@ class ClientCore:
         except ValueError as error:
             raise InvalidMessageError(str(error)) from None
         except ConnectionError as error:
-            raise self._refused(error) from None
+            raise self.refused(error) from None
 
     def _add_callback(
         self,

@@ -16,6 +16,7 @@ import contextlib
 import inspect
 import logging
 import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any
@@ -39,6 +40,7 @@ from message_broker._client_core import (
 from message_broker.errors import (
     ERROR_CODES,
     BrokerError,
+    InvalidMessageError,
     NotConnectedError,
     OutgoingQueueFullError,
     PayloadValidationError,
@@ -46,6 +48,7 @@ from message_broker.errors import (
     error_from_code,
 )
 from message_broker.message import Message
+from message_broker.typed import PLAIN_TYPES, encode
 
 __all__ = ["URL_ENV", "BrokerClient", "Callback", "Subscription", "broker_url"]
 
@@ -256,6 +259,8 @@ class BrokerClient:
         )
         self._core = ClientCore(options, self, "connect()")
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The thread that runs it: where a publish may skip asking for the running loop.
+        self._loop_thread: int | None = None
         self._pump: asyncio.Task[None] | None = None
         self._connecting: asyncio.Future[bool] | None = None
         self._closed: asyncio.Future[None] | None = None
@@ -340,6 +345,7 @@ class BrokerClient:
         self._has_connected = False
         wake = self._core.open(will, wait)
         self._loop = loop
+        self._loop_thread = threading.get_ident()
         self._connecting = loop.create_future()
         self._closed = loop.create_future()
         self._pump = loop.create_task(self._run(wake), name=f"broker-client-{self.client_id}")
@@ -411,6 +417,22 @@ class BrokerClient:
         ``headers`` (a small dict of strings: trace ids, content types) travel beside
         the payload, as ``Message.headers``.
         """
+        if qos == 0 and ttl == 0 and retain is False and headers is None:
+            # The common case, with as little Python in its way as the language allows.
+            engine = self._core.engine
+            if engine is None or threading.get_ident() != self._loop_thread:
+                engine = self._require_loop()
+            if type(payload) not in PLAIN_TYPES:
+                payload = encode(payload)
+            while True:
+                try:
+                    return engine.publish(topic, payload, 0, 0, False, None)[0]
+                except BlockingIOError:
+                    await self._wait_for_room()
+                except ValueError as error:
+                    raise InvalidMessageError(str(error)) from None
+                except ConnectionError as error:
+                    raise self._core.refused(error) from None
         self._require_loop()
         confirmed, done = (self._completion()) if qos == 1 else (None, None)
         while True:
@@ -439,11 +461,19 @@ class BrokerClient:
         :class:`OutgoingQueueFullError` when the outgoing queue is full (``publish()``
         would wait for room): nothing was queued then.
         """
-        self._require_loop()
+        engine = self._core.engine
+        if engine is None or threading.get_ident() != self._loop_thread:
+            engine = self._require_loop()
+        if type(payload) not in PLAIN_TYPES:
+            payload = encode(payload)
         try:
-            return self._core.publish(topic, payload, 0, ttl, retain, headers)
+            return engine.publish(topic, payload, 0, ttl, retain, headers)[0]
         except BlockingIOError as full:
             raise OutgoingQueueFullError(str(full)) from None
+        except ValueError as error:
+            raise InvalidMessageError(str(error)) from None
+        except ConnectionError as error:
+            raise self._core.refused(error) from None
 
     async def _wait_for_room(self) -> None:
         room = asyncio.get_running_loop().create_future()
@@ -754,10 +784,12 @@ class BrokerClient:
 
         return future, done
 
-    def _require_loop(self) -> None:
-        self._core.require()
+    def _require_loop(self) -> _core.Client:
+        """The engine, when connected and called from the event loop it connected on."""
+        engine = self._core.require()
         if asyncio.get_running_loop() is not self._loop:
             raise RuntimeError("a BrokerClient is used from the event loop it connected on")
+        return engine
 
     # -- the driver of the client core ----------------------------------------------------
     async def _run(self, wake: socket.socket) -> None:

@@ -36,7 +36,8 @@ logger = logging.getLogger("message_broker.client")
 T = TypeVar("T")
 
 # Payloads published as they are: checked first, so that plain payloads pay one lookup.
-_PLAIN = frozenset({dict, list, str, int, float, bool, type(None)})
+# Payloads of these types are sent as they are (the extension writes them as JSON).
+PLAIN_TYPES = frozenset({dict, list, str, int, float, bool, type(None)})
 
 
 def _pydantic_model_class() -> type | None:
@@ -51,7 +52,7 @@ def encode(value: Any) -> Any:
     (nested dataclasses, enums and models in them too), a pydantic model
     ``model.model_dump(mode="json")``; any other value is returned as it is (a plain
     dict or list is not searched for dataclasses: the payload itself is the model)."""
-    if type(value) in _PLAIN:
+    if type(value) in PLAIN_TYPES:
         return value
     return _encode_deep(value)
 
