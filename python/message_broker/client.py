@@ -420,7 +420,7 @@ class BrokerClient:
         if qos == 0 and ttl == 0 and retain is False and headers is None:
             # The common case, with as little Python in its way as the language allows.
             engine = self._core.engine
-            if engine is None or threading.get_ident() != self._loop_thread:
+            if engine is None or not self._on_own_loop():
                 engine = self._require_loop()
             if type(payload) not in PLAIN_TYPES:
                 payload = encode(payload)
@@ -462,7 +462,7 @@ class BrokerClient:
         would wait for room): nothing was queued then.
         """
         engine = self._core.engine
-        if engine is None or threading.get_ident() != self._loop_thread:
+        if engine is None or not self._on_own_loop():
             engine = self._require_loop()
         if type(payload) not in PLAIN_TYPES:
             payload = encode(payload)
@@ -783,6 +783,13 @@ class BrokerClient:
                     future.set_exception(error)
 
         return future, done
+
+    def _on_own_loop(self) -> bool:
+        """True when called from the loop it connected on, known without asking asyncio
+        for the running loop (which costs a system call): that loop runs, on this
+        thread, and a thread runs one loop at a time."""
+        loop = self._loop
+        return threading.get_ident() == self._loop_thread and loop is not None and loop.is_running()
 
     def _require_loop(self) -> _core.Client:
         """The engine, when connected and called from the event loop it connected on."""
