@@ -7,8 +7,10 @@
 //! pushes back on the broker (which drops for it and says so) instead of growing
 //! memory here.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -27,26 +29,166 @@ pub struct RemoteError {
     pub data: Option<String>,
 }
 
-/// A message delivered to this client.
-#[derive(Debug, Clone, PartialEq)]
+/// A message delivered to this client. Its text fields are cut out of the frame it
+/// came in, which it keeps: neither the payload nor the topic and ids are copied
+/// between the wire and the consumer.
+#[derive(Debug, Clone)]
 pub struct Delivered {
     /// The client's subscriptions whose patterns match the topic.
     pub subscriptions: Vec<u64>,
-    pub topic: String,
-    /// The payload as JSON text, exactly as the broker sent it.
-    pub payload: String,
-    pub sender: String,
-    pub id: String,
+    frame: Bytes,
+    topic: Text,
+    /// The payload, exactly as the broker sent it.
+    payload: Span,
+    sender: Text,
+    id: Text,
+    reply_to: Option<Text>,
+    /// The publisher's headers, a JSON object of strings.
+    headers: Option<Span>,
     pub timestamp: f64,
-    pub reply_to: Option<String>,
     pub ttl: Option<f64>,
     pub qos: u8,
-    /// The publisher's headers, a JSON object of strings, as text.
-    pub headers: Option<String>,
     /// From the retained store: the topic's last known state, not a fresh message.
     pub retained: bool,
     /// For a delivery from a queue: how to acknowledge it.
     pub from_queue: Option<QueueDelivery>,
+}
+
+/// Where a text of the frame is: at a span of it, or, for a string written with
+/// escapes, unescaped beside it.
+#[derive(Debug, Clone)]
+enum Text {
+    At(Span),
+    Unescaped(Box<str>),
+}
+
+/// A range of the frame that holds UTF-8 text (it was cut from a `&str` into it).
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+/// A delivery as read from its frame: the texts borrowed from the frame itself,
+/// except strings that had escapes.
+pub struct DeliveryFields<'a> {
+    pub topic: Cow<'a, str>,
+    pub payload: &'a str,
+    pub sender: Cow<'a, str>,
+    pub id: Cow<'a, str>,
+    pub reply_to: Option<Cow<'a, str>>,
+    pub headers: Option<&'a str>,
+    pub timestamp: f64,
+    pub ttl: Option<f64>,
+    pub qos: u8,
+    pub retained: bool,
+}
+
+impl Delivered {
+    /// A delivery whose fields were read from `frame` (its borrowed texts must be
+    /// slices of it).
+    pub fn new(
+        subscriptions: Vec<u64>,
+        frame: &Bytes,
+        fields: DeliveryFields<'_>,
+        from_queue: Option<QueueDelivery>,
+    ) -> Delivered {
+        let span = |cut: &str| Span::of(frame, cut);
+        let text_of = |cut: Cow<'_, str>| match cut {
+            Cow::Borrowed(cut) => Text::At(span(cut)),
+            Cow::Owned(unescaped) => Text::Unescaped(unescaped.into_boxed_str()),
+        };
+        Delivered {
+            subscriptions,
+            frame: frame.clone(),
+            topic: text_of(fields.topic),
+            payload: span(fields.payload),
+            sender: text_of(fields.sender),
+            id: text_of(fields.id),
+            reply_to: fields.reply_to.map(text_of),
+            headers: fields.headers.map(span),
+            timestamp: fields.timestamp,
+            ttl: fields.ttl,
+            qos: fields.qos,
+            retained: fields.retained,
+            from_queue,
+        }
+    }
+
+    pub fn topic(&self) -> &str {
+        self.text(&self.topic)
+    }
+
+    /// The payload as JSON text, exactly as the broker sent it.
+    pub fn payload(&self) -> &str {
+        self.span(self.payload)
+    }
+
+    pub fn sender(&self) -> &str {
+        self.text(&self.sender)
+    }
+
+    pub fn id(&self) -> &str {
+        self.text(&self.id)
+    }
+
+    /// Where the answer goes, for a request.
+    pub fn reply_to(&self) -> Option<&str> {
+        self.reply_to.as_ref().map(|text| self.text(text))
+    }
+
+    /// The publisher's headers as JSON text (an object of strings), when it gave any.
+    pub fn headers(&self) -> Option<&str> {
+        self.headers.map(|span| self.span(span))
+    }
+
+    fn text<'a>(&'a self, text: &'a Text) -> &'a str {
+        match text {
+            Text::At(span) => self.span(*span),
+            Text::Unescaped(text) => text,
+        }
+    }
+
+    fn span(&self, span: Span) -> &str {
+        let bytes = &self.frame[span.start..span.end];
+        // SAFETY: a span is only made from a `&str` that lies inside this frame
+        // (`Span::of`), and the frame never changes: the bytes are that `&str`'s.
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+}
+
+/// Equal when what they deliver is, whatever frames they were cut from.
+impl PartialEq for Delivered {
+    fn eq(&self, other: &Self) -> bool {
+        self.subscriptions == other.subscriptions
+            && self.topic() == other.topic()
+            && self.payload() == other.payload()
+            && self.sender() == other.sender()
+            && self.id() == other.id()
+            && self.reply_to() == other.reply_to()
+            && self.headers() == other.headers()
+            && self.timestamp == other.timestamp
+            && self.ttl == other.ttl
+            && self.qos == other.qos
+            && self.retained == other.retained
+            && self.from_queue == other.from_queue
+    }
+}
+
+impl Span {
+    /// The span of `frame` that `cut` occupies.
+    ///
+    /// # Panics
+    /// When `cut` is not a slice of `frame`: a bug in the reader.
+    fn of(frame: &[u8], cut: &str) -> Span {
+        let start = (cut.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+        let end = start.wrapping_add(cut.len());
+        assert!(
+            start <= frame.len() && end <= frame.len() && start <= end,
+            "text is not a slice of its frame"
+        );
+        Span { start, end }
+    }
 }
 
 /// A delivery from a queue, to acknowledge with [`super::Client::settle`].
@@ -175,6 +317,54 @@ mod tests {
         fn wake(&self) {
             self.0.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn fields<'a>(topic: Cow<'a, str>, payload: &'a str, id: Cow<'a, str>) -> DeliveryFields<'a> {
+        DeliveryFields {
+            topic,
+            payload,
+            sender: Cow::Owned("s".into()),
+            id,
+            reply_to: None,
+            headers: None,
+            timestamp: 1.0,
+            ttl: None,
+            qos: 0,
+            retained: false,
+        }
+    }
+
+    #[test]
+    fn a_delivery_keeps_its_frame_and_reads_its_texts_from_it() {
+        let frame = Bytes::from_static(br#"{"topic":"jobs.a","payload":{"n":1},"id":"m\"1"}"#);
+        let text = std::str::from_utf8(&frame).unwrap();
+        let cut = |from: usize, len: usize| &text[from..from + len];
+        let delivery = Delivered::new(
+            vec![3],
+            &frame,
+            fields(Cow::Borrowed(cut(10, 6)), cut(28, 7), Cow::Owned("m\"1".into())),
+            None,
+        );
+        assert_eq!((delivery.topic(), delivery.payload(), delivery.id()), ("jobs.a", r#"{"n":1}"#, "m\"1"));
+        assert_eq!(delivery.sender(), "s", "an unescaped text, kept beside the frame");
+
+        let other = Bytes::from_static(br#"  jobs.a {"n":1} m"1"#);
+        let text = std::str::from_utf8(&other).unwrap();
+        let same = Delivered::new(
+            vec![3],
+            &other,
+            fields(Cow::Borrowed(&text[2..8]), &text[9..16], Cow::Borrowed(&text[17..20])),
+            None,
+        );
+        assert_eq!(delivery, same, "equal by what they deliver, not by their frames");
+    }
+
+    #[test]
+    #[should_panic(expected = "not a slice of its frame")]
+    fn a_text_from_outside_the_frame_is_refused() {
+        let frame = Bytes::from_static(b"{}");
+        let elsewhere = String::from("jobs.a");
+        Delivered::new(vec![], &frame, fields(Cow::Borrowed(&elsewhere), "{}", Cow::Borrowed("x")), None);
     }
 
     #[test]

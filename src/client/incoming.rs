@@ -5,10 +5,11 @@
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Delivered, Event, QueueDelivery, RemoteError, Shared, encode_settle};
+use super::{Delivered, DeliveryFields, Event, QueueDelivery, RemoteError, Shared, encode_settle};
 use crate::protocol::jsonrpc::present;
 
 /// What a frame from the broker was, once handled.
@@ -48,15 +49,18 @@ struct WireError<'a> {
 #[derive(Deserialize)]
 #[cfg_attr(test, derive(Debug))]
 struct MessageParams<'a> {
-    topic: String,
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
     #[serde(borrow)]
     payload: &'a RawValue,
-    sender: String,
-    id: String,
+    #[serde(borrow)]
+    sender: Cow<'a, str>,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
     #[serde(default)]
     timestamp: f64,
-    #[serde(default)]
-    reply_to: Option<String>,
+    #[serde(borrow, default)]
+    reply_to: Option<Cow<'a, str>>,
     #[serde(default)]
     ttl: Option<f64>,
     #[serde(default)]
@@ -76,9 +80,9 @@ struct MessageParams<'a> {
 /// How the broker begins every delivery it writes (`protocol::message::Delivery`).
 const DELIVERY_START: &[u8] = br#"{"jsonrpc":"2.0","method":"message","params":"#;
 
-pub(super) fn handle_frame(shared: &Shared, body: &[u8]) -> Handled {
+pub(super) fn handle_frame(shared: &Shared, body: &Bytes) -> Handled {
     if let Some(params) = delivery_as_written(body) {
-        deliver(shared, params);
+        deliver(shared, body, params);
         return Handled::Done;
     }
     let frame: Frame<'_> = match serde_json::from_slice(body) {
@@ -91,7 +95,7 @@ pub(super) fn handle_frame(shared: &Shared, body: &[u8]) -> Handled {
     if let Some(method) = frame.method {
         match method.as_ref() {
             "message" => match frame.params.map(|params| serde_json::from_str(params.get())) {
-                Some(Ok(params)) => deliver(shared, params),
+                Some(Ok(params)) => deliver(shared, body, params),
                 Some(Err(error)) => tracing::warn!(%error, "ignored a malformed message from the broker"),
                 None => tracing::warn!("ignored a message from the broker without params"),
             },
@@ -152,7 +156,8 @@ fn publish_failed(shared: &Shared, params: Option<&RawValue>) {
     shared.inbox.push(Event::PublishFailed { message_id: failed.message_id, error });
 }
 
-fn deliver(shared: &Shared, params: MessageParams<'_>) {
+/// Queues a delivery read from `frame` for the subscriptions it is for.
+fn deliver(shared: &Shared, frame: &Bytes, params: MessageParams<'_>) {
     let from_queue = match (params.queue, params.delivery) {
         (Some(queue), Some(tag)) => Some(QueueDelivery {
             queue,
@@ -170,7 +175,7 @@ fn deliver(shared: &Shared, params: MessageParams<'_>) {
             }
             // A retained message is the topic's state, whoever set it: never skipped.
             None => {
-                let own = !params.retained && params.sender == shared.config.client_id;
+                let own = !params.retained && *params.sender == *shared.config.client_id;
                 state.subscriptions.matching(&params.topic, own)
             }
         }
@@ -185,20 +190,19 @@ fn deliver(shared: &Shared, params: MessageParams<'_>) {
         }
         return;
     }
-    shared.inbox.push(Event::Message(Delivered {
-        subscriptions,
+    let fields = DeliveryFields {
         topic: params.topic,
-        payload: params.payload.get().to_owned(),
+        payload: params.payload.get(),
         sender: params.sender,
         id: params.id,
-        timestamp: params.timestamp,
         reply_to: params.reply_to,
+        headers: params.headers.map(RawValue::get),
+        timestamp: params.timestamp,
         ttl: params.ttl,
         qos: params.qos,
-        headers: params.headers.map(|headers| headers.get().to_owned()),
         retained: params.retained,
-        from_queue,
-    }));
+    };
+    shared.inbox.push(Event::Message(Delivered::new(subscriptions, frame, fields, from_queue)));
 }
 
 #[cfg(test)]

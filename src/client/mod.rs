@@ -31,7 +31,7 @@ use tokio::sync::{Notify, watch};
 
 pub use config::ClientConfig;
 use config::backoff;
-pub use inbox::{Delivered, Event, Inbox, QueueDelivery, RemoteError, Waker};
+pub use inbox::{Delivered, DeliveryFields, Event, Inbox, QueueDelivery, RemoteError, Waker};
 pub use stream::Endpoint;
 use stream::WriteHalf;
 use subscriptions::{Subscriptions, by_flags};

@@ -305,17 +305,17 @@ async fn read_loop(shared: &Shared, reader: &mut FrameReader<ReadHalf>, heartbea
             reader.next().await
         };
         match next {
-            Ok(Some(Decoded::Frame(body))) => {
-                if let Handled::Notice(error) = handle_frame(shared, &body) {
-                    tracing::warn!(client_id = %shared.config.client_id, code = error.code, "{}", error.message);
-                    notice = Some(error);
+            Ok(Some(decoded)) => {
+                take(shared, decoded, &mut notice);
+                // The frames already read are taken at once: no clock or room to check
+                // for each of a burst.
+                for _ in 1..FRAMES_AT_HAND {
+                    match reader.buffered() {
+                        Ok(Some(decoded)) => take(shared, decoded, &mut notice),
+                        Ok(None) => break,
+                        Err(error) => return End::retry(error.to_string()),
+                    }
                 }
-            }
-            Ok(Some(Decoded::TooLarge { len })) => {
-                tracing::warn!(
-                    len,
-                    "discarded a frame from the broker larger than {MAX_INBOUND_FRAME} bytes"
-                );
             }
             Ok(None) => {
                 return match notice {
@@ -329,6 +329,25 @@ async fn read_loop(shared: &Shared, reader: &mut FrameReader<ReadHalf>, heartbea
                 };
             }
             Err(error) => return End::retry(error.to_string()),
+        }
+    }
+}
+
+/// Frames handled from one read at most, before the inbox's room is looked at again.
+const FRAMES_AT_HAND: usize = 256;
+
+/// Handles one frame from the broker; a notice (the broker is about to close) is kept
+/// to say why the connection ends.
+fn take(shared: &Shared, decoded: Decoded, notice: &mut Option<RemoteError>) {
+    match decoded {
+        Decoded::Frame(body) => {
+            if let Handled::Notice(error) = handle_frame(shared, &body) {
+                tracing::warn!(client_id = %shared.config.client_id, code = error.code, "{}", error.message);
+                *notice = Some(error);
+            }
+        }
+        Decoded::TooLarge { len } => {
+            tracing::warn!(len, "discarded a frame from the broker larger than {MAX_INBOUND_FRAME} bytes");
         }
     }
 }

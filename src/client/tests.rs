@@ -63,7 +63,7 @@ async fn publish_subscribe_request_and_reconnect() {
     sub.wait(|e| matches!(e, Event::Response { call: c, result: Ok(_) } if *c == call).then_some(())).await;
     let id = publisher.client.publish("jobs.done", r#"{"n":1}"#, None).unwrap();
     let message = sub.wait(|e| if let Event::Message(m) = e { Some(m.clone()) } else { None }).await;
-    assert_eq!((message.id.as_str(), message.payload.as_str()), (id.as_str(), r#"{"n":1}"#));
+    assert_eq!((message.id(), message.payload()), (id.as_str(), r#"{"n":1}"#));
     assert_eq!(message.subscriptions, vec![1]);
 
     // Request / reply through the broker.
@@ -72,7 +72,7 @@ async fn publish_subscribe_request_and_reconnect() {
         .call(MethodName::Request, serde_json::json!({"topic": "jobs.ask", "payload": 2}))
         .unwrap();
     let request = sub.wait(|e| if let Event::Message(m) = e { Some(m.clone()) } else { None }).await;
-    sub.client.publish(request.reply_to.as_deref().unwrap(), "4", None).unwrap();
+    sub.client.publish(request.reply_to().unwrap(), "4", None).unwrap();
     let answer = publisher
         .wait(|e| match e {
             Event::Response { call: c, result } if *c == call => Some(result.clone()),
@@ -89,7 +89,7 @@ async fn publish_subscribe_request_and_reconnect() {
     publisher.wait(|e| matches!(e, Event::Connected).then_some(())).await;
     publisher.client.publish("jobs.again", "true", None).unwrap();
     let message = sub.wait(|e| if let Event::Message(m) = e { Some(m.clone()) } else { None }).await;
-    assert_eq!(message.topic, "jobs.again");
+    assert_eq!(message.topic(), "jobs.again");
 
     sub.client.close();
     sub.wait(|e| matches!(e, Event::Closed).then_some(())).await;

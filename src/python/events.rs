@@ -150,17 +150,17 @@ fn settle_of(client: &Bound<'_, Client>, delivery: &QueueDelivery) -> QueueSettl
 
 fn delivery<'py>(client: &Bound<'py, Client>, m: Delivered) -> PyResult<PyEvent<'py>> {
     let py = client.py();
-    let payload = match json::decode(py, &m.payload) {
+    let payload = match json::decode(py, m.payload()) {
         Ok(payload) => payload,
         // One payload Python cannot hold must not cost the other events of the batch:
         // it is handed over as text with the reason.
         Err(error) => {
             let settle = m.from_queue.as_ref().map(|q| settle_of(client, q));
             let undecodable = Undecodable {
-                topic: m.topic,
-                payload_text: m.payload,
-                sender: m.sender,
-                id: m.id,
+                topic: m.topic().to_owned(),
+                payload_text: m.payload().to_owned(),
+                sender: m.sender().to_owned(),
+                id: m.id().to_owned(),
                 reason: error.value(py).to_string(),
                 queue: m.from_queue.map(|q| q.queue),
                 settle,
@@ -169,18 +169,18 @@ fn delivery<'py>(client: &Bound<'py, Client>, m: Delivered) -> PyResult<PyEvent<
         }
     };
     // Checked by the broker: an object of strings, which json.loads always reads.
-    let headers = match &m.headers {
+    let headers = match m.headers() {
         Some(text) => Some(json::decode(py, text)?.unbind()),
         None => None,
     };
     let fields = Fields {
         headers,
-        topic: PyString::new(py, &m.topic).unbind(),
+        topic: PyString::new(py, m.topic()).unbind(),
         payload: payload.unbind(),
-        sender: PyString::new(py, &m.sender).unbind(),
-        id: PyString::new(py, &m.id).unbind(),
+        sender: PyString::new(py, m.sender()).unbind(),
+        id: PyString::new(py, m.id()).unbind(),
         timestamp: m.timestamp,
-        reply_to: m.reply_to.map(|to| PyString::new(py, &to).unbind()),
+        reply_to: m.reply_to().map(|to| PyString::new(py, to).unbind()),
         ttl: m.ttl,
         qos: m.qos,
         retained: m.retained,
