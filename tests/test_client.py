@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -439,6 +440,74 @@ def test_short_scripts_always_exit_cleanly(disconnect, stop):
         if result.returncode != 0:
             failures.append((result.returncode, result.stderr[-1500:]))
     assert not failures, failures
+
+
+WORKER_THREADS_SCRIPT = textwrap.dedent(
+    """
+    import asyncio
+    from message_broker import BrokerClient, BrokerConfig, MessageBroker
+
+    async def main():
+        broker = MessageBroker(BrokerConfig(host="127.0.0.1", port=0))
+        await broker.start()
+        client = BrokerClient("threads", host="127.0.0.1", port=broker.port)
+        assert await client.connect()
+        got = []
+        await client.subscribe("t", got.append)
+        for n in range(100):
+            await client.publish("t", n)
+        status = await client.request("status", {})
+        for _ in range(500):
+            if len(got) == 100:
+                break
+            await asyncio.sleep(0.01)
+        print(len(got), status["worker_threads"])
+        await client.disconnect()
+        await broker.stop()
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_the_runtime_runs_on_as_many_workers_as_asked(threads):
+    env = {**os.environ, "MESSAGE_BROKER_WORKER_THREADS": threads}
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER_THREADS_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert result.stdout.split() == ["100", threads]
+
+
+@pytest.mark.parametrize("threads", ["0", "many", "65"])
+def test_a_bad_worker_count_is_refused_with_its_name(threads):
+    script = textwrap.dedent(
+        """
+        import asyncio
+        from message_broker import BrokerClient
+
+        async def main():
+            try:
+                await BrokerClient("c", host="127.0.0.1", port=9).connect()
+            except RuntimeError as error:
+                print(error)
+
+        asyncio.run(main())
+        """
+    )
+    env = {**os.environ, "MESSAGE_BROKER_WORKER_THREADS": threads}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert result.stdout.strip() == (
+        f"MESSAGE_BROKER_WORKER_THREADS must be a whole number from 1 to 64, got {threads!r}"
+    ).replace("'", '"')
 
 
 async def test_disconnect_right_after_a_burst_sends_everything(start_broker):

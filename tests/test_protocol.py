@@ -153,6 +153,7 @@ def test_status_reports_clients_subscriptions_and_counters(raw, broker):
     assert clients["a"]["client_type"] == "ahk"
     assert clients["b"]["subscriptions"] == []
     assert status["uptime"] >= 0
+    assert status["worker_threads"] >= 1
     assert status["messages"]["published"] >= 1
     assert status["messages"]["delivered"] >= 1
     assert status["subscription_count"] == 2

@@ -25,6 +25,25 @@ static CLOSED: AtomicBool = AtomicBool::new(false);
 /// How long interpreter exit waits for broker tasks to finish.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
+/// Sets the runtime's worker threads (brokers and clients of the process share them).
+pub const WORKER_THREADS_ENV: &str = "MESSAGE_BROKER_WORKER_THREADS";
+/// More threads than this only cost memory and wake-ups.
+const MAX_WORKER_THREADS: usize = 64;
+
+/// The runtime's worker threads: `MESSAGE_BROKER_WORKER_THREADS` when set, else one per
+/// core, from 2 to 4. Measured on 2 cores, 1, 2 and 4 workers serve a broker and its
+/// clients alike within the noise (docs/performance.md); past 4, threads mostly wait.
+fn worker_threads() -> PyResult<usize> {
+    let Ok(text) = std::env::var(WORKER_THREADS_ENV) else {
+        return Ok(std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4));
+    };
+    text.trim().parse().ok().filter(|n| (1..=MAX_WORKER_THREADS).contains(n)).ok_or_else(|| {
+        PyRuntimeError::new_err(format!(
+            "{WORKER_THREADS_ENV} must be a whole number from 1 to {MAX_WORKER_THREADS}, got {text:?}"
+        ))
+    })
+}
+
 /// A handle to the runtime, creating it on first use.
 pub fn handle() -> PyResult<Handle> {
     if CLOSED.load(Ordering::Acquire) {
@@ -42,9 +61,8 @@ pub fn handle() -> PyResult<Handle> {
         Some((_, inherited)) => std::mem::forget(inherited),
         None => {}
     }
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
     let created = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+        .worker_threads(worker_threads()?)
         .thread_name("message-broker")
         .enable_all()
         .build()

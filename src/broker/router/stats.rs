@@ -82,6 +82,8 @@ impl Router {
             "host": addr.map(|a| a.ip().to_string()),
             "port": addr.map(|a| a.port()),
             "uptime": self.started.elapsed().as_secs_f64(),
+            // The runtime's worker threads (MESSAGE_BROKER_WORKER_THREADS in Python).
+            "worker_threads": tokio::runtime::Handle::try_current().ok().map(|h| h.metrics().num_workers()),
             "client_count": state.sessions.len(),
             "clients": clients.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
             "subscription_count": state.index.len(),
