@@ -13,6 +13,7 @@ import pytest
 
 from message_broker import (
     BrokerError,
+    InvalidMessageError,
     Message,
     PayloadValidationError,
     ResponderError,
@@ -250,3 +251,19 @@ def test_pydantic_stays_optional():
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+class Opaque(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+    thing: object
+
+
+async def test_a_model_that_cannot_be_dumped_is_an_invalid_message(make_client):
+    client = await make_client("p")
+    unserializable = Opaque(thing=object())
+    with pytest.raises(InvalidMessageError):
+        await client.publish("readings", unserializable)
+    with pytest.raises(InvalidMessageError):
+        client.publish_nowait("readings", unserializable)
+    with pytest.raises(InvalidMessageError):
+        await client.publish("readings", unserializable, qos=1)

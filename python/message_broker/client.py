@@ -422,10 +422,10 @@ class BrokerClient:
             engine = self._core.engine
             if engine is None or not self._on_own_loop():
                 engine = self._require_loop()
-            if type(payload) not in PLAIN_TYPES:
-                payload = encode(payload)
             while True:
                 try:
+                    if type(payload) not in PLAIN_TYPES:
+                        payload = encode(payload)
                     return engine.publish(topic, payload, 0, 0, False, None)[0]
                 except BlockingIOError:
                     await self._wait_for_room()
@@ -464,9 +464,9 @@ class BrokerClient:
         engine = self._core.engine
         if engine is None or not self._on_own_loop():
             engine = self._require_loop()
-        if type(payload) not in PLAIN_TYPES:
-            payload = encode(payload)
         try:
+            if type(payload) not in PLAIN_TYPES:
+                payload = encode(payload)
             return engine.publish(topic, payload, 0, ttl, retain, headers)[0]
         except BlockingIOError as full:
             raise OutgoingQueueFullError(str(full)) from None

@@ -70,9 +70,10 @@ ReplyCallback = Callable[[Any, "BrokerError | None"], None]
 # Events are handled in slices of at most this long, so a burst of messages never
 # holds up the rest of the GUI (timers, painting, input) for longer.
 SLICE_SECONDS = 0.008
-# Events handled in one go (payloads decoded, callbacks called): a go cannot be cut
-# short, so it is small enough to stay well inside one slice.
-EVENTS_PER_PUMP = 32
+# Events handled in one go: one, so that the slice's deadline is looked at after each
+# callback, and a callback that runs a nested event loop (a modal dialog) leaves no
+# taken event behind for later ones to overtake.
+EVENTS_PER_PUMP = 1
 
 
 class QtSubscription(SubscriptionHandle):

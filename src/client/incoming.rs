@@ -81,6 +81,8 @@ struct MessageParams<'a> {
 const DELIVERY_START: &[u8] = br#"{"jsonrpc":"2.0","method":"message","params":"#;
 
 pub(super) fn handle_frame(shared: &Shared, body: &Bytes) -> Handled {
+    // Deliveries keep the frame they are read from.
+    let body = &own_frame(body);
     if let Some(params) = delivery_as_written(body) {
         deliver(shared, body, params);
         return Handled::Done;
@@ -205,6 +207,15 @@ fn deliver(shared: &Shared, frame: &Bytes, params: MessageParams<'_>) {
     shared.inbox.push(Event::Message(Delivered::new(subscriptions, frame, fields, from_queue)));
 }
 
+/// A frame cut from the read buffer shares the buffer's allocation: one that waits in
+/// the inbox alone would hold all of it. Frames this small are kept as a copy of their
+/// own; larger ones fill most of the allocation they share.
+const SHARED_FRAME_MIN: usize = 4 * 1024;
+
+fn own_frame(body: &Bytes) -> Bytes {
+    if body.len() < SHARED_FRAME_MIN { Bytes::copy_from_slice(body) } else { body.clone() }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::value::RawValue;
@@ -255,6 +266,17 @@ mod tests {
             assert_eq!(fast.sender, delivery.sender);
             assert_eq!(fast.payload.get(), payload.get());
         }
+    }
+
+    #[test]
+    fn a_small_frame_is_kept_as_a_copy_not_as_part_of_the_read_buffer() {
+        let mut buffer = bytes::BytesMut::zeroed(64 * 1024);
+        let small = buffer.split_to(200).freeze();
+        let large = buffer.split_to(SHARED_FRAME_MIN).freeze();
+        let kept = own_frame(&small);
+        assert_eq!(kept, small);
+        assert_ne!(kept.as_ptr(), small.as_ptr(), "its own allocation");
+        assert_eq!(own_frame(&large).as_ptr(), large.as_ptr(), "shared: it fills its share");
     }
 
     #[test]
