@@ -205,3 +205,19 @@ def test_loads_reads_common_payloads_without_the_standard_library(monkeypatch):
     for text in ("-0", '{"worker": "saw", "n": -0}', '["-0", ' + "9" * 20 + "]"):
         assert json.dumps(_core.loads(text)) == json.dumps(json_loads(text))
     assert len(slow_path) == 3
+
+
+def test_repeated_short_keys_are_made_once_and_shared():
+    first, second = _core.loads('{"status": 1}'), _core.loads('{"status": 2}')
+    assert next(iter(first)) is next(iter(second))
+    long_key = "k" * 65
+    a, b = _core.loads(json.dumps({long_key: 1})), _core.loads(json.dumps({long_key: 1}))
+    assert next(iter(a)) == next(iter(b)) == long_key
+
+
+def test_many_distinct_keys_decode_as_the_standard_library_does():
+    # More keys than the cache has slots: each one replaces another, none is confused.
+    document = {f"key{n}": n for n in range(5000)} | {"é": 1, "日本": 2, "a\\u0000b": 3}
+    text = json.dumps(document)
+    for _ in range(2):
+        assert _core.loads(text) == json.loads(text)

@@ -71,6 +71,7 @@ struct Span {
 
 /// A delivery as read from its frame: the texts borrowed from the frame itself,
 /// except strings that had escapes.
+#[derive(Debug)]
 pub struct DeliveryFields<'a> {
     pub topic: Cow<'a, str>,
     pub payload: &'a str,

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::written::{self, WrittenDelivery};
 use super::{Delivered, DeliveryFields, Event, QueueDelivery, RemoteError, Shared, encode_settle};
 use crate::protocol::jsonrpc::present;
 
@@ -77,14 +78,11 @@ struct MessageParams<'a> {
     delivery_count: u32,
 }
 
-/// How the broker begins every delivery it writes (`protocol::message::Delivery`).
-const DELIVERY_START: &[u8] = br#"{"jsonrpc":"2.0","method":"message","params":"#;
-
 pub(super) fn handle_frame(shared: &Shared, body: &Bytes) -> Handled {
     // Deliveries keep the frame they are read from.
     let body = &own_frame(body);
-    if let Some(params) = delivery_as_written(body) {
-        deliver(shared, body, params);
+    if let Some(delivery) = written::read(body) {
+        deliver(shared, body, delivery);
         return Handled::Done;
     }
     let frame: Frame<'_> = match serde_json::from_slice(body) {
@@ -96,11 +94,13 @@ pub(super) fn handle_frame(shared: &Shared, body: &Bytes) -> Handled {
     };
     if let Some(method) = frame.method {
         match method.as_ref() {
-            "message" => match frame.params.map(|params| serde_json::from_str(params.get())) {
-                Some(Ok(params)) => deliver(shared, body, params),
-                Some(Err(error)) => tracing::warn!(%error, "ignored a malformed message from the broker"),
-                None => tracing::warn!("ignored a message from the broker without params"),
-            },
+            "message" => {
+                match frame.params.map(|params| serde_json::from_str::<MessageParams<'_>>(params.get())) {
+                    Some(Ok(params)) => deliver(shared, body, WrittenDelivery::from(params)),
+                    Some(Err(error)) => tracing::warn!(%error, "ignored a malformed message from the broker"),
+                    None => tracing::warn!("ignored a message from the broker without params"),
+                }
+            }
             "publish_failed" => publish_failed(shared, frame.params),
             _ => {}
         }
@@ -135,14 +135,6 @@ pub(super) fn handle_frame(shared: &Shared, body: &Bytes) -> Handled {
     Handled::Internal { id, result: result.map(str::to_owned) }
 }
 
-/// The params of a delivery written as the broker writes it, read in one pass: the
-/// envelope is matched as text. Anything else (or anything wrong) is read as a whole
-/// frame instead, with its errors.
-fn delivery_as_written(body: &[u8]) -> Option<MessageParams<'_>> {
-    let params = body.strip_prefix(DELIVERY_START)?.strip_suffix(b"}")?;
-    serde_json::from_slice(params).ok()
-}
-
 fn publish_failed(shared: &Shared, params: Option<&RawValue>) {
     #[derive(Deserialize)]
     struct Failed {
@@ -158,17 +150,37 @@ fn publish_failed(shared: &Shared, params: Option<&RawValue>) {
     shared.inbox.push(Event::PublishFailed { message_id: failed.message_id, error });
 }
 
+impl<'a> From<MessageParams<'a>> for WrittenDelivery<'a> {
+    fn from(params: MessageParams<'a>) -> Self {
+        let fields = DeliveryFields {
+            topic: params.topic,
+            payload: params.payload.get(),
+            sender: params.sender,
+            id: params.id,
+            reply_to: params.reply_to,
+            headers: params.headers.map(RawValue::get),
+            timestamp: params.timestamp,
+            ttl: params.ttl,
+            qos: params.qos,
+            retained: params.retained,
+        };
+        let from_queue = match (params.queue, params.delivery) {
+            (Some(queue), Some(tag)) => Some((Cow::Owned(queue), tag, params.delivery_count)),
+            _ => None,
+        };
+        WrittenDelivery { fields, from_queue }
+    }
+}
+
 /// Queues a delivery read from `frame` for the subscriptions it is for.
-fn deliver(shared: &Shared, frame: &Bytes, params: MessageParams<'_>) {
-    let from_queue = match (params.queue, params.delivery) {
-        (Some(queue), Some(tag)) => Some(QueueDelivery {
-            queue,
-            tag,
-            delivery_count: params.delivery_count,
-            generation: shared.generation.load(Ordering::Acquire),
-        }),
-        _ => None,
-    };
+fn deliver(shared: &Shared, frame: &Bytes, delivery: WrittenDelivery<'_>) {
+    let WrittenDelivery { fields, from_queue } = delivery;
+    let from_queue = from_queue.map(|(queue, tag, delivery_count)| QueueDelivery {
+        queue: queue.into_owned(),
+        tag,
+        delivery_count,
+        generation: shared.generation.load(Ordering::Acquire),
+    });
     let subscriptions = {
         let state = shared.state.lock();
         match &from_queue {
@@ -177,8 +189,8 @@ fn deliver(shared: &Shared, frame: &Bytes, params: MessageParams<'_>) {
             }
             // A retained message is the topic's state, whoever set it: never skipped.
             None => {
-                let own = !params.retained && *params.sender == *shared.config.client_id;
-                state.subscriptions.matching(&params.topic, own)
+                let own = !fields.retained && *fields.sender == *shared.config.client_id;
+                state.subscriptions.matching(&fields.topic, own)
             }
         }
     };
@@ -192,18 +204,6 @@ fn deliver(shared: &Shared, frame: &Bytes, params: MessageParams<'_>) {
         }
         return;
     }
-    let fields = DeliveryFields {
-        topic: params.topic,
-        payload: params.payload.get(),
-        sender: params.sender,
-        id: params.id,
-        reply_to: params.reply_to,
-        headers: params.headers.map(RawValue::get),
-        timestamp: params.timestamp,
-        ttl: params.ttl,
-        qos: params.qos,
-        retained: params.retained,
-    };
     shared.inbox.push(Event::Message(Delivered::new(subscriptions, frame, fields, from_queue)));
 }
 
@@ -218,53 +218,136 @@ fn own_frame(body: &Bytes) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use serde_json::value::RawValue;
 
     use super::*;
     use crate::protocol::message::{Delivery, FromQueue};
 
-    /// The params as the general reading finds them: the frame first, then its params.
-    fn read_as_a_whole(body: &[u8]) -> MessageParams<'_> {
+    /// The delivery as serde reads it: the frame first, then its params.
+    fn read_by_serde(body: &[u8]) -> String {
         let frame: Frame<'_> = serde_json::from_slice(body).unwrap();
         assert_eq!(frame.method.as_deref(), Some("message"));
-        serde_json::from_str(frame.params.unwrap().get()).unwrap()
+        let params: MessageParams<'_> = serde_json::from_str(frame.params.unwrap().get()).unwrap();
+        format!("{:?}", WrittenDelivery::from(params))
     }
 
-    #[test]
-    fn a_delivery_as_the_broker_writes_it_is_read_in_one_pass_to_the_same_params() {
-        let payload = RawValue::from_string(r#"{"n": [1, "x\"}"], "m": null}"#.into()).unwrap();
-        let headers = RawValue::from_string(r#"{"trace":"a\u00e9"}"#.into()).unwrap();
-        let plain = Delivery {
+    fn plain(payload: &RawValue) -> Delivery<'_> {
+        Delivery {
             topic: "jobs.a",
-            payload: &payload,
+            payload,
             sender: "pub",
             id: "m1",
-            timestamp: 1.5,
+            timestamp: 1764619200.123456,
             reply_to: None,
             ttl: None,
             qos: 0,
             headers: None,
             retained: false,
             from_queue: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_delivery_as_the_broker_writes_it_is_read_in_one_pass_as_serde_reads_it() {
+        let payload =
+            RawValue::from_string(r#"{"n": [1, "x\"}]", {"a": []}], "m": null, "s": "é"}"#.into()).unwrap();
         let full = Delivery {
-            topic: "jobs.\"quoted\"",
-            sender: "caf\u{e9}\n",
             reply_to: Some("_inbox.x.1"),
             ttl: Some(2.25),
             qos: 1,
-            headers: Some(&headers),
             retained: true,
             from_queue: Some(FromQueue { queue: "work", delivery: 7, delivery_count: 2 }),
-            ..plain
+            ..plain(&payload)
         };
-        for delivery in [plain, full] {
+        for delivery in [plain(&payload), full] {
             let body = delivery.encode();
-            let fast = delivery_as_written(&body).expect("read in one pass");
-            assert_eq!(format!("{fast:?}"), format!("{:?}", read_as_a_whole(&body)));
-            assert_eq!(fast.topic, delivery.topic);
-            assert_eq!(fast.sender, delivery.sender);
-            assert_eq!(fast.payload.get(), payload.get());
+            let read = written::read(&body).expect("read in one pass");
+            assert_eq!(format!("{read:?}"), read_by_serde(&body));
+            assert_eq!(read.fields.payload, payload.get());
+        }
+        for scalar in ["1", "-2.5e3", "\"text\"", "true", "null", "[]", "{}"] {
+            let scalar = RawValue::from_string(scalar.into()).unwrap();
+            let body = plain(&scalar).encode();
+            assert_eq!(written::read(&body).expect("read in one pass").fields.payload, scalar.get());
+        }
+    }
+
+    #[test]
+    fn what_the_one_pass_does_not_expect_is_left_to_serde() {
+        let payload = RawValue::from_string("1".into()).unwrap();
+        let headers = RawValue::from_string(r#"{"trace":"t"}"#.into()).unwrap();
+        let escaped = Delivery { topic: "jobs.\"quoted\"", ..plain(&payload) };
+        let with_headers = Delivery { headers: Some(&headers), ..plain(&payload) };
+        for body in [escaped.encode(), with_headers.encode()] {
+            assert!(written::read(&body).is_none());
+            read_by_serde(&body);
+        }
+        for body in [
+            &br#"{"method":"message","jsonrpc":"2.0","params":{"topic":"t","payload":1,"sender":"s","id":"i","timestamp":1}}"#[..],
+            br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s","id":"i","timestamp":1},"id":3}"#,
+            br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s","timestamp":1}}"#,
+            br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s","id":"i","timestamp":1}"#,
+            br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":,"sender":"s","id":"i","timestamp":1}}"#,
+            br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":"open,"sender":"s","id":"i","timestamp":1}}"#,
+            br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s","id":"i","timestamp":x}}"#,
+            br#"{"jsonrpc":"2.0","method":"publish_failed","params":{"message_id":"m","code":1,"message":"x"}}"#,
+        ] {
+            assert!(written::read(body).is_none(), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+            "[a-z\"\\\\{}\\[\\],:é\\n ]{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("[a-z\"\\\\{}]{0,6}", inner, 0..6)
+                    .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_one_pass_reads_what_serde_reads_or_leaves_it(
+            payload in json_value(),
+            topic in "[a-z.\"\\\\é]{1,12}",
+            reply_to in proptest::option::of("[a-z._]{1,12}"),
+            ttl in proptest::option::of(0.001f64..1e6),
+            qos in 0u8..2,
+            retained in any::<bool>(),
+            from_queue in proptest::option::of(("[a-z\"]{1,8}", any::<u64>(), any::<u32>())),
+        ) {
+            let payload = RawValue::from_string(payload.to_string()).unwrap();
+            let queue = from_queue.as_ref().map(|(name, delivery, count)| {
+                FromQueue { queue: name.as_str(), delivery: *delivery, delivery_count: *count }
+            });
+            let delivery = Delivery {
+                topic: &topic,
+                reply_to: reply_to.as_deref(),
+                ttl,
+                qos,
+                retained,
+                from_queue: queue,
+                ..plain(&payload)
+            };
+            let body = delivery.encode();
+            let by_serde = read_by_serde(&body);
+            match written::read(&body) {
+                Some(read) => prop_assert_eq!(format!("{read:?}"), by_serde),
+                None => prop_assert!(
+                    topic.contains(['"', '\\']) || from_queue.is_some_and(|(name, ..)| name.contains('"')),
+                    "only strings with escapes are left to serde here: {}",
+                    String::from_utf8_lossy(&body)
+                ),
+            }
         }
     }
 
@@ -277,20 +360,5 @@ mod tests {
         assert_eq!(kept, small);
         assert_ne!(kept.as_ptr(), small.as_ptr(), "its own allocation");
         assert_eq!(own_frame(&large).as_ptr(), large.as_ptr(), "shared: it fills its share");
-    }
-
-    #[test]
-    fn other_frames_and_damaged_deliveries_are_left_to_the_general_reading() {
-        let written = br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s","id":"i"}}"#;
-        assert!(delivery_as_written(written).is_some());
-        for body in [
-            &br#"{"method":"message","jsonrpc":"2.0","params":{"topic":"t","payload":1,"sender":"s","id":"i"}}"#[..],
-            br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s","id":"i"},"id":3}"#,
-            br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s"}}"#,
-            br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s","id":"i"}"#,
-            br#"{"jsonrpc":"2.0","method":"publish_failed","params":{"message_id":"m","code":1,"message":"x"}}"#,
-        ] {
-            assert!(delivery_as_written(body).is_none(), "{}", String::from_utf8_lossy(body));
-        }
     }
 }

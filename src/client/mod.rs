@@ -18,6 +18,7 @@ pub(crate) mod pipe;
 mod stream;
 mod subscriptions;
 mod task;
+mod written;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;

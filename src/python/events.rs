@@ -6,8 +6,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 use super::client::Client;
-use super::json;
 use super::message::{Fields, Message, QueueSettle};
+use super::{json, strings};
 use crate::client::{Delivered, Event, QueueDelivery};
 
 /// A message whose payload Python cannot hold (an integer past Python's digit limit),
@@ -175,9 +175,9 @@ fn delivery<'py>(client: &Bound<'py, Client>, m: Delivered) -> PyResult<PyEvent<
     };
     let fields = Fields {
         headers,
-        topic: PyString::new(py, m.topic()).unbind(),
+        topic: strings::string(py, m.topic()).unbind(),
         payload: payload.unbind(),
-        sender: PyString::new(py, m.sender()).unbind(),
+        sender: strings::string(py, m.sender()).unbind(),
         id: PyString::new(py, m.id()).unbind(),
         timestamp: m.timestamp,
         reply_to: m.reply_to().map(|to| PyString::new(py, to).unbind()),
@@ -187,7 +187,7 @@ fn delivery<'py>(client: &Bound<'py, Client>, m: Delivered) -> PyResult<PyEvent<
     };
     let from_queue = m.from_queue.map(|q| {
         let settle = settle_of(client, &q);
-        (PyString::new(py, &q.queue).unbind(), q.delivery_count, settle)
+        (strings::string(py, &q.queue).unbind(), q.delivery_count, settle)
     });
     // A request keeps its client, through which it is answered.
     let replier = fields.reply_to.is_some().then(|| client.clone().unbind());

@@ -82,8 +82,17 @@ fn deeper(depth: usize) -> PyResult<()> {
     Ok(())
 }
 
+/// A string as it is when nothing in it needs escaping (most keys and values), else as
+/// serde_json escapes it: the same characters `json.dumps(ensure_ascii=False)` does.
 fn write_str(s: &str, out: &mut Vec<u8>) {
-    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    }
 }
 
 /// Python's float repr, which always shows a float as one (`1.0`, `1e+16`): JSON
@@ -240,7 +249,7 @@ impl<'de, 'py> Visitor<'de> for PyValueSeed<'py> {
         let dict = PyDict::new(self.py);
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             let value = map.next_value_seed(self)?;
-            dict.set_item(PyString::new(self.py, &key), value).map_err(py_error)?;
+            dict.set_item(super::strings::string(self.py, &key), value).map_err(py_error)?;
         }
         Ok(dict.into_any())
     }

@@ -13,7 +13,8 @@
 //! - [`dispatch`]: `Client.dispatch`, which calls the callbacks of a batch of
 //!   deliveries from one loop; [`events`]: the typed events it hands the client core
 //!   for the rest; [`message`]: `Message`, built as it goes.
-//! - [`json`]: JSON straight between Python objects and bytes.
+//! - [`json`]: JSON straight between Python objects and bytes; [`strings`]: the
+//!   short strings it and the deliveries make again and again, made once per thread.
 
 mod broker;
 mod client;
@@ -25,6 +26,7 @@ mod logging;
 mod message;
 mod options;
 mod runtime;
+mod strings;
 
 use pyo3::prelude::*;
 
