@@ -142,6 +142,13 @@ def test_dumps_limits_nesting_and_self_reference():
     assert json.loads(_core.dumps(ok)) == ok
 
 
+def test_floats_are_written_as_the_standard_library_writes_them():
+    # Keys are strings: there the text itself counts, exponent and all.
+    for value in (1e16, 1e-7, 1.5e300, 2.5e-5, 1e-5, 1.2345678901234568e17, 0.0001, 1e15, -3e-10):
+        assert _core.dumps(value) == stdlib_dumps(value)
+        assert _core.dumps({value: 1}) == stdlib_dumps({value: 1})
+
+
 def test_float_repr_survives():
     for value in (1.0, 3.0, 1e16, 1e22, 2.5e-5, math.pi, -123.0):
         assert isinstance(json.loads(_core.dumps(value)), float)

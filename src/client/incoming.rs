@@ -291,6 +291,9 @@ mod tests {
             br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":,"sender":"s","id":"i","timestamp":1}}"#,
             br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":"open,"sender":"s","id":"i","timestamp":1}}"#,
             br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s","id":"i","timestamp":x}}"#,
+            br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s","id":"i","timestamp":-inf}}"#,
+            br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s","id":"i","timestamp":1.}}"#,
+            br#"{"jsonrpc":"2.0","method":"message","params":{"topic":"t","payload":1,"sender":"s","id":"i","timestamp":-.5}}"#,
             br#"{"jsonrpc":"2.0","method":"publish_failed","params":{"message_id":"m","code":1,"message":"x"}}"#,
         ] {
             assert!(written::read(body).is_none(), "{}", String::from_utf8_lossy(body));

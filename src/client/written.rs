@@ -137,12 +137,17 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// A number up to the next comma or brace.
+    /// A number up to the next comma or brace, written as JSON writes numbers (no
+    /// `inf`, `nan` or other spellings Rust would read).
     fn number<T: std::str::FromStr>(&mut self) -> Option<T> {
         let rest = &self.text[self.at..];
         let len = rest.iter().position(|&b| b == b',' || b == b'}')?;
         let digits = &rest[..len];
-        if !digits.first().is_some_and(|&b| b == b'-' || b.is_ascii_digit()) {
+        let unsigned = digits.strip_prefix(b"-").unwrap_or(digits);
+        let json_number = unsigned.first().is_some_and(u8::is_ascii_digit)
+            && unsigned.last().is_some_and(u8::is_ascii_digit)
+            && unsigned.iter().all(|&b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
+        if !json_number {
             return None;
         }
         self.at += len;

@@ -3,7 +3,7 @@
 //! Runtime threads never call into Python. They queue events in the client's inbox
 //! and write one byte to a socket whose other end the asyncio loop awaits (with
 //! `loop.sock_recv`, which every event loop supports, Windows' Proactor included);
-//! the loop then takes the whole batch with `drain()`.
+//! the loop then handles the whole batch with `dispatch()`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -92,9 +92,9 @@ fn will_json(will: &Bound<'_, PyAny>) -> PyResult<Box<RawValue>> {
     RawValue::from_string(text).map_err(|e| PyValueError::new_err(format!("will is not valid JSON: {e}")))
 }
 
-/// Events taken per drain: large enough to amortise the wake-up, small enough that
+/// Events taken per dispatch: large enough to amortise the wake-up, small enough that
 /// handing them to Python keeps one turn of the event loop short.
-const DRAIN_LIMIT: usize = 1000;
+const DISPATCH_LIMIT: usize = 1000;
 
 #[pyclass(module = "message_broker._core", frozen)]
 pub struct Client {
@@ -245,7 +245,7 @@ impl Client {
     /// see `Dispatcher` in `_core.pyi`): each delivery's callbacks are called from
     /// this loop, every other event goes to `core.handle`. Returns how many were
     /// handled. When more remain, the wake socket is written again.
-    #[pyo3(signature = (core, limit = DRAIN_LIMIT))]
+    #[pyo3(signature = (core, limit = DISPATCH_LIMIT))]
     fn dispatch(slf: &Bound<'_, Self>, core: &Bound<'_, PyAny>, limit: usize) -> PyResult<usize> {
         dispatch::run(slf, core, slf.get().inner.drain(limit))
     }

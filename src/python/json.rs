@@ -103,7 +103,15 @@ fn write_float(f: f64, out: &mut Vec<u8>) -> PyResult<()> {
     }
     let mut text = String::new();
     write!(text, "{f:?}").expect("formatting a float cannot fail");
-    out.extend_from_slice(text.as_bytes());
+    // Rust writes the exponent as `e16` and `e-7`, Python as `e+16` and `e-07`: the
+    // same value, but a float used as a key must read as json.dumps writes it.
+    match text.split_once('e') {
+        Some((mantissa, exponent)) => {
+            let (sign, digits) = exponent.strip_prefix('-').map_or(('+', exponent), |digits| ('-', digits));
+            out.extend_from_slice(format!("{mantissa}e{sign}{digits:0>2}").as_bytes());
+        }
+        None => out.extend_from_slice(text.as_bytes()),
+    }
     Ok(())
 }
 

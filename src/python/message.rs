@@ -1,4 +1,4 @@
-//! `Message`: what a subscriber's callback receives, built by `Client.drain` as it
+//! `Message`: what a subscriber's callback receives, built by `Client.dispatch` as it
 //! hands a delivery over (no Python code runs per message to make it).
 //!
 //! It keeps the interface the package's dataclass had: the same constructor, public
@@ -77,7 +77,7 @@ pub struct Message {
     responded: bool,
 }
 
-/// The fields of a delivered message, as the drain has them.
+/// The fields of a delivered message, as the dispatch has them.
 pub struct Fields {
     pub topic: Py<PyString>,
     pub payload: Py<PyAny>,
