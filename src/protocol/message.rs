@@ -117,9 +117,10 @@ impl Delivery<'_> {
     }
 }
 
-/// A JSON string: as it is when nothing in it needs escaping (topics, ids and client
-/// ids almost never do), else as serde_json escapes it.
-fn write_str(out: &mut Vec<u8>, text: &str) {
+/// A JSON string: as it is when nothing in it needs escaping (topics, ids, client ids
+/// and most keys and values), else as serde_json escapes it; the characters escaped
+/// are those `json.dumps(ensure_ascii=False)` escapes too.
+pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
     if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());

@@ -10,6 +10,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 
+use crate::protocol::message::write_str;
+
 /// Same as the broker's limit: deeper payloads would be refused there.
 const MAX_DEPTH: usize = crate::protocol::jsonrpc::MAX_DEPTH;
 
@@ -24,7 +26,7 @@ fn encode_at(value: &Bound<'_, PyAny>, out: &mut Vec<u8>, depth: usize) -> PyRes
     } else if let Ok(b) = value.cast::<PyBool>() {
         out.extend_from_slice(if b.is_true() { b"true" } else { b"false" });
     } else if let Ok(s) = value.cast::<PyString>() {
-        write_str(s.to_str()?, out);
+        write_str(out, s.to_str()?);
     } else if value.is_instance_of::<PyInt>() {
         match value.extract::<i64>() {
             Ok(n) => out.extend_from_slice(n.to_string().as_bytes()),
@@ -82,19 +84,6 @@ fn deeper(depth: usize) -> PyResult<()> {
     Ok(())
 }
 
-/// A string as it is when nothing in it needs escaping (most keys and values), else as
-/// serde_json escapes it: the same characters `json.dumps(ensure_ascii=False)` does.
-fn write_str(s: &str, out: &mut Vec<u8>) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
-    }
-}
-
 /// Python's float repr, which always shows a float as one (`1.0`, `1e+16`): JSON
 /// readers then give back a float, not an int.
 fn write_float(f: f64, out: &mut Vec<u8>) -> PyResult<()> {
@@ -119,7 +108,7 @@ fn write_float(f: f64, out: &mut Vec<u8>) -> PyResult<()> {
 /// and None as their JSON text in quotes.
 fn write_key(key: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<()> {
     if let Ok(s) = key.cast::<PyString>() {
-        write_str(s.to_str()?, out);
+        write_str(out, s.to_str()?);
         return Ok(());
     }
     let mut text = Vec::new();
@@ -131,7 +120,7 @@ fn write_key(key: &Bound<'_, PyAny>, out: &mut Vec<u8>) -> PyResult<()> {
         let kind = key.get_type().name()?;
         return Err(PyTypeError::new_err(format!("keys must be str, int, float, bool or None, not {kind}")));
     }
-    write_str(std::str::from_utf8(&text).expect("JSON text is UTF-8"), out);
+    write_str(out, std::str::from_utf8(&text).expect("JSON text is UTF-8"));
     Ok(())
 }
 

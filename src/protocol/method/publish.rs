@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 use crate::error::RpcError;
 use crate::protocol::jsonrpc;
+use crate::protocol::message::write_str;
 use crate::protocol::rules;
 use crate::protocol::topic::{REPLY_PREFIX, validate_topic};
 
@@ -126,12 +127,12 @@ impl PublishCall<'_> {
     /// The call, as a request with `id` (answered once the broker has the message) or
     /// a notification (answered only by a `publish_failed` refusal).
     pub fn encode(&self, id: Option<u64>) -> Vec<u8> {
-        let topic = serde_json::to_string(self.topic).expect("strings serialise");
         let headers = self.headers.map_or(0, str::len);
-        let mut frame =
-            Vec::with_capacity(96 + topic.len() + self.payload.len() + 2 * self.message_id.len() + headers);
+        let mut frame = Vec::with_capacity(
+            98 + self.topic.len() + self.payload.len() + 2 * self.message_id.len() + headers,
+        );
         frame.extend_from_slice(br#"{"jsonrpc":"2.0","method":"publish","params":{"topic":"#);
-        frame.extend_from_slice(topic.as_bytes());
+        write_str(&mut frame, self.topic);
         frame.extend_from_slice(br#","payload":"#);
         frame.extend_from_slice(self.payload.as_bytes());
         frame.extend_from_slice(br#","message_id":""#);
