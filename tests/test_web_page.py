@@ -174,12 +174,18 @@ def test_what_clients_send_is_shown_as_text(
     page: Page, python_client: Callable[[str], SyncBrokerClient]
 ) -> None:
     hostile = python_client('<img src=x onerror="window.owned=1">')
-    hostile.publish(
-        "xss.topic", '<script>window.owned=2</script><img src=x onerror="window.owned=3">'
-    )
     hostile.subscribe("<b>bold</b>", lambda m: None)
-    hostile.flush()
-    expect(page.locator('#tail tr[data-topic="xss.topic"]')).to_have_count(1, timeout=5000)
+    # The tail's poll starts once the page is live: publish until its row shows.
+    row = page.locator('#tail tr[data-topic="xss.topic"]')
+    for _ in range(50):
+        hostile.publish(
+            "xss.topic", '<script>window.owned=2</script><img src=x onerror="window.owned=3">'
+        )
+        hostile.flush()
+        if row.count() > 0:
+            break
+        page.wait_for_timeout(100)
+    expect(row.first).to_be_visible(timeout=5000)
     expect(page.locator('#clients tr[data-client-id^="<img"]')).to_have_count(1, timeout=5000)
     expect(page.locator('#topic-tree li[data-topic="xss.topic"]')).to_have_count(1, timeout=5000)
     assert page.locator("main img, main script, main b").count() == 0
