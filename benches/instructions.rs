@@ -33,7 +33,13 @@ fn main() {
             unreachable!("a publish call")
         };
         let payload = params.payload.expect("a payload");
-        let published = router.publish(Publish::new(&params.topic, payload, "bench")).unwrap();
+        // As a session routes it: with the id the publisher gave.
+        let published = router
+            .publish(Publish {
+                message_id: params.message_id.as_deref(),
+                ..Publish::new(&params.topic, payload, "bench")
+            })
+            .unwrap();
         black_box(published);
         for queue in &mut queues {
             black_box(queue.try_recv());

@@ -162,9 +162,15 @@ fn written_publish(text: &str) -> Option<Call<'_>> {
     if !rest.starts_with('{') {
         return None;
     }
-    let mut values = serde_json::Deserializer::from_str(rest).into_iter::<PublishParams<'_>>();
-    let params = values.next()?.ok()?;
-    let id = match &rest[values.byte_offset()..] {
+    let (params, read) = match PublishParams::read_written(rest) {
+        Some(read) => read,
+        None => {
+            let mut values = serde_json::Deserializer::from_str(rest).into_iter::<PublishParams<'_>>();
+            let params = values.next()?.ok()?;
+            (params, values.byte_offset())
+        }
+    };
+    let id = match &rest[read..] {
         "}" => None,
         after => {
             let id = after.strip_prefix(r#","id":"#)?.strip_suffix('}')?;

@@ -79,8 +79,51 @@ fn check_common(kind: &str, text: &str) -> Result<(), RpcError> {
     Ok(())
 }
 
+/// What a byte may be in a plain topic (see [`plain_topic`]).
+const TOPIC_BYTE: [u8; 256] = {
+    let mut table = [OTHER; 256];
+    let mut b = 0x21;
+    while b <= 0x7e {
+        table[b] = SEGMENT;
+        b += 1;
+    }
+    table[b'.' as usize] = DOT;
+    table[b'*' as usize] = OTHER;
+    table[b'+' as usize] = OTHER;
+    table[b'#' as usize] = OTHER;
+    table
+};
+const SEGMENT: u8 = 0;
+const DOT: u8 = 1;
+const OTHER: u8 = 2;
+
+/// True when `topic` is a valid topic made of printable ASCII only: nearly every topic,
+/// checked in one pass over its bytes. Anything else takes [`check_common`], which
+/// also says what is wrong.
+fn plain_topic(topic: &str) -> bool {
+    let bytes = topic.as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_TOPIC_LEN {
+        return false;
+    }
+    // Starting as if after a dot makes a leading dot an empty segment.
+    let (mut dots, mut previous) = (0, DOT);
+    for &b in bytes {
+        let class = TOPIC_BYTE[usize::from(b)];
+        // Space and control characters, wildcards and anything not ASCII are OTHER.
+        if class == OTHER || (class == DOT && previous == DOT) {
+            return false;
+        }
+        dots += usize::from(class);
+        previous = class;
+    }
+    previous == SEGMENT && dots < MAX_SEGMENTS
+}
+
 /// Checks a topic a message is published to: no wildcards.
 pub fn validate_topic(topic: &str) -> Result<(), RpcError> {
+    if plain_topic(topic) {
+        return Ok(());
+    }
     check_common("topic", topic)?;
     if topic.contains(is_wildcard_char) {
         return Err(RpcError::invalid_params(format!(
@@ -203,6 +246,20 @@ mod tests {
         assert!(parse_pattern("a.b*").unwrap_err().message.contains("whole segment"));
         assert!(parse_pattern("a..#").unwrap_err().message.contains("empty segment"));
         assert_eq!(parse_pattern("a.*.#").unwrap(), vec![Segment::Literal("a"), Segment::One, Segment::Rest]);
+    }
+
+    proptest::proptest! {
+        /// The one-pass check accepts exactly the printable-ASCII topics that the
+        /// general check accepts.
+        #[test]
+        fn plain_topics_agree_with_the_general_check(
+            topic in "[a-c.*+# \t\u{7f}\u{e9}]{0,8}|(a\\.){62,65}a|a{1020,1030}",
+        ) {
+            let general = check_common("topic", &topic).is_ok() && !topic.contains(is_wildcard_char);
+            let printable = topic.bytes().all(|b| (0x21..=0x7e).contains(&b));
+            proptest::prop_assert_eq!(plain_topic(&topic), general && printable);
+            proptest::prop_assert_eq!(validate_topic(&topic).is_ok(), general);
+        }
     }
 
     #[test]

@@ -61,11 +61,52 @@ pub struct PublishParams<'a> {
     error: Option<ReplyError>,
 }
 
-impl PublishParams<'_> {
+impl<'a> PublishParams<'a> {
     /// The id the publisher gave the message, if any.
     pub fn message_id(&self) -> Option<&str> {
         self.message_id.as_deref()
     }
+
+    /// The params of a publish as [`PublishCall::encode`] writes them for a plain
+    /// message (no ttl, qos, retain or headers), with the length of text they took:
+    /// read in one pass, where the general reading matches every member name against
+    /// the struct's. The payload is read by serde_json all the same, so it is checked
+    /// exactly as the general reading checks it. `None` for any other text (another
+    /// order, spacing or member, an escape in the topic or id), which the general
+    /// reading then takes, with its errors.
+    pub(crate) fn read_written(text: &'a str) -> Option<(PublishParams<'a>, usize)> {
+        let rest = text.strip_prefix(r#"{"topic":"#)?;
+        let (topic, rest) = plain_string(rest)?;
+        let rest = rest.strip_prefix(r#","payload":"#)?;
+        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<&RawValue>();
+        let payload = values.next()?.ok()?;
+        let rest = rest[values.byte_offset()..].strip_prefix(r#","message_id":"#)?;
+        let (message_id, rest) = plain_string(rest)?;
+        let rest = rest.strip_prefix('}')?;
+        let params = PublishParams {
+            topic: Cow::Borrowed(topic),
+            // As serde reads an `Option`: `null` is none.
+            payload: (payload.get() != "null").then_some(payload),
+            qos: None,
+            ttl: 0.0,
+            retain: false,
+            message_id: Some(Cow::Borrowed(message_id)),
+            headers: None,
+            error: None,
+        };
+        Some((params, text.len() - rest.len()))
+    }
+}
+
+/// A JSON string at the start of `text` with nothing escaped in it, and the text after.
+fn plain_string(text: &str) -> Option<(&str, &str)> {
+    let inner = text.strip_prefix('"')?;
+    let end = memchr::memchr(b'"', inner.as_bytes())?;
+    let string = &inner[..end];
+    if string.bytes().any(|b| b < 0x20 || b == b'\\') {
+        return None;
+    }
+    Some((string, &inner[end + 1..]))
 }
 
 impl<'a> Publish<'a> {
@@ -156,5 +197,66 @@ impl PublishCall<'_> {
             None => frame.extend_from_slice(b"}}"),
         }
         frame
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The general reading of params, with the length of text it took.
+    fn general(text: &str) -> Option<(String, usize)> {
+        let mut values = serde_json::Deserializer::from_str(text).into_iter::<PublishParams<'_>>();
+        let params = values.next()?.ok()?;
+        Some((format!("{params:?}"), values.byte_offset()))
+    }
+
+    fn one_pass(text: &str) -> Option<(String, usize)> {
+        PublishParams::read_written(text).map(|(params, read)| (format!("{params:?}"), read))
+    }
+
+    #[test]
+    fn a_plain_publish_is_read_in_one_pass() {
+        for payload in [r#"{"k":[1,"}",{"a":null}]}"#, "null", "3", r#""s""#, "[]", "true"] {
+            let params = format!(r#"{{"topic":"a.b","payload":{payload},"message_id":"m-1"}}"#);
+            for after in ["", r#","id":7}"#, "}"] {
+                let text = format!("{params}{after}");
+                assert!(one_pass(&text).is_some(), "{text}");
+                assert_eq!(one_pass(&text), general(&text), "{text}");
+            }
+        }
+        let (params, _) =
+            PublishParams::read_written(r#"{"topic":"a","payload":null,"message_id":"m"}"#).unwrap();
+        assert!(params.payload.is_none(), "a null payload reads as none, as serde reads it");
+    }
+
+    proptest! {
+        /// Whatever the one pass reads, the general reading reads the same, to the
+        /// same length; and the one pass takes the text clients write.
+        #[test]
+        fn the_one_pass_reads_as_the_general_reading(
+            topic in r#"[a.\"\\\u{1}\u{e9}]{0,6}"#,
+            payload in prop_oneof![
+                Just("{}"), Just(r#"{"a":[1,2.5e3,"x\"y"]}"#), Just("null"), Just("-0"), Just("[1,]"),
+                Just("{"), Just("01"), Just(r#""\ud800""#), Just("nul"), Just("1 "), Just(" 1"), Just("tru"),
+            ],
+            message_id in r#"[m\-1\"\\\u{7}]{0,4}"#,
+            after in prop_oneof![
+                Just(""), Just(r#","ttl":5"#), Just(r#","qos":1"#), Just(r#","message_id":"x""#),
+                Just(r#","retain":true"#), Just(r#","headers":{"a":"b"}"#), Just(" "),
+            ],
+            close in prop_oneof![Just("}"), Just(""), Just("},"), Just("}}")],
+        ) {
+            let text = format!(r#"{{"topic":"{topic}","payload":{payload},"message_id":"{message_id}"{after}{close}"#);
+            if let Some(read) = one_pass(&text) {
+                prop_assert_eq!(Some(read), general(&text), "{}", text);
+            }
+            let plain = |s: &str| !s.contains(['"', '\\']) && !s.bytes().any(|b| b < 0x20);
+            let valid_payload = serde_json::from_str::<&RawValue>(payload).is_ok() && !payload.ends_with(' ');
+            if plain(&topic) && plain(&message_id) && valid_payload && after.is_empty() && close.starts_with('}') {
+                prop_assert!(one_pass(&text).is_some(), "{}", text);
+            }
+        }
     }
 }
