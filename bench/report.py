@@ -62,6 +62,8 @@ FIGURES = [
     Figure("request", "p50", "c. request p50 us", target=Target("max_ratio", 0.3)),
     Figure("request", "p90", "c. request p90 us", target=Target("max_ratio", 0.4)),
     Figure("request", "p99", "c. request p99 us"),
+    Figure("request_raw", "p50", "c. request p50 us, bare-socket clients"),
+    Figure("request_raw", "p99", "c. request p99 us, bare-socket clients"),
     Figure("wildcard", "rate", "d. wildcard jobs.* msg/s", target=Target("min_ratio", 3)),
     Figure("wildcard", "lost", "d. wildcard lost", target=TARGET_LOSS),
     Figure("large", "mb_per_s", "e. large payload MB/s", digits=1, target=Target("min_ratio", 3)),

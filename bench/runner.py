@@ -334,13 +334,24 @@ async def _flood(
 
 async def request_reply(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
     """Sequential requests to one responder; latency measured at the requester."""
+    return await _requests(group, peer, settings, "")
+
+
+async def raw_request_reply(group: ProcessGroup, peer: str, settings: Settings) -> Metrics:
+    """`request` with both clients speaking the wire protocol over a bare asyncio socket:
+    the same round trip without either peer's client library, so that the broker's share
+    shows apart from the client's."""
+    return await _requests(group, peer, settings, "raw_")
+
+
+async def _requests(group: ProcessGroup, peer: str, settings: Settings, roles: str) -> Metrics:
     server = await start_server(group, peer)
     base = _role_args(server, settings)
-    responder = await spawn_role(group, peer, "responder", base, "responder")
+    responder = await spawn_role(group, peer, f"{roles}responder", base, "responder")
     await responder.expect("ready", READY_TIMEOUT)
     cpu_before = cpu_seconds(server.pid)
     requester_args = replace(base, requests=settings.requests)
-    requester = await spawn_role(group, peer, "requester", requester_args, "requester")
+    requester = await spawn_role(group, peer, f"{roles}requester", requester_args, "requester")
     result = await requester.expect("result", settings.timeout)
     cpu = cpu_seconds(server.pid) - cpu_before
     # Each round trip is two deliveries: the request to the responder, the reply back.
@@ -417,6 +428,7 @@ WORKLOADS: dict[str, Workload] = {
     "throughput": throughput,
     "fanout": fanout,
     "request": request_reply,
+    "request_raw": raw_request_reply,
     "wildcard": wildcard,
     "large": large,
     "idle": idle_memory,

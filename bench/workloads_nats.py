@@ -5,6 +5,7 @@ with a timeout. Subscribers decode each payload, as our client does for them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -139,6 +140,81 @@ async def requester(args: RoleArgs) -> dict[str, Any]:
     return {"requests": len(samples), **percentiles_us(samples)}
 
 
+async def _raw_connect(args: RoleArgs) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A socket that speaks NATS's text protocol: INFO read, CONNECT sent, PONG awaited."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(args.host, args.port), 5)
+    info = await asyncio.wait_for(reader.readline(), 5)
+    if not info.startswith(b"INFO"):
+        raise ConnectionError(f"not a NATS server: {info!r}")
+    writer.write(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+    pong = await asyncio.wait_for(reader.readline(), 5)
+    if not pong.startswith(b"PONG"):
+        raise ConnectionError(f"connect refused: {pong!r}")
+    return reader, writer
+
+
+async def _raw_message(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[list[bytes], bytes]:
+    """The next MSG's header fields and payload; a server PING is answered on the way."""
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("the server closed the connection")
+        if line.startswith(b"PING"):
+            writer.write(b"PONG\r\n")
+            continue
+        if line.startswith(b"MSG "):
+            fields = line.split()
+            data = await reader.readexactly(int(fields[-1]) + 2)
+            return fields, data[:-2]
+
+
+async def raw_responder(args: RoleArgs) -> dict[str, Any]:
+    """Answers requests with their payload, over a bare socket: no client library."""
+    reader, writer = await _raw_connect(args)
+    writer.write(f"SUB {REQUEST_TOPIC} 1\r\nPING\r\n".encode())
+    await asyncio.wait_for(reader.readline(), 5)
+    emit("ready")
+
+    async def answer() -> None:
+        while True:
+            fields, data = await _raw_message(reader, writer)
+            if len(fields) == 5:
+                payload = json.dumps(json.loads(data)).encode()
+                writer.write(b"PUB %s %d\r\n%s\r\n" % (fields[3], len(payload), payload))
+
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        await asyncio.wait_for(answer(), args.deadline)
+    return {}
+
+
+async def raw_requester(args: RoleArgs) -> dict[str, Any]:
+    """Sequential requests over a bare socket, timed as `requester` times them."""
+    reader, writer = await _raw_connect(args)
+    inbox = f"_INBOX.bench{id(reader)}"
+    writer.write(f"SUB {inbox} 2\r\n".encode())
+    payload = make_payload(args.size)
+    subject = REQUEST_TOPIC.encode()
+
+    async def call() -> None:
+        data = json.dumps(payload).encode()
+        writer.write(b"PUB %s %s %d\r\n%s\r\n" % (subject, inbox.encode(), len(data), data))
+        # No timeout per call (it would cost a task each): the runner bounds the role.
+        _, reply = await _raw_message(reader, writer)
+        json.loads(reply)
+
+    for _ in range(args.warmup):
+        await call()
+    samples = []
+    for _ in range(args.requests):
+        started = time.perf_counter()
+        await call()
+        samples.append(time.perf_counter() - started)
+    writer.close()
+    return {"requests": len(samples), **percentiles_us(samples)}
+
+
 async def idle(args: RoleArgs) -> dict[str, Any]:
     """Opens `count` raw connections that each send `CONNECT` (and a `PING`, to know
     the server took it) and then stay silent."""
@@ -206,6 +282,8 @@ ROLES: dict[str, Role] = {
     "publisher": publisher,
     "responder": responder,
     "requester": requester,
+    "raw_responder": raw_responder,
+    "raw_requester": raw_requester,
     "idle": idle,
     "pattern_holder": pattern_holder,
     "durable_consumer": durable_consumer,

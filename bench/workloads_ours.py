@@ -1,9 +1,10 @@
 """Client roles against our broker, with the `message_broker` asyncio client (and raw
-sockets for the idle connections)."""
+sockets for the idle connections and the raw request roles)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -152,6 +153,69 @@ async def requester(args: RoleArgs) -> dict[str, Any]:
     return {"requests": len(samples), **percentiles_us(samples)}
 
 
+async def _raw_connect(
+    args: RoleArgs, name: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A socket that speaks the protocol newline-delimited, connected as `name`."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(args.host, args.port), 5)
+    call = {"jsonrpc": "2.0", "method": "connect", "params": {"client_id": name}, "id": 0}
+    writer.write(json.dumps(call).encode() + b"\n")
+    answer = json.loads(await asyncio.wait_for(reader.readline(), 5) or b"{}")
+    if "result" not in answer:
+        raise ConnectionError(f"connect refused: {answer}")
+    return reader, writer
+
+
+async def raw_responder(args: RoleArgs) -> dict[str, Any]:
+    """Answers requests with their payload, over a bare socket: no client library."""
+    reader, writer = await _raw_connect(args, f"bench-raw-svc-{os.getpid()}")
+    call = {"jsonrpc": "2.0", "method": "subscribe", "params": {"patterns": [REQUEST_TOPIC]}}
+    writer.write(json.dumps({**call, "id": 1}).encode() + b"\n")
+    await asyncio.wait_for(reader.readline(), 5)
+    emit("ready")
+
+    async def answer() -> None:
+        while line := await reader.readline():
+            message = json.loads(line)
+            if message.get("method") != "message":
+                continue
+            params = message["params"]
+            reply = {"topic": params["reply_to"], "payload": params["payload"]}
+            writer.write(
+                json.dumps({"jsonrpc": "2.0", "method": "publish", "params": reply}).encode()
+                + b"\n"
+            )
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(answer(), args.deadline)
+    return {}
+
+
+async def raw_requester(args: RoleArgs) -> dict[str, Any]:
+    """Sequential requests over a bare socket, timed as `requester` times them."""
+    reader, writer = await _raw_connect(args, f"bench-raw-req-{os.getpid()}")
+    payload = make_payload(args.size)
+
+    async def call(n: int) -> None:
+        params = {"topic": REQUEST_TOPIC, "payload": payload, "timeout": args.request_timeout}
+        request = {"jsonrpc": "2.0", "method": "request", "params": params, "id": n}
+        writer.write(json.dumps(request).encode() + b"\n")
+        # No timeout per call (it would cost a task each): the runner bounds the role.
+        answer = json.loads(await reader.readline() or b"{}")
+        if "result" not in answer:
+            raise RuntimeError(f"request failed: {answer}")
+
+    for n in range(args.warmup):
+        await call(n)
+    samples = []
+    for n in range(args.requests):
+        started = time.perf_counter()
+        await call(args.warmup + n)
+        samples.append(time.perf_counter() - started)
+    writer.close()
+    return {"requests": len(samples), **percentiles_us(samples)}
+
+
 async def idle(args: RoleArgs) -> dict[str, Any]:
     """Opens `count` raw connections that each send `connect` (in line mode) and then
     stay silent. They never ping, so the broker never drops them for being idle."""
@@ -179,6 +243,8 @@ ROLES: dict[str, Role] = {
     "publisher": publisher,
     "responder": responder,
     "requester": requester,
+    "raw_responder": raw_responder,
+    "raw_requester": raw_requester,
     "idle": idle,
     "pattern_holder": pattern_holder,
     "durable_consumer": durable_consumer,

@@ -123,6 +123,28 @@ impl Outbox {
         sent
     }
 
+    /// Queues the answer to this client's request from another connection's task,
+    /// which must not wait on this queue: when it is full, a task of its own waits for
+    /// room. Returns false when the connection is gone.
+    pub fn answer(&self, frame: Bytes) -> bool {
+        let len = frame.len();
+        match self.tx.try_send(frame) {
+            Ok(()) => {
+                self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return false;
+                };
+                let outbox = self.clone();
+                runtime.spawn(async move { outbox.send(frame).await });
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
     /// Queues a last notice before closing, if there is room.
     pub fn try_send(&self, frame: Bytes) -> bool {
         let len = frame.len();

@@ -51,7 +51,7 @@ pub use self::connections::Connection;
 pub use self::registry::ClientInfo;
 use self::registry::{Role, State};
 use self::requests::AwaitedReply;
-pub use self::requests::{PendingReply, RELAY_NO_RESPONDERS};
+pub use self::requests::{InFlight, PendingReply, RELAY_NO_RESPONDERS, ReplyTo};
 pub use self::stats::Counters;
 pub use crate::protocol::method::SubscriptionFlags;
 

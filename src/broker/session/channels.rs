@@ -14,9 +14,10 @@ use serde_json::value::RawValue;
 use super::Session;
 use super::dispatch::{Outcome, RpcResult, to_raw, unix_now};
 use super::publish::Payload;
-use super::request::{InFlight, MAX_REQUESTS_IN_FLIGHT};
+use super::request::MAX_REQUESTS_IN_FLIGHT;
 use crate::broker::channels::{ReceiveBy, Taken};
 use crate::broker::router::ChannelReceipt;
+use crate::broker::router::InFlight;
 use crate::error::{ErrorCode, RpcError};
 use crate::protocol::channels::{
     ChannelCancel, ChannelFlush, ChannelReceive, ChannelSend, ChannelTags, GroupAdd, GroupDiscard, GroupSend,

@@ -27,8 +27,11 @@ pub(super) enum Outcome {
     Done(RpcResult),
     /// Carried out, for a notification: nothing to answer, so no answer was made.
     Unanswered,
-    /// Answered later (a request waiting for its reply, a publish waiting for the store).
+    /// Answered later (a request of a batch waiting for its reply, a publish waiting
+    /// for the store).
     Pending(PendingResult),
+    /// A single request: whoever has its answer queues it (see [`super::request`]).
+    AwaitingReply,
     /// Answered, then the connection closes for the reason given (`disconnect`, a
     /// `connect` with a wrong token).
     Close(RpcResult, End),
@@ -62,8 +65,8 @@ impl Session {
             Incoming::Single(Ok(call)) => call,
         };
         let mut closes = None;
-        match self.dispatch(&call) {
-            Outcome::Unanswered => {}
+        match self.dispatch(&call, true) {
+            Outcome::Unanswered | Outcome::AwaitingReply => {}
             Outcome::Done(result) => {
                 if let Some(response) = self.encode(&call, result) {
                     self.respond(response).await;
@@ -143,8 +146,8 @@ impl Session {
             );
             return call.id.map(|id| Slot::Ready(jsonrpc::failure(Some(id), &error)));
         }
-        match self.dispatch(call) {
-            Outcome::Unanswered => None,
+        match self.dispatch(call, false) {
+            Outcome::Unanswered | Outcome::AwaitingReply => None,
             Outcome::Pending(pending) => call.id.map(|id| Slot::Waiting(id.to_owned(), pending)),
             Outcome::Close(result, end) => {
                 *close = Some(end);
@@ -212,8 +215,8 @@ impl Session {
         }
     }
 
-    /// Carries out one call.
-    fn dispatch(&mut self, call: &Call<'_>) -> Outcome {
+    /// Carries out one call; `single` when it is not part of a batch.
+    fn dispatch(&mut self, call: &Call<'_>, single: bool) -> Outcome {
         let name = match MethodName::find(&call.method) {
             Ok(name) => name,
             Err(error) => return Outcome::Done(Err(error)),
@@ -242,7 +245,7 @@ impl Session {
             Method::Subscribe(params) => Outcome::Done(self.subscribe(params)),
             Method::Unsubscribe(params) => Outcome::Done(self.unsubscribe(params)),
             Method::Publish(params) => Outcome::from_result(self.publish(params, call.id.is_some())),
-            Method::Request(params) => Outcome::from_result(self.request(params).map(Outcome::Pending)),
+            Method::Request(params) => Outcome::from_result(self.request(params, call.id.filter(|_| single))),
             Method::Settle(params) => Outcome::Done(self.settle(params)),
             Method::DeleteQueue(params) => Outcome::Done(self.delete_queue(params)),
             Method::PurgeQueue(params) => Outcome::Done(self.purge_queue(params)),

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout};
 
 use self::connect::Will;
+use self::request::Deadlines;
 use super::access::Origin;
 use super::connection::AbortOnDrop;
 use super::outbox::{self, Outbox};
@@ -160,11 +161,13 @@ pub(crate) async fn run<T: Transport>(transport: T, peer: Peer, router: Arc<Rout
         last_seen: Instant::now(),
         waiting: JoinSet::new(),
         in_flight: Arc::default(),
+        deadlines: Deadlines::default(),
         will: None,
         permissions: Arc::default(),
     };
     let end = session.serve(&mut inbound, &mut shutdown, &write_failed).await;
     inbound.ended();
+    session.deadlines.forget_all(&router);
     let client_id = session.client_id.as_deref();
     let peer = &*session.peer.address;
     match &end {
@@ -205,8 +208,10 @@ struct Session {
     last_seen: Instant,
     /// Answers still to come; dropping the set (with the session) cancels them.
     waiting: JoinSet<()>,
-    /// Requests waiting for a reply on this connection.
+    /// Calls waiting for an answer on this connection (requests, channel receives).
     in_flight: Arc<AtomicUsize>,
+    /// The deadlines of its single requests, soonest first.
+    deadlines: Deadlines,
     /// Published by the broker if the connection ends without `disconnect`.
     will: Option<Will>,
     /// What the permission rules let this client do, resolved at `connect`.
@@ -233,6 +238,9 @@ impl Session {
         // every frame pushes back) or when that deadline comes earlier than it.
         let timer = tokio::time::sleep_until(handshake_deadline);
         tokio::pin!(timer);
+        // Set to the soonest deadline of a request, when there is one.
+        let requests_due = tokio::time::sleep_until(handshake_deadline);
+        tokio::pin!(requests_due);
         loop {
             let deadline = match (&self.client_id, self.pinged) {
                 (None, _) => Some(handshake_deadline),
@@ -244,6 +252,12 @@ impl Session {
             {
                 timer.as_mut().reset(deadline);
             }
+            let soonest_request = self.deadlines.soonest();
+            if let Some(due) = soonest_request
+                && due != requests_due.deadline()
+            {
+                requests_due.as_mut().reset(due);
+            }
             let read = tokio::select! {
                 biased;
                 _ = &mut shutdown => return End::Shutdown,
@@ -252,6 +266,10 @@ impl Session {
                 // Before the timer: a frame that is there when the deadline passes
                 // shows the client is alive.
                 read = inbound.next() => Some(read),
+                () = &mut requests_due, if soonest_request.is_some() => {
+                    self.deadlines.expire(&router, Instant::now());
+                    continue;
+                }
                 () = &mut timer, if deadline.is_some() => {
                     let deadline = deadline.expect("a deadline");
                     if Instant::now() < deadline {
