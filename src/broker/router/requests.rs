@@ -141,7 +141,11 @@ impl Router {
             }
         };
         if published.responders == 0 && published.relays == 0 {
-            self.replies.lock().remove(&seq);
+            if self.replies.lock().remove(&seq).is_none() {
+                // A passive listener, which hears the request too, answered it already
+                // (while it was being routed): the requester has its answer.
+                return Ok(seq);
+            }
             self.counters.no_responders.fetch_add(1, Ordering::Relaxed);
             return Err(RpcError::new(
                 ErrorCode::NoResponders,

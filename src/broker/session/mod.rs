@@ -161,13 +161,12 @@ pub(crate) async fn run<T: Transport>(transport: T, peer: Peer, router: Arc<Rout
         last_seen: Instant::now(),
         waiting: JoinSet::new(),
         in_flight: Arc::default(),
-        deadlines: Deadlines::default(),
+        deadlines: Deadlines::new(router.clone()),
         will: None,
         permissions: Arc::default(),
     };
     let end = session.serve(&mut inbound, &mut shutdown, &write_failed).await;
     inbound.ended();
-    session.deadlines.forget_all(&router);
     let client_id = session.client_id.as_deref();
     let peer = &*session.peer.address;
     match &end {
@@ -263,13 +262,15 @@ impl Session {
                 _ = &mut shutdown => return End::Shutdown,
                 _ = &mut evicted => return End::TakenOver,
                 _ = &mut write_failed => return End::Lost("writing to the client failed or stalled".into()),
+                // Before the frames: a client that never stops sending still hears
+                // that its requests timed out.
+                () = &mut requests_due, if soonest_request.is_some() => {
+                    self.deadlines.expire(Instant::now());
+                    continue;
+                }
                 // Before the timer: a frame that is there when the deadline passes
                 // shows the client is alive.
                 read = inbound.next() => Some(read),
-                () = &mut requests_due, if soonest_request.is_some() => {
-                    self.deadlines.expire(&router, Instant::now());
-                    continue;
-                }
                 () = &mut timer, if deadline.is_some() => {
                     let deadline = deadline.expect("a deadline");
                     if Instant::now() < deadline {

@@ -7,6 +7,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -38,40 +39,49 @@ struct RequestDeadline {
 /// The deadlines of a connection's single requests, soonest first. A request answered
 /// before its deadline leaves it here (the answer does not come through the session);
 /// such deadlines are dropped once they are about as many as the requests in flight,
-/// so that a connection making many requests keeps few.
-#[derive(Debug, Default)]
-pub(super) struct Deadlines(BinaryHeap<Reverse<RequestDeadline>>);
+/// so that a connection making many requests keeps few. However the connection ends
+/// (its task aborted included), dropping them retires the reply addresses of the
+/// requests still waiting.
+pub(super) struct Deadlines {
+    router: Arc<Router>,
+    due: BinaryHeap<Reverse<RequestDeadline>>,
+}
 
 impl Deadlines {
-    pub(super) fn soonest(&self) -> Option<Instant> {
-        self.0.peek().map(|Reverse(due)| due.at)
+    pub(super) fn new(router: Arc<Router>) -> Deadlines {
+        Deadlines { router, due: BinaryHeap::new() }
     }
 
-    fn add(&mut self, router: &Router, in_flight: usize, deadline: RequestDeadline) {
-        if self.0.len() > 2 * in_flight + 64 {
-            router.keep_waiting(&mut self.0, |Reverse(deadline)| deadline.seq);
+    pub(super) fn soonest(&self) -> Option<Instant> {
+        self.due.peek().map(|Reverse(due)| due.at)
+    }
+
+    fn add(&mut self, in_flight: usize, deadline: RequestDeadline) {
+        if self.due.len() > 2 * in_flight + 64 {
+            self.router.keep_waiting(&mut self.due, |Reverse(deadline)| deadline.seq);
         }
-        self.0.push(Reverse(deadline));
+        self.due.push(Reverse(deadline));
     }
 
     /// Answers the requests whose deadline has passed, if no one has.
-    pub(super) fn expire(&mut self, router: &Router, now: Instant) {
-        while let Some(Reverse(due)) = self.0.peek()
+    pub(super) fn expire(&mut self, now: Instant) {
+        while let Some(Reverse(due)) = self.due.peek()
             && due.at <= now
         {
-            let Reverse(due) = self.0.pop().expect("just looked at");
-            router.expire_request(due.seq, &due.topic, due.timeout);
+            let Reverse(due) = self.due.pop().expect("just looked at");
+            self.router.expire_request(due.seq, &due.topic, due.timeout);
         }
-    }
-
-    /// The connection is leaving: its requests no longer wait.
-    pub(super) fn forget_all(&mut self, router: &Router) {
-        router.forget_requests(self.0.drain().map(|Reverse(deadline)| deadline.seq));
     }
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.0.len()
+        self.due.len()
+    }
+}
+
+impl Drop for Deadlines {
+    fn drop(&mut self) {
+        self.router.forget_requests(self.due.drain().map(|Reverse(deadline)| deadline.seq));
     }
 }
 
@@ -114,14 +124,13 @@ impl Session {
         let at = Instant::now() + timeout;
         let seq = self.router.request_into(msg, ReplyTo::new(self.outbox.clone(), id, in_flight))?;
         let deadline = RequestDeadline { at, seq, timeout, topic: params.topic.into() };
-        self.deadlines.add(&self.router, self.in_flight.load(Ordering::Relaxed), deadline);
+        self.deadlines.add(self.in_flight.load(Ordering::Relaxed), deadline);
         Ok(Outcome::AwaitingReply)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
 
     use serde_json::Value;
@@ -156,7 +165,7 @@ mod tests {
         router.subscribe(responder, &["svc".into()], SubscriptionFlags::default()).unwrap();
         let (_, requester, mut requester_queue) = connected(&router, "requester");
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let mut deadlines = Deadlines::default();
+        let mut deadlines = Deadlines::new(router.clone());
         let payload = RawValue::from_string("{\"n\":1}".into()).unwrap();
         let timeout = Duration::from_secs(30);
         let ask = |deadlines: &mut Deadlines, id: u64| {
@@ -165,7 +174,7 @@ mod tests {
             let seq = router.request_into(Publish::new("svc", &payload, "requester"), reply_to).unwrap();
             let deadline =
                 RequestDeadline { at: Instant::now() + timeout, seq, timeout, topic: "svc".into() };
-            deadlines.add(&router, in_flight.load(Ordering::Relaxed), deadline);
+            deadlines.add(in_flight.load(Ordering::Relaxed), deadline);
             seq
         };
         for id in 0..1000 {
@@ -185,9 +194,9 @@ mod tests {
 
         ask(&mut deadlines, 5000);
         let unanswered = taken(&mut responder_queue)["params"]["reply_to"].as_str().unwrap().to_owned();
-        deadlines.expire(&router, Instant::now());
+        deadlines.expire(Instant::now());
         assert!(requester_queue.try_recv().is_none(), "not before its deadline");
-        deadlines.expire(&router, Instant::now() + timeout);
+        deadlines.expire(Instant::now() + timeout);
         let answer = taken(&mut requester_queue);
         assert_eq!(
             (answer["id"].as_u64(), answer["error"]["data"]["name"].as_str()),
@@ -198,8 +207,7 @@ mod tests {
 
         ask(&mut deadlines, 6000);
         let left_behind = taken(&mut responder_queue)["params"]["reply_to"].as_str().unwrap().to_owned();
-        deadlines.forget_all(&router);
-        assert_eq!(deadlines.len(), 0);
+        drop(deadlines);
         assert_eq!(router.reply(&left_behind, &payload).recipients, 0, "the requester left");
         assert!(requester_queue.try_recv().is_none());
         assert_eq!(in_flight.load(Ordering::Relaxed), 0);

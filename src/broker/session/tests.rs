@@ -57,3 +57,61 @@ async fn a_client_that_keeps_sending_is_not_timed_out_while_its_answers_wait() {
     assert_eq!(answers, 2010, "every ping answered, then the connection closed by the client");
     session.await.unwrap();
 }
+
+/// A request's deadline is heard even when frames keep coming: a request that timed
+/// out is answered before the frames already waiting are all handled.
+#[tokio::test(start_paused = true)]
+async fn a_request_times_out_while_its_client_keeps_sending() {
+    use std::sync::Arc;
+
+    use crate::broker::outbox;
+    use crate::broker::router::{ClientInfo, SubscriptionFlags};
+
+    let router = Router::new(BrokerConfig::default());
+    // A responder that never answers.
+    let responder = router.new_session_id();
+    let (responder_outbox, mut responder_queue) = outbox::channel(100, 1 << 20);
+    let info =
+        ClientInfo { client_id: "mute".into(), client_type: None, version: None, peer: Peer::in_process() };
+    router.register(responder, info, responder_outbox, Arc::new(tokio::sync::Notify::new())).unwrap();
+    router.subscribe(responder, &["svc".into()], SubscriptionFlags::default()).unwrap();
+
+    let (_stop, stopping) = broadcast::channel(1);
+    let (to_broker, incoming) = mpsc::channel(10_000);
+    let (outgoing, mut from_broker) = mpsc::channel(20_000);
+    let session = tokio::spawn(super::run(
+        Messages { incoming, outgoing },
+        Peer::in_process(),
+        router,
+        Shutdown::new(stopping),
+    ));
+    let connect = r#"{"jsonrpc":"2.0","method":"connect","params":{"client_id":"asker"},"id":0}"#;
+    to_broker.send(Bytes::from(connect)).await.unwrap();
+    from_broker.recv().await.unwrap();
+    let request = r#"{"jsonrpc":"2.0","method":"request","params":{"topic":"svc","timeout":60},"id":"r"}"#;
+    to_broker.send(Bytes::from(request)).await.unwrap();
+    let mut delivered = Vec::new();
+    responder_queue.recv_many(&mut delivered, 1).await;
+    // 9,000 pings waiting to be read when the request's deadline passes.
+    for id in 1..=9000 {
+        to_broker.try_send(ping(id)).unwrap();
+    }
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let mut answers_before_timeout = 0;
+    loop {
+        let frame = from_broker.recv().await.expect("the connection is open");
+        let answer: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+        if answer["id"] == "r" {
+            assert_eq!(answer["error"]["data"]["name"], "TIMEOUT", "{answer}");
+            break;
+        }
+        answers_before_timeout += 1;
+    }
+    assert!(
+        answers_before_timeout <= super::FRAMES_PER_WAKE,
+        "{answers_before_timeout} pings were answered before the timeout"
+    );
+    drop(to_broker);
+    while from_broker.recv().await.is_some() {}
+    session.await.unwrap();
+}
