@@ -199,7 +199,7 @@ fn deliver(shared: &Shared, frame: &Bytes, delivery: WrittenDelivery<'_>) {
         // to the queue for another consumer.
         if let Some(delivery) = from_queue {
             let frame = encode_settle(&[delivery.tag], false, true);
-            shared.state.lock().outbound.push_back(super::Outgoing::new(frame, None, false));
+            shared.state.lock().outbound.push(&frame, None);
             shared.writer_wake.notify_one();
         }
         return;

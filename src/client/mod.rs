@@ -13,6 +13,7 @@
 mod config;
 mod inbox;
 mod incoming;
+mod outbound;
 #[cfg(windows)]
 pub(crate) mod pipe;
 mod stream;
@@ -20,11 +21,11 @@ mod subscriptions;
 mod task;
 mod written;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::runtime::Handle;
@@ -33,12 +34,12 @@ use tokio::sync::{Notify, watch};
 pub use config::ClientConfig;
 use config::backoff;
 pub use inbox::{Delivered, DeliveryFields, Event, Inbox, QueueDelivery, RemoteError, Waker};
+use outbound::Outbound;
 pub use stream::Endpoint;
 use stream::WriteHalf;
 use subscriptions::{Subscriptions, by_flags};
 
 use crate::ids::MessageIds;
-use crate::protocol::frame::Framing;
 use crate::protocol::jsonrpc::{self, CallId};
 use crate::protocol::method::{MethodName, PublishCall, ReplyError, SubscriptionFlags};
 use crate::protocol::rules::{DEFAULT_MAX_MESSAGE_SIZE, MAX_ERROR_MESSAGE_LEN, MAX_ERROR_TYPE_LEN};
@@ -63,23 +64,6 @@ pub enum ClientError {
     Closed,
 }
 
-/// A frame waiting to be written; `call` is set when a response is expected for it.
-struct Outgoing {
-    frame: Bytes,
-    call: Option<u64>,
-    /// The rest of a frame already partly written: its length prefix went out.
-    framed: bool,
-    /// Someone waits for this frame (a call, or the reply to a request): worth a
-    /// system call of its own. Other publishes wait for the writer, which coalesces.
-    urgent: bool,
-}
-
-impl Outgoing {
-    fn new(frame: Bytes, call: Option<u64>, urgent: bool) -> Outgoing {
-        Outgoing { frame, call, framed: false, urgent }
-    }
-}
-
 /// A subscription to a queue, restored on reconnection like the patterns.
 struct QueueSubscription {
     sub: u64,
@@ -90,7 +74,7 @@ struct QueueSubscription {
 
 #[derive(Default)]
 struct State {
-    outbound: VecDeque<Outgoing>,
+    outbound: Outbound,
     queues: Vec<QueueSubscription>,
     /// Calls written on the current connection and not answered yet.
     awaiting: HashSet<u64>,
@@ -254,7 +238,7 @@ impl Client {
         }
         let message_id = self.shared.ids.next();
         let call = (options.qos > 0).then(|| self.shared.next_call.fetch_add(1, Ordering::Relaxed));
-        let frame = PublishCall {
+        let publish = PublishCall {
             topic,
             payload,
             message_id: &message_id,
@@ -262,10 +246,9 @@ impl Client {
             qos: options.qos,
             retain: options.retain,
             headers: options.headers.as_deref(),
-        }
-        .encode(call);
-        let frame = Bytes::from(frame);
-        self.push(Outgoing::new(frame, call, call.is_some() || topic.starts_with(REPLY_PREFIX)))?;
+        };
+        let urgent = call.is_some() || topic.starts_with(REPLY_PREFIX);
+        self.push(call, urgent, |out| publish.encode_into(out, call))?;
         Ok((message_id, call))
     }
 
@@ -292,7 +275,7 @@ impl Client {
         if frame.len() > max {
             return Err(ClientError::TooLarge { size: frame.len(), max });
         }
-        self.push(Outgoing::new(Bytes::from(frame), None, true))
+        self.push(None, true, |out| out.extend_from_slice(&frame))
     }
 
     /// Acknowledges (`ack`) or rejects deliveries from queues. Deliveries that came on
@@ -312,7 +295,7 @@ impl Client {
             return Ok(0);
         }
         let frame = encode_settle(tags, ack, requeue);
-        match self.push(Outgoing::new(frame, None, false)) {
+        match self.push(None, false, |out| out.extend_from_slice(&frame)) {
             Ok(()) => Ok(tags.len()),
             // The connection went meanwhile: the broker requeued them.
             Err(ClientError::NotConnected | ClientError::BufferFull(_)) => Ok(0),
@@ -370,12 +353,20 @@ impl Client {
         }
     }
 
-    fn push(&self, outgoing: Outgoing) -> Result<(), ClientError> {
+    /// Queues the frame `write` writes; `call` when an answer is expected for it,
+    /// `urgent` when someone waits for it (a call, or the reply to a request).
+    fn push(
+        &self,
+        call: Option<u64>,
+        urgent: bool,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), ClientError> {
         let shared = &self.shared;
         if shared.is_closing() {
             return Err(ClientError::Closed);
         }
-        let mut state = shared.state.lock();
+        let mut guard = shared.state.lock();
+        let state = &mut *guard;
         let queued = state.outbound.len();
         if queued >= shared.config.max_pending {
             if !self.is_connected() {
@@ -384,34 +375,23 @@ impl Client {
             state.want_writable = true;
             return Err(ClientError::QueueFull);
         }
-        // An urgent frame, nothing queued and nothing being written: write it now, from
-        // this thread, and spare the hand-off to the writer task (a thread wake-up,
-        // much of a request's round trip). The lock keeps frames in order.
-        let mut outgoing = outgoing;
-        if outgoing.urgent
+        state.outbound.push_with(call, write);
+        // An urgent frame, nothing else queued and nothing being written: write it now,
+        // from this thread, and spare the hand-off to the writer task (a thread
+        // wake-up, much of a request's round trip). The lock keeps frames in order.
+        if urgent
             && queued == 0
             && !state.writing
-            && let Some(socket) = state.socket.clone()
+            && let Some(socket) = &state.socket
+            // Would block, or failed: the writer task carries on (and reports errors).
+            && let Ok(written) = socket.try_write(state.outbound.bytes())
         {
-            let mut framed = BytesMut::with_capacity(outgoing.frame.len() + 4);
-            Framing::LengthPrefixed.encode(&outgoing.frame, &mut framed);
-            match socket.try_write(&framed) {
-                Ok(n) if n == framed.len() => {
-                    if let Some(call) = outgoing.call {
-                        state.awaiting.insert(call);
-                    }
-                    return Ok(());
-                }
-                Ok(n) => {
-                    let rest = framed.split_off(n).freeze();
-                    outgoing = Outgoing { frame: rest, call: outgoing.call, framed: true, urgent: true }
-                }
-                // Would block, or failed: the writer task carries on (and reports errors).
-                Err(_) => {}
+            state.outbound.written(written, &mut state.awaiting);
+            if state.outbound.len() == 0 {
+                return Ok(());
             }
         }
-        state.outbound.push_back(outgoing);
-        drop(state);
+        drop(guard);
         shared.writer_wake.notify_one();
         Ok(())
     }
@@ -430,7 +410,7 @@ impl Client {
         if frame.len() > max {
             return Err(ClientError::TooLarge { size: frame.len(), max });
         }
-        self.push(Outgoing::new(Bytes::from(frame), Some(call), true))?;
+        self.push(Some(call), true, |out| out.extend_from_slice(&frame))?;
         Ok(call)
     }
 

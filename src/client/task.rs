@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::time::timeout;
 
 use super::incoming::{Handled, handle_frame};
+use super::outbound::frame_into;
 use super::stream::{self, Endpoint, ReadHalf, WriteHalf};
 use super::subscriptions::by_flags;
 use super::{Event, PatternsParams, RemoteError, Shared, backoff};
@@ -27,8 +28,6 @@ const MAX_INBOUND_FRAME: usize = 64 * 1024 * 1024;
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a clean disconnect may take to flush and hear the broker's answer.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
-const WRITE_BATCH: usize = 512;
-const WRITE_CHUNK: usize = 256 * 1024;
 const IDLE_BUFFER_LIMIT: usize = 64 * 1024;
 
 // Ids of the calls the task makes itself; user calls have numeric ids.
@@ -364,7 +363,7 @@ async fn write_loop(
 ) -> Option<End> {
     let ping = jsonrpc::call::<()>(MethodName::Ping, None, Some(CallId::Name(HEARTBEAT_ID)));
     let mut next_ping = heartbeat.map(|interval| tokio::time::Instant::now() + interval);
-    let mut buf = BytesMut::new();
+    let mut buf = Vec::new();
     loop {
         let wake = shared.writer_wake.notified();
         let mut room = false;
@@ -372,25 +371,13 @@ async fn write_loop(
             // Taking frames, adding the ping and claiming the socket happen under one
             // lock, so a frame written directly by another thread can neither overtake
             // these nor interleave with them.
-            let mut state = shared.state.lock();
-            for _ in 0..WRITE_BATCH {
-                let Some(outgoing) = state.outbound.pop_front() else { break };
-                if let Some(call) = outgoing.call {
-                    state.awaiting.insert(call);
-                }
-                if outgoing.framed {
-                    buf.extend_from_slice(&outgoing.frame);
-                } else {
-                    Framing::LengthPrefixed.encode(&outgoing.frame, &mut buf);
-                }
-                if buf.len() >= WRITE_CHUNK {
-                    break;
-                }
-            }
+            let mut guard = shared.state.lock();
+            let state = &mut *guard;
+            state.outbound.take(&mut buf, &mut state.awaiting);
             if let (Some(at), Some(interval)) = (next_ping, heartbeat)
                 && tokio::time::Instant::now() >= at
             {
-                Framing::LengthPrefixed.encode(&ping, &mut buf);
+                frame_into(&mut buf, |out| out.extend_from_slice(&ping));
                 next_ping = Some(tokio::time::Instant::now() + interval);
             }
             if state.want_writable && state.outbound.len() < shared.config.max_pending / 2 {
@@ -427,7 +414,7 @@ async fn write_loop(
         }
         buf.clear();
         if buf.capacity() > IDLE_BUFFER_LIMIT {
-            buf = BytesMut::new();
+            buf = Vec::new();
         }
     }
 }
@@ -435,17 +422,14 @@ async fn write_loop(
 /// A clean disconnect: write what is queued, tell the broker, wait for its answer.
 async fn goodbye(shared: &Shared, reader: &mut FrameReader<ReadHalf>, writer: &WriteHalf) {
     let farewell = async {
-        let queued: Vec<super::Outgoing> = shared.state.lock().outbound.drain(..).collect();
-        let mut buf = BytesMut::new();
-        for outgoing in queued {
-            if outgoing.framed {
-                buf.extend_from_slice(&outgoing.frame);
-            } else {
-                Framing::LengthPrefixed.encode(&outgoing.frame, &mut buf);
-            }
+        let mut buf = Vec::new();
+        {
+            let mut guard = shared.state.lock();
+            let state = &mut *guard;
+            state.outbound.take(&mut buf, &mut state.awaiting);
         }
         let bye = jsonrpc::call::<()>(MethodName::Disconnect, None, Some(CallId::Name(DISCONNECT_ID)));
-        Framing::LengthPrefixed.encode(&bye, &mut buf);
+        frame_into(&mut buf, |out| out.extend_from_slice(&bye));
         writer.write_all(&buf).await.ok()?;
         loop {
             match reader.next().await {

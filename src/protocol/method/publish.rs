@@ -168,12 +168,17 @@ impl PublishCall<'_> {
     /// The call, as a request with `id` (answered once the broker has the message) or
     /// a notification (answered only by a `publish_failed` refusal).
     pub fn encode(&self, id: Option<u64>) -> Vec<u8> {
+        let mut frame = Vec::new();
+        self.encode_into(&mut frame, id);
+        frame
+    }
+
+    /// Appends the call to `frame`.
+    pub fn encode_into(&self, frame: &mut Vec<u8>, id: Option<u64>) {
         let headers = self.headers.map_or(0, str::len);
-        let mut frame = Vec::with_capacity(
-            98 + self.topic.len() + self.payload.len() + 2 * self.message_id.len() + headers,
-        );
+        frame.reserve(98 + self.topic.len() + self.payload.len() + 2 * self.message_id.len() + headers);
         frame.extend_from_slice(br#"{"jsonrpc":"2.0","method":"publish","params":{"topic":"#);
-        write_str(&mut frame, self.topic);
+        write_str(frame, self.topic);
         frame.extend_from_slice(br#","payload":"#);
         frame.extend_from_slice(self.payload.as_bytes());
         frame.extend_from_slice(br#","message_id":""#);
@@ -196,7 +201,6 @@ impl PublishCall<'_> {
             Some(id) => frame.extend_from_slice(format!(r#"}},"id":{id}}}"#).as_bytes()),
             None => frame.extend_from_slice(b"}}"),
         }
-        frame
     }
 }
 
