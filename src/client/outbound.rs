@@ -55,6 +55,13 @@ impl Outbound {
         }
     }
 
+    /// Gives back memory past `limit` bytes when nothing is queued.
+    pub(super) fn shrink_to(&mut self, limit: usize) {
+        if self.bytes.is_empty() && self.bytes.capacity() > limit {
+            self.bytes = Vec::new();
+        }
+    }
+
     pub(super) fn bytes(&self) -> &[u8] {
         &self.bytes
     }
@@ -86,6 +93,13 @@ mod tests {
         assert_eq!((outbound.len(), outbound.bytes().len()), (0, 0));
         assert!(awaiting.contains(&7));
         assert!(outbound.bytes.capacity() >= 64, "the writer's buffer is kept for the next frames");
+        outbound.push(&[b'x'; 100], None);
+        outbound.shrink_to(16);
+        assert_eq!(outbound.len(), 1, "what is queued is never given back");
+        outbound.take(&mut Vec::with_capacity(1000), &mut awaiting);
+        assert!(outbound.bytes.capacity() >= 1000);
+        outbound.shrink_to(16);
+        assert_eq!(outbound.bytes.capacity(), 0, "an empty queue gives back what a burst took");
     }
 
     #[test]

@@ -374,6 +374,14 @@ async fn write_loop(
             let mut guard = shared.state.lock();
             let state = &mut *guard;
             state.outbound.take(&mut buf, &mut state.awaiting);
+            if buf.is_empty() {
+                // Idle: the buffers give back what a burst made them grow. A busy
+                // connection keeps them, and its frames never wait for an allocation.
+                if buf.capacity() > IDLE_BUFFER_LIMIT {
+                    buf = Vec::new();
+                }
+                state.outbound.shrink_to(IDLE_BUFFER_LIMIT);
+            }
             if let (Some(at), Some(interval)) = (next_ping, heartbeat)
                 && tokio::time::Instant::now() >= at
             {
@@ -413,9 +421,6 @@ async fn write_loop(
             return Some(End::retry(format!("write failed: {error}")));
         }
         buf.clear();
-        if buf.capacity() > IDLE_BUFFER_LIMIT {
-            buf = Vec::new();
-        }
     }
 }
 
