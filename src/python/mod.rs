@@ -16,6 +16,13 @@
 //! - [`json`]: JSON straight between Python objects and bytes; [`strings`]: the
 //!   short strings it and the deliveries make again and again, made once per thread.
 
+/// The extension's own allocations (frames, deliveries, buffers) are made on one
+/// thread and freed on another all the time: the engine's threads make what Python's
+/// thread frees, and the other way round. mimalloc frees across threads without the
+/// slow paths glibc's allocator takes for it. Python's objects keep Python's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod broker;
 mod client;
 mod dispatch;
