@@ -25,7 +25,13 @@ fn main() {
         _ => panic!("usage: instructions <subscribers> <messages>"),
     };
     let (router, mut queues) = routing::router_with_subscribers(subscribers);
-    for _ in 0..messages {
+    let mut received_at = 0.0;
+    for n in 0..messages {
+        // A session reads the clock once per batch of frames read together (at most
+        // 256): the messages of a batch share their timestamp.
+        if n % 256 == 0 {
+            received_at = now();
+        }
         let Ok(Incoming::Single(Ok(call))) = jsonrpc::parse(black_box(PUBLISH.as_bytes())) else {
             unreachable!("one valid call")
         };
@@ -37,6 +43,7 @@ fn main() {
         let published = router
             .publish(Publish {
                 message_id: params.message_id.as_deref(),
+                received_at: Some(received_at),
                 ..Publish::new(&params.topic, payload, "bench")
             })
             .unwrap();
@@ -45,4 +52,9 @@ fn main() {
             black_box(queue.try_recv());
         }
     }
+}
+
+fn now() -> f64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since_epoch.expect("the clock is past 1970").as_secs_f64()
 }

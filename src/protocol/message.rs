@@ -84,7 +84,7 @@ impl Delivery<'_> {
         out.extend_from_slice(br#","id":"#);
         write_str(&mut out, self.id);
         out.extend_from_slice(br#","timestamp":"#);
-        write_number(&mut out, self.timestamp);
+        write_timestamp(&mut out, self.timestamp);
         if let Some(reply_to) = self.reply_to {
             out.extend_from_slice(br#","reply_to":"#);
             write_str(&mut out, reply_to);
@@ -132,6 +132,23 @@ pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
 
 fn write_number(out: &mut Vec<u8>, value: f64) {
     serde_json::to_writer(out, &value).expect("a number always serialises");
+}
+
+thread_local! {
+    /// The last timestamp written on this thread, and its text: the messages of one
+    /// batch of frames share their timestamp, so its digits are made once.
+    static LAST_TIMESTAMP: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((0, Vec::new())) };
+}
+
+fn write_timestamp(out: &mut Vec<u8>, timestamp: f64) {
+    LAST_TIMESTAMP.with_borrow_mut(|(bits, text)| {
+        if *bits != timestamp.to_bits() || text.is_empty() {
+            text.clear();
+            write_number(text, timestamp);
+            *bits = timestamp.to_bits();
+        }
+        out.extend_from_slice(text);
+    });
 }
 
 /// Returns the payload with raw line breaks replaced by spaces. In valid JSON a raw
@@ -214,6 +231,12 @@ mod tests {
         for delivery in [&plain, &everything] {
             let by_serde = notification("message", delivery);
             assert_eq!(delivery.encode(), by_serde, "{}", String::from_utf8_lossy(&by_serde));
+        }
+        // The digits of the last timestamp are kept: the same one again, another, and
+        // back, each written as serde writes it.
+        for timestamp in [1_764_000_000.123_456, 1_764_000_000.123_457, 0.0, 1e16, 1_764_000_000.123_456] {
+            let delivery = Delivery { timestamp, from_queue: None, ..plain };
+            assert_eq!(delivery.encode(), notification("message", &delivery), "{timestamp}");
         }
     }
 

@@ -74,6 +74,9 @@ pub struct Publish<'a> {
     pub retain: bool,
     /// A JSON object of strings beside the payload, forwarded as written.
     pub headers: Option<&'a RawValue>,
+    /// When the broker received it (seconds since the Unix epoch); `None`: now. A
+    /// session gives the time it read the frames that came together.
+    pub received_at: Option<f64>,
 }
 
 impl<'a> Publish<'a> {
@@ -90,6 +93,7 @@ impl<'a> Publish<'a> {
             qos: 0,
             retain: false,
             headers: None,
+            received_at: None,
         }
     }
 }
@@ -282,7 +286,7 @@ impl Router {
         skip_queue: Option<&str>,
     ) -> Result<Published<'a>, RpcError> {
         let message_id = msg.message_id.map_or_else(|| Cow::Owned(self.ids.next()), Cow::Borrowed);
-        let timestamp = unix_now();
+        let timestamp = msg.received_at.unwrap_or_else(unix_now);
         // Copied out of the frame only when a queue or the retained store keeps it.
         let keep = || {
             Arc::new(StoredMessage {

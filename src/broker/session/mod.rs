@@ -159,6 +159,7 @@ pub(crate) async fn run<T: Transport>(transport: T, peer: Peer, router: Arc<Rout
         evicted: Arc::new(Notify::new()),
         pinged: false,
         last_seen: Instant::now(),
+        received_at: 0.0,
         waiting: JoinSet::new(),
         in_flight: Arc::default(),
         deadlines: Deadlines::new(router.clone()),
@@ -205,6 +206,9 @@ struct Session {
     /// for being idle (TCP keepalive finds dead peers).
     pinged: bool,
     last_seen: Instant,
+    /// When the frames being handled were read (seconds since the Unix epoch): the
+    /// timestamp of the messages among them.
+    received_at: f64,
     /// Answers still to come; dropping the set (with the session) cancels them.
     waiting: JoinSet<()>,
     /// Calls waiting for an answer on this connection (requests, channel receives).
@@ -347,9 +351,10 @@ impl Session {
     /// The client was heard from: once per batch of frames read together.
     fn note_activity(&mut self) {
         self.last_seen = Instant::now();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.received_at = now.as_secs_f64();
         let traffic = self.outbox.stats();
-        traffic.last_activity_ms.store(now.map_or(0, |d| d.as_millis() as u64), Ordering::Relaxed);
+        traffic.last_activity_ms.store(now.as_millis() as u64, Ordering::Relaxed);
     }
 
     fn count_received(&self, decoded: &Decoded) {

@@ -50,6 +50,7 @@ impl Session {
             retain: params.retain,
             headers: headers.present(),
             origin: Some(self.id),
+            received_at: Some(self.received_at),
             ..Publish::new(&params.topic, payload.get(), self.sender())
         })?;
         if params.qos > 0 && !published.full.is_empty() {

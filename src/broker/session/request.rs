@@ -110,6 +110,7 @@ impl Session {
         let msg = Publish {
             headers: headers.present(),
             origin: Some(self.id),
+            received_at: Some(self.received_at),
             ..Publish::new(&params.topic, payload.get(), self.sender())
         };
         let timeout = Duration::from_secs_f64(params.timeout);
