@@ -182,6 +182,19 @@ def percentiles_us(seconds: list[float]) -> dict[str, float]:
     return {"p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99)}
 
 
+async def timed_calls(call: Callable[[int], Awaitable[None]], args: RoleArgs) -> dict[str, Any]:
+    """Makes `args.warmup` calls, then `args.requests` timed one after the other; each
+    call gets its running number. Returns their count and percentiles."""
+    for n in range(args.warmup):
+        await call(n)
+    samples = []
+    for n in range(args.warmup, args.warmup + args.requests):
+        started = time.perf_counter()
+        await call(n)
+        samples.append(time.perf_counter() - started)
+    return {"requests": len(samples), **percentiles_us(samples)}
+
+
 def raise_fd_limit(needed: int) -> None:
     """Raises this process's soft limit on open files to `needed` (up to the hard limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

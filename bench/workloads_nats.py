@@ -28,8 +28,8 @@ from bench.common import (
     keep_pace,
     make_payload,
     other_patterns,
-    percentiles_us,
     raise_fd_limit,
+    timed_calls,
 )
 
 
@@ -123,21 +123,15 @@ async def requester(args: RoleArgs) -> dict[str, Any]:
     nc = await _connect(args)
     payload = make_payload(args.size)
 
-    async def call() -> None:
+    async def call(_: int) -> None:
         reply = await nc.request(
             REQUEST_TOPIC, json.dumps(payload).encode(), timeout=args.request_timeout
         )
         json.loads(reply.data)
 
-    for _ in range(args.warmup):
-        await call()
-    samples = []
-    for _ in range(args.requests):
-        started = time.perf_counter()
-        await call()
-        samples.append(time.perf_counter() - started)
+    result = await timed_calls(call, args)
     await nc.close()
-    return {"requests": len(samples), **percentiles_us(samples)}
+    return result
 
 
 async def _raw_connect(args: RoleArgs) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -197,22 +191,16 @@ async def raw_requester(args: RoleArgs) -> dict[str, Any]:
     payload = make_payload(args.size)
     subject = REQUEST_TOPIC.encode()
 
-    async def call() -> None:
+    async def call(_: int) -> None:
         data = json.dumps(payload).encode()
         writer.write(b"PUB %s %s %d\r\n%s\r\n" % (subject, inbox.encode(), len(data), data))
         # No timeout per call (it would cost a task each): the runner bounds the role.
         _, reply = await _raw_message(reader, writer)
         json.loads(reply)
 
-    for _ in range(args.warmup):
-        await call()
-    samples = []
-    for _ in range(args.requests):
-        started = time.perf_counter()
-        await call()
-        samples.append(time.perf_counter() - started)
+    result = await timed_calls(call, args)
     writer.close()
-    return {"requests": len(samples), **percentiles_us(samples)}
+    return result
 
 
 async def idle(args: RoleArgs) -> dict[str, Any]:

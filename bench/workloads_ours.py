@@ -24,8 +24,8 @@ from bench.common import (
     keep_pace,
     make_payload,
     other_patterns,
-    percentiles_us,
     raise_fd_limit,
+    timed_calls,
 )
 from message_broker import BrokerClient, Message
 
@@ -142,15 +142,13 @@ async def responder(args: RoleArgs) -> dict[str, Any]:
 async def requester(args: RoleArgs) -> dict[str, Any]:
     client = await _connect(args, "req")
     payload = make_payload(args.size)
-    for _ in range(args.warmup):
+
+    async def call(_: int) -> None:
         await client.request(REQUEST_TOPIC, payload, timeout=args.request_timeout)
-    samples = []
-    for _ in range(args.requests):
-        started = time.perf_counter()
-        await client.request(REQUEST_TOPIC, payload, timeout=args.request_timeout)
-        samples.append(time.perf_counter() - started)
+
+    result = await timed_calls(call, args)
     await client.disconnect()
-    return {"requests": len(samples), **percentiles_us(samples)}
+    return result
 
 
 async def _raw_connect(
@@ -205,15 +203,9 @@ async def raw_requester(args: RoleArgs) -> dict[str, Any]:
         if "result" not in answer:
             raise RuntimeError(f"request failed: {answer}")
 
-    for n in range(args.warmup):
-        await call(n)
-    samples = []
-    for n in range(args.requests):
-        started = time.perf_counter()
-        await call(args.warmup + n)
-        samples.append(time.perf_counter() - started)
+    result = await timed_calls(call, args)
     writer.close()
-    return {"requests": len(samples), **percentiles_us(samples)}
+    return result
 
 
 async def idle(args: RoleArgs) -> dict[str, Any]:

@@ -1,12 +1,37 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
 
 use crate::broker::router::Router;
 use crate::broker::shutdown::Shutdown;
 use crate::broker::transport::{Messages, Peer};
 use crate::config::BrokerConfig;
+
+/// A session over in-process channels (up to `answers` frames from the broker
+/// waiting to be read), connected as `client_id`; with the sender that stops it.
+async fn connected(
+    router: Arc<Router>,
+    client_id: &str,
+    answers: usize,
+) -> (mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>, JoinHandle<()>, broadcast::Sender<()>) {
+    let (stop, stopping) = broadcast::channel(1);
+    let (to_broker, incoming) = mpsc::channel(10_000);
+    let (outgoing, mut from_broker) = mpsc::channel(answers);
+    let session = tokio::spawn(super::run(
+        Messages { incoming, outgoing },
+        Peer::in_process(),
+        router,
+        Shutdown::new(stopping),
+    ));
+    let connect =
+        format!(r#"{{"jsonrpc":"2.0","method":"connect","params":{{"client_id":"{client_id}"}},"id":0}}"#);
+    to_broker.send(Bytes::from(connect)).await.unwrap();
+    from_broker.recv().await.unwrap();
+    (to_broker, from_broker, session, stop)
+}
 
 fn ping(id: u64) -> Bytes {
     Bytes::from(format!(r#"{{"jsonrpc":"2.0","method":"ping","id":{id}}}"#))
@@ -23,19 +48,7 @@ async fn a_client_that_keeps_sending_is_not_timed_out_while_its_answers_wait() {
         max_queue_size: 2,
         ..BrokerConfig::default()
     };
-    let router = Router::new(config);
-    let (_stop, stopping) = broadcast::channel(1);
-    let (to_broker, incoming) = mpsc::channel(10_000);
-    let (outgoing, mut from_broker) = mpsc::channel(1);
-    let session = tokio::spawn(super::run(
-        Messages { incoming, outgoing },
-        Peer::in_process(),
-        router,
-        Shutdown::new(stopping),
-    ));
-    let connect = r#"{"jsonrpc":"2.0","method":"connect","params":{"client_id":"c"},"id":0}"#;
-    to_broker.send(Bytes::from(connect)).await.unwrap();
-    from_broker.recv().await.unwrap();
+    let (to_broker, mut from_broker, session, _stop) = connected(Router::new(config), "c", 1).await;
     to_broker.send(ping(1)).await.unwrap();
     from_broker.recv().await.unwrap();
     // 2,000 pings at once, whose answers are not read for 5 s (the session waits for
@@ -62,8 +75,6 @@ async fn a_client_that_keeps_sending_is_not_timed_out_while_its_answers_wait() {
 /// out is answered before the frames already waiting are all handled.
 #[tokio::test(start_paused = true)]
 async fn a_request_times_out_while_its_client_keeps_sending() {
-    use std::sync::Arc;
-
     use crate::broker::outbox;
     use crate::broker::router::{ClientInfo, SubscriptionFlags};
 
@@ -76,18 +87,7 @@ async fn a_request_times_out_while_its_client_keeps_sending() {
     router.register(responder, info, responder_outbox, Arc::new(tokio::sync::Notify::new())).unwrap();
     router.subscribe(responder, &["svc".into()], SubscriptionFlags::default()).unwrap();
 
-    let (_stop, stopping) = broadcast::channel(1);
-    let (to_broker, incoming) = mpsc::channel(10_000);
-    let (outgoing, mut from_broker) = mpsc::channel(20_000);
-    let session = tokio::spawn(super::run(
-        Messages { incoming, outgoing },
-        Peer::in_process(),
-        router,
-        Shutdown::new(stopping),
-    ));
-    let connect = r#"{"jsonrpc":"2.0","method":"connect","params":{"client_id":"asker"},"id":0}"#;
-    to_broker.send(Bytes::from(connect)).await.unwrap();
-    from_broker.recv().await.unwrap();
+    let (to_broker, mut from_broker, session, _stop) = connected(router, "asker", 20_000).await;
     let request = r#"{"jsonrpc":"2.0","method":"request","params":{"topic":"svc","timeout":60},"id":"r"}"#;
     to_broker.send(Bytes::from(request)).await.unwrap();
     let mut delivered = Vec::new();
