@@ -155,6 +155,11 @@ impl Outbox {
         sent
     }
 
+    /// True when a response would wait for room (the reserve is used up too).
+    pub fn is_full(&self) -> bool {
+        self.tx.capacity() == 0
+    }
+
     /// Frames waiting to be written.
     pub fn len(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()

@@ -210,6 +210,11 @@ impl Store {
     /// [`MAX_PENDING_BYTES`]: a connection that publishes waits here before it reads
     /// its next frame, so a publisher faster than the disk is slowed down by TCP
     /// instead of filling memory.
+    /// True when [`Store::room`] would not wait.
+    pub fn has_room(&self) -> bool {
+        self.backlog.bytes.load(Ordering::Relaxed) < MAX_PENDING_BYTES
+    }
+
     pub async fn room(&self) {
         loop {
             let drained = self.backlog.drained.notified();

@@ -384,7 +384,7 @@ impl Client {
             && !state.writing
             && let Some(socket) = &state.socket
             // Would block, or failed: the writer task carries on (and reports errors).
-            && let Ok(written) = socket.try_write(state.outbound.bytes())
+            && let Ok(written) = socket.try_write(state.outbound.only_frame())
         {
             state.outbound.written(written, &mut state.awaiting);
             if state.outbound.len() == 0 {

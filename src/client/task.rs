@@ -275,9 +275,11 @@ async fn serve(shared: &Arc<Shared>, connection: Connection, closing: &mut watch
     };
     {
         // From here on frames queue for the next connection.
-        let mut state = shared.state.lock();
+        let mut guard = shared.state.lock();
+        let state = &mut *guard;
         state.socket = None;
         state.writing = false;
+        state.outbound.connection_ended(&mut state.awaiting);
     }
     match ended {
         Some(end) => end,

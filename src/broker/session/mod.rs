@@ -15,7 +15,7 @@ mod subscribe;
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout};
 
 use self::connect::Will;
+use self::dispatch::unix_now;
 use self::request::Deadlines;
 use super::access::Origin;
 use super::connection::AbortOnDrop;
@@ -160,6 +161,7 @@ pub(crate) async fn run<T: Transport>(transport: T, peer: Peer, router: Arc<Rout
         pinged: false,
         last_seen: Instant::now(),
         received_at: 0.0,
+        waited: AtomicBool::new(false),
         waiting: JoinSet::new(),
         in_flight: Arc::default(),
         deadlines: Deadlines::new(router.clone()),
@@ -209,6 +211,8 @@ struct Session {
     /// When the frames being handled were read (seconds since the Unix epoch): the
     /// timestamp of the messages among them.
     received_at: f64,
+    /// Set when handling a frame waited (for room to answer, for the store).
+    waited: AtomicBool,
     /// Answers still to come; dropping the set (with the session) cancels them.
     waiting: JoinSet<()>,
     /// Calls waiting for an answer on this connection (requests, channel receives).
@@ -302,6 +306,11 @@ impl Session {
                 if let Some(end) = self.take(decoded).await {
                     return end;
                 }
+                // After a wait, the frames at hand may have come during it (a carrier
+                // of whole messages hands over what arrived meanwhile): stamped anew.
+                if self.waited.swap(false, Ordering::Relaxed) {
+                    self.received_at = unix_now();
+                }
                 taken += 1;
                 if taken == FRAMES_PER_WAKE {
                     break;
@@ -340,7 +349,10 @@ impl Session {
                     return Some(end);
                 }
                 // A publisher faster than the disk waits here, before its next frame.
-                if let Some(store) = self.router.store() {
+                if let Some(store) = self.router.store()
+                    && !store.has_room()
+                {
+                    self.waited.store(true, Ordering::Relaxed);
                     store.room().await;
                 }
             }
@@ -372,6 +384,9 @@ impl Session {
     }
 
     async fn respond(&self, body: Vec<u8>) {
+        if self.outbox.is_full() {
+            self.waited.store(true, Ordering::Relaxed);
+        }
         self.outbox.send(Bytes::from(body)).await;
     }
 

@@ -115,3 +115,47 @@ async fn a_request_times_out_while_its_client_keeps_sending() {
     while from_broker.recv().await.is_some() {}
     session.await.unwrap();
 }
+
+/// A message that arrives while the session waits for room to answer earlier frames
+/// carries the time it was read, not the time of the batch before the wait (its ttl
+/// counts from then).
+#[tokio::test]
+async fn a_message_read_after_a_wait_carries_the_time_it_was_read() {
+    use crate::broker::outbox;
+    use crate::broker::router::{ClientInfo, SubscriptionFlags};
+
+    let router = Router::new(BrokerConfig { max_queue_size: 2, ..BrokerConfig::default() });
+    let subscriber = router.new_session_id();
+    let (subscriber_outbox, mut subscriber_queue) = outbox::channel(1000, 1 << 24);
+    let info =
+        ClientInfo { client_id: "sub".into(), client_type: None, version: None, peer: Peer::in_process() };
+    router.register(subscriber, info, subscriber_outbox, Arc::new(tokio::sync::Notify::new())).unwrap();
+    router.subscribe(subscriber, &["t".into()], SubscriptionFlags::default()).unwrap();
+    let (to_broker, mut from_broker, session, _stop) = connected(router, "pub", 1).await;
+    // More pings than the connection's queue and its reserve hold: the session waits
+    // for room to answer them until they are read.
+    for id in 1..=1300 {
+        to_broker.send(ping(id)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let publish = r#"{"jsonrpc":"2.0","method":"publish","params":{"topic":"t","payload":1}}"#;
+    for _ in 0..10 {
+        to_broker.send(Bytes::from(publish)).await.unwrap();
+    }
+    for _ in 1..=1300 {
+        from_broker.recv().await.unwrap();
+    }
+    let mut delivered = Vec::new();
+    while delivered.len() < 10 {
+        subscriber_queue.recv_many(&mut delivered, 10).await;
+    }
+    for delivery in delivered {
+        let delivery: serde_json::Value = serde_json::from_slice(&delivery).unwrap();
+        let stamped = delivery["params"]["timestamp"].as_f64().unwrap();
+        assert!(stamped >= sent, "published at {sent:.3}, stamped {stamped:.3}");
+    }
+    drop(to_broker);
+    while from_broker.recv().await.is_some() {}
+    session.await.unwrap();
+}
