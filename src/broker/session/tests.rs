@@ -5,7 +5,8 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
-use crate::broker::router::Router;
+use crate::broker::outbox::{self, OutboxReceiver};
+use crate::broker::router::{ClientInfo, Router, SubscriptionFlags};
 use crate::broker::shutdown::Shutdown;
 use crate::broker::transport::{Messages, Peer};
 use crate::config::BrokerConfig;
@@ -31,6 +32,22 @@ async fn connected(
     to_broker.send(Bytes::from(connect)).await.unwrap();
     from_broker.recv().await.unwrap();
     (to_broker, from_broker, session, stop)
+}
+
+/// A client registered with the router directly, subscribed to `pattern`: its queue,
+/// which nothing reads but the test.
+fn subscribed(router: &Router, client_id: &str, pattern: &str) -> OutboxReceiver {
+    let session = router.new_session_id();
+    let (outbox, queue) = outbox::channel(1000, 1 << 24);
+    let info = ClientInfo {
+        client_id: client_id.into(),
+        client_type: None,
+        version: None,
+        peer: Peer::in_process(),
+    };
+    router.register(session, info, outbox, Arc::new(tokio::sync::Notify::new())).unwrap();
+    router.subscribe(session, &[pattern.into()], SubscriptionFlags::default()).unwrap();
+    queue
 }
 
 fn ping(id: u64) -> Bytes {
@@ -75,17 +92,9 @@ async fn a_client_that_keeps_sending_is_not_timed_out_while_its_answers_wait() {
 /// out is answered before the frames already waiting are all handled.
 #[tokio::test(start_paused = true)]
 async fn a_request_times_out_while_its_client_keeps_sending() {
-    use crate::broker::outbox;
-    use crate::broker::router::{ClientInfo, SubscriptionFlags};
-
     let router = Router::new(BrokerConfig::default());
     // A responder that never answers.
-    let responder = router.new_session_id();
-    let (responder_outbox, mut responder_queue) = outbox::channel(100, 1 << 20);
-    let info =
-        ClientInfo { client_id: "mute".into(), client_type: None, version: None, peer: Peer::in_process() };
-    router.register(responder, info, responder_outbox, Arc::new(tokio::sync::Notify::new())).unwrap();
-    router.subscribe(responder, &["svc".into()], SubscriptionFlags::default()).unwrap();
+    let mut responder_queue = subscribed(&router, "mute", "svc");
 
     let (to_broker, mut from_broker, session, _stop) = connected(router, "asker", 20_000).await;
     let request = r#"{"jsonrpc":"2.0","method":"request","params":{"topic":"svc","timeout":60},"id":"r"}"#;
@@ -121,16 +130,8 @@ async fn a_request_times_out_while_its_client_keeps_sending() {
 /// counts from then).
 #[tokio::test]
 async fn a_message_read_after_a_wait_carries_the_time_it_was_read() {
-    use crate::broker::outbox;
-    use crate::broker::router::{ClientInfo, SubscriptionFlags};
-
     let router = Router::new(BrokerConfig { max_queue_size: 2, ..BrokerConfig::default() });
-    let subscriber = router.new_session_id();
-    let (subscriber_outbox, mut subscriber_queue) = outbox::channel(1000, 1 << 24);
-    let info =
-        ClientInfo { client_id: "sub".into(), client_type: None, version: None, peer: Peer::in_process() };
-    router.register(subscriber, info, subscriber_outbox, Arc::new(tokio::sync::Notify::new())).unwrap();
-    router.subscribe(subscriber, &["t".into()], SubscriptionFlags::default()).unwrap();
+    let mut subscriber_queue = subscribed(&router, "sub", "t");
     let (to_broker, mut from_broker, session, _stop) = connected(router, "pub", 1).await;
     // More pings than the connection's queue and its reserve hold: the session waits
     // for room to answer them until they are read.
