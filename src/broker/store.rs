@@ -206,19 +206,19 @@ impl Store {
         self.loaded.lock().take()
     }
 
-    /// Completes once the writes waiting for the disk hold less than
-    /// [`MAX_PENDING_BYTES`]: a connection that publishes waits here before it reads
-    /// its next frame, so a publisher faster than the disk is slowed down by TCP
-    /// instead of filling memory.
     /// True when [`Store::room`] would not wait.
     pub fn has_room(&self) -> bool {
         self.backlog.bytes.load(Ordering::Relaxed) < MAX_PENDING_BYTES
     }
 
+    /// Completes once the writes waiting for the disk hold less than
+    /// [`MAX_PENDING_BYTES`]: a connection that publishes waits here before it reads
+    /// its next frame, so a publisher faster than the disk is slowed down by TCP
+    /// instead of filling memory.
     pub async fn room(&self) {
         loop {
             let drained = self.backlog.drained.notified();
-            if self.backlog.bytes.load(Ordering::Relaxed) < MAX_PENDING_BYTES {
+            if self.has_room() {
                 return;
             }
             drained.await;

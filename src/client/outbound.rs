@@ -70,6 +70,16 @@ impl Outbound {
         awaiting.extend(chunk.calls);
     }
 
+    /// Everything queued, appended to `into`: the last write before a goodbye.
+    pub(super) fn take_all(&mut self, into: &mut Vec<u8>, awaiting: &mut HashSet<u64>) {
+        for chunk in self.chunks.drain(..) {
+            into.extend_from_slice(&chunk.bytes);
+            awaiting.extend(chunk.calls);
+        }
+        self.frames = 0;
+        self.partial = None;
+    }
+
     /// The bytes a direct write would write: the one frame queued.
     pub(super) fn only_frame(&self) -> &[u8] {
         debug_assert!(self.frames == 1 && self.chunks.len() == 1);
@@ -160,6 +170,14 @@ mod tests {
         assert_eq!(outbound.len(), frames - taken, "what was not taken is still counted");
         outbound.shrink_to(16);
         assert_eq!(outbound.spare.capacity(), 0, "what a burst took is given back");
+
+        // A goodbye writes everything still queued, in order.
+        outbound.push(b"last", None);
+        let mut everything = Vec::new();
+        outbound.take_all(&mut everything, &mut awaiting);
+        assert_eq!(everything.len(), (frames - taken) * 1004 + 8);
+        assert!(everything.ends_with(b"\0\0\0\x04last"));
+        assert_eq!(outbound.len(), 0);
     }
 
     #[test]

@@ -433,7 +433,7 @@ async fn goodbye(shared: &Shared, reader: &mut FrameReader<ReadHalf>, writer: &W
         {
             let mut guard = shared.state.lock();
             let state = &mut *guard;
-            state.outbound.take(&mut buf, &mut state.awaiting);
+            state.outbound.take_all(&mut buf, &mut state.awaiting);
         }
         let bye = jsonrpc::call::<()>(MethodName::Disconnect, None, Some(CallId::Name(DISCONNECT_ID)));
         frame_into(&mut buf, |out| out.extend_from_slice(&bye));
