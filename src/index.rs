@@ -4,7 +4,7 @@
 //! cost of a publish depends on the topic's depth and on the patterns that match it,
 //! not on how many unrelated subscriptions exist.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use crate::protocol::topic::{Segment, parse_pattern};
@@ -42,8 +42,9 @@ impl Node {
         match topic {
             None => out.extend(self.exact.iter().map(|e| e.session)),
             Some(topic) => {
-                let (segment, tail) = match topic.split_once('.') {
-                    Some((segment, tail)) => (segment, Some(tail)),
+                // Segments are short: a plain loop finds the dot sooner than a search.
+                let (segment, tail) = match topic.bytes().position(|b| b == b'.') {
+                    Some(dot) => (&topic[..dot], Some(&topic[dot + 1..])),
                     None => (topic, None),
                 };
                 if let Some(child) = self.literal.get(segment) {

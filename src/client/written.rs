@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 
 use super::DeliveryFields;
+use crate::protocol::json_value;
 
 /// A delivery as read from its frame.
 #[derive(Debug)]
@@ -80,13 +81,12 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> Option<Cow<'a, str>> {
         self.literal(b"\"")?;
         let start = self.at;
-        let len = memchr::memchr2(b'"', b'\\', &self.text[start..])?;
-        let bytes = &self.text[start..start + len];
-        if self.text[start + len] == b'\\' || bytes.iter().any(|&b| b < 0x20) {
+        let len = json_value::plain_len(&self.text[start..]);
+        if self.text.get(start + len) != Some(&b'"') {
             return None;
         }
         self.at = start + len + 1;
-        std::str::from_utf8(bytes).ok().map(Cow::Borrowed)
+        std::str::from_utf8(&self.text[start..start + len]).ok().map(Cow::Borrowed)
     }
 
     /// The text of a JSON value, found by walking its strings and brackets.

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
+use super::json_value;
 use super::method::{MethodName, PublishParams};
 use crate::error::{ErrorCode, ResponderFailure, RpcError};
 
@@ -182,7 +183,10 @@ fn written_publish(text: &str) -> Option<Call<'_>> {
             if !plain {
                 return None;
             }
-            Some(serde_json::from_str::<&RawValue>(id).ok()?)
+            match json_value::split_raw(id)? {
+                (id, "") => Some(id),
+                _ => return None,
+            }
         }
     };
     Some(Call { method: Cow::Borrowed("publish"), params: None, id, publish: Some(params) })
@@ -201,9 +205,14 @@ pub fn params<'a, T: Deserialize<'a>>(params: Option<&'a RawValue>) -> Result<T,
 /// True when `json` nests arrays or objects deeper than `limit`.
 fn exceeds_depth(json: &[u8], limit: usize) -> bool {
     // Nesting deeper than `limit` needs more than `limit` opening brackets. Counting
-    // them is a loop the compiler vectorises; almost every message stops there, and
-    // only one with that many brackets is walked byte by byte, strings and all.
-    let opening = json.iter().map(|&b| usize::from(b == b'[' || b == b'{')).sum::<usize>();
+    // them is a loop the compiler vectorises (one byte a lane: a count per chunk of at
+    // most 255 bytes cannot overflow it); almost every message stops there, and only
+    // one with that many brackets is walked byte by byte, strings and all.
+    let opening = json
+        .chunks(255)
+        .map(|chunk| chunk.iter().fold(0u8, |count, &b| count + u8::from(b == b'[' || b == b'{')))
+        .map(usize::from)
+        .sum::<usize>();
     if opening <= limit {
         return false;
     }
@@ -428,6 +437,18 @@ mod tests {
         // Brackets inside strings do not count.
         let in_string = format!(r#"{{"jsonrpc":"2.0","method":"{}","id":1}}"#, "[".repeat(500));
         assert!(parse(in_string.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn brackets_are_counted_past_one_chunk() {
+        // More opening brackets than one counting chunk holds, none of them deep.
+        let shallow = format!("[{}[]]", "[],".repeat(400));
+        assert!(!exceeds_depth(shallow.as_bytes(), MAX_DEPTH));
+        // A chunk made of opening brackets only, then deep nesting after shallow.
+        let full_chunk = "[".repeat(300) + &"]".repeat(300);
+        assert!(exceeds_depth(full_chunk.as_bytes(), MAX_DEPTH));
+        let deep_after = format!("[{}{}{}]", "[],".repeat(400), "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(exceeds_depth(deep_after.as_bytes(), MAX_DEPTH));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! The payload and headers are copied as the publisher wrote it, never parsed into a tree and
 //! re-serialised.
 
+use super::json_value;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -121,7 +122,7 @@ impl Delivery<'_> {
 /// and most keys and values), else as serde_json escapes it; the characters escaped
 /// are those `json.dumps(ensure_ascii=False)` escapes too.
 pub(crate) fn write_str(out: &mut Vec<u8>, text: &str) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if json_value::plain_len(text.as_bytes()) == text.len() {
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
         out.push(b'"');

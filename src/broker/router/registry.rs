@@ -1,7 +1,7 @@
 //! Who is connected and what they subscribed to: registering a client (taking over
 //! a live connection with the same id), its patterns with their flags, and leaving.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
@@ -137,7 +137,7 @@ impl Router {
                 outbox,
                 evicted,
                 patterns: Vec::new(),
-                flags: HashMap::new(),
+                flags: HashMap::default(),
                 passive: 0,
                 no_local: 0,
             };
