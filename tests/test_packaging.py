@@ -23,6 +23,30 @@ def test_the_hello_example_runs_as_written():
     ]
 
 
+def test_importing_the_package_leaves_the_client_side_until_it_is_named():
+    script = """
+import sys
+import message_broker
+assert "asyncio" not in sys.modules, "asyncio imported with the package"
+assert "message_broker.client" not in sys.modules
+from message_broker import ActionClient, BrokerClient, Event, NodeMonitor, TypedMessage
+assert BrokerClient.__module__ == "message_broker.client"
+assert "asyncio" in sys.modules
+missing = [name for name in message_broker.__all__ if not hasattr(message_broker, name)]
+assert not missing, missing
+assert set(message_broker.__all__) <= set(dir(message_broker))
+try:
+    message_broker.NoSuchThing
+except AttributeError as error:
+    print(error)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "module 'message_broker' has no attribute 'NoSuchThing'"
+
+
 def test_the_configuration_reference_names_every_setting_and_option():
     import dataclasses
     import inspect
@@ -50,7 +74,7 @@ def test_the_service_definitions_start_the_broker_with_options_it_takes():
     import re
     import shlex
 
-    from message_broker.__main__ import build_parser
+    from message_broker._cli import build_parser
 
     unit = (REPOSITORY / "examples" / "service" / "message-broker.service").read_text()
     (exec_start,) = re.findall(r"^ExecStart=(.*)$", unit, flags=re.M)

@@ -6,7 +6,6 @@ be awaited from asyncio, used as a plain context manager, or started from a Qt a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import weakref
@@ -110,10 +109,16 @@ class MessageBroker:
         """Starts listening, without blocking the event loop: binding (and opening the
         store of a ``data_dir``) happens on a worker thread. Raises ``OSError`` when the
         address is in use."""
+        # Imported here, where a loop runs already: the broker command runs without
+        # asyncio, and is smaller for it.
+        import asyncio
+
         await asyncio.to_thread(self.start_sync)
 
     async def stop(self, reason: str = "broker stopped") -> None:
         """Stops gracefully (see :meth:`stop_sync`) without blocking the event loop."""
+        import asyncio
+
         await asyncio.to_thread(self.stop_sync, reason)
 
     def status(self) -> Status:
