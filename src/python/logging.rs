@@ -7,8 +7,8 @@
 //! at interpreter exit the thread is joined before finalization begins.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
@@ -20,6 +20,8 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
 /// Records waiting for the logging thread; past this, records are counted and dropped.
+/// The channel grows as records come (a bounded one would hold all its slots from the
+/// start: half a megabyte of an idle broker), so the bound is kept by [`QUEUED`].
 const QUEUE: usize = 8192;
 
 enum Entry {
@@ -27,7 +29,8 @@ enum Entry {
     Stop,
 }
 
-static SENDER: Mutex<Option<SyncSender<Entry>>> = Mutex::new(None);
+static SENDER: Mutex<Option<Sender<Entry>>> = Mutex::new(None);
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
 static THREAD: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// The lowest Python level forwarded (Python's numbering: DEBUG=10 ... ERROR=40).
@@ -50,7 +53,7 @@ pub fn set_log_level(level: u8) {
 }
 
 pub fn install() {
-    let (tx, rx) = sync_channel(QUEUE);
+    let (tx, rx) = channel();
     let thread = std::thread::Builder::new().name("message-broker-log".into()).spawn(move || run(rx));
     let Ok(thread) = thread else { return };
     *SENDER.lock() = Some(tx);
@@ -71,6 +74,7 @@ pub fn stop() {
 
 fn run(rx: Receiver<Entry>) {
     while let Ok(Entry::Record { level, logger, message }) = rx.recv() {
+        QUEUED.fetch_sub(1, Ordering::Relaxed);
         let dropped = DROPPED.swap(0, Ordering::Relaxed);
         // try_attach: never attach to an interpreter that is already finalizing.
         let attached = Python::try_attach(|py| {
@@ -120,10 +124,13 @@ impl<S: Subscriber> Layer<S> for PythonLogging {
             logger: logger_name(metadata.target()),
             message: text.finish(),
         };
-        if let Some(tx) = SENDER.lock().as_ref()
-            && let Err(TrySendError::Full(_)) = tx.try_send(entry)
-        {
+        let sender = SENDER.lock();
+        let Some(tx) = sender.as_ref() else { return };
+        if QUEUED.fetch_add(1, Ordering::Relaxed) >= QUEUE {
+            QUEUED.fetch_sub(1, Ordering::Relaxed);
             DROPPED.fetch_add(1, Ordering::Relaxed);
+        } else if tx.send(entry).is_err() {
+            QUEUED.fetch_sub(1, Ordering::Relaxed); // the logging thread has stopped
         }
     }
 }
