@@ -81,14 +81,27 @@ async def local_collector(client: BrokerClient, patterns: list[str]) -> Received
     return received
 
 
-async def nats_collector(client: Any, subject: str) -> Received:
+async def subscribed(server: NatsServer, client: Any, *subjects: str) -> None:
+    """Waits until the server has the client's subscriptions. Not `flush()`: nats-py
+    writes its PING at once, ahead of the SUB still in its buffer, so the PONG can come
+    back before the server has the subscription, and whatever other connections publish
+    meanwhile goes to nobody."""
+
+    def listed() -> bool:
+        (connection,) = server.monitor(f"connz?cid={client.client_id}&subs=1")["connections"]
+        return set(subjects) <= set(connection.get("subscriptions_list", []))
+
+    await eventually(listed)
+
+
+async def nats_collector(server: NatsServer, client: Any, subject: str) -> Received:
     received: Received = []
 
     async def take(msg: Any) -> None:
         received.append((msg.subject, msg.data.decode()))
 
     await client.subscribe(subject, cb=take)
-    await client.flush()
+    await subscribed(server, client, subject)
     return received
 
 
@@ -144,7 +157,7 @@ async def test_every_mapping_row_crosses_both_ways(nats_server, start_broker, cl
     app = await clients(broker, "app")
     far = await clients(nats_server, "far")
 
-    seen_there = await nats_collector(far, ">")
+    seen_there = await nats_collector(nats_server, far, ">")
     for topic in [
         "lit.x",
         "lit.y",
@@ -209,7 +222,7 @@ async def test_both_ways_carries_each_message_once_and_never_loops(
     far_publisher = await clients(nats_server, "far-publisher")
     far_listener = await clients(nats_server, "far-listener")
     seen_here = await local_collector(listener, ["loop.#"])
-    seen_there = await nats_collector(far_listener, "loop.>")
+    seen_there = await nats_collector(nats_server, far_listener, "loop.>")
 
     for i in range(500):
         await publisher.publish(f"loop.here.{i}", i)
@@ -254,7 +267,7 @@ async def test_two_brokers_on_one_nats_see_each_message_once(
     seen = {
         "a2": await local_collector(await clients(first, "a2"), ["chat.#"]),
         "b2": await local_collector(await clients(second, "b2"), ["chat.#"]),
-        "far2": await nats_collector(await clients(nats_server, "far2"), "chat.>"),
+        "far2": await nats_collector(nats_server, await clients(nats_server, "far2"), "chat.>"),
     }
     for i in range(100):
         await senders["a"].publish(f"chat.a.{i}", i)
@@ -294,7 +307,7 @@ async def test_requests_cross_both_ways(nats_server, start_broker, clients) -> N
 
     await far.subscribe("svc.echo", cb=echo)
     await far.subscribe("svc.slow", cb=never_answer)
-    await far.flush()
+    await subscribed(nats_server, far, "svc.echo", "svc.slow")
     assert await app.request("svc.echo", {"x": 1}, timeout=2) == {"echo": {"x": 1}}
     started = time.monotonic()
     with pytest.raises(NoRespondersError):
@@ -416,7 +429,7 @@ async def test_the_bridge_is_back_within_two_seconds_of_a_nats_restart(
     await eventually(lambda: states[-1] == "connected", timeout=5)
     assert time.monotonic() - restarted < 2.0, states
     far = await clients(nats_server, "far")
-    seen_there = await nats_collector(far, "news.>")
+    seen_there = await nats_collector(nats_server, far, "news.>")
     await app.publish("news.today", "back")
     await eventually(lambda: seen_there == [("news.today", '"back"')])
     assert broker.status()["bridges"][0]["reconnects"] == 1
