@@ -71,11 +71,20 @@ pub struct FrameDecoder {
     skip_bytes: usize,
     /// Discarding an oversized line up to its newline.
     skip_line: bool,
+    /// How much of the buffer is known to hold no newline: a long line arriving in many
+    /// reads is searched once, not again from its start after every read.
+    line_searched: usize,
 }
 
 impl FrameDecoder {
     pub fn new(max_message_size: usize) -> Self {
-        FrameDecoder { framing: None, max: max_message_size, skip_bytes: 0, skip_line: false }
+        FrameDecoder {
+            framing: None,
+            max: max_message_size,
+            skip_bytes: 0,
+            skip_line: false,
+            line_searched: 0,
+        }
     }
 
     /// The framing, once the first byte has been seen.
@@ -136,7 +145,9 @@ impl FrameDecoder {
 
     fn decode_line(&mut self, buf: &mut BytesMut) -> Option<Decoded> {
         loop {
-            let newline = buf.iter().position(|&b| b == b'\n');
+            let searched = self.line_searched.min(buf.len());
+            let newline = memchr::memchr(b'\n', &buf[searched..]).map(|i| searched + i);
+            self.line_searched = if newline.is_some() { 0 } else { buf.len() };
             if self.skip_line {
                 match newline {
                     Some(i) => {
@@ -146,6 +157,7 @@ impl FrameDecoder {
                     }
                     None => {
                         buf.clear();
+                        self.line_searched = 0;
                         return None;
                     }
                 }
@@ -154,6 +166,7 @@ impl FrameDecoder {
                 if buf.len() > self.max {
                     let len = buf.len();
                     buf.clear();
+                    self.line_searched = 0;
                     self.skip_line = true;
                     return Some(Decoded::TooLarge { len });
                 }
@@ -267,6 +280,22 @@ mod tests {
         assert!(decoder.is_mid_frame(&buf));
         buf.put_slice(b":true}\n");
         assert_eq!(decoder.decode(&mut buf).unwrap(), Some(frame(b"{\"partial\":true}")));
+    }
+
+    #[test]
+    fn a_line_arriving_in_pieces_is_cut_where_its_newline_is() {
+        let mut decoder = FrameDecoder::new(1 << 20);
+        let line: Vec<u8> = format!("{{\"data\":\"{}\"}}", "x".repeat(10_000)).into_bytes();
+        let mut buf = BytesMut::new();
+        for piece in line.chunks(333) {
+            buf.put_slice(piece);
+            assert_eq!(decoder.decode(&mut buf).unwrap(), None);
+        }
+        buf.put_slice(b"\n[1]");
+        assert_eq!(decoder.decode(&mut buf).unwrap(), Some(frame(&line)));
+        assert_eq!(decoder.decode(&mut buf).unwrap(), None);
+        buf.put_slice(b"\n");
+        assert_eq!(decoder.decode(&mut buf).unwrap(), Some(frame(b"[1]")));
     }
 
     #[test]

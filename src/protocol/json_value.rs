@@ -150,8 +150,30 @@ fn is_special(byte: u8) -> bool {
 }
 
 /// How many bytes at the start of `bytes` stand in a JSON string as they are (not a
-/// quote, a backslash or a control character): eight bytes at a time.
+/// quote, a backslash or a control character).
 pub(crate) fn plain_len(bytes: &[u8]) -> usize {
+    // Most strings (keys, ids, short values) end within two words.
+    let head = &bytes[..bytes.len().min(LONG_FROM)];
+    let found = plain_len_by_words(head);
+    if found < head.len() || head.len() == bytes.len() {
+        return found;
+    }
+    // A long run: the quote or backslash that ends it found by memchr's vector search,
+    // then the bytes before it checked for control characters a vector at a time.
+    let rest = &bytes[LONG_FROM..];
+    let end = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+    let run = &rest[..end];
+    if run.iter().fold(false, |control, &b| control | (b < 0x20)) {
+        return LONG_FROM + run.iter().position(|&b| b < 0x20).expect("a control character");
+    }
+    LONG_FROM + end
+}
+
+/// Where [`plain_len`] stops reading words and searches by vectors.
+const LONG_FROM: usize = 16;
+
+/// [`plain_len`] eight bytes at a time.
+fn plain_len_by_words(bytes: &[u8]) -> usize {
     let len = bytes.len();
     if len < 8 {
         return bytes.iter().position(|&b| is_special(b)).unwrap_or(len);
@@ -352,14 +374,14 @@ mod tests {
         for (special, verdict) in
             [("\\\"", true), ("\\u00e9", true), ("\\x", false), ("\u{1}", false), ("\u{7f}é", true)]
         {
-            for position in 0..17 {
+            for position in 0..70 {
                 let text = format!("\"{}{special}{}\"", "a".repeat(position), "b".repeat(9));
                 assert_eq!(checked_len(&text).is_some(), verdict, "{text:?}");
                 assert_eq!(serde_reads(&text), verdict, "{text:?}");
             }
         }
         for control in 0..0x20u8 {
-            for position in 0..17 {
+            for position in 0..70 {
                 let text = format!("\"{}{}{}\"", "a".repeat(position), char::from(control), "b".repeat(9));
                 assert_eq!(checked_len(&text), None, "{text:?}");
                 assert!(!serde_reads(&text), "{text:?}");
@@ -372,10 +394,23 @@ mod tests {
     proptest! {
         #[test]
         fn the_plain_run_is_found_as_byte_by_byte(text in prop::collection::vec(
-            prop::sample::select(b"ab\"\\\x00\x1f\x20\x7f\x80\xff".to_vec()), 0..40,
+            prop::sample::select(b"aaaab\"\\\x00\x1f\x20\x7f\x80\xff".to_vec()), 0..80,
         )) {
             let expected = text.iter().position(|&b| is_special(b)).unwrap_or(text.len());
             prop_assert_eq!(plain_len(&text), expected);
+        }
+
+        #[test]
+        fn a_long_plain_run_ends_where_its_first_special_byte_is(
+            run in 0..300usize,
+            special in prop::sample::select(b"\"\\\x00\x01\x1f".to_vec()),
+            after in prop::sample::select(b"a\"\x01".to_vec()),
+        ) {
+            let mut text = vec![b'x'; run];
+            text.push(special);
+            text.push(after);
+            prop_assert_eq!(plain_len(&text), run);
+            prop_assert_eq!(plain_len(&text[..run]), run);
         }
     }
 
