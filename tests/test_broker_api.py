@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -257,6 +258,52 @@ def test_broker_logs_reach_python_logging(start_broker, caplog):
     ), messages
     assert any("client connected" in text and "logged" in text for _, _, text in messages)
     assert any("shutting down" in text and "test over" in text for _, _, text in messages)
+
+
+FORKED_LOGGING = textwrap.dedent(
+    """
+    import logging, os, sys, time
+    from message_broker import BrokerConfig, MessageBroker
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("message_broker").addHandler(handler)
+    logging.getLogger("message_broker").setLevel(logging.INFO)
+
+    def run_a_broker():
+        broker = MessageBroker(BrokerConfig(host="127.0.0.1", port=0))
+        broker.start_sync()
+        broker.stop_sync("run over")
+        for _ in range(200):
+            if any("shutting down" in text for text in records):
+                return True
+            time.sleep(0.02)
+        return False
+
+    print("parent-logged" if run_a_broker() else "parent-silent", flush=True)
+    pid = os.fork()
+    if pid == 0:
+        records.clear()
+        print("child-logged" if run_a_broker() else "child-silent", flush=True)
+        sys.exit(0)  # the exit hooks run, in the child too
+    _, status = os.waitpid(pid, 0)
+    print(f"child-exit-{os.waitstatus_to_exitcode(status)}", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on Windows")
+def test_a_forked_child_logs_through_a_logging_thread_of_its_own():
+    # The parent's logging thread does not exist in the child: the child starts one at
+    # its first record, and leaves the parent's alone at exit.
+    result = subprocess.run(
+        [sys.executable, "-c", FORKED_LOGGING], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split() == ["parent-logged", "child-logged", "child-exit-0"], (
+        result.stdout + result.stderr
+    )
+    assert "Exception ignored" not in result.stderr and "Panic" not in result.stderr, result.stderr
 
 
 SCRIPT_LEAVES_BROKER_RUNNING = textwrap.dedent(

@@ -35,6 +35,7 @@ assert "asyncio" in sys.modules
 missing = [name for name in message_broker.__all__ if not hasattr(message_broker, name)]
 assert not missing, missing
 assert set(message_broker.__all__) <= set(dir(message_broker))
+assert message_broker.typed.decode and message_broker.heartbeat.NodeMonitor is NodeMonitor
 try:
     message_broker.NoSuchThing
 except AttributeError as error:

@@ -66,7 +66,8 @@ __version__: str = _core.__version__
 
 # The client side (asyncio, and ssl through it) is imported when first named, so that
 # the broker command, which needs none of it, starts without it: about 10 MB less for
-# an idle broker. `from message_broker import BrokerClient` reads the same either way.
+# an idle broker. `from message_broker import BrokerClient` reads the same either way,
+# and so do the submodules (`message_broker.client`) once the package is imported.
 _LAZY = {
     **dict.fromkeys(
         ("ActionClient", "ActionService", "Goal", "GoalHandle", "GoalResult", "GoalStatus"),
@@ -79,19 +80,25 @@ _LAZY = {
     **dict.fromkeys(("Heartbeat", "NodeHeartbeat", "NodeMonitor", "NodeState"), "heartbeat"),
     "TypedMessage": "typed",
 }
+_LAZY_MODULES = frozenset(_LAZY.values())
 
+# Type checkers read the names from the imports above; a module `__getattr__` would
+# make every misspelt name pass for `Any`.
+if not TYPE_CHECKING:
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'message_broker' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"message_broker.{module}"), name)
-    globals()[name] = value  # found directly from now on
-    return value
+    def __getattr__(name: str) -> Any:
+        if name in _LAZY_MODULES:
+            return importlib.import_module(f"message_broker.{name}")
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'message_broker' has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"message_broker.{module}"), name)
+        globals()[name] = value  # found directly from now on
+        return value
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, *_LAZY_MODULES})
 
 
 # At exit (hooks run last-registered first): stop running brokers gracefully, then the

@@ -29,9 +29,26 @@ enum Entry {
     Stop,
 }
 
-static SENDER: Mutex<Option<Sender<Entry>>> = Mutex::new(None);
+/// The thread that hands records to Python and the queue to it, with the id of the
+/// process that started them: a process forked from it has the queue but not the
+/// thread, and starts a thread of its own at its first record.
+struct Forwarder {
+    pid: u32,
+    queue: Sender<Entry>,
+    thread: JoinHandle<()>,
+}
+
+impl Forwarder {
+    fn start() -> Option<Forwarder> {
+        let (queue, rx) = channel();
+        let thread = std::thread::Builder::new().name("message-broker-log".into()).spawn(move || run(rx));
+        QUEUED.store(0, Ordering::Relaxed);
+        Some(Forwarder { pid: std::process::id(), queue, thread: thread.ok()? })
+    }
+}
+
+static FORWARDER: Mutex<Option<Forwarder>> = Mutex::new(None);
 static QUEUED: AtomicUsize = AtomicUsize::new(0);
-static THREAD: Mutex<Option<JoinHandle<()>>> = Mutex::new(None);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// The lowest Python level forwarded (Python's numbering: DEBUG=10 ... ERROR=40).
 static MIN_LEVEL: AtomicU8 = AtomicU8::new(20);
@@ -53,22 +70,20 @@ pub fn set_log_level(level: u8) {
 }
 
 pub fn install() {
-    let (tx, rx) = channel();
-    let thread = std::thread::Builder::new().name("message-broker-log".into()).spawn(move || run(rx));
-    let Ok(thread) = thread else { return };
-    *SENDER.lock() = Some(tx);
-    *THREAD.lock() = Some(thread);
+    *FORWARDER.lock() = Forwarder::start();
     // Fails only when the host process already installed a subscriber; theirs wins.
     let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(PythonLogging));
 }
 
 /// Stops and joins the logging thread after it has written what is queued.
 pub fn stop() {
-    if let Some(tx) = SENDER.lock().take() {
-        let _ = tx.send(Entry::Stop);
-    }
-    if let Some(thread) = THREAD.lock().take() {
-        let _ = thread.join();
+    let Some(forwarder) = FORWARDER.lock().take() else { return };
+    if forwarder.pid == std::process::id() {
+        let _ = forwarder.queue.send(Entry::Stop);
+        let _ = forwarder.thread.join();
+    } else {
+        // Forked, and no record since: the thread is the parent's, not ours to join.
+        std::mem::forget(forwarder);
     }
 }
 
@@ -124,8 +139,13 @@ impl<S: Subscriber> Layer<S> for PythonLogging {
             logger: logger_name(metadata.target()),
             message: text.finish(),
         };
-        let sender = SENDER.lock();
-        let Some(tx) = sender.as_ref() else { return };
+        let mut forwarder = FORWARDER.lock();
+        if forwarder.as_ref().is_some_and(|f| f.pid != std::process::id()) {
+            // Forked: the parent's thread does not run here (and is not ours to join).
+            std::mem::forget(forwarder.take());
+            *forwarder = Forwarder::start();
+        }
+        let Some(Forwarder { queue: tx, .. }) = forwarder.as_ref() else { return };
         if QUEUED.fetch_add(1, Ordering::Relaxed) >= QUEUE {
             QUEUED.fetch_sub(1, Ordering::Relaxed);
             DROPPED.fetch_add(1, Ordering::Relaxed);
