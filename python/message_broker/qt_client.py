@@ -185,6 +185,9 @@ class QtBrokerClient(QObject):
         self._wake: socket.socket | None = None
         self._notifier: QSocketNotifier | None = None
         self._request_numbers = itertools.count(1)
+        # Why the first connection failed, told with `connection_failed` once the engine
+        # has stopped: a slot, or the code after it, may then connect again.
+        self._connect_failure: str | None = None
         # Events taken from the engine and not handled yet. The engine is drained again
         # only once this is empty: a GUI that falls behind slows the reading from the
         # broker instead of growing this.
@@ -452,7 +455,9 @@ class QtBrokerClient(QObject):
             self.error_occurred.emit(f"disconnected for good: {reason}")
 
     def _on_connect_failed(self, reason: str, code: int | None) -> None:
-        self.connection_failed.emit(reason)
+        # The engine is still stopping (``Closed`` follows): connect_to_broker() now
+        # would do nothing, so connection_failed waits for it.
+        self._connect_failure = reason
 
     def _on_closed(self) -> None:
         if self._notifier is not None:
@@ -461,6 +466,9 @@ class QtBrokerClient(QObject):
         if self._wake is not None:
             self._wake.close()
         self._wake = self._notifier = None
+        reason, self._connect_failure = self._connect_failure, None
+        if reason is not None:
+            self.connection_failed.emit(reason)
 
     def _on_writable(self) -> None:
         pass  # a full queue makes publish fail at once instead of waiting
