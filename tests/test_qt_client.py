@@ -622,3 +622,72 @@ def test_a_qt_client_given_no_address_uses_message_broker_url(qtbot, broker, mon
         client.connect_to_broker()
     client.disconnect_from_broker()
     qtbot.waitUntil(lambda: not client.is_connected, timeout=WAIT_MS)
+
+
+@pytest.mark.parametrize("where", ["in a slot", "after waitSignal"])
+def test_connect_to_broker_works_as_soon_as_disconnected_for_good(qtbot, broker, where):
+    # `disconnected` for a client that will not reconnect by itself comes once the
+    # engine has stopped: connect_to_broker() from a slot on it, or right after it,
+    # connects again instead of doing nothing. Many cycles, to hit the window between
+    # the engine's Disconnected and Closed events.
+    client = QtBrokerClient("qt-again", "127.0.0.1", broker.port)
+    events: list[str] = []
+    client.connected.connect(lambda: events.append("connected"))
+    client.disconnected.connect(lambda: events.append("disconnected"))
+    client.error_occurred.connect(lambda text: events.append(f"error: {text}"))
+    again = [where == "in a slot"]
+    client.disconnected.connect(lambda: again[0] and client.connect_to_broker())
+    with qtbot.waitSignal(client.connected, timeout=WAIT_MS):
+        client.connect_to_broker()
+    cycles = 40
+    try:
+        for _ in range(cycles):
+            if again[0]:
+                with qtbot.waitSignals([client.disconnected, client.connected], timeout=WAIT_MS):
+                    client.disconnect_from_broker()
+            else:
+                with qtbot.waitSignal(client.disconnected, timeout=WAIT_MS):
+                    client.disconnect_from_broker()
+                with qtbot.waitSignal(client.connected, timeout=WAIT_MS):
+                    client.connect_to_broker()
+    finally:
+        again[0] = False
+        client.disconnect_from_broker()
+    assert events == ["connected"] + ["disconnected", "connected"] * cycles
+    qtbot.waitUntil(lambda: len(events) == 2 * cycles + 2, timeout=WAIT_MS)
+    assert events[-1] == "disconnected"
+
+
+def test_a_qt_client_taken_over_hears_disconnected_then_why_once_stopped(qtbot, qt_client):
+    first = qt_client("same-id")
+    events: list[str] = []
+    first.disconnected.connect(
+        lambda: events.append(f"disconnected, running={first._core.running}")
+    )
+    first.error_occurred.connect(lambda text: events.append(f"error: {text}"))
+    qt_client("same-id")
+    qtbot.waitUntil(lambda: len(events) >= 2, timeout=WAIT_MS)
+    qtbot.wait(100)  # nothing more comes
+    assert events == [
+        "disconnected, running=False",
+        "error: disconnected for good: taken over by another connection with this client_id",
+    ]
+
+
+def test_closed_while_reconnecting_gives_no_second_disconnected(qtbot, broker):
+    client = QtBrokerClient("qt", "127.0.0.1", broker.port, reconnect_delay=30)
+    events: list[str] = []
+    client.connected.connect(lambda: events.append("connected"))
+    client.disconnected.connect(
+        lambda: events.append(f"disconnected, running={client._core.running}")
+    )
+    client.error_occurred.connect(lambda text: events.append(f"error: {text}"))
+    with qtbot.waitSignal(client.connected, timeout=WAIT_MS):
+        client.connect_to_broker()
+    with qtbot.waitSignal(client.disconnected, timeout=WAIT_MS):
+        broker.stop_sync()
+    assert events == ["connected", "disconnected, running=True"], "at once: it reconnects"
+    client.disconnect_from_broker()
+    qtbot.waitUntil(lambda: not client._core.running, timeout=WAIT_MS)
+    qtbot.wait(100)  # nothing more comes
+    assert events == ["connected", "disconnected, running=True"]

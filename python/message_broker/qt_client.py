@@ -107,10 +107,15 @@ class QtBrokerClient(QObject):
     >>> broker.connect_to_broker()
 
     Reconnections are reported as ``disconnected`` then ``connected``; subscriptions
-    survive them. It does what :class:`~message_broker.BrokerClient` does (``qos=1``,
-    retained messages, queue and durable subscriptions with acknowledgements, the last
-    will, ``delete_queue``, ``purge_queue``), reporting outcomes with signals instead
-    of raising: a call that cannot be carried out emits ``error_occurred``. It connects
+    survive them. A ``disconnected`` after which it does not reconnect by itself
+    (:meth:`disconnect_from_broker`, taken over, the connection lost with
+    ``reconnect`` off) comes once the client has stopped: a slot on it may call
+    :meth:`connect_to_broker` again.
+
+    It does what :class:`~message_broker.BrokerClient` does (``qos=1``, retained
+    messages, queue and durable subscriptions with acknowledgements, the last will,
+    ``delete_queue``, ``purge_queue``), reporting outcomes with signals instead of
+    raising: a call that cannot be carried out emits ``error_occurred``. It connects
     where a ``BrokerClient`` given the same ``url``, ``host`` and ``port`` does (with
     none of them, ``MESSAGE_BROKER_URL`` when set).
     """
@@ -188,6 +193,13 @@ class QtBrokerClient(QObject):
         # Why the first connection failed, told with `connection_failed` once the engine
         # has stopped: a slot, or the code after it, may then connect again.
         self._connect_failure: str | None = None
+        # From `connected` until `disconnected` is emitted: a connection the user was
+        # told of, whose end they must hear of exactly once.
+        self._up = False
+        # Why a connection ended for good, told with `disconnected` (and, when it
+        # stopped by itself, `error_occurred`) once the engine has stopped: a slot, or
+        # the code after it, may then connect again.
+        self._ended_for_good: str | None = None
         # Events taken from the engine and not handled yet. The engine is drained again
         # only once this is empty: a GUI that falls behind slows the reading from the
         # broker instead of growing this.
@@ -219,7 +231,8 @@ class QtBrokerClient(QObject):
         self, will: dict[str, Any] | None = None, *, wait: float | None = None
     ) -> None:
         """Starts connecting; ``connected`` or ``connection_failed`` follows. After
-        ``connection_failed`` the client is stopped and may connect again.
+        ``connection_failed``, or a ``disconnected`` that is not a reconnection, the
+        client is stopped and may connect again (a call while it runs does nothing).
 
         ``wait`` (seconds) keeps trying the first connection for up to that long
         instead of ``connect_retries`` times (a broker that refuses the connection
@@ -238,7 +251,9 @@ class QtBrokerClient(QObject):
         self._notifier.activated.connect(self._on_events)
 
     def disconnect_from_broker(self) -> None:
-        """Sends what is queued, says goodbye and stops; ``disconnected`` follows."""
+        """Sends what is queued, says goodbye and stops; ``disconnected`` follows once
+        it has stopped (none while reconnecting: that one came when the connection
+        dropped)."""
         self._core.close()
 
     # -- messaging ------------------------------------------------------------------------
@@ -446,13 +461,17 @@ class QtBrokerClient(QObject):
 
     # Front of the client core (see message_broker._client_core.Front).
     def _on_connected(self) -> None:
+        self._up = True
         self.connected.emit()
 
     def _on_disconnected(self, reason: str, reconnecting: bool) -> None:
-        self.disconnected.emit()
-        if not reconnecting and self._core.stop_reason is not None:
-            # It will not come back by itself (taken over, say): the user must hear why.
-            self.error_occurred.emit(f"disconnected for good: {reason}")
+        if reconnecting:
+            self._up = False
+            self.disconnected.emit()
+        else:
+            # The engine is still stopping (``Closed`` follows): connect_to_broker() now
+            # would do nothing, so disconnected waits for it.
+            self._ended_for_good = reason
 
     def _on_connect_failed(self, reason: str, code: int | None) -> None:
         # The engine is still stopping (``Closed`` follows): connect_to_broker() now
@@ -466,7 +485,18 @@ class QtBrokerClient(QObject):
         if self._wake is not None:
             self._wake.close()
         self._wake = self._notifier = None
+        # Everything is read and reset before any signal: a slot may connect again,
+        # which starts a new engine (and forgets why the old one stopped).
         reason, self._connect_failure = self._connect_failure, None
+        was_up, self._up = self._up, False
+        ended, self._ended_for_good = self._ended_for_good, None
+        stop_reason = self._core.stop_reason
+        if was_up:
+            self.disconnected.emit()
+            if stop_reason is not None:
+                # It did not stop at the user's word (taken over, say): they must hear why.
+                why = ended if ended is not None else stop_reason
+                self.error_occurred.emit(f"disconnected for good: {why}")
         if reason is not None:
             self.connection_failed.emit(reason)
 
