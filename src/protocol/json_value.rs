@@ -152,7 +152,7 @@ fn is_special(byte: u8) -> bool {
 /// How many bytes at the start of `bytes` stand in a JSON string as they are (not a
 /// quote, a backslash or a control character).
 pub(crate) fn plain_len(bytes: &[u8]) -> usize {
-    // Most strings (keys, ids, short values) end within two words.
+    // Most strings (keys, ids, short values) end within a few words.
     let head = &bytes[..bytes.len().min(LONG_FROM)];
     let found = plain_len_by_words(head);
     if found < head.len() || head.len() == bytes.len() {
@@ -170,7 +170,7 @@ pub(crate) fn plain_len(bytes: &[u8]) -> usize {
 }
 
 /// Where [`plain_len`] stops reading words and searches by vectors.
-const LONG_FROM: usize = 16;
+const LONG_FROM: usize = 64;
 
 /// [`plain_len`] eight bytes at a time.
 fn plain_len_by_words(bytes: &[u8]) -> usize {
