@@ -177,7 +177,7 @@ fn written_publish(text: &str) -> Option<Call<'_>> {
             let id = after.strip_prefix(r#","id":"#)?.strip_suffix('}')?;
             // A number, or a string with nothing escaped in it.
             let plain = match id.strip_prefix('"').and_then(|inner| inner.strip_suffix('"')) {
-                Some(inner) => !inner.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\'),
+                Some(inner) => json_value::plain_len(inner.as_bytes()) == inner.len(),
                 None => !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()),
             };
             if !plain {
