@@ -151,28 +151,95 @@ fn is_special(byte: u8) -> bool {
 
 /// How many bytes at the start of `bytes` stand in a JSON string as they are (not a
 /// quote, a backslash or a control character).
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn plain_len(bytes: &[u8]) -> usize {
-    // Most strings (keys, ids, short values) end within a few words.
+    // Sixteen bytes a step with SSE2, which every x86-64 processor has: most strings
+    // (keys, ids, short values) end within the first step.
+    if bytes.len() < VECTOR {
+        return plain_len_by_words(bytes);
+    }
+    let mut at = 0;
+    while at + VECTOR <= bytes.len() {
+        if let Some(found) = special_in_vector(bytes, at) {
+            return at + found;
+        }
+        at += VECTOR;
+        if at == LONG_FROM {
+            return long_plain_len(bytes, at);
+        }
+    }
+    if at == bytes.len() {
+        return at;
+    }
+    // The last step overlaps the one before it, whose bytes are known plain: the
+    // lowest special byte it finds is still the first.
+    let last = bytes.len() - VECTOR;
+    special_in_vector(bytes, last).map_or(bytes.len(), |found| last + found)
+}
+
+#[cfg(target_arch = "x86_64")]
+const VECTOR: usize = 16;
+
+/// Where a run of plain bytes counts as long: past it, [`long_plain_len`] reads on.
+const LONG_FROM: usize = 64;
+
+/// [`plain_len`] of a long run whose first `from` bytes are plain (a payload's text,
+/// kilobytes of it): the quote or backslash that ends it found by memchr's vector
+/// search, wider than sixteen bytes where the processor allows, then the bytes before
+/// it checked for control characters a vector at a time.
+#[inline(never)]
+fn long_plain_len(bytes: &[u8], from: usize) -> usize {
+    let rest = &bytes[from..];
+    let end = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+    let run = &rest[..end];
+    if run.iter().fold(false, |control, &b| control | (b < 0x20)) {
+        return from + run.iter().position(|&b| b < 0x20).expect("a control character");
+    }
+    from + end
+}
+
+/// The position of the first special byte among the sixteen from `at`, if any.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn special_in_vector(bytes: &[u8], at: usize) -> Option<usize> {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    let chunk = &bytes[at..at + VECTOR];
+    // SAFETY: SSE2 is part of the x86-64 baseline, so these intrinsics are always
+    // available; the load is unaligned and reads exactly the sixteen bytes of `chunk`.
+    let mask = unsafe {
+        let chunk = _mm_loadu_si128(chunk.as_ptr().cast());
+        // A byte is a control character when its minimum with 0x1f is itself.
+        let control = _mm_cmpeq_epi8(_mm_min_epu8(chunk, _mm_set1_epi8(0x1f)), chunk);
+        let quote = _mm_cmpeq_epi8(chunk, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(chunk, _mm_set1_epi8(b'\\' as i8));
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+    };
+    (mask != 0).then(|| mask.trailing_zeros() as usize)
+}
+
+/// How many bytes at the start of `bytes` stand in a JSON string as they are (not a
+/// quote, a backslash or a control character).
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn plain_len(bytes: &[u8]) -> usize {
+    portable_plain_len(bytes)
+}
+
+/// [`plain_len`] on processors without a vector step here: words for the first
+/// [`LONG_FROM`] bytes, then the long run's search.
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn portable_plain_len(bytes: &[u8]) -> usize {
     let head = &bytes[..bytes.len().min(LONG_FROM)];
     let found = plain_len_by_words(head);
     if found < head.len() || head.len() == bytes.len() {
         return found;
     }
-    // A long run: the quote or backslash that ends it found by memchr's vector search,
-    // then the bytes before it checked for control characters a vector at a time.
-    let rest = &bytes[LONG_FROM..];
-    let end = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
-    let run = &rest[..end];
-    if run.iter().fold(false, |control, &b| control | (b < 0x20)) {
-        return LONG_FROM + run.iter().position(|&b| b < 0x20).expect("a control character");
-    }
-    LONG_FROM + end
+    long_plain_len(bytes, LONG_FROM)
 }
 
-/// Where [`plain_len`] stops reading words and searches by vectors.
-const LONG_FROM: usize = 64;
-
-/// [`plain_len`] eight bytes at a time.
+/// [`plain_len`] eight bytes at a time, for texts shorter than a vector and on
+/// processors without a vector step here.
 fn plain_len_by_words(bytes: &[u8]) -> usize {
     let len = bytes.len();
     if len < 8 {
@@ -368,7 +435,7 @@ mod tests {
     }
 
     #[test]
-    fn strings_are_checked_past_eight_bytes_at_a_time() {
+    fn strings_are_checked_past_a_vector_at_a_time() {
         let long = format!("\"{}\"", "abcdefgh".repeat(5));
         assert_eq!(checked_len(&long), Some(long.len()));
         for (special, verdict) in
@@ -398,6 +465,8 @@ mod tests {
         )) {
             let expected = text.iter().position(|&b| is_special(b)).unwrap_or(text.len());
             prop_assert_eq!(plain_len(&text), expected);
+            prop_assert_eq!(plain_len_by_words(&text), expected);
+            prop_assert_eq!(portable_plain_len(&text), expected);
         }
 
         #[test]
@@ -411,6 +480,9 @@ mod tests {
             text.push(after);
             prop_assert_eq!(plain_len(&text), run);
             prop_assert_eq!(plain_len(&text[..run]), run);
+            prop_assert_eq!(plain_len_by_words(&text), run);
+            prop_assert_eq!(portable_plain_len(&text), run);
+            prop_assert_eq!(portable_plain_len(&text[..run]), run);
         }
     }
 

@@ -59,9 +59,15 @@ pub enum Incoming<'a> {
 /// Parses one frame body. An `Err` is answered with a single error response whose id
 /// is `null`: invalid JSON (`PARSE_ERROR`) or an empty batch (`INVALID_REQUEST`).
 pub fn parse(body: &[u8]) -> Result<Incoming<'_>, RpcError> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| RpcError::new(ErrorCode::ParseError, format!("frame is not valid UTF-8: {e}")))?;
-    if exceeds_depth(text.as_bytes(), MAX_DEPTH) {
+    let survey = Survey::of(body);
+    let text = if survey.ascii {
+        // SAFETY: every byte is below 0x80, and ASCII text is UTF-8.
+        unsafe { std::str::from_utf8_unchecked(body) }
+    } else {
+        std::str::from_utf8(body)
+            .map_err(|e| RpcError::new(ErrorCode::ParseError, format!("frame is not valid UTF-8: {e}")))?
+    };
+    if survey.opening > MAX_DEPTH && exceeds_depth(text.as_bytes(), MAX_DEPTH) {
         return Err(RpcError::new(
             ErrorCode::ParseError,
             format!("JSON is nested more than {MAX_DEPTH} levels deep"),
@@ -202,20 +208,35 @@ pub fn params<'a, T: Deserialize<'a>>(params: Option<&'a RawValue>) -> Result<T,
     serde_json::from_str(text).map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))
 }
 
-/// True when `json` nests arrays or objects deeper than `limit`.
-fn exceeds_depth(json: &[u8], limit: usize) -> bool {
-    // Nesting deeper than `limit` needs more than `limit` opening brackets. Counting
-    // them is a loop the compiler vectorises (one byte a lane: a count per chunk of at
-    // most 255 bytes cannot overflow it); almost every message stops there, and only
-    // one with that many brackets is walked byte by byte, strings and all.
-    let opening = json
-        .chunks(255)
-        .map(|chunk| chunk.iter().fold(0u8, |count, &b| count + u8::from(b == b'[' || b == b'{')))
-        .map(usize::from)
-        .sum::<usize>();
-    if opening <= limit {
-        return false;
+/// What one pass over a frame's bytes tells before anything is parsed.
+struct Survey {
+    /// Opening brackets (`[` and `{`), in strings or not: nesting deeper than a limit
+    /// needs more of them than the limit, so almost every frame is known shallow here.
+    opening: usize,
+    /// Every byte is ASCII, so the frame is UTF-8 without a closer look.
+    ascii: bool,
+}
+
+impl Survey {
+    fn of(json: &[u8]) -> Survey {
+        // A loop the compiler vectorises: a byte a lane for the count (a count per
+        // chunk of at most 255 bytes cannot overflow it), the bytes or-ed together
+        // for their high bit.
+        let (mut opening, mut bits) = (0usize, 0u8);
+        for chunk in json.chunks(255) {
+            let (count, or) = chunk
+                .iter()
+                .fold((0u8, 0u8), |(count, or), &b| (count + u8::from(b == b'[' || b == b'{'), or | b));
+            opening += usize::from(count);
+            bits |= or;
+        }
+        Survey { opening, ascii: bits < 0x80 }
     }
+}
+
+/// True when `json` nests arrays or objects deeper than `limit`: a walk byte by byte,
+/// strings and all, made only for a frame with more opening brackets than `limit`.
+fn exceeds_depth(json: &[u8], limit: usize) -> bool {
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
@@ -441,14 +462,39 @@ mod tests {
 
     #[test]
     fn brackets_are_counted_past_one_chunk() {
+        let deep = |text: &str| {
+            let survey = Survey::of(text.as_bytes());
+            survey.opening > MAX_DEPTH && exceeds_depth(text.as_bytes(), MAX_DEPTH)
+        };
         // More opening brackets than one counting chunk holds, none of them deep.
         let shallow = format!("[{}[]]", "[],".repeat(400));
-        assert!(!exceeds_depth(shallow.as_bytes(), MAX_DEPTH));
+        assert_eq!(Survey::of(shallow.as_bytes()).opening, 402);
+        assert!(!deep(&shallow));
         // A chunk made of opening brackets only, then deep nesting after shallow.
         let full_chunk = "[".repeat(300) + &"]".repeat(300);
-        assert!(exceeds_depth(full_chunk.as_bytes(), MAX_DEPTH));
+        assert_eq!(Survey::of(full_chunk.as_bytes()).opening, 300);
+        assert!(deep(&full_chunk));
         let deep_after = format!("[{}{}{}]", "[],".repeat(400), "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
-        assert!(exceeds_depth(deep_after.as_bytes(), MAX_DEPTH));
+        assert!(deep(&deep_after));
+    }
+
+    #[test]
+    fn a_byte_past_ascii_anywhere_has_the_frame_checked_as_utf8() {
+        let call =
+            |name: &str| format!(r#"{{"jsonrpc":"2.0","method":"ping","params":{{"n":"{name}"}},"id":1}}"#);
+        for filler in [0, 250, 254, 255, 256, 600] {
+            let name = "a".repeat(filler);
+            assert!(Survey::of(call(&name).as_bytes()).ascii);
+            let accented = call(&(name.clone() + "é"));
+            assert!(!Survey::of(accented.as_bytes()).ascii, "at {filler}");
+            assert!(parse(accented.as_bytes()).is_ok());
+            let mut invalid = call(&(name + "x")).into_bytes();
+            let at = invalid.iter().rposition(|&b| b == b'x').unwrap();
+            invalid[at] = 0xff;
+            let error = parse(&invalid).unwrap_err();
+            assert_eq!(error.code, ErrorCode::ParseError, "at {filler}");
+            assert!(error.message.contains("UTF-8"), "{}", error.message);
+        }
     }
 
     #[test]
