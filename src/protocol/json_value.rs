@@ -152,13 +152,22 @@ fn is_special(byte: u8) -> bool {
 /// How many bytes at the start of `bytes` stand in a JSON string as they are (not a
 /// quote, a backslash or a control character).
 #[cfg(target_arch = "x86_64")]
+#[inline]
 pub(crate) fn plain_len(bytes: &[u8]) -> usize {
     // Sixteen bytes a step with SSE2, which every x86-64 processor has: most strings
-    // (keys, ids, short values) end within the first step.
+    // (keys, ids, short values) end within the first step, which is inlined where it
+    // is called; the rest is not, so that the first step stays a few instructions.
     if bytes.len() < VECTOR {
         return plain_len_by_words(bytes);
     }
-    let mut at = 0;
+    special_in_vector(bytes, 0).unwrap_or_else(|| plain_len_after_a_vector(bytes))
+}
+
+/// [`plain_len`] of a text of at least a vector whose first vector is plain.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn plain_len_after_a_vector(bytes: &[u8]) -> usize {
+    let mut at = VECTOR;
     while at + VECTOR <= bytes.len() {
         if let Some(found) = special_in_vector(bytes, at) {
             return at + found;
@@ -240,6 +249,7 @@ fn portable_plain_len(bytes: &[u8]) -> usize {
 
 /// [`plain_len`] eight bytes at a time, for texts shorter than a vector and on
 /// processors without a vector step here.
+#[cfg_attr(target_arch = "x86_64", inline(never))]
 fn plain_len_by_words(bytes: &[u8]) -> usize {
     let len = bytes.len();
     if len < 8 {

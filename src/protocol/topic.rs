@@ -135,8 +135,10 @@ pub fn validate_topic(topic: &str) -> Result<(), RpcError> {
 
 /// True when clients may not publish to `topic` (it starts with a reserved segment).
 pub fn is_reserved(topic: &str) -> bool {
-    let first = topic.split('.').next().unwrap_or_default();
-    RESERVED_PREFIXES.contains(&first)
+    // Compared as prefixes: cutting the first segment off would search the topic.
+    RESERVED_PREFIXES
+        .iter()
+        .any(|prefix| topic.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('.')))
 }
 
 /// Checks a subscription pattern and splits it into segments.
@@ -269,5 +271,8 @@ mod tests {
         assert!(is_reserved("_internal.reply.1"));
         assert!(!is_reserved("systems.x"));
         assert!(!is_reserved("jobs.system"));
+        assert!(!is_reserved("_internalx"));
+        assert!(!is_reserved("syste"));
+        assert!(!is_reserved(""));
     }
 }
