@@ -255,7 +255,7 @@ mod tests {
         /// general check accepts.
         #[test]
         fn plain_topics_agree_with_the_general_check(
-            topic in "[a-c.*+# \t\u{7f}\u{e9}]{0,8}|(a\\.){62,65}a|a{1020,1030}",
+            topic in "[a-c.*+# \t\u{7f}\u{e9}!~\"\\\\]{0,20}|(a\\.){62,65}a|a{1020,1030}|(a{7}\\.){1,3}\\.?a{0,9}",
         ) {
             let general = check_common("topic", &topic).is_ok() && !topic.contains(is_wildcard_char);
             let printable = topic.bytes().all(|b| (0x21..=0x7e).contains(&b));
