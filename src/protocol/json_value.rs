@@ -151,7 +151,7 @@ fn is_special(byte: u8) -> bool {
 
 /// How many bytes at the start of `bytes` stand in a JSON string as they are (not a
 /// quote, a backslash or a control character).
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[inline]
 pub(crate) fn plain_len(bytes: &[u8]) -> usize {
     // Sixteen bytes a step with SSE2, which every x86-64 processor has: most strings
@@ -164,7 +164,7 @@ pub(crate) fn plain_len(bytes: &[u8]) -> usize {
 }
 
 /// [`plain_len`] of a text of at least a vector whose first vector is plain.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[inline(never)]
 fn plain_len_after_a_vector(bytes: &[u8]) -> usize {
     let mut at = VECTOR;
@@ -186,16 +186,20 @@ fn plain_len_after_a_vector(bytes: &[u8]) -> usize {
     special_in_vector(bytes, last).map_or(bytes.len(), |found| last + found)
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 const VECTOR: usize = 16;
 
 /// Where a run of plain bytes counts as long: past it, [`long_plain_len`] reads on.
 const LONG_FROM: usize = 64;
 
+// The vector steps reach the long run's start exactly.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+const _: () = assert!(LONG_FROM % VECTOR == 0);
+
 /// [`plain_len`] of a long run whose first `from` bytes are plain (a payload's text,
 /// kilobytes of it): the quote or backslash that ends it found by memchr's vector
 /// search, wider than sixteen bytes where the processor allows, then the bytes before
-/// it checked for control characters a vector at a time.
+/// it checked for control characters by a loop the compiler vectorises.
 #[inline(never)]
 fn long_plain_len(bytes: &[u8], from: usize) -> usize {
     let rest = &bytes[from..];
@@ -208,15 +212,15 @@ fn long_plain_len(bytes: &[u8], from: usize) -> usize {
 }
 
 /// The position of the first special byte among the sixteen from `at`, if any.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[inline(always)]
 fn special_in_vector(bytes: &[u8], at: usize) -> Option<usize> {
     use std::arch::x86_64::{
         _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
     };
     let chunk = &bytes[at..at + VECTOR];
-    // SAFETY: SSE2 is part of the x86-64 baseline, so these intrinsics are always
-    // available; the load is unaligned and reads exactly the sixteen bytes of `chunk`.
+    // SAFETY: SSE2 is compiled in (the cfg above; it is part of the x86-64 baseline),
+    // so these intrinsics are available; the load is unaligned and reads exactly the sixteen bytes of `chunk`.
     let mask = unsafe {
         let chunk = _mm_loadu_si128(chunk.as_ptr().cast());
         // A byte is a control character when its minimum with 0x1f is itself.
@@ -230,14 +234,14 @@ fn special_in_vector(bytes: &[u8], at: usize) -> Option<usize> {
 
 /// How many bytes at the start of `bytes` stand in a JSON string as they are (not a
 /// quote, a backslash or a control character).
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
 pub(crate) fn plain_len(bytes: &[u8]) -> usize {
     portable_plain_len(bytes)
 }
 
 /// [`plain_len`] on processors without a vector step here: words for the first
 /// [`LONG_FROM`] bytes, then the long run's search.
-#[cfg(any(test, not(target_arch = "x86_64")))]
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "sse2"))))]
 fn portable_plain_len(bytes: &[u8]) -> usize {
     let head = &bytes[..bytes.len().min(LONG_FROM)];
     let found = plain_len_by_words(head);
@@ -249,7 +253,7 @@ fn portable_plain_len(bytes: &[u8]) -> usize {
 
 /// [`plain_len`] eight bytes at a time, for texts shorter than a vector and on
 /// processors without a vector step here.
-#[cfg_attr(target_arch = "x86_64", inline(never))]
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "sse2"), inline(never))]
 fn plain_len_by_words(bytes: &[u8]) -> usize {
     let len = bytes.len();
     if len < 8 {
