@@ -220,7 +220,8 @@ fn special_in_vector(bytes: &[u8], at: usize) -> Option<usize> {
     };
     let chunk = &bytes[at..at + VECTOR];
     // SAFETY: SSE2 is compiled in (the cfg above; it is part of the x86-64 baseline),
-    // so these intrinsics are available; the load is unaligned and reads exactly the sixteen bytes of `chunk`.
+    // so these intrinsics are available; the load is unaligned and reads exactly the
+    // sixteen bytes of `chunk`.
     let mask = unsafe {
         let chunk = _mm_loadu_si128(chunk.as_ptr().cast());
         // A byte is a control character when its minimum with 0x1f is itself.

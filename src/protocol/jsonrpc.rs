@@ -67,7 +67,7 @@ pub fn parse(body: &[u8]) -> Result<Incoming<'_>, RpcError> {
         std::str::from_utf8(body)
             .map_err(|e| RpcError::new(ErrorCode::ParseError, format!("frame is not valid UTF-8: {e}")))?
     };
-    if survey.opening > MAX_DEPTH && exceeds_depth(text.as_bytes(), MAX_DEPTH) {
+    if survey.nests_deeper_than(text.as_bytes(), MAX_DEPTH) {
         return Err(RpcError::new(
             ErrorCode::ParseError,
             format!("JSON is nested more than {MAX_DEPTH} levels deep"),
@@ -232,10 +232,16 @@ impl Survey {
         }
         Survey { opening, ascii: bits < 0x80 }
     }
+
+    /// True when `json`, the frame surveyed, nests arrays or objects deeper than
+    /// `limit`: walked only when it has more opening brackets than that.
+    fn nests_deeper_than(&self, json: &[u8], limit: usize) -> bool {
+        self.opening > limit && exceeds_depth(json, limit)
+    }
 }
 
 /// True when `json` nests arrays or objects deeper than `limit`: a walk byte by byte,
-/// strings and all, made only for a frame with more opening brackets than `limit`.
+/// strings and all.
 fn exceeds_depth(json: &[u8], limit: usize) -> bool {
     let mut depth = 0usize;
     let mut in_string = false;
@@ -462,10 +468,7 @@ mod tests {
 
     #[test]
     fn brackets_are_counted_past_one_chunk() {
-        let deep = |text: &str| {
-            let survey = Survey::of(text.as_bytes());
-            survey.opening > MAX_DEPTH && exceeds_depth(text.as_bytes(), MAX_DEPTH)
-        };
+        let deep = |text: &str| Survey::of(text.as_bytes()).nests_deeper_than(text.as_bytes(), MAX_DEPTH);
         // More opening brackets than one counting chunk holds, none of them deep.
         let shallow = format!("[{}[]]", "[],".repeat(400));
         assert_eq!(Survey::of(shallow.as_bytes()).opening, 402);
