@@ -32,13 +32,15 @@
 //! groups and members by the limits of [`crate::protocol::rules`]. Expiry is lazy (at
 //! each send and receive of a channel) and swept by the broker's upkeep tick.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+pub use self::queue::Taken;
+use self::queue::{ChannelQueue, Waiter, expire_front};
 use crate::error::{ErrorCode, RpcError};
 use crate::index::SessionId;
 use crate::protocol::channels::queue_key;
@@ -46,30 +48,9 @@ use crate::protocol::rules::{
     MAX_CHANNEL_BYTES, MAX_CHANNEL_CAPACITY, MAX_CHANNELS, MAX_GROUP_MEMBERS, MAX_GROUPS, MAX_MEMBERSHIPS,
 };
 
-/// What a kept message costs beyond its text and its channel's name, near enough.
-const ENTRY_OVERHEAD: usize = 96;
-
 /// Messages one connection may hold unacknowledged: past them its receives are
 /// refused until it acknowledges some.
 pub const MAX_UNACKED: usize = 10_000;
-
-/// A message for a receiver: the channel it was sent to, its JSON text, and when it
-/// expires (seconds since the epoch); `seq` orders messages by when they were sent,
-/// and `tag` names one taken for a connection (0 when it was not).
-#[derive(Debug, Clone)]
-pub struct Taken {
-    pub channel: Arc<str>,
-    pub message: Arc<RawValue>,
-    pub expires: f64,
-    pub seq: u64,
-    pub tag: u64,
-}
-
-impl Taken {
-    fn size(&self) -> usize {
-        self.channel.len() + self.message.get().len() + ENTRY_OVERHEAD
-    }
-}
 
 /// Who receives, and what: the connection the messages are taken for (`None`: taken
 /// for good, acknowledged at once), and channels whose messages it leaves where they
@@ -83,72 +64,6 @@ pub struct ReceiveBy {
 impl ReceiveBy {
     fn takes(&self, channel: &str) -> bool {
         !self.exclude.contains(channel)
-    }
-}
-
-struct Waiter {
-    id: u64,
-    by: ReceiveBy,
-    tx: oneshot::Sender<Vec<Taken>>,
-}
-
-#[derive(Default)]
-struct ChannelQueue {
-    /// Oldest first (by `seq`).
-    entries: VecDeque<Taken>,
-    bytes: usize,
-    /// Receivers waiting, oldest first; while some wait, `entries` holds only messages
-    /// each of them leaves (see [`ReceiveBy::exclude`]).
-    waiters: VecDeque<Waiter>,
-}
-
-impl ChannelQueue {
-    fn is_idle(&self) -> bool {
-        self.entries.is_empty() && self.waiters.iter().all(|w| w.tx.is_closed())
-    }
-
-    /// Hands `taken` to the oldest live waiter that takes its channel, or gives it back.
-    fn hand_to_waiter(&mut self, mut taken: Taken) -> Result<(), Taken> {
-        let mut index = 0;
-        while let Some(waiter) = self.waiters.get(index) {
-            if waiter.tx.is_closed() {
-                self.waiters.remove(index);
-                continue;
-            }
-            if !waiter.by.takes(&taken.channel) {
-                index += 1;
-                continue;
-            }
-            let waiter = self.waiters.remove(index).expect("looked at");
-            match waiter.tx.send(vec![taken]) {
-                Ok(()) => return Ok(()),
-                // That receiver went away: the next one, or the channel, gets it.
-                Err(back) => taken = back.into_iter().next().expect("sent one"),
-            }
-        }
-        Err(taken)
-    }
-
-    /// Puts messages given back where they belong by `seq` (they were sent before
-    /// those kept since).
-    fn merge_front(&mut self, returned: Vec<Taken>) {
-        let kept = std::mem::take(&mut self.entries);
-        self.bytes = 0;
-        let mut returned = returned.into_iter().peekable();
-        let mut kept = kept.into_iter().peekable();
-        let mut merged = VecDeque::with_capacity(returned.len() + kept.len());
-        loop {
-            let next = match (returned.peek(), kept.peek()) {
-                (Some(back), Some(here)) if back.seq < here.seq => returned.next(),
-                (Some(_), Some(_)) | (None, Some(_)) => kept.next(),
-                (Some(_), None) => returned.next(),
-                (None, None) => break,
-            };
-            let next = next.expect("peeked");
-            self.bytes += next.size();
-            merged.push_back(next);
-        }
-        self.entries = merged;
     }
 }
 
@@ -568,19 +483,8 @@ impl Channels {
     }
 }
 
-/// Drops the expired messages at the front of a channel: those a receive would take
-/// first (the others go at the upkeep tick, or when they come to the front).
-fn expire_front(queue: &mut ChannelQueue, now: f64, memory: &mut usize, stats: &mut ChannelStats) {
-    while queue.entries.front().is_some_and(|taken| taken.expires <= now) {
-        let taken = queue.entries.pop_front().expect("looked at");
-        let size = taken.size();
-        queue.bytes -= size;
-        *memory -= size;
-        stats.expired += 1;
-    }
-}
-
 mod groups;
 mod leases;
+mod queue;
 #[cfg(test)]
 mod tests;
