@@ -76,14 +76,23 @@ impl Outbox {
         if self.stats.bytes.load(Ordering::Relaxed) + len > self.max_bytes || self.len() >= self.max_frames {
             return self.dropped();
         }
-        match self.tx.try_send(frame) {
-            Ok(()) => {
+        match self.tx.try_reserve() {
+            Ok(room) => {
+                self.queue(room, frame);
                 self.count_delivery(len);
                 Offer::Queued
             }
-            Err(mpsc::error::TrySendError::Full(_)) => self.dropped(),
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
+            Err(mpsc::error::TrySendError::Full(())) => self.dropped(),
+            Err(mpsc::error::TrySendError::Closed(())) => Offer::Closed,
         }
+    }
+
+    /// Counts the frame's bytes, then queues it. The writer subtracts what it takes:
+    /// a frame it could take before it was counted would bring the count below zero,
+    /// where it wraps, and every offer meanwhile would be refused as over the budget.
+    fn queue(&self, room: mpsc::Permit<'_, Bytes>, frame: Bytes) {
+        self.stats.bytes.fetch_add(frame.len(), Ordering::Relaxed);
+        room.send(frame);
     }
 
     fn dropped(&self) -> Offer {
@@ -98,16 +107,16 @@ impl Outbox {
     /// Queues a delivery from a queue, whose consumer's prefetch bounds how many wait.
     /// Fails only when the reserve is used up or the connection is gone.
     pub fn push_credited(&self, frame: Bytes) -> bool {
+        let Ok(room) = self.tx.try_reserve() else {
+            return false;
+        };
         let len = frame.len();
-        let sent = self.tx.try_send(frame).is_ok();
-        if sent {
-            self.count_delivery(len);
-        }
-        sent
+        self.queue(room, frame);
+        self.count_delivery(len);
+        true
     }
 
     fn count_delivery(&self, len: usize) {
-        self.stats.bytes.fetch_add(len, Ordering::Relaxed);
         self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         self.stats.delivered_bytes.fetch_add(len as u64, Ordering::Relaxed);
     }
@@ -115,25 +124,23 @@ impl Outbox {
     /// Queues a response to this client's own request, waiting for room.
     /// Returns false when the connection is gone.
     pub async fn send(&self, frame: Bytes) -> bool {
-        let len = frame.len();
-        let sent = self.tx.send(frame).await.is_ok();
-        if sent {
-            self.stats.bytes.fetch_add(len, Ordering::Relaxed);
-        }
-        sent
+        let Ok(room) = self.tx.reserve().await else {
+            return false;
+        };
+        self.queue(room, frame);
+        true
     }
 
     /// Queues the answer to this client's request from another connection's task,
     /// which must not wait on this queue: when it is full, a task of its own waits for
     /// room. Returns false when the connection is gone.
     pub fn answer(&self, frame: Bytes) -> bool {
-        let len = frame.len();
-        match self.tx.try_send(frame) {
-            Ok(()) => {
-                self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+        match self.tx.try_reserve() {
+            Ok(room) => {
+                self.queue(room, frame);
                 true
             }
-            Err(mpsc::error::TrySendError::Full(frame)) => {
+            Err(mpsc::error::TrySendError::Full(())) => {
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                     return false;
                 };
@@ -141,18 +148,17 @@ impl Outbox {
                 runtime.spawn(async move { outbox.send(frame).await });
                 true
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(())) => false,
         }
     }
 
     /// Queues a last notice before closing, if there is room.
     pub fn try_send(&self, frame: Bytes) -> bool {
-        let len = frame.len();
-        let sent = self.tx.try_send(frame).is_ok();
-        if sent {
-            self.stats.bytes.fetch_add(len, Ordering::Relaxed);
-        }
-        sent
+        let Ok(room) = self.tx.try_reserve() else {
+            return false;
+        };
+        self.queue(room, frame);
+        true
     }
 
     /// True when a response would wait for room (the reserve is used up too).
@@ -239,6 +245,59 @@ mod tests {
         drop(rx);
         assert_eq!(outbox.offer(Bytes::from_static(b"8")), Offer::Closed);
         assert!(!outbox.push_credited(Bytes::from_static(b"9")));
+    }
+
+    /// The writer takes frames as soon as they are queued: the byte count must never
+    /// fall below what is queued. Were a frame taken before it was counted, the count
+    /// would wrap below zero, and offers meanwhile would be refused as over the byte
+    /// budget (a message lost though the queue was nearly empty). The channel wakes
+    /// its receiver from inside the send, so a waker that takes the frames there is a
+    /// writer as quick as a busy machine's other processor can be, every time.
+    #[test]
+    fn frames_are_counted_before_the_writer_can_take_them() {
+        struct EagerWriter {
+            rx: parking_lot::Mutex<OutboxReceiver>,
+            taken: AtomicUsize,
+            highest_count: AtomicUsize,
+        }
+        impl EagerWriter {
+            fn wait(self: &Arc<Self>) {
+                let waker = std::task::Waker::from(self.clone());
+                let polled = self.rx.lock().rx.poll_recv(&mut std::task::Context::from_waker(&waker));
+                // Ready(None) once the outbox is dropped at the end.
+                assert!(!matches!(polled, std::task::Poll::Ready(Some(_))), "a frame was left behind");
+            }
+        }
+        impl std::task::Wake for EagerWriter {
+            fn wake(self: Arc<Self>) {
+                let mut rx = self.rx.lock();
+                while rx.try_recv().is_some() {
+                    self.taken.fetch_add(1, Ordering::Relaxed);
+                    self.highest_count.fetch_max(rx.stats.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                drop(rx);
+                self.wait();
+            }
+        }
+
+        let (outbox, rx) = channel(100, 1024);
+        let writer = Arc::new(EagerWriter {
+            rx: parking_lot::Mutex::new(rx),
+            taken: AtomicUsize::new(0),
+            highest_count: AtomicUsize::new(0),
+        });
+        writer.wait();
+        for len in 1..=50 {
+            assert_eq!(outbox.offer(Bytes::from(vec![b'x'; len])), Offer::Queued);
+        }
+        assert!(outbox.push_credited(Bytes::from_static(b"credited")));
+        assert!(outbox.answer(Bytes::from_static(b"answer")));
+        assert!(outbox.try_send(Bytes::from_static(b"last notice")));
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert!(runtime.block_on(outbox.send(Bytes::from_static(b"response"))));
+        assert_eq!(writer.taken.load(Ordering::Relaxed), 54, "the writer took each frame as it came");
+        assert_eq!(writer.highest_count.load(Ordering::Relaxed), 0, "the byte count wrapped below zero");
+        assert_eq!(outbox.stats().bytes.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
