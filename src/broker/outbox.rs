@@ -107,13 +107,12 @@ impl Outbox {
     /// Queues a delivery from a queue, whose consumer's prefetch bounds how many wait.
     /// Fails only when the reserve is used up or the connection is gone.
     pub fn push_credited(&self, frame: Bytes) -> bool {
-        let Ok(room) = self.tx.try_reserve() else {
-            return false;
-        };
         let len = frame.len();
-        self.queue(room, frame);
-        self.count_delivery(len);
-        true
+        let sent = self.try_send(frame);
+        if sent {
+            self.count_delivery(len);
+        }
+        sent
     }
 
     fn count_delivery(&self, len: usize) {
@@ -152,7 +151,7 @@ impl Outbox {
         }
     }
 
-    /// Queues a last notice before closing, if there is room.
+    /// Queues a frame if there is room: a last notice before closing, a credited delivery.
     pub fn try_send(&self, frame: Bytes) -> bool {
         let Ok(room) = self.tx.try_reserve() else {
             return false;
