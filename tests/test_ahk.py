@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import shutil
 import struct
 import subprocess
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from message_broker import BrokerClient, BrokerConfig, Message, MessageBroker
+from message_broker import BrokerClient, BrokerConfig, BrokerError, Message, MessageBroker
 
 from support.autohotkey import LIBRARY
 from support.readme import readme_blocks
@@ -127,7 +128,10 @@ async def test_a_script_subscribes_publishes_requests_and_answers(run_script: An
             "topic": "ahk.svc.double",
         }
         # From inside a callback: a request of its own, no responders, a refusal.
-        answer = await client.request("ahk.ask", {}, timeout=20)
+        try:
+            answer = await client.request("ahk.ask", {}, timeout=20)
+        except BrokerError as error:
+            raise AssertionError(f"{error}; the script said {script.lines}") from None
         assert answer["answer"] == {"n": 42}
         assert answer["missing"].startswith("-32003: no responders")
         assert answer["refused"] == -32602
@@ -140,6 +144,31 @@ async def test_a_script_subscribes_publishes_requests_and_answers(run_script: An
         assert await script.exit_code() == 0, script.lines
         assert script.lines[0].startswith("ping ")
         assert script.lines[-1] == "bye"
+
+
+async def test_a_script_that_only_listens_hears_every_message(run_script: Any) -> None:
+    """Messages that arrive while the script is still reading the ones before: each
+    must wake it, though it calls the broker (and so reads) only when told to stop."""
+    config = BrokerConfig(host="127.0.0.1", port=0)
+    async with (
+        MessageBroker(config) as broker,
+        BrokerClient("py", host="127.0.0.1", port=broker.port or 0) as client,
+    ):
+        seen: asyncio.Queue[Message] = asyncio.Queue()
+        await client.subscribe("listen.*", seen.put_nowait)
+        script = await run_script("listener.ahk", str(broker.port))
+        await next_on(seen, "listen.ready", script)
+        # Irregular gaps of 0-3 ms: some messages come alone, some just as the script
+        # has read the last one, some in bunches.
+        gaps = random.Random(19)
+        sent = 600
+        for _ in range(sent):
+            await client.publish("listen.tick", {})
+            await asyncio.sleep(gaps.choice((0, 0, 0.001, 0.002, 0.003)))
+        await client.publish("listen.done", {})
+        total = await next_on(seen, "listen.total", script)
+        assert total.payload == sent
+        assert await script.exit_code() == 0, script.lines
 
 
 def frame(message: dict[str, Any]) -> bytes:

@@ -473,6 +473,10 @@ class MessageBroker {
     }
 
     static _OnSocket(socket) {
+        ; Critical first: a window message that comes while this one is handled is
+        ; then held until it ends. Otherwise AutoHotkey treats it as unmonitored, and
+        ; Winsock, which posts no other until the next recv, would leave the data unread.
+        Critical
         if MessageBroker.Clients.Has(socket)
             MessageBroker.Clients[socket]._Pump()
         return 0
