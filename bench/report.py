@@ -95,6 +95,7 @@ FIGURES = [
     Figure("request_loaded", "p50", "l. request p50 us under half-rate flood"),
     Figure("request_loaded", "p99", "l. request p99 us under half-rate flood"),
     Figure("request_loaded", "flood_rate", "l. the flood msg/s"),
+    Figure("request_loaded", "flood_seconds", "l. the flood s", digits=1),
     Figure("request_loaded", "lost", "l. flood lost", target=TARGET_LOSS),
     Figure("*", "peak_rss", "f. peak RSS MB (highest of all runs)", scale=MB, digits=1),
     Figure("idle", "idle_rss", "f. idle RSS MB", scale=MB, digits=1, target=Target("below", 20)),
